@@ -1,0 +1,51 @@
+# The obvious targets. `make setup demo` and `make test` are the README's contract.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+REPO ?= model_repository/cpu
+TASK ?= sst2
+
+.PHONY: setup demo test lint format build export serve bench clean
+
+setup: $(STAMP)
+
+# libpython3.11 (Debian) is what the Triton Python-backend stub links against.
+$(STAMP): pyproject.toml
+	@if ! ldconfig -p | grep -q 'libpython3.11.so.1.0'; then \
+		echo "installing libpython3.11 for the Triton Python backend stub"; \
+		apt-get update -qq && apt-get install -y -qq libpython3.11; \
+	fi
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/cascade demo --repo $(REPO) --task $(TASK)
+
+# pytest exits 5 when it collects no test: say so, don't pass silently as a failure of something else.
+test: setup
+	@$(BIN)/pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 0; fi; exit $$rc
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+build export: setup
+	$(BIN)/cascade build --repo $(REPO) --task $(TASK)
+
+serve: setup
+	$(BIN)/cascade serve --repo $(REPO)
+
+bench: setup
+	$(BIN)/cascade bench gate --repo $(REPO) --task $(TASK)
+
+clean:
+	rm -rf $(REPO) .pytest_cache .ruff_cache

@@ -1,0 +1,193 @@
+"""The ``cascade`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from cascade import contract
+from cascade.errors import CascadeError
+from cascade.tasks import DEFAULT_DATA_DIR, REPO_ROOT
+
+DEFAULT_REPO = REPO_ROOT / "model_repository" / "cpu"
+
+
+def _add_repo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--repo", type=Path, default=DEFAULT_REPO, help="model repository (default: %(default)s)"
+    )
+
+
+def _add_task(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", default="sst2", help="task name (tasks/NAME.toml) or a task TOML file")
+    parser.add_argument(
+        "--data-dir", default=None, help=f"datasets folder (default: $CASCADE_DATA_DIR or {DEFAULT_DATA_DIR})"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cascade", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="start tritonserver on a model repository")
+    _add_repo(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
+    p.add_argument("--http-port", type=int, default=contract.DEFAULT_HTTP_PORT)
+    p.add_argument("--grpc-port", type=int, default=contract.DEFAULT_GRPC_PORT)
+    p.add_argument("--metrics-port", type=int, default=contract.DEFAULT_METRICS_PORT)
+    p.add_argument("--model-control-mode", choices=("none", "explicit"), default="none")
+    p.add_argument("--log-verbose", type=int, default=0)
+
+    p = sub.add_parser("build", help="train, calibrate and export a task into the model repository")
+    _add_repo(p)
+    _add_task(p)
+    p.add_argument("--train-rows", type=int, default=2000)
+    p.add_argument("--calib-rows", type=int, default=1000)
+    p.add_argument("--encoder-epochs", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("classify", help="classify texts through a running server")
+    p.add_argument("texts", nargs="*", help="texts to classify")
+    p.add_argument("--file", type=Path, help="a CSV with a text column")
+    p.add_argument("--column", default="text", help="text column of --file (default: %(default)s)")
+    p.add_argument("--task", default="sst2")
+    p.add_argument("--url", default=f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}", help="gRPC endpoint")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-tier", default=None, help="answer at this tier or cheaper")
+    p.add_argument("--min-tier", default=None, help="skip tiers cheaper than this")
+
+    p = sub.add_parser("demo", help="build the demo task if needed, serve it, classify labelled rows")
+    _add_repo(p)
+    _add_task(p)
+    p.add_argument("--rows", type=int, default=None, help="validation rows to classify (default: all)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--rebuild", action="store_true")
+
+    p = sub.add_parser("bench", help="benchmarks; results go to bench/results/")
+    p.add_argument("which", choices=("gate",))
+    _add_repo(p)
+    _add_task(p)
+    p.add_argument("--iterations", type=int, default=300)
+    return parser
+
+
+def _tier_arg(value: str | None):
+    if value is None:
+        return None
+    return int(value) if value.isdigit() else value
+
+
+def cmd_serve(args) -> int:
+    from cascade.launcher import ServerOptions, serve
+
+    return serve(
+        ServerOptions(
+            repository=args.repo,
+            host=args.host,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            model_control_mode=args.model_control_mode,
+            log_verbose=args.log_verbose,
+        )
+    )
+
+
+def cmd_build(args) -> int:
+    from cascade.export.build import BuildOptions, build_task
+    from cascade.tasks import load_task
+
+    options = BuildOptions(
+        train_rows=args.train_rows,
+        calib_rows=args.calib_rows,
+        encoder_epochs=args.encoder_epochs,
+        seed=args.seed,
+        data_dir=args.data_dir,
+    )
+    build_task(load_task(args.task), args.repo, options)
+    return 0
+
+
+def cmd_classify(args) -> int:
+    from cascade.client import CascadeClient
+
+    texts = list(args.texts)
+    if args.file:
+        import pandas as pd
+
+        if not args.file.is_file():
+            raise CascadeError(f"--file {args.file}: no such file")
+        frame = pd.read_csv(args.file, keep_default_na=False)
+        if args.column not in frame.columns:
+            raise CascadeError(
+                f"--file {args.file}: no column {args.column!r} (columns: {list(frame.columns)})"
+            )
+        texts.extend(frame[args.column].astype(str))
+    if not texts:
+        raise CascadeError("nothing to classify: give texts or --file")
+    with CascadeClient(args.url) as client:
+        if not client.is_ready():
+            raise CascadeError(f"no ready Triton server at {args.url} (start one with `cascade serve`)")
+        print("label\tconfidence\ttier\ttext")
+        for start in range(0, len(texts), args.batch_size):
+            chunk = texts[start : start + args.batch_size]
+            predictions = client.classify(
+                args.task, chunk, max_tier=_tier_arg(args.max_tier), min_tier=_tier_arg(args.min_tier)
+            )
+            for text, p in zip(chunk, predictions, strict=True):
+                short = text if len(text) <= 60 else text[:57] + "..."
+                print(f"{p.label}\t{p.confidence:.3f}\t{p.tier} ({p.tier_name})\t{short}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from cascade.demo import run_demo
+    from cascade.tasks import load_task
+
+    run_demo(load_task(args.task), args.repo, args.rebuild, args.rows, args.batch_size, args.data_dir)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from cascade import bench
+    from cascade.demo import task_is_built
+    from cascade.tasks import load_task
+
+    task = load_task(args.task)
+    if not task_is_built(task, args.repo):
+        raise CascadeError(
+            f"task {task.name} is not built in {args.repo}: run `cascade build` (or make demo)"
+        )
+    result = bench.bench_gate(task, args.repo, args.iterations, args.data_dir)
+    bench.print_gate(result)
+    print(f"saved {bench.save(result, 'gate')}")
+    return 0
+
+
+COMMANDS = {
+    "serve": cmd_serve,
+    "build": cmd_build,
+    "classify": cmd_classify,
+    "demo": cmd_demo,
+    "bench": cmd_bench,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except CascadeError as exc:
+        print(f"cascade {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cascade {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

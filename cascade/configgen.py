@@ -1,0 +1,132 @@
+"""``config.pbtxt`` generated from a typed spec and checked against Triton's ``model_config`` protobuf."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from cascade import contract
+from cascade.contract import Tensor
+from cascade.errors import ConfigError
+
+PROFILES = ("cpu",)
+_DTYPES = {"FP32": mc.TYPE_FP32, "INT32": mc.TYPE_INT32, "BYTES": mc.TYPE_STRING}
+#: Python-backend sources (under python_backends/) that a model's ``1/model.py`` is copied from.
+BACKEND_GATE = "gate"
+BACKEND_ONNX_RUNNER = "onnx_runner"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that goes into one model's config.pbtxt."""
+
+    name: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    #: Which python_backends/<source>/model.py serves the model.
+    source: str
+    parameters: dict[str, str] = field(default_factory=dict)
+    n_labels: int | None = None
+    max_batch_size: int = contract.DEFAULT_MAX_BATCH_SIZE
+    instance_count: int = 1
+    backend: str = "python"
+    max_queue_delay_us: int = 0
+
+    def _dims(self, tensor: Tensor) -> list[int]:
+        dims = list(tensor.dims) or [1]
+        if tensor.dims == contract.PROBS.dims:
+            if self.n_labels is None:
+                raise ConfigError(f"model {self.name}: PROBS needs n_labels")
+            dims = [self.n_labels]
+        return dims
+
+    def to_proto(self, profile: str = "cpu") -> mc.ModelConfig:
+        if profile not in PROFILES:
+            raise ConfigError(f"unknown profile {profile!r}; known: {PROFILES}")
+        config = mc.ModelConfig(name=self.name, backend=self.backend, max_batch_size=self.max_batch_size)
+        for tensor in self.inputs:
+            item = config.input.add(
+                name=tensor.name,
+                data_type=_DTYPES[tensor.datatype],
+                dims=self._dims(tensor),
+                optional=tensor.optional,
+            )
+            if not tensor.dims:  # per-row scalar: clients send [batch, 1], the model sees [batch]
+                item.reshape.SetInParent()
+        for tensor in self.outputs:
+            item = config.output.add(
+                name=tensor.name, data_type=_DTYPES[tensor.datatype], dims=self._dims(tensor)
+            )
+            if not tensor.dims:
+                item.reshape.SetInParent()
+        config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=self.instance_count)
+        config.dynamic_batching.max_queue_delay_microseconds = self.max_queue_delay_us
+        for key, value in self.parameters.items():
+            config.parameters[key].string_value = value
+        return config
+
+    def to_pbtxt(self, profile: str = "cpu") -> str:
+        return text_format.MessageToString(self.to_proto(profile))
+
+
+def parse_config(text: str) -> mc.ModelConfig:
+    """Parse config.pbtxt text with Triton's protobuf; a typo or unknown field is a ConfigError."""
+    try:
+        return text_format.Parse(text, mc.ModelConfig())
+    except text_format.ParseError as exc:
+        raise ConfigError(f"invalid config.pbtxt: {exc}") from exc
+
+
+def write_config(spec: ModelSpec, model_dir: Path, profile: str = "cpu") -> Path:
+    text = spec.to_pbtxt(profile)
+    parse_config(text)  # round trip through the protobuf parser
+    path = model_dir / "config.pbtxt"
+    path.write_text(text)
+    return path
+
+
+# --- the specs of the cascade's models ---------------------------------------------------------------
+def embedder_spec(num_threads: int = 2) -> ModelSpec:
+    inputs, outputs = contract.EMBEDDER_SIGNATURE
+    return ModelSpec(
+        name=contract.EMBEDDER_MODEL,
+        inputs=inputs,
+        outputs=outputs,
+        source=BACKEND_ONNX_RUNNER,
+        parameters={contract.CFG_NUM_THREADS: str(num_threads)},
+    )
+
+
+def tier_spec(task: str, tier: int, n_labels: int, num_threads: int = 1) -> ModelSpec:
+    if tier in contract.EMBEDDING_TIERS:
+        inputs, outputs = contract.EMBEDDING_TIER_SIGNATURE
+    elif tier == contract.TIER_ENCODER:
+        inputs, outputs = contract.TEXT_TIER_SIGNATURE
+    else:
+        raise ConfigError(f"tier {tier} has no per-task model")
+    return ModelSpec(
+        name=contract.tier_model_name(task, tier),
+        inputs=inputs,
+        outputs=outputs,
+        source=BACKEND_ONNX_RUNNER,
+        n_labels=n_labels,
+        parameters={contract.CFG_NUM_THREADS: str(num_threads)},
+    )
+
+
+def gate_spec(
+    gate_parameters: dict[str, str], task: str, n_labels: int, instance_count: int = 2
+) -> ModelSpec:
+    inputs, outputs = contract.GATE_SIGNATURE
+    return ModelSpec(
+        name=contract.gate_model_name(task),
+        inputs=inputs,
+        outputs=outputs,
+        source=BACKEND_GATE,
+        n_labels=n_labels,
+        parameters=dict(gate_parameters),
+        instance_count=instance_count,
+    )

@@ -1,0 +1,100 @@
+"""The demo job: build a task if needed, start Triton, classify labelled rows, print a summary."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from cascade import contract
+from cascade.tasks import TaskSpec, load_split
+
+console = Console()
+
+
+def task_is_built(task: TaskSpec, repo: Path) -> bool:
+    names = [contract.EMBEDDER_MODEL, contract.gate_model_name(task.name), *task.model_names().values()]
+    return all((Path(repo) / name / "config.pbtxt").is_file() for name in names if name)
+
+
+def classify_rows(client, task: TaskSpec, texts: list[str], batch_size: int) -> tuple[list, list[float]]:
+    predictions, latencies = [], []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        t = time.perf_counter()
+        predictions.extend(client.classify(task.name, chunk))
+        latencies.append((time.perf_counter() - t) * 1000)
+    return predictions, latencies
+
+
+def summarize(task: TaskSpec, predictions, gold: list[int], latencies: list[float], wall_s: float) -> dict:
+    tiers = Counter(p.tier for p in predictions)
+    index = {label: i for i, label in enumerate(task.labels)}
+    correct = np.array([index[p.label] == g for p, g in zip(predictions, gold, strict=True)])
+    per_tier = {}
+    for tier in sorted(tiers):
+        mask = np.array([p.tier == tier for p in predictions])
+        per_tier[contract.TIER_NAMES[tier]] = {
+            "rows": int(mask.sum()),
+            "share": float(mask.mean()),
+            "accuracy": float(correct[mask].mean()),
+        }
+    return {
+        "task": task.name,
+        "rows": len(predictions),
+        "accuracy": float(correct.mean()),
+        "per_tier": per_tier,
+        "wall_s": wall_s,
+        "rows_per_s": len(predictions) / wall_s,
+        "batch_latency_ms_p50": float(np.percentile(latencies, 50)),
+        "batch_latency_ms_p99": float(np.percentile(latencies, 99)),
+    }
+
+
+def print_summary(summary: dict, batch_size: int) -> None:
+    table = Table(
+        title=f"{summary['task']}: {summary['rows']} rows, accuracy {summary['accuracy']:.3f} vs gold"
+    )
+    for column in ("tier", "rows", "share", "accuracy"):
+        table.add_column(column, justify="right")
+    for name, row in summary["per_tier"].items():
+        table.add_row(name, str(row["rows"]), f"{row['share']:.1%}", f"{row['accuracy']:.3f}")
+    console.print(table)
+    console.print(
+        f"{summary['rows_per_s']:.0f} rows/s over gRPC in batches of {batch_size}; batch latency "
+        f"p50 {summary['batch_latency_ms_p50']:.1f} ms, p99 {summary['batch_latency_ms_p99']:.1f} ms"
+    )
+
+
+def run_demo(
+    task: TaskSpec,
+    repo: Path,
+    rebuild: bool = False,
+    rows: int | None = None,
+    batch_size: int = 32,
+    data_dir: str | None = None,
+    build_options=None,
+) -> dict:
+    from cascade.client import CascadeClient
+    from cascade.export.build import BuildOptions, build_task
+    from cascade.launcher import ServerOptions, TritonServer, free_ports
+
+    if rebuild or not task_is_built(task, repo):
+        console.print(f"[bold]Building task {task.name}[/] into {repo}")
+        build_task(task, repo, build_options or BuildOptions(data_dir=data_dir))
+    texts, gold = load_split(task, "validation", data_dir, limit=rows)
+    http, grpc, metrics = free_ports(3)
+    opts = ServerOptions(repository=Path(repo), http_port=http, grpc_port=grpc, metrics_port=metrics)
+    console.print(f"[bold]Starting tritonserver[/] on 127.0.0.1 (gRPC {grpc})")
+    with TritonServer(opts) as server, CascadeClient(server.grpc_url) as client:
+        client.classify(task.name, texts[:4])  # warm-up
+        start = time.perf_counter()
+        predictions, latencies = classify_rows(client, task, texts, batch_size)
+        wall = time.perf_counter() - start
+    summary = summarize(task, predictions, gold, latencies, wall)
+    print_summary(summary, batch_size)
+    return summary

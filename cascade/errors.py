@@ -1,0 +1,39 @@
+"""One small typed error hierarchy; ``STATUS`` maps each kind to a Triton status in one place."""
+
+from __future__ import annotations
+
+
+class CascadeError(Exception):
+    """Base class of every error the project raises on purpose."""
+
+    status = "INTERNAL"
+
+
+class InvalidInput(CascadeError):
+    """A request (or a CLI argument) is malformed: answered with INVALID_ARG for that request."""
+
+    status = "INVALID_ARG"
+
+
+class ConfigError(CascadeError):
+    """A model or task configuration is invalid: the model fails to load, nothing defaults silently."""
+
+    status = "INVALID_ARG"
+
+
+class UnknownTask(CascadeError):
+    """A task (public model) that the server does not serve."""
+
+    status = "NOT_FOUND"
+
+
+class TierFailure(CascadeError):
+    """A tier model failed or timed out; the gate escalates its rows past it."""
+
+    status = "UNAVAILABLE"
+
+
+class ServerError(CascadeError):
+    """The Triton server could not be found, started or reached."""
+
+    status = "UNAVAILABLE"

@@ -1,0 +1,342 @@
+"""The gate's logic: confidence gating over a list of tiers, with no Triton import.
+
+``python_backends/gate/model.py`` is thin glue around this module: it turns Triton requests into a
+:class:`RowBatch`, wraps each tier model in a BLS call that satisfies :class:`Tier`, and calls
+:func:`run_cascade`. Everything here is unit-tested with plain Python tiers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from cascade import contract
+from cascade.errors import CascadeError, ConfigError, InvalidInput, TierFailure
+
+
+class Cancelled(CascadeError):
+    status = "CANCELLED"
+
+
+# --- configuration (from config.pbtxt parameters) ------------------------------------------------
+@dataclass(frozen=True)
+class GateConfig:
+    task: str
+    labels: tuple[str, ...]
+    tiers: tuple[int, ...]
+    #: tier -> threshold on the top-class probability; every enabled tier but the last needs one.
+    thresholds: dict[int, float]
+    bls_timeout_ms: int = contract.DEFAULT_BLS_TIMEOUT_MS
+
+    def __post_init__(self) -> None:
+        if not self.task:
+            raise ConfigError("gate parameter 'task' is empty")
+        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+            raise ConfigError(f"gate parameter 'labels' needs >= 2 distinct labels, got {self.labels!r}")
+        if not self.tiers or list(self.tiers) != sorted(set(self.tiers)):
+            raise ConfigError(f"gate parameter 'tiers' must be distinct and cheapest first: {self.tiers!r}")
+        unknown = [t for t in self.tiers if t not in contract.TIER_NAMES]
+        if unknown:
+            raise ConfigError(f"gate parameter 'tiers' has unknown tiers {unknown}")
+        for tier, value in self.thresholds.items():
+            if tier not in self.tiers:
+                raise ConfigError(
+                    f"threshold given for tier {contract.TIER_NAMES.get(tier, tier)!r}, which is not enabled"
+                )
+            if not (isinstance(value, float) and 0.0 <= value <= 1.0):
+                raise ConfigError(
+                    f"threshold of tier {contract.TIER_NAMES[tier]!r} must be in [0, 1]: {value!r}"
+                )
+        missing = [contract.TIER_NAMES[t] for t in self.tiers[:-1] if t not in self.thresholds]
+        if missing:
+            raise ConfigError(
+                f"gate parameter 'thresholds' lacks tiers {missing} (only the last may omit one)"
+            )
+        if not (isinstance(self.bls_timeout_ms, int) and self.bls_timeout_ms > 0):
+            raise ConfigError(
+                f"gate parameter 'bls_timeout_ms' must be a positive integer: {self.bls_timeout_ms!r}"
+            )
+
+    @property
+    def needs_embedding(self) -> bool:
+        return any(t in contract.EMBEDDING_TIERS for t in self.tiers)
+
+    def to_parameters(self) -> dict[str, str]:
+        return {
+            contract.CFG_TASK: self.task,
+            contract.CFG_LABELS: json.dumps(list(self.labels)),
+            contract.CFG_TIERS: json.dumps([contract.TIER_NAMES[t] for t in self.tiers]),
+            contract.CFG_THRESHOLDS: json.dumps(
+                {contract.TIER_NAMES[t]: v for t, v in sorted(self.thresholds.items())}
+            ),
+            contract.CFG_BLS_TIMEOUT_MS: str(self.bls_timeout_ms),
+        }
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str]) -> GateConfig:
+        """Strict parsing: a missing, unknown or malformed parameter is a :class:`ConfigError`."""
+        expected = {
+            contract.CFG_TASK,
+            contract.CFG_LABELS,
+            contract.CFG_TIERS,
+            contract.CFG_THRESHOLDS,
+            contract.CFG_BLS_TIMEOUT_MS,
+        }
+        unknown = set(params) - expected
+        if unknown:
+            raise ConfigError(f"unknown gate parameters {sorted(unknown)}; expected {sorted(expected)}")
+        missing = expected - set(params)
+        if missing:
+            raise ConfigError(f"missing gate parameters {sorted(missing)}")
+
+        def load(key: str, kind: type):
+            try:
+                value = json.loads(params[key])
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"gate parameter {key!r} is not JSON: {params[key]!r}") from exc
+            if not isinstance(value, kind):
+                raise ConfigError(f"gate parameter {key!r} must be a JSON {kind.__name__}: {params[key]!r}")
+            return value
+
+        labels = load(contract.CFG_LABELS, list)
+        if not all(isinstance(x, str) for x in labels):
+            raise ConfigError(f"gate parameter 'labels' must list strings: {labels!r}")
+        tiers = [_tier_from_name(name, ConfigError) for name in load(contract.CFG_TIERS, list)]
+        thresholds = {}
+        for name, value in load(contract.CFG_THRESHOLDS, dict).items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"threshold of {name!r} must be a number: {value!r}")
+            thresholds[_tier_from_name(name, ConfigError)] = float(value)
+        try:
+            timeout = int(params[contract.CFG_BLS_TIMEOUT_MS])
+        except ValueError as exc:
+            raise ConfigError(f"gate parameter 'bls_timeout_ms' is not an integer: {exc}") from exc
+        return cls(
+            task=params[contract.CFG_TASK],
+            labels=tuple(labels),
+            tiers=tuple(tiers),
+            thresholds=thresholds,
+            bls_timeout_ms=timeout,
+        )
+
+
+def _tier_from_name(value, error: type[CascadeError]) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value in contract.TIER_NAMES:
+        return value
+    if isinstance(value, str):
+        if value in contract.TIER_BY_NAME:
+            return contract.TIER_BY_NAME[value]
+        if value.isdigit() and int(value) in contract.TIER_NAMES:
+            return int(value)
+    raise error(f"unknown tier {value!r}; tiers are 0-4 or {', '.join(contract.TIER_BY_NAME)}")
+
+
+# --- per-request options --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RequestOptions:
+    min_tier: int = 0
+    max_tier: int = contract.TIER_LLM_LARGE
+    return_probs: bool = False
+
+    @classmethod
+    def parse(cls, params: dict, enabled: Sequence[int]) -> RequestOptions:
+        unknown = set(params) - set(contract.GATE_REQUEST_PARAMETERS)
+        if unknown:
+            raise InvalidInput(
+                f"unknown request parameters {sorted(unknown)}; known: {list(contract.GATE_REQUEST_PARAMETERS)}"
+            )
+        min_tier = _tier_from_name(params.get(contract.PARAM_MIN_TIER, 0), InvalidInput)
+        max_tier = _tier_from_name(params.get(contract.PARAM_MAX_TIER, contract.TIER_LLM_LARGE), InvalidInput)
+        if min_tier > max_tier:
+            raise InvalidInput(f"min_tier ({min_tier}) is above max_tier ({max_tier})")
+        if not any(min_tier <= t <= max_tier for t in enabled):
+            raise InvalidInput(
+                f"no enabled tier between min_tier {min_tier} and max_tier {max_tier}; enabled: {list(enabled)}"
+            )
+        return_probs = params.get(contract.PARAM_RETURN_PROBS, False)
+        if isinstance(return_probs, str) and return_probs.lower() in ("true", "false", "1", "0"):
+            return_probs = return_probs.lower() in ("true", "1")
+        if not isinstance(return_probs, bool):
+            raise InvalidInput(f"return_probs must be a boolean: {return_probs!r}")
+        return cls(min_tier=min_tier, max_tier=max_tier, return_probs=return_probs)
+
+
+# --- input decoding -------------------------------------------------------------------------------
+def decode_texts(raw: Sequence) -> list[str]:
+    """UTF-8 decode and check a TEXT batch; cut each text to MAX_TEXT_CHARS characters."""
+    texts = []
+    for i, value in enumerate(raw):
+        if isinstance(value, bytes | np.bytes_):
+            try:
+                value = bytes(value).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(
+                    f"TEXT[{i}] is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+                ) from exc
+        elif not isinstance(value, str):
+            raise InvalidInput(f"TEXT[{i}] must be a string, got {type(value).__name__}")
+        if not value.strip():
+            raise InvalidInput(f"TEXT[{i}] is empty")
+        texts.append(value[: contract.MAX_TEXT_CHARS])
+    return texts
+
+
+def check_embeddings(embeddings: np.ndarray, n_rows: int) -> np.ndarray:
+    if embeddings.ndim != 2 or embeddings.shape[1] != contract.EMBEDDING_DIM:
+        raise InvalidInput(
+            f"EMBEDDING must have shape [n, {contract.EMBEDDING_DIM}], got {list(embeddings.shape)}"
+        )
+    if embeddings.shape[0] != n_rows:
+        raise InvalidInput(f"EMBEDDING has {embeddings.shape[0]} rows but TEXT has {n_rows}")
+    bad = ~np.isfinite(embeddings).all(axis=1)
+    if bad.any():
+        raise InvalidInput(f"EMBEDDING row {int(np.argmax(bad))} holds NaN or Inf")
+    return embeddings.astype(np.float32, copy=False)
+
+
+# --- the rows of one execute() ---------------------------------------------------------------------
+class RowBatch:
+    """Texts of all rows, embeddings where the client sent them, others computed once on demand."""
+
+    def __init__(
+        self,
+        texts: list[str],
+        embeddings: np.ndarray | None = None,
+        have_embedding: np.ndarray | None = None,
+        embed: Callable[[list[str]], np.ndarray] | None = None,
+    ) -> None:
+        self.texts = texts
+        n = len(texts)
+        self._emb = (
+            embeddings if embeddings is not None else np.zeros((n, contract.EMBEDDING_DIM), np.float32)
+        )
+        self._have = have_embedding if have_embedding is not None else np.zeros(n, bool)
+        if embeddings is not None and have_embedding is None:
+            self._have[:] = True
+        self._embed = embed
+        self.embedded_rows = 0
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def text(self, rows: np.ndarray) -> list[str]:
+        return [self.texts[i] for i in rows]
+
+    def embedding(self, rows: np.ndarray) -> np.ndarray:
+        missing = rows[~self._have[rows]]
+        if missing.size:
+            if self._embed is None:
+                raise TierFailure("rows need an embedding but no embedder is available")
+            self._emb[missing] = self._embed(self.text(missing))
+            self._have[missing] = True
+            self.embedded_rows += missing.size
+        return self._emb[rows]
+
+
+# --- the cascade ------------------------------------------------------------------------------------
+class Tier(Protocol):
+    """One tier: class probabilities for the given rows of a batch, in the task's label order."""
+
+    tier: int
+
+    def predict_proba(self, batch: RowBatch, rows: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class TierStat:
+    tier: int
+    rows_in: int = 0
+    answered: int = 0
+    failed: bool = False
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class CascadeResult:
+    probs: np.ndarray  # [n, k] float32
+    tier: np.ndarray  # [n] int32, -1 where no tier answered
+    errors: list[str | None]  # per row: why no tier answered
+    stats: list[TierStat] = field(default_factory=list)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probs.max(axis=1) if self.probs.size else np.zeros(0, np.float32)
+
+    @property
+    def label_index(self) -> np.ndarray:
+        return self.probs.argmax(axis=1) if self.probs.size else np.zeros(0, np.int64)
+
+
+def run_cascade(
+    batch: RowBatch,
+    tiers: Sequence[Tier],
+    thresholds: dict[int, float],
+    n_labels: int,
+    min_tier: np.ndarray,
+    max_tier: np.ndarray,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> CascadeResult:
+    """Answer each row at the cheapest tier whose confidence clears its threshold.
+
+    Rows of a tier below the threshold go on to the next tier; the last tier a row may use (the
+    highest enabled tier <= its ``max_tier``) answers whatever reaches it. A tier that fails passes
+    its rows on; rows that no tier could answer get an error message.
+    """
+    n = len(batch)
+    order = sorted(tiers, key=lambda t: t.tier)
+    tier_ids = np.array([t.tier for t in order])
+    probs = np.zeros((n, n_labels), np.float32)
+    answered_by = np.full(n, -1, np.int32)
+    errors: list[str | None] = [None] * n
+    # The last tier each row may use; it accepts whatever confidence.
+    final = np.full(n, -1)
+    for tid in tier_ids:
+        final[tid <= max_tier] = tid
+    pending = np.ones(n, bool)
+    stats = []
+    for tier in order:
+        if not pending.any():
+            break
+        if cancelled():
+            raise Cancelled("request cancelled by the client")
+        rows = np.flatnonzero(pending & (min_tier <= tier.tier) & (tier.tier <= max_tier))
+        if rows.size == 0:
+            continue
+        stat = TierStat(tier.tier, rows_in=int(rows.size))
+        stats.append(stat)
+        start = time.perf_counter()
+        try:
+            p = np.asarray(tier.predict_proba(batch, rows), dtype=np.float32)
+            if p.shape != (rows.size, n_labels) or not np.isfinite(p).all():
+                raise TierFailure(
+                    f"tier {contract.TIER_NAMES[tier.tier]} returned shape {list(p.shape)} "
+                    f"(want {[int(rows.size), n_labels]}) or non-finite values"
+                )
+        except TierFailure as exc:
+            stat.failed, stat.error = True, str(exc)
+            for i in rows:
+                errors[i] = f"tier {contract.TIER_NAMES[tier.tier]} failed: {exc}"
+            stat.seconds = time.perf_counter() - start
+            continue
+        stat.seconds = time.perf_counter() - start
+        conf = p.max(axis=1)
+        threshold = thresholds.get(tier.tier, math.inf)
+        accept = (conf >= threshold) | (final[rows] <= tier.tier)
+        chosen = rows[accept]
+        probs[chosen] = p[accept]
+        answered_by[chosen] = tier.tier
+        pending[chosen] = False
+        for i in chosen:
+            errors[i] = None
+        stat.answered = int(chosen.size)
+    for i in np.flatnonzero(pending):
+        if errors[i] is None:
+            errors[i] = "no enabled tier could answer this row"
+    return CascadeResult(probs=probs, tier=answered_by, errors=errors, stats=stats)

@@ -1,0 +1,145 @@
+"""Task definitions: one classification question, its labels, tiers and dataset, from a TOML file."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cascade import contract
+from cascade.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TASKS_DIR = REPO_ROOT / "tasks"
+DATA_DIR_ENV = "CASCADE_DATA_DIR"
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "datasets"
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+
+
+def data_dir(override: str | Path | None = None) -> Path:
+    """The datasets folder: ``override``, else ``$CASCADE_DATA_DIR``, else ``../shared/datasets``."""
+    return Path(override or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    dir: str
+    train: str
+    validation: str
+    test: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    label_encoding: str = "index"  # "index" or "name"
+
+    def path(self, split: str, root: str | Path | None = None) -> Path:
+        file = getattr(self, split, None)
+        if not file:
+            raise ConfigError(f"dataset has no {split!r} split")
+        return data_dir(root) / self.dir / file
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    labels: tuple[str, ...]
+    tiers: tuple[int, ...]
+    dataset: DatasetSpec | None = None
+    description: str = ""
+    target: float = 0.9
+    delta: float = 0.05
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.name):
+            raise ConfigError(
+                f"task name {self.name!r} must match {_NAME_RE.pattern} (it becomes a Triton model name)"
+            )
+        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+            raise ConfigError(f"task {self.name!r}: labels must be at least two distinct names")
+        if any(not label.strip() for label in self.labels):
+            raise ConfigError(f"task {self.name!r}: empty label name")
+        if not self.tiers or list(self.tiers) != sorted(set(self.tiers)):
+            raise ConfigError(f"task {self.name!r}: tiers must be distinct and cheapest first")
+        if not 0 < self.target <= 1 or not 0 < self.delta < 1:
+            raise ConfigError(f"task {self.name!r}: need 0 < target <= 1 and 0 < delta < 1")
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.labels)
+
+    def model_names(self) -> dict[int, str]:
+        return {tier: contract.tier_model_name(self.name, tier) for tier in self.tiers}
+
+
+def parse_tiers(names: list[str | int]) -> tuple[int, ...]:
+    tiers = []
+    for name in names:
+        if isinstance(name, int) and name in contract.TIER_NAMES:
+            tiers.append(name)
+        elif isinstance(name, str) and name in contract.TIER_BY_NAME:
+            tiers.append(contract.TIER_BY_NAME[name])
+        else:
+            raise ConfigError(f"unknown tier {name!r}; known: {', '.join(contract.TIER_BY_NAME)}")
+    return tuple(tiers)
+
+
+def load_task(path_or_name: str | Path) -> TaskSpec:
+    """Load a task from a TOML file, or by name from the project's ``tasks/`` folder."""
+    path = Path(path_or_name)
+    if not path.suffix:
+        path = TASKS_DIR / f"{path_or_name}.toml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in TASKS_DIR.glob("*.toml")))
+        raise ConfigError(f"no task file {path} (tasks shipped: {known})")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    known_keys = {"name", "labels", "tiers", "dataset", "description", "calibration"}
+    extra = {k: v for k, v in raw.items() if k not in known_keys}
+    try:
+        dataset = DatasetSpec(**raw["dataset"]) if "dataset" in raw else None
+        calibration = raw.get("calibration", {})
+        return TaskSpec(
+            name=raw["name"],
+            labels=tuple(raw["labels"]),
+            tiers=parse_tiers(raw.get("tiers", ["logreg", "xgboost", "encoder"])),
+            dataset=dataset,
+            description=raw.get("description", ""),
+            target=float(calibration.get("target", 0.9)),
+            delta=float(calibration.get("delta", 0.05)),
+            extra=extra,
+        )
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: bad or missing field: {exc}") from exc
+
+
+def load_split(task: TaskSpec, split: str, root: str | Path | None = None, limit: int | None = None):
+    """Rows of a dataset split as ``(texts, label_indices)``; label names are mapped to indices."""
+    import pandas as pd
+
+    if task.dataset is None:
+        raise ConfigError(f"task {task.name!r} has no dataset section")
+    path = task.dataset.path(split, root)
+    if not path.is_file():
+        raise ConfigError(f"dataset file {path} not found (set --data-dir or ${DATA_DIR_ENV})")
+    frame = pd.read_csv(path, nrows=limit, keep_default_na=False)
+    ds = task.dataset
+    for column in (ds.text_column, ds.label_column):
+        if column not in frame.columns:
+            raise ConfigError(f"{path}: no column {column!r} (columns: {list(frame.columns)})")
+    texts = frame[ds.text_column].astype(str).tolist()
+    raw = frame[ds.label_column]
+    if ds.label_encoding == "name":
+        index = {label: i for i, label in enumerate(task.labels)}
+        unknown = set(raw) - set(index)
+        if unknown:
+            raise ConfigError(f"{path}: labels {sorted(unknown)[:5]} not in task labels {task.labels}")
+        labels = [index[v] for v in raw]
+    else:
+        labels = [int(v) for v in raw]
+        if labels and (min(labels) < 0 or max(labels) >= task.n_labels):
+            raise ConfigError(f"{path}: label index out of range 0..{task.n_labels - 1}")
+    return texts, labels

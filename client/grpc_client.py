@@ -1,0 +1,195 @@
+"""Typed gRPC clients (sync and asyncio) for the cascade's gate models, over tritonclient.grpc."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from tritonclient.utils import InferenceServerException
+
+from cascade import contract
+from cascade.errors import CascadeError, InvalidInput, ServerError, UnknownTask
+
+DEFAULT_URL = f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    confidence: float
+    tier: int
+    probs: tuple[float, ...] | None = None
+
+    @property
+    def tier_name(self) -> str:
+        return contract.TIER_NAMES.get(self.tier, str(self.tier))
+
+
+def _inputs(module, texts: Sequence[str], embeddings: np.ndarray | None):
+    if len(texts) == 0:
+        raise InvalidInput("no texts to classify")
+    raw = np.array([t.encode("utf-8") if isinstance(t, str) else t for t in texts], dtype=np.object_)
+    raw = raw.reshape(-1, 1)  # TEXT is a per-row scalar: dims [1] after the batch dimension
+    text = module.InferInput(contract.TEXT.name, list(raw.shape), contract.TEXT.datatype)
+    text.set_data_from_numpy(raw)
+    inputs = [text]
+    if embeddings is not None:
+        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+        tensor = module.InferInput(contract.EMBEDDING.name, list(emb.shape), contract.EMBEDDING.datatype)
+        tensor.set_data_from_numpy(emb)
+        inputs.append(tensor)
+    return inputs
+
+
+def _outputs(module, return_probs: bool):
+    names = [contract.LABEL.name, contract.CONFIDENCE.name, contract.TIER.name]
+    if return_probs:
+        names.append(contract.PROBS.name)
+    return [module.InferRequestedOutput(n) for n in names]
+
+
+def _parameters(max_tier, min_tier, return_probs: bool) -> dict | None:
+    params = {}
+    if max_tier is not None:
+        params[contract.PARAM_MAX_TIER] = max_tier
+    if min_tier is not None:
+        params[contract.PARAM_MIN_TIER] = min_tier
+    if return_probs:
+        params[contract.PARAM_RETURN_PROBS] = True
+    return params or None
+
+
+def _predictions(result, return_probs: bool) -> list[Prediction]:
+    labels = result.as_numpy(contract.LABEL.name).reshape(-1)
+    conf = result.as_numpy(contract.CONFIDENCE.name).reshape(-1)
+    tiers = result.as_numpy(contract.TIER.name).reshape(-1)
+    probs = result.as_numpy(contract.PROBS.name) if return_probs else None
+    return [
+        Prediction(
+            label=labels[i].decode("utf-8"),
+            confidence=float(conf[i]),
+            tier=int(tiers[i]),
+            probs=tuple(float(p) for p in probs[i]) if probs is not None else None,
+        )
+        for i in range(len(labels))
+    ]
+
+
+def translate(exc: InferenceServerException, task: str) -> CascadeError:
+    """Map a Triton error to the project's error kinds."""
+    message = exc.message() or str(exc)
+    if "unknown model" in message or "is not found" in message:
+        return UnknownTask(f"unknown task {task!r}: the server does not serve it ({message})")
+    if "INVALID_ARG" in str(exc.status()) or "StatusCode.INVALID_ARGUMENT" in str(exc.status()):
+        return InvalidInput(message)
+    return ServerError(f"{task}: {message} (status {exc.status()})")
+
+
+class CascadeClient:
+    """Blocking client: ``CascadeClient(url).classify("sst2", ["great film"])``."""
+
+    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 120.0, **kwargs) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self._client = grpcclient.InferenceServerClient(url, **kwargs)
+
+    def classify(
+        self,
+        task: str,
+        texts: Sequence[str],
+        embeddings: np.ndarray | None = None,
+        *,
+        max_tier: int | str | None = None,
+        min_tier: int | str | None = None,
+        return_probs: bool = False,
+    ) -> list[Prediction]:
+        try:
+            result = self._client.infer(
+                contract.gate_model_name(task),
+                _inputs(grpcclient, texts, embeddings),
+                outputs=_outputs(grpcclient, return_probs),
+                parameters=_parameters(max_tier, min_tier, return_probs),
+                client_timeout=self.timeout_s,
+            )
+        except InferenceServerException as exc:
+            raise translate(exc, task) from exc
+        return _predictions(result, return_probs)
+
+    def infer(self, model: str, inputs, outputs=None, parameters=None):
+        """A raw call of any model (tier models, the embedder), for benchmarks and tests."""
+        try:
+            return self._client.infer(
+                model, inputs, outputs=outputs, parameters=parameters, client_timeout=self.timeout_s
+            )
+        except InferenceServerException as exc:
+            raise translate(exc, model) from exc
+
+    def tasks(self) -> list[str]:
+        """Ready gate models (the public tasks) in the repository."""
+        index = self._client.get_model_repository_index(as_json=True).get("models", [])
+        found = []
+        for model in index:
+            if model.get("state") != "READY":
+                continue
+            config = self._client.get_model_config(model["name"], as_json=True)["config"]
+            if contract.CFG_THRESHOLDS in config.get("parameters", {}):
+                found.append(model["name"])
+        return sorted(found)
+
+    def is_ready(self) -> bool:
+        try:
+            return self._client.is_server_ready()
+        except InferenceServerException:
+            return False
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> CascadeClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncCascadeClient:
+    """asyncio client with the same API: ``await client.classify(task, texts)``."""
+
+    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 120.0, **kwargs) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self._client = aioclient.InferenceServerClient(url, **kwargs)
+
+    async def classify(
+        self,
+        task: str,
+        texts: Sequence[str],
+        embeddings: np.ndarray | None = None,
+        *,
+        max_tier: int | str | None = None,
+        min_tier: int | str | None = None,
+        return_probs: bool = False,
+    ) -> list[Prediction]:
+        try:
+            result = await self._client.infer(
+                contract.gate_model_name(task),
+                _inputs(aioclient, texts, embeddings),
+                outputs=_outputs(aioclient, return_probs),
+                parameters=_parameters(max_tier, min_tier, return_probs),
+                client_timeout=self.timeout_s,
+            )
+        except InferenceServerException as exc:
+            raise translate(exc, task) from exc
+        return _predictions(result, return_probs)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> AsyncCascadeClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

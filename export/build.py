@@ -1,0 +1,156 @@
+"""Build a task into a model repository: embed, train tiers 0-2, calibrate thresholds, export.
+
+Until the distillation issue lands, the tiers learn from the dataset's gold labels and the
+thresholds are calibrated on held-out gold labels (provisional: the teacher will replace gold).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from cascade.export.repository import RepositoryWriter
+
+from cascade import configgen, contract
+from cascade.calibrate import calibrate_cascade
+from cascade.gate import GateConfig
+from cascade.tasks import TaskSpec, load_split
+
+EMBEDDER_FILES = ("model.onnx", "tokenizer.json")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    train_rows: int = 2000
+    calib_rows: int = 1000
+    encoder_epochs: int = 2
+    seed: int = 0
+    data_dir: str | None = None
+    min_coverage: float = 0.02
+    progress: bool = True
+
+
+def log(message: str) -> None:
+    print(f"[build] {message}", flush=True)
+
+
+def embedder_dir(repo: Path) -> Path:
+    return Path(repo) / contract.EMBEDDER_MODEL / "1"
+
+
+def ensure_embedder(repo: Path, force: bool = False) -> Path:
+    """Export MiniLM-L6 to ONNX into the repository once (shared by every task)."""
+    from cascade.export.embedder import export_embedder
+
+    target = embedder_dir(repo)
+    if not force and all((target / f).is_file() for f in EMBEDDER_FILES):
+        return target
+    start = time.perf_counter()
+    with RepositoryWriter(repo) as writer:
+        export_embedder(writer.add(configgen.embedder_spec()))
+    log(f"exported the embedder to ONNX in {time.perf_counter() - start:.1f} s")
+    return target
+
+
+def embed(repo: Path, texts: list[str]) -> np.ndarray:
+    from cascade.runtime import OnnxRunner
+
+    return OnnxRunner(embedder_dir(repo), num_threads=2).run(texts)
+
+
+def build_task(task: TaskSpec, repo: Path, opts: BuildOptions = BuildOptions()) -> dict:
+    from cascade.export import encoder as enc
+    from cascade.export import tabular
+
+    from cascade.runtime import OnnxRunner
+
+    repo = Path(repo)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    ensure_embedder(repo)
+    timings["embedder_export_s"] = time.perf_counter() - t0
+
+    texts, labels = load_split(task, "train", opts.data_dir)
+    rng = np.random.default_rng(opts.seed)
+    order = rng.permutation(len(texts))
+    need = opts.train_rows + opts.calib_rows
+    if len(order) < need:
+        raise ValueError(f"task {task.name}: {len(order)} training rows, need {need}")
+    train_idx, calib_idx = order[: opts.train_rows], order[opts.train_rows : need]
+    x_texts = [texts[i] for i in train_idx]
+    y = np.array([labels[i] for i in train_idx])
+    c_texts = [texts[i] for i in calib_idx]
+    c_y = np.array([labels[i] for i in calib_idx])
+
+    t = time.perf_counter()
+    emb = embed(repo, x_texts + c_texts)
+    x_emb, c_emb = emb[: len(x_texts)], emb[len(x_texts) :]
+    timings["embed_s"] = time.perf_counter() - t
+    log(f"embedded {len(emb)} rows in {timings['embed_s']:.1f} s")
+
+    calib_probs: dict[int, np.ndarray] = {}
+    with RepositoryWriter(repo) as writer:
+        for tier in task.tiers:
+            if tier not in contract.PER_TASK_TIERS:
+                continue
+            spec = configgen.tier_spec(task.name, tier, task.n_labels)
+            t = time.perf_counter()
+            if tier == contract.TIER_LOGREG:
+                model = tabular.train_logreg(x_emb, y)
+                tabular.export_logreg(model, writer.add(spec) / "model.onnx")
+                calib_probs[tier] = model.predict_proba(c_emb)
+            elif tier == contract.TIER_XGBOOST:
+                model = tabular.train_xgboost(x_emb, y, seed=opts.seed)
+                tabular.export_xgboost(model, writer.add(spec) / "model.onnx")
+                calib_probs[tier] = model.predict_proba(c_emb)
+            else:
+                model = enc.train_encoder(
+                    x_texts,
+                    y.tolist(),
+                    task.n_labels,
+                    epochs=opts.encoder_epochs,
+                    seed=opts.seed,
+                    progress=opts.progress,
+                )
+                version = writer.add(spec)
+                enc.export_encoder(model, version)
+                calib_probs[tier] = OnnxRunner(version, num_threads=2).run(c_texts)
+            name = contract.TIER_NAMES[tier]
+            timings[f"train_{name}_s"] = time.perf_counter() - t
+            acc = float((calib_probs[tier].argmax(1) == c_y).mean())
+            log(
+                f"tier {tier} ({name}): trained in {timings[f'train_{name}_s']:.1f} s, held-out accuracy {acc:.3f}"
+            )
+
+        calibration = calibrate_cascade(calib_probs, c_y, task.target, task.delta, opts.min_coverage)
+        enabled = tuple(c.tier for c in calibration if c.enabled)
+        thresholds = {c.tier: c.threshold for c in calibration if c.enabled and c.threshold is not None}
+        gate = GateConfig(task=task.name, labels=task.labels, tiers=enabled, thresholds=thresholds)
+        gate_version = writer.add(configgen.gate_spec(gate.to_parameters(), task.name, task.n_labels))
+        report = {
+            "task": task.name,
+            "labels": list(task.labels),
+            "reference": "gold labels (provisional until the teacher labels)",
+            "options": asdict(opts),
+            "train_rows": len(x_texts),
+            "calib_rows": len(c_texts),
+            "target": task.target,
+            "delta": task.delta,
+            "calibration": [c.to_dict() for c in calibration],
+            "gate": gate.to_parameters(),
+            "timings": timings,
+        }
+        (gate_version.parent / "build_report.json").write_text(json.dumps(report, indent=2))
+    for c in calibration:
+        state = "enabled" if c.enabled else "DISABLED"
+        thr = f"threshold {c.threshold:.3f}" if c.threshold is not None else "answers the rest"
+        log(
+            f"tier {c.tier} ({contract.TIER_NAMES[c.tier]}) {state}: {thr}, reaches {c.rows} rows, "
+            f"accepts {c.coverage:.1%}, agreement {c.agreement:.3f} (lower bound {c.lower_bound:.3f})"
+        )
+    timings["total_s"] = time.perf_counter() - t0
+    log(f"task {task.name} written to {repo} in {timings['total_s']:.1f} s")
+    return report

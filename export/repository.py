@@ -1,0 +1,58 @@
+"""Writing the Triton model repository atomically: models are built in a staging folder beside the
+repository and renamed into place, so the server never sees a half-written model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from cascade.configgen import ModelSpec, write_config
+from cascade.tasks import REPO_ROOT
+
+BACKENDS_DIR = REPO_ROOT / "python_backends"
+VERSION = "1"
+
+
+class RepositoryWriter:
+    """``with RepositoryWriter(repo) as w: d = w.add(spec); ...`` — committed on success only."""
+
+    def __init__(self, repo: Path, profile: str = "cpu") -> None:
+        self.repo = Path(repo)
+        self.profile = profile
+        self.repo.mkdir(parents=True, exist_ok=True)
+        self.staging = Path(tempfile.mkdtemp(dir=self.repo.parent, prefix=f".{self.repo.name}.staging-"))
+        self.names: list[str] = []
+
+    def add(self, spec: ModelSpec) -> Path:
+        """Stage a model: its config.pbtxt and Python-backend source; returns the version folder."""
+        model_dir = self.staging / spec.name
+        version = model_dir / VERSION
+        version.mkdir(parents=True)
+        write_config(spec, model_dir, self.profile)
+        shutil.copy2(BACKENDS_DIR / spec.source / "model.py", version / "model.py")
+        self.names.append(spec.name)
+        return version
+
+    def commit(self) -> list[str]:
+        for name in self.names:
+            dest = self.repo / name
+            old = self.staging / f".old-{name}"
+            if dest.exists():
+                os.rename(dest, old)
+            os.rename(self.staging / name, dest)
+        self.abort()
+        return self.names
+
+    def abort(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def __enter__(self) -> RepositoryWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()

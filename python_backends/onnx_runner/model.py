@@ -1,0 +1,77 @@
+"""Triton glue for a model served by ONNX Runtime: the embedder and the per-task tiers 0-2.
+
+The logic (tokenization, batching, ONNX Runtime) lives in ``cascade.runtime``; the tensor names come
+from the model's config.pbtxt, which ``cascade.configgen`` generates from ``cascade.contract``.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from cascade import contract
+from cascade.errors import CascadeError
+from cascade.gate import decode_texts
+from cascade.runtime import OnnxRunner
+
+
+def _error(exc: Exception):
+    status = getattr(exc, "status", "INTERNAL")
+    return pb_utils.TritonError(
+        str(exc), getattr(pb_utils.TritonError, status, pb_utils.TritonError.INTERNAL)
+    )
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        model_dir = Path(args["model_repository"]) / args["model_version"]
+        self.input = config["input"][0]
+        self.output = config["output"][0]
+        self.runner = OnnxRunner(
+            model_dir,
+            onnx_file=params.get(contract.CFG_ONNX_FILE, "model.onnx"),
+            num_threads=int(params.get(contract.CFG_NUM_THREADS, "1")),
+        )
+        self.text_input = self.input["data_type"] == "TYPE_STRING"
+        if self.text_input != self.runner.text_input:
+            raise pb_utils.TritonModelException(
+                f"{config['name']}: input {self.input['name']} is {self.input['data_type']} but the ONNX model "
+                f"in {model_dir} {'expects' if self.runner.text_input else 'does not expect'} text"
+            )
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        parts, owners = [], []
+        for i, request in enumerate(requests):
+            try:
+                array = pb_utils.get_input_tensor_by_name(request, self.input["name"]).as_numpy()
+                if self.text_input:
+                    parts.append(decode_texts(array.reshape(-1)))
+                else:
+                    parts.append(array.astype(np.float32, copy=False))
+                owners.append(i)
+            except CascadeError as exc:
+                responses[i] = pb_utils.InferenceResponse(error=_error(exc))
+        if owners:
+            if self.text_input:
+                merged = [text for part in parts for text in part]
+            else:
+                merged = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            try:
+                out = self.runner.run(merged)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, logged here
+                pb_utils.Logger.log_error(f"{self.output['name']}: inference failed: {exc!r}")
+                for i in owners:
+                    responses[i] = pb_utils.InferenceResponse(
+                        error=pb_utils.TritonError(f"inference failed: {exc}")
+                    )
+                return responses
+            start = 0
+            for i, part in zip(owners, parts, strict=True):
+                rows = out[start : start + len(part)]
+                start += len(part)
+                responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor(self.output["name"], rows)])
+        return responses

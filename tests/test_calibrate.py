@@ -1,0 +1,55 @@
+"""Clopper-Pearson threshold calibration."""
+
+import numpy as np
+from scipy.stats import binomtest
+
+from cascade.calibrate import calibrate_cascade, choose_threshold, clopper_pearson_lower
+
+
+def test_lower_bound_matches_scipy_exact_interval():
+    for k, n in [(90, 100), (10, 10), (1, 50), (500, 520)]:
+        expected = binomtest(k, n).proportion_ci(confidence_level=0.90, method="exact").low
+        assert abs(float(clopper_pearson_lower(k, n, 0.05)) - expected) < 1e-9
+    assert float(clopper_pearson_lower(0, 10, 0.05)) == 0.0
+
+
+def test_threshold_is_lowest_that_keeps_the_bound():
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.5, 1.0, 4000)
+    correct = rng.uniform(size=4000) < conf  # calibrated: P(correct) = confidence
+    cal = choose_threshold(conf, correct, target=0.9, delta=0.05)
+    accepted = conf >= cal.threshold
+    assert cal.enabled
+    assert clopper_pearson_lower(correct[accepted].sum(), accepted.sum(), 0.05) >= 0.9
+    # one more row accepted breaks the guarantee (it is the lowest threshold)
+    looser = conf >= np.max(conf[conf < cal.threshold])
+    assert clopper_pearson_lower(correct[looser].sum(), looser.sum(), 0.05) < 0.9
+    assert abs(cal.coverage - accepted.mean()) < 1e-12
+
+
+def test_tier_that_cannot_reach_target_is_disabled():
+    conf = np.linspace(0.5, 1.0, 200)
+    correct = np.arange(200) % 2 == 0  # coin flips whatever the confidence
+    cal = choose_threshold(conf, correct, target=0.9, delta=0.05)
+    assert not cal.enabled and cal.threshold is None
+
+
+def test_cascade_calibrates_each_tier_on_the_rows_it_receives():
+    rng = np.random.default_rng(1)
+    n = 3000
+    truth = rng.integers(0, 2, n)
+
+    def tier(noise):
+        conf = rng.uniform(0.5, 1.0, n)
+        right = rng.uniform(size=n) < conf ** (1 / noise)
+        pred = np.where(right, truth, 1 - truth)
+        probs = np.zeros((n, 2))
+        probs[np.arange(n), pred] = conf
+        probs[np.arange(n), 1 - pred] = 1 - conf
+        return probs
+
+    cal = calibrate_cascade({0: tier(1.0), 1: tier(2.0)}, truth, target=0.9, delta=0.05)
+    assert [c.tier for c in cal] == [0, 1]
+    assert cal[0].rows == n and cal[0].enabled
+    assert cal[1].rows == n - round(cal[0].coverage * n)
+    assert cal[1].threshold is None and cal[1].enabled  # the last tier answers the rest

@@ -1,0 +1,69 @@
+"""config.pbtxt generation from the typed spec, checked with Triton's model_config protobuf."""
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from cascade import configgen, contract
+from cascade.errors import ConfigError
+from cascade.gate import GateConfig
+
+
+def gate_params():
+    return GateConfig("sst2", ("negative", "positive"), (0, 1, 2), {0: 0.9, 1: 0.8}).to_parameters()
+
+
+def test_gate_config_matches_the_contract():
+    spec = configgen.gate_spec(gate_params(), "sst2", n_labels=2)
+    config = configgen.parse_config(spec.to_pbtxt())
+    assert config.name == contract.gate_model_name("sst2")
+    assert config.backend == "python"
+    inputs = {i.name: i for i in config.input}
+    outputs = {o.name: o for o in config.output}
+    assert set(inputs) == {contract.TEXT.name, contract.EMBEDDING.name}
+    assert inputs[contract.EMBEDDING.name].optional and not inputs[contract.TEXT.name].optional
+    assert list(inputs[contract.EMBEDDING.name].dims) == [contract.EMBEDDING_DIM]
+    assert inputs[contract.TEXT.name].data_type == mc.TYPE_STRING
+    assert inputs[contract.TEXT.name].HasField("reshape")  # per-row scalar: the model sees [batch]
+    assert set(outputs) == {"LABEL", "CONFIDENCE", "TIER", "PROBS"}
+    assert outputs[contract.TIER.name].data_type == mc.TYPE_INT32
+    assert list(outputs[contract.PROBS.name].dims) == [2]
+    assert config.HasField("dynamic_batching")
+    assert GateConfig.from_parameters({k: v.string_value for k, v in config.parameters.items()}).tiers == (
+        0,
+        1,
+        2,
+    )
+
+
+@pytest.mark.parametrize("tier, input_name", [(0, "EMBEDDING"), (1, "EMBEDDING"), (2, "TEXT")])
+def test_tier_configs(tier, input_name):
+    spec = configgen.tier_spec("ag_news", tier, n_labels=4)
+    config = configgen.parse_config(spec.to_pbtxt())
+    assert config.name == f"ag_news_{contract.TIER_NAMES[tier]}"
+    assert [i.name for i in config.input] == [input_name]
+    assert [(o.name, list(o.dims)) for o in config.output] == [("PROBS", [4])]
+    assert config.max_batch_size == contract.DEFAULT_MAX_BATCH_SIZE
+    assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+
+
+def test_embedder_config():
+    config = configgen.parse_config(configgen.embedder_spec().to_pbtxt())
+    assert config.name == contract.EMBEDDER_MODEL
+    assert [(o.name, list(o.dims)) for o in config.output] == [("EMBEDDING", [contract.EMBEDDING_DIM])]
+
+
+def test_llm_tiers_have_no_per_task_model():
+    with pytest.raises(ConfigError):
+        configgen.tier_spec("sst2", contract.TIER_LLM_SMALL, 2)
+
+
+def test_parse_rejects_unknown_fields_and_profiles():
+    with pytest.raises(ConfigError, match="invalid config.pbtxt"):
+        configgen.parse_config('name: "x"\nmax_batch_sise: 3\n')
+    with pytest.raises(ConfigError, match="unknown profile"):
+        configgen.embedder_spec().to_pbtxt(profile="tpu")
+
+
+def test_write_config(tmp_path):
+    path = configgen.write_config(configgen.embedder_spec(), tmp_path)
+    assert configgen.parse_config(path.read_text()).name == contract.EMBEDDER_MODEL

@@ -1,0 +1,223 @@
+"""The gate's logic (cascade.gate), tested directly with plain Python tiers."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cascade import contract
+from cascade.errors import ConfigError, InvalidInput, TierFailure
+from cascade.gate import (
+    Cancelled,
+    GateConfig,
+    RequestOptions,
+    RowBatch,
+    check_embeddings,
+    decode_texts,
+    run_cascade,
+)
+
+LABELS = ("negative", "positive")
+
+
+class FixedTier:
+    """A tier whose probabilities are given per row; records which rows it saw."""
+
+    def __init__(self, tier, probs, fail=False):
+        self.tier = tier
+        self.probs = np.asarray(probs, np.float32)
+        self.fail = fail
+        self.seen = None
+
+    def predict_proba(self, batch, rows):
+        self.seen = rows.tolist()
+        if self.fail:
+            raise TierFailure("model unavailable")
+        return self.probs[rows]
+
+
+def p(*positives):
+    return [[1 - x, x] for x in positives]
+
+
+def run(tiers, thresholds, n, min_tier=0, max_tier=4):
+    batch = RowBatch([f"row {i}" for i in range(n)])
+    return run_cascade(batch, tiers, thresholds, 2, np.full(n, min_tier), np.full(n, max_tier))
+
+
+def test_rows_escalate_only_when_below_threshold():
+    t0 = FixedTier(0, p(0.99, 0.6, 0.05, 0.5))
+    t1 = FixedTier(1, p(0.5, 0.95, 0.5, 0.7))
+    t2 = FixedTier(2, p(0.5, 0.5, 0.5, 0.2))
+    result = run([t0, t1, t2], {0: 0.9, 1: 0.9}, 4)
+    assert t0.seen == [0, 1, 2, 3]
+    assert t1.seen == [1, 3]  # rows 0 and 2 were confident at tier 0
+    assert t2.seen == [3]
+    assert result.tier.tolist() == [0, 1, 0, 2]
+    assert result.label_index.tolist() == [1, 1, 0, 0]
+    np.testing.assert_allclose(result.confidence, [0.99, 0.95, 0.95, 0.8], rtol=1e-6)
+    assert result.errors == [None] * 4
+    assert [(s.tier, s.rows_in, s.answered) for s in result.stats] == [(0, 4, 2), (1, 2, 1), (2, 1, 1)]
+
+
+def test_last_tier_answers_whatever_reaches_it():
+    t0 = FixedTier(0, p(0.6, 0.55))
+    t1 = FixedTier(1, p(0.51, 0.5))
+    result = run([t0, t1], {0: 0.99}, 2)
+    assert result.tier.tolist() == [1, 1]
+
+
+def test_max_tier_makes_a_cheaper_tier_final():
+    t0 = FixedTier(0, p(0.6, 0.99))
+    t1 = FixedTier(1, p(0.9, 0.9))
+    result = run([t0, t1], {0: 0.95}, 2, max_tier=0)
+    assert t1.seen is None
+    assert result.tier.tolist() == [0, 0]
+
+
+def test_min_tier_skips_cheaper_tiers():
+    t0 = FixedTier(0, p(0.99))
+    t1 = FixedTier(1, p(0.7))
+    result = run([t0, t1], {0: 0.5}, 1, min_tier=1)
+    assert t0.seen is None
+    assert result.tier.tolist() == [1]
+
+
+def test_failing_tier_escalates_its_rows():
+    t0 = FixedTier(0, p(0.99, 0.99), fail=True)
+    t1 = FixedTier(1, p(0.3, 0.8))
+    result = run([t0, t1], {0: 0.5}, 2)
+    assert result.tier.tolist() == [1, 1]
+    assert result.errors == [None, None]
+    assert result.stats[0].failed
+
+
+def test_failing_last_tier_reports_rows_as_errors():
+    t0 = FixedTier(0, p(0.99, 0.6))
+    t1 = FixedTier(1, p(0.3, 0.8), fail=True)
+    result = run([t0, t1], {0: 0.9}, 2)
+    assert result.tier.tolist() == [0, -1]
+    assert result.errors[0] is None
+    assert "tier xgboost failed: model unavailable" in result.errors[1]
+
+
+def test_tier_returning_bad_shape_is_a_failure():
+    bad = FixedTier(0, [[0.5, 0.5, 0.0]])
+    good = FixedTier(1, p(0.9))
+    result = run([bad, good], {0: 0.5}, 1)
+    assert result.tier.tolist() == [1]
+    assert "shape" in result.stats[0].error
+
+
+def test_cancellation_between_tiers():
+    t0 = FixedTier(0, p(0.6))
+    t1 = FixedTier(1, p(0.9))
+    batch = RowBatch(["x"])
+    with pytest.raises(Cancelled):
+        run_cascade(batch, [t0, t1], {0: 0.9}, 2, np.zeros(1), np.full(1, 4), cancelled=lambda: True)
+
+
+def test_row_batch_embeds_only_missing_rows_once():
+    calls = []
+
+    def embed(texts):
+        calls.append(list(texts))
+        return np.ones((len(texts), contract.EMBEDDING_DIM), np.float32)
+
+    given = np.full((3, contract.EMBEDDING_DIM), 2.0, np.float32)
+    have = np.array([True, False, True])
+    batch = RowBatch(["a", "b", "c"], embeddings=given, have_embedding=have, embed=embed)
+    out = batch.embedding(np.array([0, 1, 2]))
+    batch.embedding(np.array([1]))
+    assert calls == [["b"]]
+    assert out[:, 0].tolist() == [2.0, 1.0, 2.0]
+    assert batch.embedded_rows == 1
+
+
+# --- configuration ---------------------------------------------------------------------------------
+def good_params(**overrides):
+    params = GateConfig("sst2", LABELS, (0, 1, 2), {0: 0.9, 1: 0.8}).to_parameters()
+    params.update(overrides)
+    return params
+
+
+def test_config_round_trips_through_parameters():
+    config = GateConfig.from_parameters(good_params())
+    assert config.tiers == (0, 1, 2)
+    assert config.thresholds == {0: 0.9, 1: 0.8}
+    assert config.needs_embedding
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"thresholds": json.dumps({"logreg": 1.5, "xgboost": 0.8})}, "must be in [0, 1]"),
+        ({"thresholds": json.dumps({"logreg": "high", "xgboost": 0.8})}, "must be a number"),
+        ({"thresholds": json.dumps({"logreg": 0.9})}, "lacks tiers ['xgboost']"),
+        ({"thresholds": json.dumps({"logreg": 0.9, "xgboost": 0.8, "llm_small": 0.5})}, "not enabled"),
+        ({"tiers": json.dumps(["encoder", "logreg"])}, "cheapest first"),
+        ({"tiers": json.dumps(["logreg", "gpt"])}, "unknown tier"),
+        ({"labels": json.dumps(["only"])}, ">= 2 distinct"),
+        ({"labels": "not json"}, "not JSON"),
+        ({"bls_timeout_ms": "soon"}, "not an integer"),
+        ({"bls_timeout_ms": "0"}, "positive integer"),
+        ({"treshold": "0.5"}, "unknown gate parameters"),
+    ],
+)
+def test_bad_config_fails_loudly(overrides, message):
+    with pytest.raises(ConfigError, match=None) as info:
+        GateConfig.from_parameters(good_params(**overrides))
+    assert message in str(info.value)
+
+
+def test_missing_parameter_fails():
+    params = good_params()
+    del params["labels"]
+    with pytest.raises(ConfigError, match="missing gate parameters"):
+        GateConfig.from_parameters(params)
+
+
+# --- request options and inputs ----------------------------------------------------------------------
+def test_request_options_parse_names_numbers_and_strings():
+    opts = RequestOptions.parse({"max_tier": "logreg", "return_probs": "true"}, (0, 1, 2))
+    assert (opts.min_tier, opts.max_tier, opts.return_probs) == (0, 0, True)
+    assert RequestOptions.parse({"min_tier": 2}, (0, 1, 2)).min_tier == 2
+    assert RequestOptions.parse({}, (0, 1)) == RequestOptions()
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"max_tier": 9}, "unknown tier"),
+        ({"min_tier": 2, "max_tier": 1}, "above max_tier"),
+        ({"min_tier": 3}, "no enabled tier"),
+        ({"return_probs": "maybe"}, "boolean"),
+        ({"temperature": 0.1}, "unknown request parameters"),
+    ],
+)
+def test_bad_request_options(params, message):
+    with pytest.raises(InvalidInput) as info:
+        RequestOptions.parse(params, (0, 1, 2))
+    assert message in str(info.value)
+
+
+def test_decode_texts_checks_and_truncates():
+    assert decode_texts([b"good", "fine"]) == ["good", "fine"]
+    assert len(decode_texts([b"x" * 1_000_000])[0]) == contract.MAX_TEXT_CHARS
+    with pytest.raises(InvalidInput, match=r"TEXT\[1\] is empty"):
+        decode_texts([b"ok", b"   "])
+    with pytest.raises(InvalidInput, match=r"TEXT\[0\] is not valid UTF-8"):
+        decode_texts([b"\xff\xfe bad"])
+
+
+def test_check_embeddings():
+    good = np.zeros((2, contract.EMBEDDING_DIM), np.float32)
+    assert check_embeddings(good, 2) is good
+    with pytest.raises(InvalidInput, match="rows but TEXT has"):
+        check_embeddings(good, 3)
+    with pytest.raises(InvalidInput, match="shape"):
+        check_embeddings(np.zeros((2, 3), np.float32), 2)
+    bad = good.copy()
+    bad[1, 5] = np.nan
+    with pytest.raises(InvalidInput, match="row 1 holds NaN"):
+        check_embeddings(bad, 2)

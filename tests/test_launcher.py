@@ -1,0 +1,377 @@
+"""cascade.launcher: command line and environment (unit), and a real tritonserver (``-m server``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cascade import launcher
+from cascade.contract import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
+from cascade.errors import InvalidInput, ServerError
+from cascade.launcher import (
+    CPU_ONLY_FLAGS,
+    ServerOptions,
+    TritonServer,
+    backend_dir_for,
+    find_tritonserver,
+    free_port,
+    free_ports,
+    prepare_python_backend,
+    serve,
+    server_command,
+    server_env,
+)
+
+PY = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _executable(path: Path, text: str = "#!/bin/sh\nexit 0\n") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+@pytest.fixture
+def fake_install(tmp_path) -> Path:
+    """A wheel-like layout: <root>/bin/tritonserver, <root>/backends/python, per-version stubs."""
+    root = tmp_path / "tritonserver"
+    _executable(root / "bin" / "tritonserver")
+    (root / "backends" / "python").mkdir(parents=True)
+    (root / "backends" / "python" / "libtriton_python.so").write_bytes(b"lib")
+    for version in (PY, "3.99"):
+        _executable(root / "python_backend_stubs" / version / "triton_python_backend_stub", f"stub {version}")
+    return root
+
+
+def _opts(tmp_path, **kw) -> ServerOptions:
+    kw.setdefault("gpu", False)
+    return ServerOptions(repository=tmp_path, **kw)
+
+
+# --- unit: options and command -------------------------------------------------------------------
+def test_options_defaults_come_from_contract(tmp_path):
+    opts = _opts(tmp_path)
+    assert (opts.http_port, opts.grpc_port, opts.metrics_port) == (
+        DEFAULT_HTTP_PORT,
+        DEFAULT_GRPC_PORT,
+        DEFAULT_METRICS_PORT,
+    )
+    assert opts.host == "127.0.0.1"
+    assert opts.model_control_mode == "none"
+    assert opts.grpc_url == f"127.0.0.1:{DEFAULT_GRPC_PORT}"
+    assert opts.http_url == f"http://127.0.0.1:{DEFAULT_HTTP_PORT}"
+
+
+def test_options_wildcard_host_connects_on_loopback(tmp_path):
+    opts = _opts(tmp_path, host="0.0.0.0", grpc_port=9001)
+    assert opts.grpc_url == "127.0.0.1:9001"
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"model_control_mode": "poll"},
+        {"model_control_mode": "explicit", "load_models": ["*", "a"]},
+        {"http_port": 0},
+        {"grpc_port": 70000},
+    ],
+)
+def test_options_reject_invalid_values(tmp_path, kw):
+    with pytest.raises(InvalidInput):
+        _opts(tmp_path, **kw)
+
+
+def test_server_command_none_mode_cpu(tmp_path, fake_install):
+    binary = fake_install / "bin" / "tritonserver"
+    opts = _opts(tmp_path, http_port=1, grpc_port=2, metrics_port=3, log_verbose=1, extra_args=["--id=x"])
+    cmd = server_command(opts, binary)
+    assert cmd[0] == str(binary)
+    assert f"--model-repository={tmp_path}" in cmd
+    assert "--model-control-mode=none" in cmd
+    assert not any(arg.startswith("--load-model") for arg in cmd)
+    assert f"--backend-directory={(fake_install / 'backends').resolve()}" in cmd
+    for flag, port in (("http", 1), ("grpc", 2), ("metrics", 3)):
+        assert f"--{flag}-address=127.0.0.1" in cmd
+        assert f"--{flag}-port={port}" in cmd
+    for flag in CPU_ONLY_FLAGS:
+        assert flag in cmd
+    assert "--log-verbose=1" in cmd
+    assert cmd[-1] == "--id=x"  # extra args last, so they win
+
+
+def test_server_command_explicit_mode(tmp_path, fake_install):
+    binary = fake_install / "bin" / "tritonserver"
+    cmd = server_command(_opts(tmp_path, model_control_mode="explicit"), binary)
+    assert "--model-control-mode=explicit" in cmd
+    assert "--load-model=*" in cmd
+    cmd = server_command(_opts(tmp_path, model_control_mode="explicit", load_models=["a", "b"]), binary)
+    assert [arg for arg in cmd if arg.startswith("--load-model")] == ["--load-model=a", "--load-model=b"]
+    cmd = server_command(_opts(tmp_path, model_control_mode="explicit", load_models=[]), binary)
+    assert not any(arg.startswith("--load-model") for arg in cmd)
+
+
+def test_server_command_gpu_and_unsupported_flags(tmp_path, fake_install):
+    binary = fake_install / "bin" / "tritonserver"
+    cmd = server_command(_opts(tmp_path, gpu=True), binary)
+    assert not any(flag in cmd for flag in CPU_ONLY_FLAGS)
+    supported = frozenset({"--http-address", "--grpc-address", "--pinned-memory-pool-byte-size"})
+    cmd = server_command(_opts(tmp_path, host="0.0.0.0"), binary, supported)
+    assert "--http-address=0.0.0.0" in cmd and "--grpc-address=0.0.0.0" in cmd
+    assert not any(arg.startswith("--metrics-address") for arg in cmd)
+    assert "--pinned-memory-pool-byte-size=0" in cmd
+    assert "--allow-gpu-metrics=false" not in cmd
+    assert "--metrics-port=8002" in cmd  # essential flags are never dropped
+
+
+def test_server_command_without_backends_dir(tmp_path):
+    binary = _executable(tmp_path / "elsewhere" / "tritonserver")
+    assert backend_dir_for(binary) is None
+    assert not any(arg.startswith("--backend-directory") for arg in server_command(_opts(tmp_path), binary))
+
+
+# --- unit: environment and discovery -------------------------------------------------------------
+def test_server_env_puts_interpreter_bin_first():
+    bin_dir = os.path.dirname(sys.executable)
+    env = server_env(base={"PATH": f"/usr/bin:{bin_dir}:/bin", "OTHER": "1"})
+    assert env["PATH"].split(os.pathsep) == [bin_dir, "/usr/bin", "/bin"]
+    assert env["OTHER"] == "1"
+
+
+def test_server_env_adds_wheel_libs_only_for_the_wheel_binary(tmp_path):
+    libs = launcher.wheel_libs_dir()
+    if libs is None:
+        pytest.skip("nvidia-pytriton wheel not installed")
+    wheel_env = server_env(find_wheel_binary(), base={"PATH": "/bin", "LD_LIBRARY_PATH": "/x"})
+    assert wheel_env["LD_LIBRARY_PATH"].split(os.pathsep) == ["/x", str(libs)]
+    other = server_env(_executable(tmp_path / "bin" / "tritonserver"), base={"PATH": "/bin"})
+    assert "LD_LIBRARY_PATH" not in other
+
+
+def find_wheel_binary() -> Path:
+    root = launcher._wheel_root()
+    assert root is not None
+    return root / "bin" / "tritonserver"
+
+
+def test_find_tritonserver_env_missing(monkeypatch, tmp_path):
+    missing = tmp_path / "no" / "tritonserver"
+    monkeypatch.setenv("TRITONSERVER", str(missing))
+    with pytest.raises(ServerError, match="TRITONSERVER") as info:
+        find_tritonserver()
+    assert str(missing) in str(info.value)
+
+
+def test_find_tritonserver_env_and_path(monkeypatch, tmp_path):
+    chosen = _executable(tmp_path / "mine" / "tritonserver")
+    monkeypatch.setenv("TRITONSERVER", str(chosen))
+    assert find_tritonserver() == chosen
+    monkeypatch.delenv("TRITONSERVER")
+    on_path = _executable(tmp_path / "pathdir" / "tritonserver")
+    monkeypatch.setenv("PATH", str(on_path.parent))
+    assert find_tritonserver() == on_path
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    if launcher._wheel_root() is not None:
+        assert find_tritonserver() == find_wheel_binary()
+
+
+def test_prepare_python_backend_copies_the_right_stub_once(fake_install):
+    backends = fake_install / "backends"
+    stub = prepare_python_backend(backends)
+    assert stub == backends / "python" / "triton_python_backend_stub"
+    assert stub.read_text() == f"stub {PY}"
+    assert os.access(stub, os.X_OK)
+    mtime = stub.stat().st_mtime_ns
+    assert prepare_python_backend(backends) == stub
+    assert stub.stat().st_mtime_ns == mtime  # idempotent
+    stub.write_text("stub from another python")
+    prepare_python_backend(backends)
+    assert stub.read_text() == f"stub {PY}"  # a wrong stub is replaced
+
+
+def test_prepare_python_backend_without_a_stub_for_this_python(fake_install):
+    (fake_install / "python_backend_stubs" / PY / "triton_python_backend_stub").unlink()
+    with pytest.raises(ServerError, match=rf"Python {PY}.*3\.99"):
+        prepare_python_backend(fake_install / "backends")
+
+
+def test_prepare_python_backend_nothing_to_do(tmp_path):
+    assert prepare_python_backend(None) is None
+    assert prepare_python_backend(tmp_path) is None  # no python backend there
+
+
+def test_free_ports_are_distinct_and_bindable():
+    ports = free_ports(5)
+    assert len(set(ports)) == 5
+    assert isinstance(free_port(), int)
+
+
+# --- integration: a real tritonserver ------------------------------------------------------------
+DOUBLE_MODEL = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+import cascade.contract  # the stub runs this virtual environment's python: the project imports
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            if x.size and x.flat[0] < 0:
+                error = pb_utils.TritonError("negative input", pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(error=error))
+                continue
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", (x * 2).astype(np.float32))]))
+        return responses
+"""
+
+FAILING_MODEL = """
+class TritonPythonModel:
+    def initialize(self, args):
+        raise RuntimeError("boom: the weights file is missing")
+
+    def execute(self, requests):
+        return []
+"""
+
+
+def write_model(repo: Path, name: str, source: str) -> Path:
+    (repo / name / "1").mkdir(parents=True)
+    (repo / name / "1" / "model.py").write_text(textwrap.dedent(source))
+    (repo / name / "config.pbtxt").write_text(
+        textwrap.dedent(
+            f"""\
+            name: "{name}"
+            backend: "python"
+            max_batch_size: 8
+            input [ {{ name: "X" data_type: TYPE_FP32 dims: [ -1 ] }} ]
+            output [ {{ name: "Y" data_type: TYPE_FP32 dims: [ -1 ] }} ]
+            instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+            """
+        )
+    )
+    return repo
+
+
+def server_opts(repo: Path, tmp_path: Path, **kw) -> ServerOptions:
+    http, grpc, metrics = free_ports(3)
+    return ServerOptions(
+        repository=repo,
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        log_file=tmp_path / "server.log",
+        **kw,
+    )
+
+
+def infer_double(url: str, values) -> np.ndarray:
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(url) as client:
+        tensor = grpcclient.InferInput("X", [1, len(values)], "FP32")
+        tensor.set_data_from_numpy(np.asarray([values], dtype=np.float32))
+        return client.infer("double", [tensor]).as_numpy("Y")
+
+
+@pytest.mark.server
+def test_server_serves_a_python_model(tmp_path):
+    import tritonclient.grpc as grpcclient
+
+    repo = write_model(tmp_path / "repo", "double", DOUBLE_MODEL)
+    with TritonServer(server_opts(repo, tmp_path)) as server:
+        assert server.is_ready()
+        np.testing.assert_array_equal(infer_double(server.grpc_url, [1.5, -2.0, 3.0]), [[3.0, -4.0, 6.0]])
+        # A per-request error from a Python model reaches the client with its status.
+        with pytest.raises(grpcclient.InferenceServerException) as info:
+            infer_double(server.grpc_url, [-1.0])
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "negative input" in info.value.message()
+    assert server.returncode == 0  # SIGTERM is a clean shutdown
+    assert not server.is_running()
+
+
+@pytest.mark.server
+def test_model_that_fails_to_load_surfaces_its_error(tmp_path):
+    repo = write_model(tmp_path / "repo", "broken", FAILING_MODEL)
+    server = TritonServer(server_opts(repo, tmp_path))
+    with pytest.raises(ServerError) as info:
+        server.start()
+    message = str(info.value)
+    assert "boom: the weights file is missing" in message
+    assert "broken" in message
+    assert not server.is_running()
+    assert server.returncode != 0
+
+
+@pytest.mark.server
+def test_explicit_mode_loads_models_on_request(tmp_path):
+    import tritonclient.grpc as grpcclient
+
+    repo = write_model(tmp_path / "repo", "double", DOUBLE_MODEL)
+    opts = server_opts(repo, tmp_path, model_control_mode="explicit", load_models=[])
+    with TritonServer(opts) as server, grpcclient.InferenceServerClient(server.grpc_url) as client:
+        assert client.is_server_ready()
+        assert not client.is_model_ready("double")
+        client.load_model("double")
+        assert client.is_model_ready("double")
+        np.testing.assert_array_equal(infer_double(server.grpc_url, [2.0]), [[4.0]])
+
+
+@pytest.mark.server
+def test_serve_returns_nonzero_when_a_model_fails(tmp_path, capsys):
+    repo = write_model(tmp_path / "repo", "broken", FAILING_MODEL)
+    code = serve(server_opts(repo, tmp_path), follow_log=False)
+    assert code != 0
+    assert "boom: the weights file is missing" in capsys.readouterr().err
+
+
+class _Announcements:
+    """A text sink for serve(): records what it prints, signals once the endpoints are printed."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker, self.text, self.seen = marker, "", threading.Event()
+
+    def write(self, text: str) -> int:
+        self.text += text
+        if self.marker in self.text:
+            self.seen.set()
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.server
+def test_serve_forwards_sigterm_for_a_clean_shutdown(tmp_path):
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
+    repo = write_model(tmp_path / "repo", "double", DOUBLE_MODEL)
+    opts = server_opts(repo, tmp_path)
+    out = _Announcements(opts.grpc_url)
+    outcome = {}
+
+    def infer_then_terminate():
+        if not out.seen.wait(timeout=300):
+            return  # serve() fails on its own
+        try:
+            outcome["y"] = infer_double(opts.grpc_url, [5.0])
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    worker = threading.Thread(target=infer_then_terminate, daemon=True)
+    worker.start()
+    code = serve(opts, follow_log=False, out=out)
+    worker.join(timeout=30)
+    assert code == 0
+    np.testing.assert_array_equal(outcome["y"], [[10.0]])
