@@ -51,25 +51,18 @@ def bench_gate(task: TaskSpec, repo: Path, iterations: int = 300, data_dir: str 
     with TritonServer(opts) as server, CascadeClient(server.grpc_url) as client:
         for batch in (1, 64):
             t, e = texts[:batch], embeddings[:batch]
-            tensor = grpcclient.InferInput(
-                contract.EMBEDDING.name, list(e.shape), contract.EMBEDDING.datatype
-            )
+            tensor = grpcclient.InferInput(contract.EMBEDDING.name, list(e.shape), contract.EMBEDDING.datatype)
             tensor.set_data_from_numpy(e)
-            cases[f"direct_logreg_embedding_b{batch}"] = _timed(
-                lambda t=tensor: client.infer(logreg, [t]), iterations
-            )
+            cases[f"direct_logreg_embedding_b{batch}"] = _timed(lambda t=tensor: client.infer(logreg, [t]), iterations)
             cases[f"gate_tier0_embedding_b{batch}"] = _timed(
                 lambda t=t, e=e: client.classify(task.name, t, e, max_tier=contract.TIER_LOGREG), iterations
             )
             cases[f"gate_tier0_text_b{batch}"] = _timed(
                 lambda t=t: client.classify(task.name, t, max_tier=contract.TIER_LOGREG), iterations
             )
-            cases[f"gate_cascade_text_b{batch}"] = _timed(
-                lambda t=t: client.classify(task.name, t), iterations // 3
-            )
+            cases[f"gate_cascade_text_b{batch}"] = _timed(lambda t=t: client.classify(task.name, t), iterations // 3)
     overhead = {
-        f"b{b}": cases[f"gate_tier0_embedding_b{b}"]["p50_ms"]
-        - cases[f"direct_logreg_embedding_b{b}"]["p50_ms"]
+        f"b{b}": cases[f"gate_tier0_embedding_b{b}"]["p50_ms"] - cases[f"direct_logreg_embedding_b{b}"]["p50_ms"]
         for b in (1, 64)
     }
     return {

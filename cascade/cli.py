@@ -15,9 +15,7 @@ DEFAULT_REPO = REPO_ROOT / "model_repository" / "cpu"
 
 
 def _add_repo(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--repo", type=Path, default=DEFAULT_REPO, help="model repository (default: %(default)s)"
-    )
+    parser.add_argument("--repo", type=Path, default=DEFAULT_REPO, help="model repository (default: %(default)s)")
 
 
 def _add_task(parser: argparse.ArgumentParser) -> None:
@@ -121,9 +119,7 @@ def cmd_classify(args) -> int:
             raise CascadeError(f"--file {args.file}: no such file")
         frame = pd.read_csv(args.file, keep_default_na=False)
         if args.column not in frame.columns:
-            raise CascadeError(
-                f"--file {args.file}: no column {args.column!r} (columns: {list(frame.columns)})"
-            )
+            raise CascadeError(f"--file {args.file}: no column {args.column!r} (columns: {list(frame.columns)})")
         texts.extend(frame[args.column].astype(str))
     if not texts:
         raise CascadeError("nothing to classify: give texts or --file")
@@ -157,9 +153,7 @@ def cmd_bench(args) -> int:
 
     task = load_task(args.task)
     if not task_is_built(task, args.repo):
-        raise CascadeError(
-            f"task {task.name} is not built in {args.repo}: run `cascade build` (or make demo)"
-        )
+        raise CascadeError(f"task {task.name} is not built in {args.repo}: run `cascade build` (or make demo)")
     result = bench.bench_gate(task, args.repo, args.iterations, args.data_dir)
     bench.print_gate(result)
     print(f"saved {bench.save(result, 'gate')}")

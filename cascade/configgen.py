@@ -57,9 +57,7 @@ class ModelSpec:
             if not tensor.dims:  # per-row scalar: clients send [batch, 1], the model sees [batch]
                 item.reshape.SetInParent()
         for tensor in self.outputs:
-            item = config.output.add(
-                name=tensor.name, data_type=_DTYPES[tensor.datatype], dims=self._dims(tensor)
-            )
+            item = config.output.add(name=tensor.name, data_type=_DTYPES[tensor.datatype], dims=self._dims(tensor))
             if not tensor.dims:
                 item.reshape.SetInParent()
         config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=self.instance_count)
@@ -117,9 +115,7 @@ def tier_spec(task: str, tier: int, n_labels: int, num_threads: int = 1) -> Mode
     )
 
 
-def gate_spec(
-    gate_parameters: dict[str, str], task: str, n_labels: int, instance_count: int = 2
-) -> ModelSpec:
+def gate_spec(gate_parameters: dict[str, str], task: str, n_labels: int, instance_count: int = 2) -> ModelSpec:
     inputs, outputs = contract.GATE_SIGNATURE
     return ModelSpec(
         name=contract.gate_model_name(task),

@@ -50,18 +50,12 @@ class GateConfig:
                     f"threshold given for tier {contract.TIER_NAMES.get(tier, tier)!r}, which is not enabled"
                 )
             if not (isinstance(value, float) and 0.0 <= value <= 1.0):
-                raise ConfigError(
-                    f"threshold of tier {contract.TIER_NAMES[tier]!r} must be in [0, 1]: {value!r}"
-                )
+                raise ConfigError(f"threshold of tier {contract.TIER_NAMES[tier]!r} must be in [0, 1]: {value!r}")
         missing = [contract.TIER_NAMES[t] for t in self.tiers[:-1] if t not in self.thresholds]
         if missing:
-            raise ConfigError(
-                f"gate parameter 'thresholds' lacks tiers {missing} (only the last may omit one)"
-            )
+            raise ConfigError(f"gate parameter 'thresholds' lacks tiers {missing} (only the last may omit one)")
         if not (isinstance(self.bls_timeout_ms, int) and self.bls_timeout_ms > 0):
-            raise ConfigError(
-                f"gate parameter 'bls_timeout_ms' must be a positive integer: {self.bls_timeout_ms!r}"
-            )
+            raise ConfigError(f"gate parameter 'bls_timeout_ms' must be a positive integer: {self.bls_timeout_ms!r}")
 
     @property
     def needs_embedding(self) -> bool:
@@ -176,9 +170,7 @@ def decode_texts(raw: Sequence) -> list[str]:
             try:
                 value = bytes(value).decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise InvalidInput(
-                    f"TEXT[{i}] is not valid UTF-8 ({exc.reason} at byte {exc.start})"
-                ) from exc
+                raise InvalidInput(f"TEXT[{i}] is not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
         elif not isinstance(value, str):
             raise InvalidInput(f"TEXT[{i}] must be a string, got {type(value).__name__}")
         if not value.strip():
@@ -189,9 +181,7 @@ def decode_texts(raw: Sequence) -> list[str]:
 
 def check_embeddings(embeddings: np.ndarray, n_rows: int) -> np.ndarray:
     if embeddings.ndim != 2 or embeddings.shape[1] != contract.EMBEDDING_DIM:
-        raise InvalidInput(
-            f"EMBEDDING must have shape [n, {contract.EMBEDDING_DIM}], got {list(embeddings.shape)}"
-        )
+        raise InvalidInput(f"EMBEDDING must have shape [n, {contract.EMBEDDING_DIM}], got {list(embeddings.shape)}")
     if embeddings.shape[0] != n_rows:
         raise InvalidInput(f"EMBEDDING has {embeddings.shape[0]} rows but TEXT has {n_rows}")
     bad = ~np.isfinite(embeddings).all(axis=1)
@@ -213,9 +203,7 @@ class RowBatch:
     ) -> None:
         self.texts = texts
         n = len(texts)
-        self._emb = (
-            embeddings if embeddings is not None else np.zeros((n, contract.EMBEDDING_DIM), np.float32)
-        )
+        self._emb = embeddings if embeddings is not None else np.zeros((n, contract.EMBEDDING_DIM), np.float32)
         self._have = have_embedding if have_embedding is not None else np.zeros(n, bool)
         if embeddings is not None and have_embedding is None:
             self._have[:] = True

@@ -97,8 +97,7 @@ def find_tritonserver() -> Path:
     if root is not None:
         return root / "bin" / "tritonserver"
     raise ServerError(
-        "tritonserver not found: set $TRITONSERVER, put tritonserver on PATH (NGC container) "
-        "or install nvidia-pytriton"
+        "tritonserver not found: set $TRITONSERVER, put tritonserver on PATH (NGC container) or install nvidia-pytriton"
     )
 
 
@@ -448,9 +447,7 @@ class TritonServer:
         while True:
             code = self.process.poll()
             if code is not None:
-                raise ServerError(
-                    self._failure(f"tritonserver exited with code {code} before becoming ready")
-                )
+                raise ServerError(self._failure(f"tritonserver exited with code {code} before becoming ready"))
             if self.is_ready():
                 self.startup_s = time.monotonic() - started
                 return self
@@ -535,6 +532,17 @@ def _exit_code(code: int | None) -> int:
     return 128 - code if code < 0 else code  # killed by a signal: the shell's 128+N
 
 
+def _wait_interruptibly(server: TritonServer, poll_s: float = 0.25) -> int:
+    """Wait for the server to exit without blocking in ``waitpid``: a signal that the kernel hands
+    to another thread (gRPC's, the log follower) only sets a flag, and Python runs the handler when
+    the main thread is back in the interpreter, which a blocking ``waitpid`` would never be."""
+    while True:
+        try:
+            return server.wait(poll_s)
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def serve(
     opts: ServerOptions,
     *,
@@ -597,7 +605,7 @@ def serve(
             file=out,
             flush=True,
         )
-        code = server.wait()
+        code = _wait_interruptibly(server)
         if follower:
             follower.stop()
             follower = None

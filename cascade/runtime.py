@@ -46,9 +46,7 @@ class OnnxRunner:
         opts.intra_op_num_threads = max(1, int(num_threads))
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self._session = ort.InferenceSession(
-            str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
+        self._session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
         inputs = {i.name: i for i in self._session.get_inputs()}
         outputs = self._session.get_outputs()
 

@@ -53,9 +53,7 @@ class TaskSpec:
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):
-            raise ConfigError(
-                f"task name {self.name!r} must match {_NAME_RE.pattern} (it becomes a Triton model name)"
-            )
+            raise ConfigError(f"task name {self.name!r} must match {_NAME_RE.pattern} (it becomes a Triton model name)")
         if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
             raise ConfigError(f"task {self.name!r}: labels must be at least two distinct names")
         if any(not label.strip() for label in self.labels):

@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from cascade.export.repository import RepositoryWriter
 
 from cascade import configgen, contract
 from cascade.calibrate import calibrate_cascade
+from cascade.export.repository import RepositoryWriter
 from cascade.gate import GateConfig
 from cascade.tasks import TaskSpec, load_split
 
@@ -64,7 +64,6 @@ def embed(repo: Path, texts: list[str]) -> np.ndarray:
 def build_task(task: TaskSpec, repo: Path, opts: BuildOptions = BuildOptions()) -> dict:
     from cascade.export import encoder as enc
     from cascade.export import tabular
-
     from cascade.runtime import OnnxRunner
 
     repo = Path(repo)
@@ -121,9 +120,7 @@ def build_task(task: TaskSpec, repo: Path, opts: BuildOptions = BuildOptions()) 
             name = contract.TIER_NAMES[tier]
             timings[f"train_{name}_s"] = time.perf_counter() - t
             acc = float((calib_probs[tier].argmax(1) == c_y).mean())
-            log(
-                f"tier {tier} ({name}): trained in {timings[f'train_{name}_s']:.1f} s, held-out accuracy {acc:.3f}"
-            )
+            log(f"tier {tier} ({name}): trained in {timings[f'train_{name}_s']:.1f} s, held-out accuracy {acc:.3f}")
 
         calibration = calibrate_cascade(calib_probs, c_y, task.target, task.delta, opts.min_coverage)
         enabled = tuple(c.tier for c in calibration if c.enabled)

@@ -87,6 +87,8 @@ def export_graph(module: Any, out_dir: Path, output_name: str) -> Path:
         # Known benign: a shape-only comparison in transformers' mask code, and non-negative mask indexing.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Exporting aten::index operator")
+        # dynamo=False on purpose: the TorchScript exporter handles this model reliably.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(
             module,
             trace_inputs(out_dir),
@@ -113,9 +115,7 @@ def _embedder_module(transformer: Any) -> Any:
             self.model = model
 
         def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            hidden = self.model(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            )[0]
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
             return F.normalize(mean_pool(hidden, attention_mask), p=2, dim=1)
 
     return SentenceEmbedder(transformer)

@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cascade.contract import MAX_SEQ_TOKENS, MAX_TEXT_CHARS, PROBS
+from cascade.errors import InvalidInput
 from cascade.export.embedder import (
     export_graph,
     load_transformer,
@@ -16,9 +19,6 @@ from cascade.export.embedder import (
     model_path,
     write_tokenizer,
 )
-
-from cascade.contract import MAX_SEQ_TOKENS, MAX_TEXT_CHARS, PROBS
-from cascade.errors import InvalidInput
 from cascade.runtime import TOKENIZER_FILE, OnnxRunner
 
 #: Training batches are formed inside shuffled pools of this many batches, sorted by length (less padding).
@@ -87,9 +87,7 @@ def _modules() -> tuple[type, type]:
     return EncoderClassifier, SoftmaxOutput
 
 
-def _length_grouped_batches(
-    lengths: np.ndarray, batch_size: int, rng: np.random.Generator
-) -> list[np.ndarray]:
+def _length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffled batches of similar-length rows (sorted inside random pools, then batch order shuffled)."""
     order = rng.permutation(len(lengths))
     pool = batch_size * _POOL_BATCHES
@@ -108,7 +106,7 @@ def train_encoder(
     n_labels: int,
     epochs: int = 2,
     batch_size: int = 32,
-    lr: float = 5e-5,
+    lr: float = 1e-4,
     max_rows: int = 3000,
     seed: int = 0,
     progress: bool = True,
@@ -119,6 +117,7 @@ def train_encoder(
     import torch
     from tqdm.auto import tqdm
 
+    texts = list(texts)  # positional indexing, also for a pandas Series
     y = np.asarray(labels)
     if len(texts) != len(y) or len(y) == 0:
         raise InvalidInput(f"need as many labels as texts (> 0), got {len(texts)} texts and {len(y)} labels")

@@ -32,9 +32,7 @@ def built_repo(tmp_path_factory, sst2_task):
             for model in repo.iterdir():
                 source = "gate" if model.name == sst2_task.name else "onnx_runner"
                 if (model / "1" / "model.py").is_file():
-                    shutil.copy2(
-                        REPO_ROOT / "python_backends" / source / "model.py", model / "1" / "model.py"
-                    )
+                    shutil.copy2(REPO_ROOT / "python_backends" / source / "model.py", model / "1" / "model.py")
             return repo, json.loads((repo / "sst2" / "build_report.json").read_text())
     else:
         repo = tmp_path_factory.mktemp("repository") / "cpu"

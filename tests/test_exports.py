@@ -150,6 +150,7 @@ def _embeddings(n_labels: int, rows: int = 160, seed: int = 0) -> tuple[np.ndarr
 @pytest.mark.parametrize("n_labels", [2, 4])
 def test_logreg_export_matches_predict_proba(tmp_path: Path, n_labels: int) -> None:
     import onnx
+
     from cascade.export.tabular import check_tabular, export_logreg, train_logreg
 
     X, y = _embeddings(n_labels)
@@ -170,6 +171,7 @@ def test_logreg_export_matches_predict_proba(tmp_path: Path, n_labels: int) -> N
 @pytest.mark.parametrize("n_labels", [2, 4])
 def test_xgboost_export_matches_predict_proba(tmp_path: Path, n_labels: int) -> None:
     import onnx
+
     from cascade.export.tabular import check_tabular, export_xgboost, train_xgboost
 
     X, y = _embeddings(n_labels, seed=1)
@@ -196,6 +198,7 @@ def test_tabular_rejects_labels_outside_0_to_n(tmp_path: Path) -> None:
 # --- tier 2 --------------------------------------------------------------------------------------
 def test_encoder_finetune_export_matches_torch(tmp_path: Path) -> None:
     import onnx
+
     from cascade.export.encoder import check_encoder, export_encoder, train_encoder
 
     texts = TEXTS + [t + " !" for t in TEXTS[:24]]  # 64 rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import sys
@@ -361,6 +362,8 @@ def test_serve_forwards_sigterm_for_a_clean_shutdown(tmp_path):
     out = _Announcements(opts.grpc_url)
     outcome = {}
 
+    served = threading.Event()
+
     def infer_then_terminate():
         if not out.seen.wait(timeout=300):
             return  # serve() fails on its own
@@ -368,10 +371,15 @@ def test_serve_forwards_sigterm_for_a_clean_shutdown(tmp_path):
             outcome["y"] = infer_double(opts.grpc_url, [5.0])
         finally:
             os.kill(os.getpid(), signal.SIGTERM)
+        if not served.wait(timeout=120):  # the signal was lost: fail rather than hang
+            outcome["lost"] = True
+            os.kill(int(re.search(r"\(pid (\d+)", out.text).group(1)), signal.SIGKILL)
 
     worker = threading.Thread(target=infer_then_terminate, daemon=True)
     worker.start()
     code = serve(opts, follow_log=False, out=out)
+    served.set()
     worker.join(timeout=30)
+    assert "lost" not in outcome, "serve() did not act on SIGTERM"
     assert code == 0
     np.testing.assert_array_equal(outcome["y"], [[10.0]])

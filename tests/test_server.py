@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from cascade.client import AsyncCascadeClient
 from tritonclient.utils import InferenceServerException
 
 from cascade import contract
+from cascade.client import AsyncCascadeClient
 from cascade.errors import InvalidInput, UnknownTask
 from cascade.tasks import load_split
 
@@ -97,9 +97,7 @@ def test_async_client_with_concurrent_requests(server, client, sst2_task, valida
 
     async def run():
         async with AsyncCascadeClient(server.grpc_url) as aclient:
-            parts = await asyncio.gather(
-                *(aclient.classify(sst2_task.name, texts[i : i + 5]) for i in range(0, 40, 5))
-            )
+            parts = await asyncio.gather(*(aclient.classify(sst2_task.name, texts[i : i + 5]) for i in range(0, 40, 5)))
         return [p for part in parts for p in part]
 
     got = asyncio.run(run())
@@ -188,9 +186,7 @@ def test_tasks_lists_the_gate(client, sst2_task):
 
 # --- the CLI ---------------------------------------------------------------------------------------------
 def cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "cascade.cli", *args], capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-m", "cascade.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_cli_classify_texts_and_file(server, sst2_task, tmp_path):

@@ -23,9 +23,7 @@ TEXT, EMBEDDING, PROBS = contract.TEXT.name, contract.EMBEDDING.name, contract.P
 def _error(exc: Exception):
     """Map the project's error kinds (cascade.errors) to Triton status codes, in one place."""
     status = getattr(exc, "status", "INTERNAL")
-    return pb_utils.TritonError(
-        str(exc), getattr(pb_utils.TritonError, status, pb_utils.TritonError.INTERNAL)
-    )
+    return pb_utils.TritonError(str(exc), getattr(pb_utils.TritonError, status, pb_utils.TritonError.INTERNAL))
 
 
 class BlsTier:

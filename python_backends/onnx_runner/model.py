@@ -18,9 +18,7 @@ from cascade.runtime import OnnxRunner
 
 def _error(exc: Exception):
     status = getattr(exc, "status", "INTERNAL")
-    return pb_utils.TritonError(
-        str(exc), getattr(pb_utils.TritonError, status, pb_utils.TritonError.INTERNAL)
-    )
+    return pb_utils.TritonError(str(exc), getattr(pb_utils.TritonError, status, pb_utils.TritonError.INTERNAL))
 
 
 class TritonPythonModel:
@@ -65,9 +63,7 @@ class TritonPythonModel:
             except Exception as exc:  # noqa: BLE001 - reported to the caller, logged here
                 pb_utils.Logger.log_error(f"{self.output['name']}: inference failed: {exc!r}")
                 for i in owners:
-                    responses[i] = pb_utils.InferenceResponse(
-                        error=pb_utils.TritonError(f"inference failed: {exc}")
-                    )
+                    responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"inference failed: {exc}"))
                 return responses
             start = 0
             for i, part in zip(owners, parts, strict=True):
