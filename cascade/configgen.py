@@ -34,6 +34,9 @@ class ModelSpec:
     instance_count: int = 1
     backend: str = "python"
     max_queue_delay_us: int = 0
+    #: Requests queued longer than this are rejected; callers (the gate's BLS ``timeout``) may only
+    #: shorten it. Triton bounds queueing this way, not execution. None: no queue timeout.
+    queue_timeout_us: int | None = None
 
     def _dims(self, tensor: Tensor) -> list[int]:
         dims = list(tensor.dims) or [1]
@@ -62,6 +65,11 @@ class ModelSpec:
                 item.reshape.SetInParent()
         config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=self.instance_count)
         config.dynamic_batching.max_queue_delay_microseconds = self.max_queue_delay_us
+        if self.queue_timeout_us is not None:
+            policy = config.dynamic_batching.default_queue_policy
+            policy.timeout_action = mc.ModelQueuePolicy.REJECT
+            policy.default_timeout_microseconds = self.queue_timeout_us
+            policy.allow_timeout_override = True
         for key, value in self.parameters.items():
             config.parameters[key].string_value = value
         return config
@@ -95,6 +103,7 @@ def embedder_spec(num_threads: int = 2) -> ModelSpec:
         outputs=outputs,
         source=BACKEND_ONNX_RUNNER,
         parameters={contract.CFG_NUM_THREADS: str(num_threads)},
+        queue_timeout_us=contract.DEFAULT_BLS_TIMEOUT_MS * 1000,
     )
 
 
@@ -112,6 +121,7 @@ def tier_spec(task: str, tier: int, n_labels: int, num_threads: int = 1) -> Mode
         source=BACKEND_ONNX_RUNNER,
         n_labels=n_labels,
         parameters={contract.CFG_NUM_THREADS: str(num_threads)},
+        queue_timeout_us=contract.DEFAULT_BLS_TIMEOUT_MS * 1000,
     )
 
 

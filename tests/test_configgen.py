@@ -67,3 +67,11 @@ def test_parse_rejects_unknown_fields_and_profiles():
 def test_write_config(tmp_path):
     path = configgen.write_config(configgen.embedder_spec(), tmp_path)
     assert configgen.parse_config(path.read_text()).name == contract.EMBEDDER_MODEL
+
+
+def test_tiers_reject_requests_queued_past_the_bls_timeout():
+    config = configgen.parse_config(configgen.tier_spec("sst2", 0, 2).to_pbtxt())
+    policy = config.dynamic_batching.default_queue_policy
+    assert policy.timeout_action == mc.ModelQueuePolicy.REJECT
+    assert policy.default_timeout_microseconds == contract.DEFAULT_BLS_TIMEOUT_MS * 1000
+    assert policy.allow_timeout_override  # the gate's BLS timeout may shorten it
