@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -68,7 +69,7 @@ def choose_threshold(
 
 
 def calibrate_cascade(
-    tier_probs: dict[int, np.ndarray],
+    tier_probs: dict[int, np.ndarray | Callable[[np.ndarray], np.ndarray]],
     reference: np.ndarray,
     target: float,
     delta: float,
@@ -76,22 +77,28 @@ def calibrate_cascade(
 ) -> list[TierCalibration]:
     """Calibrate tiers in cascade order, each on the rows the cheaper tiers pass on.
 
-    The last tier answers whatever reaches it and gets no threshold. A tier that cannot reach the
-    target is disabled and passes every row on.
+    ``tier_probs[tier]`` is the tier's probabilities on every row, or a function of the row indices
+    that reach it (so an expensive tier only scores those). The last tier answers whatever reaches
+    it and gets no threshold. A tier that cannot reach the target is disabled and passes every row on.
     """
     tiers = sorted(tier_probs)
     pending = np.ones(len(reference), bool)
     result = []
+
+    def probs_of(tier: int, idx: np.ndarray) -> np.ndarray:
+        source = tier_probs[tier]
+        return np.asarray(source(idx) if callable(source) else source[idx])
+
     for tier in tiers[:-1]:
-        probs = tier_probs[tier][pending]
-        correct = probs.argmax(axis=1) == reference[pending]
+        idx = np.flatnonzero(pending)
+        probs = probs_of(tier, idx)
+        correct = probs.argmax(axis=1) == reference[idx]
         cal = choose_threshold(probs.max(axis=1), correct, target, delta, min_coverage, tier)
         result.append(cal)
         if cal.enabled:
-            idx = np.flatnonzero(pending)
             pending[idx[probs.max(axis=1) >= cal.threshold]] = False
+    idx = np.flatnonzero(pending)
     last = tiers[-1]
-    probs = tier_probs[last][pending]
-    agreement = float((probs.argmax(axis=1) == reference[pending]).mean()) if pending.any() else 0.0
-    result.append(TierCalibration(last, int(pending.sum()), True, None, 1.0, agreement, 0.0))
+    agreement = float((probs_of(last, idx).argmax(axis=1) == reference[idx]).mean()) if idx.size else 0.0
+    result.append(TierCalibration(last, int(idx.size), True, None, 1.0, agreement, 0.0))
     return result

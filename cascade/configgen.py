@@ -13,10 +13,11 @@ from cascade.contract import Tensor
 from cascade.errors import ConfigError
 
 PROFILES = ("cpu",)
-_DTYPES = {"FP32": mc.TYPE_FP32, "INT32": mc.TYPE_INT32, "BYTES": mc.TYPE_STRING}
+_DTYPES = {"FP32": mc.TYPE_FP32, "INT32": mc.TYPE_INT32, "BYTES": mc.TYPE_STRING, "BOOL": mc.TYPE_BOOL}
 #: Python-backend sources (under python_backends/) that a model's ``1/model.py`` is copied from.
 BACKEND_GATE = "gate"
 BACKEND_ONNX_RUNNER = "onnx_runner"
+BACKEND_LLM_SCORER = "llm_scorer"
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,9 @@ class ModelSpec:
     queue_timeout_us: int | None = None
 
     def _dims(self, tensor: Tensor) -> list[int]:
-        dims = list(tensor.dims) or [1]
-        if tensor.dims == contract.PROBS.dims:
-            if self.n_labels is None:
-                raise ConfigError(f"model {self.name}: PROBS needs n_labels")
-            dims = [self.n_labels]
-        return dims
+        if tensor.name == contract.PROBS.name and self.n_labels is not None:
+            return [self.n_labels]
+        return list(tensor.dims) or [1]
 
     def to_proto(self, profile: str = "cpu") -> mc.ModelConfig:
         if profile not in PROFILES:
@@ -135,4 +133,25 @@ def gate_spec(gate_parameters: dict[str, str], task: str, n_labels: int, instanc
         n_labels=n_labels,
         parameters=dict(gate_parameters),
         instance_count=instance_count,
+    )
+
+
+def llm_spec(tier: int, llm_model: str, n_ctx: int = 1024, num_threads: int = 2, calibrate: bool = True) -> ModelSpec:
+    """A shared LLM scorer (tier 3 ``llm_small`` or tier 4 ``llm_large``) on llama.cpp."""
+    if tier not in contract.LLM_TIERS:
+        raise ConfigError(f"tier {tier} is not an LLM tier")
+    inputs, outputs = contract.LLM_SCORER_SIGNATURE
+    return ModelSpec(
+        name=contract.tier_model_name("", tier),
+        inputs=inputs,
+        outputs=outputs,
+        source=BACKEND_LLM_SCORER,
+        max_batch_size=contract.LLM_MAX_BATCH_SIZE,
+        parameters={
+            contract.CFG_LLM_MODEL: llm_model,
+            contract.CFG_N_CTX: str(n_ctx),
+            contract.CFG_NUM_THREADS: str(num_threads),
+            contract.CFG_CALIBRATE: "true" if calibrate else "false",
+        },
+        queue_timeout_us=contract.DEFAULT_BLS_TIMEOUT_MS * 1000,
     )

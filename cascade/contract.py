@@ -35,6 +35,8 @@ TIER_NAMES = {
 TIER_BY_NAME = {name: tier for tier, name in TIER_NAMES.items()}
 #: Tiers whose input is the sentence embedding (the others read text).
 EMBEDDING_TIERS = frozenset({TIER_LOGREG, TIER_XGBOOST})
+#: Tiers served by the shared LLM scorers (prompt + candidates -> probabilities).
+LLM_TIERS = frozenset({TIER_LLM_SMALL, TIER_LLM_LARGE})
 #: Tiers served by one model per task (``<task>_<tier name>``); the others are shared models.
 PER_TASK_TIERS = (TIER_LOGREG, TIER_XGBOOST, TIER_ENCODER)
 
@@ -66,7 +68,7 @@ class Tensor:
         return NUMPY_DTYPES[self.datatype]
 
 
-NUMPY_DTYPES = {"FP32": np.float32, "INT32": np.int32, "BYTES": np.object_}
+NUMPY_DTYPES = {"FP32": np.float32, "INT32": np.int32, "BYTES": np.object_, "BOOL": np.bool_}
 
 TEXT = Tensor("TEXT", "BYTES", ())
 EMBEDDING = Tensor("EMBEDDING", "FP32", (EMBEDDING_DIM,))
@@ -75,12 +77,19 @@ PROBS = Tensor("PROBS", "FP32", (-1,))
 LABEL = Tensor("LABEL", "BYTES", ())
 CONFIDENCE = Tensor("CONFIDENCE", "FP32", ())
 TIER = Tensor("TIER", "INT32", ())
+#: LLM scorer input: per row (prefix, content, suffix); only the content is cut to fit the context.
+PROMPT = Tensor("PROMPT", "BYTES", (3,))
+#: LLM scorer input: per row, the label verbalizations to score (same count in one request).
+CANDIDATES = Tensor("CANDIDATES", "BYTES", (-1,))
+#: LLM scorer output: whether the row's content was cut to fit the model's context.
+TRUNCATED = Tensor("TRUNCATED", "BOOL", ())
 
 # Model signatures: (inputs, outputs).
 EMBEDDER_SIGNATURE = ((TEXT,), (EMBEDDING,))
 EMBEDDING_TIER_SIGNATURE = ((EMBEDDING,), (PROBS,))
 TEXT_TIER_SIGNATURE = ((TEXT,), (PROBS,))
 GATE_SIGNATURE = ((TEXT, OPTIONAL_EMBEDDING), (LABEL, CONFIDENCE, TIER, PROBS))
+LLM_SCORER_SIGNATURE = ((PROMPT, CANDIDATES), (PROBS, TRUNCATED))
 
 # --- request parameters of the gate --------------------------------------------------------------
 PARAM_MAX_TIER = "max_tier"
@@ -97,9 +106,14 @@ CFG_BLS_TIMEOUT_MS = "bls_timeout_ms"
 CFG_ONNX_FILE = "onnx_file"
 CFG_TOKENIZER_DIR = "tokenizer_dir"
 CFG_NUM_THREADS = "num_threads"
+CFG_PROMPT = "prompt"
+CFG_LLM_MODEL = "llm_model"
+CFG_N_CTX = "n_ctx"
+CFG_CALIBRATE = "calibrate"
 
 # --- defaults ------------------------------------------------------------------------------------
 DEFAULT_MAX_BATCH_SIZE = 1024
+LLM_MAX_BATCH_SIZE = 64
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002

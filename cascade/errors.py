@@ -37,3 +37,18 @@ class ServerError(CascadeError):
     """The Triton server could not be found, started or reached."""
 
     status = "UNAVAILABLE"
+
+
+def triton_error(pb_utils, exc: Exception, default_message: str | None = None):
+    """The ``pb_utils.TritonError`` for ``exc`` (the Python backend passes its utils module in).
+
+    The project's errors keep their message and map to their ``status``; anything else becomes
+    INTERNAL with a one-line message, never a traceback.
+    """
+    status = exc.status if isinstance(exc, CascadeError) else "INTERNAL"
+    if isinstance(exc, CascadeError):
+        message = str(exc)
+    else:
+        message = f"{default_message or type(exc).__name__}: {exc}"
+    code = getattr(pb_utils.TritonError, status, pb_utils.TritonError.INTERNAL)
+    return pb_utils.TritonError(message, code)

@@ -33,6 +33,8 @@ class GateConfig:
     #: tier -> threshold on the top-class probability; every enabled tier but the last needs one.
     thresholds: dict[int, float]
     bls_timeout_ms: int = contract.DEFAULT_BLS_TIMEOUT_MS
+    #: For the LLM tiers: {"template": "...{text}...", "verbalizations": [...], "few_shot": [[text, label]]}.
+    prompt: dict | None = None
 
     def __post_init__(self) -> None:
         if not self.task:
@@ -56,6 +58,11 @@ class GateConfig:
             raise ConfigError(f"gate parameter 'thresholds' lacks tiers {missing} (only the last may omit one)")
         if not (isinstance(self.bls_timeout_ms, int) and self.bls_timeout_ms > 0):
             raise ConfigError(f"gate parameter 'bls_timeout_ms' must be a positive integer: {self.bls_timeout_ms!r}")
+        uses_llm = any(t in contract.LLM_TIERS for t in self.tiers)
+        if uses_llm and self.prompt is None:
+            raise ConfigError("LLM tiers are enabled but the gate has no 'prompt' parameter")
+        if self.prompt is not None:
+            check_prompt(self.prompt, len(self.labels))
 
     @property
     def needs_embedding(self) -> bool:
@@ -70,7 +77,7 @@ class GateConfig:
                 {contract.TIER_NAMES[t]: v for t, v in sorted(self.thresholds.items())}
             ),
             contract.CFG_BLS_TIMEOUT_MS: str(self.bls_timeout_ms),
-        }
+        } | ({contract.CFG_PROMPT: json.dumps(self.prompt)} if self.prompt is not None else {})
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> GateConfig:
@@ -82,7 +89,7 @@ class GateConfig:
             contract.CFG_THRESHOLDS,
             contract.CFG_BLS_TIMEOUT_MS,
         }
-        unknown = set(params) - expected
+        unknown = set(params) - expected - {contract.CFG_PROMPT}
         if unknown:
             raise ConfigError(f"unknown gate parameters {sorted(unknown)}; expected {sorted(expected)}")
         missing = expected - set(params)
@@ -117,7 +124,45 @@ class GateConfig:
             tiers=tuple(tiers),
             thresholds=thresholds,
             bls_timeout_ms=timeout,
+            prompt=load(contract.CFG_PROMPT, dict) if contract.CFG_PROMPT in params else None,
         )
+
+
+def check_prompt(prompt: dict, n_labels: int) -> None:
+    """A task's LLM prompt: one ``{text}`` slot and one distinct verbalization per label."""
+    unknown = set(prompt) - {"template", "verbalizations", "few_shot"}
+    if unknown:
+        raise ConfigError(f"prompt has unknown keys {sorted(unknown)}")
+    template = prompt.get("template")
+    if not isinstance(template, str) or template.count("{text}") != 1:
+        raise ConfigError(f"prompt template must contain '{{text}}' exactly once: {template!r}")
+    verbalizations = prompt.get("verbalizations")
+    if not isinstance(verbalizations, list) or not all(isinstance(v, str) and v.strip() for v in verbalizations):
+        raise ConfigError(f"prompt verbalizations must be non-empty strings: {verbalizations!r}")
+    if len(set(verbalizations)) != len(verbalizations):
+        raise ConfigError(f"prompt verbalizations must be distinct: {verbalizations!r}")
+    if len(verbalizations) != n_labels:
+        raise ConfigError(f"{len(verbalizations)} prompt verbalizations for {n_labels} labels; they must match")
+    for example in prompt.get("few_shot", []):
+        if not (
+            isinstance(example, list)
+            and len(example) == 2
+            and isinstance(example[0], str)
+            and isinstance(example[1], int)
+            and 0 <= example[1] < n_labels
+        ):
+            raise ConfigError(f"few-shot example must be [text, label index]: {example!r}")
+
+
+def prompt_template(prompt: dict):
+    """The ``cascade.llm.PromptTemplate`` of a gate's ``prompt`` parameter."""
+    from cascade.llm import PromptTemplate
+
+    return PromptTemplate(
+        template=prompt["template"],
+        verbalizations=tuple(prompt["verbalizations"]),
+        few_shot=tuple((text, label) for text, label in prompt.get("few_shot", [])),
+    )
 
 
 def _tier_from_name(value, error: type[CascadeError]) -> int:

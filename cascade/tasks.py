@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cascade import contract
 from cascade.errors import ConfigError
+from cascade.gate import check_prompt
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TASKS_DIR = REPO_ROOT / "tasks"
@@ -41,6 +42,21 @@ class DatasetSpec:
 
 
 @dataclass(frozen=True)
+class LlmPrompt:
+    template: str
+    verbalizations: tuple[str, ...]
+    few_shot: int = 0
+
+    def gate_prompt(self, examples: list[tuple[str, int]] = ()) -> dict:
+        """The gate's ``prompt`` parameter, with the few-shot examples the build drew."""
+        return {
+            "template": self.template,
+            "verbalizations": list(self.verbalizations),
+            "few_shot": [[text, int(label)] for text, label in examples],
+        }
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     name: str
     labels: tuple[str, ...]
@@ -49,6 +65,9 @@ class TaskSpec:
     description: str = ""
     target: float = 0.9
     delta: float = 0.05
+    #: The LLM tiers' prompt: template (one ``{text}``), verbalizations (one per label), few_shot
+    #: (how many labelled examples the build draws into the prompt).
+    llm: LlmPrompt | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -62,6 +81,13 @@ class TaskSpec:
             raise ConfigError(f"task {self.name!r}: tiers must be distinct and cheapest first")
         if not 0 < self.target <= 1 or not 0 < self.delta < 1:
             raise ConfigError(f"task {self.name!r}: need 0 < target <= 1 and 0 < delta < 1")
+        if any(t in contract.LLM_TIERS for t in self.tiers) and self.llm is None:
+            raise ConfigError(f"task {self.name!r}: LLM tiers need an [llm] section (template, verbalizations)")
+        if self.llm is not None:
+            try:
+                check_prompt(self.llm.gate_prompt(), self.n_labels)
+            except ConfigError as exc:
+                raise ConfigError(f"task {self.name!r}: {exc}") from exc
 
     @property
     def n_labels(self) -> int:
@@ -95,11 +121,18 @@ def load_task(path_or_name: str | Path) -> TaskSpec:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    known_keys = {"name", "labels", "tiers", "dataset", "description", "calibration"}
+    known_keys = {"name", "labels", "tiers", "dataset", "description", "calibration", "llm"}
     extra = {k: v for k, v in raw.items() if k not in known_keys}
     try:
         dataset = DatasetSpec(**raw["dataset"]) if "dataset" in raw else None
         calibration = raw.get("calibration", {})
+        llm = raw.get("llm")
+        if llm is not None:
+            llm = LlmPrompt(
+                template=llm["template"],
+                verbalizations=tuple(llm["verbalizations"]),
+                few_shot=int(llm.get("few_shot", 0)),
+            )
         return TaskSpec(
             name=raw["name"],
             labels=tuple(raw["labels"]),
@@ -108,6 +141,7 @@ def load_task(path_or_name: str | Path) -> TaskSpec:
             description=raw.get("description", ""),
             target=float(calibration.get("target", 0.9)),
             delta=float(calibration.get("delta", 0.05)),
+            llm=llm,
             extra=extra,
         )
     except (KeyError, TypeError) as exc:

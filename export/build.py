@@ -61,6 +61,55 @@ def embed(repo: Path, texts: list[str]) -> np.ndarray:
     return OnnxRunner(embedder_dir(repo), num_threads=2).run(texts)
 
 
+#: Which packaged GGUF serves each LLM tier on CPU (chosen by measurement: README, "LLM tiers").
+LLM_ROLES = {contract.TIER_LLM_SMALL: "smollm2-135m", contract.TIER_LLM_LARGE: "gemma3-270m"}
+LLM_N_CTX = 1024
+
+
+def ensure_llms(repo: Path) -> None:
+    """Write the shared LLM scorer models (one copy whatever the number of tasks) once."""
+    missing = [t for t in LLM_ROLES if not (Path(repo) / contract.TIER_NAMES[t] / "config.pbtxt").is_file()]
+    if missing:
+        with RepositoryWriter(repo) as writer:
+            for tier in missing:
+                writer.add(configgen.llm_spec(tier, LLM_ROLES[tier], n_ctx=LLM_N_CTX))
+
+
+def llm_scorer_on(tier: int, gate_prompt: dict, texts: list[str]):
+    """Probabilities of an LLM tier on the rows ``idx`` of ``texts``, computed only when asked."""
+    from cascade.gate import prompt_template
+    from cascade.llm import LlamaScorer, gguf_path
+
+    template = prompt_template(gate_prompt)
+    scorer = None
+
+    def score(idx: np.ndarray) -> np.ndarray:
+        nonlocal scorer
+        if idx.size == 0:
+            return np.zeros((0, len(template.verbalizations)), np.float32)
+        if scorer is None:
+            scorer = LlamaScorer(gguf_path(LLM_ROLES[tier]), n_ctx=LLM_N_CTX)
+        start = time.perf_counter()
+        probs = scorer.score([template.format(texts[i]) for i in idx], template.verbalizations).probs
+        log(f"tier {tier} ({contract.TIER_NAMES[tier]}): scored {idx.size} rows in {time.perf_counter() - start:.1f} s")
+        return probs
+
+    return score
+
+
+def draw_few_shot(texts: list[str], labels: np.ndarray, k: int, n_labels: int, rng) -> list[tuple[str, int]]:
+    """``k`` labelled examples, as balanced over the labels as ``k`` allows, in a shuffled order."""
+    if k <= 0:
+        return []
+    picked = []
+    for label in range(n_labels):
+        idx = np.flatnonzero(labels == label)
+        take = k // n_labels + (1 if label < k % n_labels else 0)
+        picked += [(texts[i], label) for i in rng.choice(idx, size=min(take, idx.size), replace=False)]
+    order = rng.permutation(len(picked))
+    return [picked[i] for i in order]
+
+
 def build_task(task: TaskSpec, repo: Path, opts: BuildOptions = BuildOptions()) -> dict:
     from cascade.export import encoder as enc
     from cascade.export import tabular
@@ -122,10 +171,19 @@ def build_task(task: TaskSpec, repo: Path, opts: BuildOptions = BuildOptions()) 
             acc = float((calib_probs[tier].argmax(1) == c_y).mean())
             log(f"tier {tier} ({name}): trained in {timings[f'train_{name}_s']:.1f} s, held-out accuracy {acc:.3f}")
 
+        gate_prompt = None
+        llm_tiers = [t for t in task.tiers if t in contract.LLM_TIERS]
+        if llm_tiers:
+            examples = draw_few_shot(x_texts, y, task.llm.few_shot, task.n_labels, rng)
+            gate_prompt = task.llm.gate_prompt(examples)
+            ensure_llms(repo)
+            for tier in llm_tiers:
+                calib_probs[tier] = llm_scorer_on(tier, gate_prompt, c_texts)
+
         calibration = calibrate_cascade(calib_probs, c_y, task.target, task.delta, opts.min_coverage)
         enabled = tuple(c.tier for c in calibration if c.enabled)
         thresholds = {c.tier: c.threshold for c in calibration if c.enabled and c.threshold is not None}
-        gate = GateConfig(task=task.name, labels=task.labels, tiers=enabled, thresholds=thresholds)
+        gate = GateConfig(task=task.name, labels=task.labels, tiers=enabled, thresholds=thresholds, prompt=gate_prompt)
         gate_version = writer.add(configgen.gate_spec(gate.to_parameters(), task.name, task.n_labels))
         report = {
             "task": task.name,

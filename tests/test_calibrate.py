@@ -53,3 +53,17 @@ def test_cascade_calibrates_each_tier_on_the_rows_it_receives():
     assert cal[0].rows == n and cal[0].enabled
     assert cal[1].rows == n - round(cal[0].coverage * n)
     assert cal[1].threshold is None and cal[1].enabled  # the last tier answers the rest
+
+
+def test_expensive_tiers_score_only_the_rows_that_reach_them():
+    reference = np.array([0, 1, 0, 1] * 50)
+    sure = np.eye(2)[reference] * 0.98 + 0.01  # right and confident on every row
+    seen = []
+
+    def llm(idx):
+        seen.append(idx)
+        return np.eye(2)[reference[idx]]
+
+    cal = calibrate_cascade({0: sure, 3: llm}, reference, target=0.9, delta=0.05)
+    assert cal[0].enabled and cal[0].coverage == 1.0
+    assert seen == []  # nothing left for the LLM: it is never called

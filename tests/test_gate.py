@@ -221,3 +221,22 @@ def test_check_embeddings():
     bad[1, 5] = np.nan
     with pytest.raises(InvalidInput, match="row 1 holds NaN"):
         check_embeddings(bad, 2)
+
+
+def test_errors_map_to_triton_status_codes():
+    from cascade.errors import triton_error
+
+    class FakeTritonError:
+        INTERNAL, INVALID_ARG, UNAVAILABLE, NOT_FOUND = "INTERNAL", "INVALID_ARG", "UNAVAILABLE", "NOT_FOUND"
+
+        def __init__(self, message, code):
+            self.message, self.code = message, code
+
+    class FakePbUtils:
+        TritonError = FakeTritonError
+
+    err = triton_error(FakePbUtils, InvalidInput("TEXT[0] is empty"))
+    assert (err.message, err.code) == ("TEXT[0] is empty", "INVALID_ARG")
+    assert triton_error(FakePbUtils, TierFailure("down")).code == "UNAVAILABLE"
+    err = triton_error(FakePbUtils, KeyError("x"), "scoring failed")
+    assert (err.message, err.code) == ("scoring failed: 'x'", "INTERNAL")

@@ -6,7 +6,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from cascade import contract
-from cascade.errors import CascadeError, TierFailure
+from cascade.errors import CascadeError, TierFailure, triton_error
 from cascade.gate import (
     Cancelled,
     GateConfig,
@@ -14,16 +14,13 @@ from cascade.gate import (
     RowBatch,
     check_embeddings,
     decode_texts,
+    prompt_template,
     run_cascade,
 )
 
 TEXT, EMBEDDING, PROBS = contract.TEXT.name, contract.EMBEDDING.name, contract.PROBS.name
-
-
-def _error(exc: Exception):
-    """Map the project's error kinds (cascade.errors) to Triton status codes, in one place."""
-    status = getattr(exc, "status", "INTERNAL")
-    return pb_utils.TritonError(str(exc), getattr(pb_utils.TritonError, status, pb_utils.TritonError.INTERNAL))
+PROMPT, CANDIDATES = contract.PROMPT.name, contract.CANDIDATES.name
+MAX_BATCH = contract.DEFAULT_MAX_BATCH_SIZE
 
 
 class BlsTier:
@@ -37,8 +34,26 @@ class BlsTier:
 
     def predict_proba(self, batch: RowBatch, rows: np.ndarray) -> np.ndarray:
         if self.text_input:
-            return self.model.bls(self.name, TEXT, _as_bytes(batch.text(rows)), PROBS)
-        return self.model.bls(self.name, EMBEDDING, batch.embedding(rows), PROBS)
+            return self.model.bls(self.name, {TEXT: _as_bytes(batch.text(rows))}, PROBS)
+        return self.model.bls(self.name, {EMBEDDING: batch.embedding(rows)}, PROBS)
+
+
+class LlmTier(BlsTier):
+    """An LLM scorer tier: the task's prompt around each row, the label verbalizations as candidates."""
+
+    def __init__(self, model, tier: int, template):
+        super().__init__(model, tier)
+        self.template = template
+        self.candidates = np.array([v.encode("utf-8") for v in template.verbalizations], dtype=np.object_)
+
+    def predict_proba(self, batch: RowBatch, rows: np.ndarray) -> np.ndarray:
+        prompts = [self.template.format(text) for text in batch.text(rows)]
+        prompt = np.array(
+            [[p.prefix.encode("utf-8"), p.content.encode("utf-8"), p.suffix.encode("utf-8")] for p in prompts],
+            dtype=np.object_,
+        )
+        candidates = np.tile(self.candidates, (len(prompts), 1))
+        return self.model.bls(self.name, {PROMPT: prompt, CANDIDATES: candidates}, PROBS, contract.LLM_MAX_BATCH_SIZE)
 
 
 def _as_bytes(texts: list[str]) -> np.ndarray:
@@ -53,16 +68,23 @@ class TritonPythonModel:
         self.config = GateConfig.from_parameters(params)
         self.labels = np.array([label.encode("utf-8") for label in self.config.labels], dtype=np.object_)
         self.timeout_us = self.config.bls_timeout_ms * 1000
-        self.max_bls_batch = contract.DEFAULT_MAX_BATCH_SIZE
-        self.tiers = [BlsTier(self, tier) for tier in self.config.tiers]
+        template = prompt_template(self.config.prompt) if self.config.prompt is not None else None
+        self.tiers = [
+            LlmTier(self, tier, template) if tier in contract.LLM_TIERS else BlsTier(self, tier)
+            for tier in self.config.tiers
+        ]
 
-    def bls(self, model_name: str, input_name: str, value: np.ndarray, output_name: str) -> np.ndarray:
+    def bls(
+        self, model_name: str, inputs: dict[str, np.ndarray], output_name: str, max_batch: int = MAX_BATCH
+    ) -> np.ndarray:
+        """Call another model in chunks of its max batch size; a failure raises TierFailure."""
         outputs = []
-        for start in range(0, len(value), self.max_bls_batch):
+        rows = len(next(iter(inputs.values())))
+        for start in range(0, rows, max_batch):
             request = pb_utils.InferenceRequest(
                 model_name=model_name,
                 requested_output_names=[output_name],
-                inputs=[pb_utils.Tensor(input_name, value[start : start + self.max_bls_batch])],
+                inputs=[pb_utils.Tensor(k, v[start : start + max_batch]) for k, v in inputs.items()],
                 timeout=self.timeout_us,
             )
             response = request.exec()
@@ -72,7 +94,7 @@ class TritonPythonModel:
         return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        return self.bls(contract.EMBEDDER_MODEL, TEXT, _as_bytes(texts), EMBEDDING)
+        return self.bls(contract.EMBEDDER_MODEL, {TEXT: _as_bytes(texts)}, EMBEDDING)
 
     def _parse(self, request):
         texts = decode_texts(pb_utils.get_input_tensor_by_name(request, TEXT).as_numpy().reshape(-1))
@@ -89,7 +111,7 @@ class TritonPythonModel:
             try:
                 parsed.append((i, *self._parse(request)))
             except CascadeError as exc:
-                responses[i] = pb_utils.InferenceResponse(error=_error(exc))
+                responses[i] = pb_utils.InferenceResponse(error=triton_error(pb_utils, exc))
         if not parsed:
             return responses
 
@@ -119,7 +141,7 @@ class TritonPythonModel:
             )
         except Cancelled as exc:
             for i, *_ in parsed:
-                responses[i] = pb_utils.InferenceResponse(error=_error(exc))
+                responses[i] = pb_utils.InferenceResponse(error=triton_error(pb_utils, exc))
             return responses
         for stat in result.stats:
             if stat.failed:

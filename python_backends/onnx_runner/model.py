@@ -11,14 +11,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from cascade import contract
-from cascade.errors import CascadeError
+from cascade.errors import CascadeError, triton_error
 from cascade.gate import decode_texts
 from cascade.runtime import OnnxRunner
-
-
-def _error(exc: Exception):
-    status = getattr(exc, "status", "INTERNAL")
-    return pb_utils.TritonError(str(exc), getattr(pb_utils.TritonError, status, pb_utils.TritonError.INTERNAL))
 
 
 class TritonPythonModel:
@@ -52,7 +47,7 @@ class TritonPythonModel:
                     parts.append(array.astype(np.float32, copy=False))
                 owners.append(i)
             except CascadeError as exc:
-                responses[i] = pb_utils.InferenceResponse(error=_error(exc))
+                responses[i] = pb_utils.InferenceResponse(error=triton_error(pb_utils, exc))
         if owners:
             if self.text_input:
                 merged = [text for part in parts for text in part]
@@ -60,10 +55,11 @@ class TritonPythonModel:
                 merged = np.concatenate(parts) if len(parts) > 1 else parts[0]
             try:
                 out = self.runner.run(merged)
-            except Exception as exc:  # noqa: BLE001 - reported to the caller, logged here
+            except Exception as exc:  # noqa: BLE001 - a message to the caller, the details to the log
                 pb_utils.Logger.log_error(f"{self.output['name']}: inference failed: {exc!r}")
+                error = triton_error(pb_utils, exc, "inference failed")
                 for i in owners:
-                    responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"inference failed: {exc}"))
+                    responses[i] = pb_utils.InferenceResponse(error=error)
                 return responses
             start = 0
             for i, part in zip(owners, parts, strict=True):

@@ -1,0 +1,346 @@
+"""Measure the CPU LLM scorers: accuracy, ms/row at batch 1 and 16, peak RSS, per model x prompt x dataset.
+
+``python -m cascade.bench_llm [--models ...] [--tasks sst2 ag_news] [--variants zs fs8 ...] [--rows 300]``
+
+Each model runs in its own process, so its peak RSS (``resource.getrusage``) is its own. A "variant" is
+``<prompt>[+fs<k>]``: a named prompt wording from :data:`PROMPTS` (``+chat`` ones use SmolLM2's chat
+template), optionally with k balanced few-shot examples drawn from the train split with a fixed seed.
+Every variant is scored once at batch 16 and reported twice, raw and with contextual calibration (the same
+forward passes: calibration only divides out the content-free prior), then again at batch 1 for timing.
+``--split dev`` scores rows outside the evaluation sample (prompt search without touching the test rows).
+JSON goes to ``bench/results/llm-<timestamp>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import csv
+import json
+import multiprocessing
+import platform
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from cascade.llm import MODEL_GEMMA3, MODEL_SMOLLM2, MODELS, PromptTemplate
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "datasets"
+SEED = 0
+
+
+@dataclass(frozen=True)
+class BenchTask:
+    name: str
+    dir: str
+    eval_split: str  # file the evaluation sample comes from
+    dev_split: str  # rows for prompt search; rows of the evaluation sample are excluded
+    labels: tuple[str, ...]
+    shot_words: tuple[int, int]  # few-shot examples are drawn among train rows with this many words
+
+
+TASKS = {
+    "sst2": BenchTask("sst2", "sst2", "validation", "validation", ("negative", "positive"), (8, 30)),
+    "ag_news": BenchTask("ag_news", "ag_news", "test", "train", ("World", "Sports", "Business", "Sci/Tech"), (15, 40)),
+}
+
+_CHAT_SYS = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+
+# Prompt wordings per task: keyword arguments of PromptTemplate (few_shot is added by the variant).
+PROMPTS: dict[str, dict[str, dict]] = {
+    "sst2": {
+        "review": {"template": "Review: {text}\nSentiment:", "verbalizations": ("negative", "positive")},
+        "review_inst": {
+            "instruction": "Classify the sentiment of each movie review as positive or negative.",
+            "template": "Review: {text}\nSentiment:",
+            "verbalizations": ("negative", "positive"),
+        },
+        "review_goodbad": {"template": "Review: {text}\nThe movie was", "verbalizations": ("bad", "good")},
+        "review_terrible": {
+            "template": "Movie review: {text}\nOverall, the movie is",
+            "verbalizations": ("terrible", "great"),
+        },
+        "question": {
+            "template": "{text}\nQuestion: Is this movie review positive or negative?\nAnswer:",
+            "verbalizations": ("negative", "positive"),
+        },
+        "quote": {
+            "template": 'Movie review: "{text}"\nSentiment of the review (positive or negative):',
+            "verbalizations": ("negative", "positive"),
+        },
+        "chat": {
+            "template": _CHAT_SYS + "<|im_start|>user\nIs the sentiment of this movie review positive or negative?"
+            "\n\nReview: {text}<|im_end|>\n<|im_start|>assistant\nThe sentiment is",
+            "verbalizations": ("negative", "positive"),
+        },
+    },
+    "ag_news": {
+        "topic": {
+            "template": "Article: {text}\nTopic:",
+            "verbalizations": ("World", "Sports", "Business", "Technology"),
+        },
+        "topic_inst": {
+            "instruction": "Classify each news article as World, Sports, Business or Technology.",
+            "template": "Article: {text}\nTopic:",
+            "verbalizations": ("World", "Sports", "Business", "Technology"),
+        },
+        "topic_science": {
+            "instruction": "Classify each news article as World, Sports, Business or Science.",
+            "template": "Article: {text}\nTopic:",
+            "verbalizations": ("World", "Sports", "Business", "Science"),
+        },
+        "section": {
+            "template": "{text}\nThis news article belongs to the section:",
+            "verbalizations": ("World", "Sports", "Business", "Technology"),
+        },
+        "lower": {
+            "template": "News: {text}\nCategory:",
+            "verbalizations": ("world", "sports", "business", "technology"),
+        },
+        "question": {
+            "template": "{text}\nQuestion: Is this news about World, Sports, Business or Technology?\nAnswer:",
+            "verbalizations": ("World", "Sports", "Business", "Technology"),
+        },
+        "chat": {
+            "template": _CHAT_SYS + "<|im_start|>user\nWhat is the topic of this news article: World, Sports, "
+            "Business or Technology?\n\nArticle: {text}<|im_end|>\n<|im_start|>assistant\nThe topic is",
+            "verbalizations": ("World", "Sports", "Business", "Technology"),
+        },
+    },
+}
+DEFAULT_VARIANTS = {"sst2": ["review", "review+fs8"], "ag_news": ["topic", "topic+fs4"]}
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def read_csv(path: Path) -> tuple[list[str], np.ndarray]:
+    """``text,label`` rows of a dataset file."""
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [r["text"] for r in rows], np.array([int(r["label"]) for r in rows])
+
+
+def eval_rows(task: BenchTask, data_dir: Path, n: int, split: str = "eval") -> tuple[list[str], np.ndarray]:
+    """A fixed random sample (seed 0) of the evaluation split, or for ``dev`` rows outside that sample."""
+    texts, labels = read_csv(data_dir / task.dir / f"{task.eval_split}.csv")
+    order = np.random.default_rng(SEED).permutation(len(texts))
+    if split == "dev":
+        if task.dev_split == task.eval_split:
+            idx = order[::-1][:n]  # from the other end of the permutation: disjoint while n + rows <= len
+        else:
+            dev_texts, dev_labels = read_csv(data_dir / task.dir / f"{task.dev_split}.csv")
+            dev_order = np.random.default_rng(SEED + 1).permutation(len(dev_texts))[::-1][:n]
+            return [dev_texts[i] for i in dev_order], dev_labels[dev_order]
+    else:
+        idx = order[:n]
+    return [texts[i] for i in idx], labels[idx]
+
+
+def few_shot(task: BenchTask, data_dir: Path, k: int, seed: int = SEED) -> tuple[tuple[str, int], ...]:
+    """``k`` train examples, balanced over labels (round-robin), of moderate length, in a seeded order."""
+    texts, labels = read_csv(data_dir / task.dir / "train.csv")
+    rng = np.random.default_rng(seed)
+    lo, hi = task.shot_words
+    per_label = []
+    for label in range(len(task.labels)):
+        pool = [i for i in np.flatnonzero(labels == label) if lo <= len(texts[i].split()) <= hi]
+        per_label.append(list(rng.permutation(pool)))
+    picks = [per_label[j % len(task.labels)][j // len(task.labels)] for j in range(k)]
+    picks = [picks[i] for i in rng.permutation(len(picks))]
+    return tuple((texts[i], int(labels[i])) for i in picks)
+
+
+def make_template(task: BenchTask, variant: str, data_dir: Path) -> PromptTemplate:
+    """The PromptTemplate of ``<prompt>[+fs<k>]``."""
+    name, *mods = variant.split("+")
+    kwargs = dict(PROMPTS[task.name][name])
+    for mod in mods:
+        if not mod.startswith("fs"):
+            raise SystemExit(f"unknown variant modifier {mod!r} in {variant!r}")
+        kwargs["few_shot"] = few_shot(task, data_dir, int(mod[2:]))
+    return PromptTemplate(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------- measuring
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_model(
+    model: str,
+    tasks: list[str],
+    variants: dict[str, list[str]],
+    data_dir: str,
+    rows: int,
+    b1_rows: int,
+    split: str,
+    n_ctx: int,
+) -> dict:
+    """All measurements of one model (run in a fresh process: its peak RSS is the model's)."""
+    from cascade.llm import LlamaScorer, gguf_path
+
+    rss_start = _rss_mb()
+    t = time.perf_counter()
+    scorer = LlamaScorer(gguf_path(model), n_ctx=n_ctx, n_threads=2)
+    load_s = time.perf_counter() - t
+    out: dict = {"model": model, "load_s": load_s, "rss_before_load_mb": rss_start, "results": []}
+    for task_name in tasks:
+        task = TASKS[task_name]
+        texts, gold = eval_rows(task, Path(data_dir), rows, split)
+        for variant in variants[task_name]:
+            if "chat" in variant and model != MODEL_SMOLLM2:
+                continue
+            template = make_template(task, variant, Path(data_dir))
+            prompts = [template.format(x) for x in texts]
+            cands = template.verbalizations
+            scorer.reset()
+            before = scorer.evaluated_tokens
+            t = time.perf_counter()
+            probs, raw, trunc = [], [], []
+            for i in range(0, len(prompts), 16):
+                res = scorer.score(prompts[i : i + 16], cands, calibrate=True)
+                probs.append(res.probs)
+                raw.append(res.raw_probs)
+                trunc.append(res.truncated)
+            b16_ms = (time.perf_counter() - t) * 1000 / len(prompts)
+            tokens_per_row = (scorer.evaluated_tokens - before) / len(prompts)
+            p_cal, p_raw = np.concatenate(probs), np.concatenate(raw)
+            b1_ms, b1_diff = None, None
+            if b1_rows:
+                scorer.reset()
+                t = time.perf_counter()
+                b1 = [scorer.score([p], cands, calibrate=True).probs[0] for p in prompts[:b1_rows]]
+                b1_ms = (time.perf_counter() - t) * 1000 / min(b1_rows, len(prompts))
+                b1_diff = float(np.abs(np.array(b1) - p_cal[: len(b1)]).max())
+            row = {
+                "task": task_name,
+                "variant": variant,
+                "split": split,
+                "rows": len(prompts),
+                "shots": len(template.few_shot),
+                "prefix_tokens": len(scorer.tokenize(prompts[0].prefix, bos=True, special=True)),
+                "acc_raw": float((p_raw.argmax(1) == gold).mean()),
+                "acc_cal": float((p_cal.argmax(1) == gold).mean()),
+                "pred_dist_raw": np.bincount(p_raw.argmax(1), minlength=len(cands)).tolist(),
+                "pred_dist_cal": np.bincount(p_cal.argmax(1), minlength=len(cands)).tolist(),
+                "ms_per_row_b16": b16_ms,
+                "ms_per_row_b1": b1_ms,
+                "b1_vs_b16_max_abs_diff": b1_diff,
+                "evaluated_tokens_per_row": tokens_per_row,
+                "truncated_rows": int(np.concatenate(trunc).sum()),
+                "content_free_prior": scorer.content_free_prior(prompts[0].prefix, prompts[0].suffix, cands).tolist(),
+                "template": {
+                    "instruction": template.instruction,
+                    "template": template.template,
+                    "verbalizations": list(cands),
+                    "few_shot": [list(x) for x in template.few_shot],
+                },
+            }
+            out["results"].append(row)
+            print(
+                f"  {model:13s} {task_name:8s} {variant:22s} raw {row['acc_raw']:.3f} cal {row['acc_cal']:.3f} "
+                f"b16 {b16_ms:6.1f} ms b1 {b1_ms or 0:6.1f} ms  tok/row {tokens_per_row:.1f}",
+                flush=True,
+            )
+    out["peak_rss_mb"] = _rss_mb()
+    return out
+
+
+def run(
+    models: list[str],
+    tasks: list[str],
+    variants: dict[str, list[str]],
+    data_dir: str | Path,
+    rows: int = 300,
+    b1_rows: int = 300,
+    split: str = "eval",
+    n_ctx: int = 1024,
+    save: bool = True,
+) -> dict:
+    """Measure every model (each in a fresh process) and return (and save) the JSON result."""
+    results = []
+    spawn = multiprocessing.get_context("spawn")
+    for model in models:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            job = pool.submit(bench_model, model, tasks, variants, str(data_dir), rows, b1_rows, split, n_ctx)
+            results.append(job.result())
+    import llama_cpp
+
+    result = {
+        "benchmark": "llm",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": len(__import__("os").sched_getaffinity(0)), "platform": platform.platform()},
+        "llama_cpp_python": llama_cpp.__version__,
+        "n_ctx": n_ctx,
+        "n_threads": 2,
+        "models": results,
+        "notes": "acc_cal: the same forward passes with contextual calibration (content-free 'N/A' and ''); "
+        "b1: one row per score() call; the KV cache of the shared prefix is reused across calls as well",
+    }
+    if save:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        path = RESULTS_DIR / f"llm-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+        path.write_text(json.dumps(result, indent=2))
+        result["path"] = str(path)
+    return result
+
+
+def print_table(result: dict) -> None:
+    """The measured table, one line per model x task x variant."""
+    head = f"{'model':13s} {'task':8s} {'variant':22s} {'acc':>6s} {'acc+cal':>7s} {'b1 ms':>7s} {'b16 ms':>7s} {'RSS MB':>7s}"
+    print(head)
+    print("-" * len(head))
+    for m in result["models"]:
+        for r in m["results"]:
+            b1 = f"{r['ms_per_row_b1']:7.1f}" if r["ms_per_row_b1"] is not None else f"{'-':>7s}"
+            print(
+                f"{m['model']:13s} {r['task']:8s} {r['variant']:22s} {r['acc_raw']:6.3f} {r['acc_cal']:7.3f} "
+                f"{b1} {r['ms_per_row_b16']:7.1f} {m['peak_rss_mb']:7.0f}"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cascade.bench_llm", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument(
+        "--variants", nargs="+", help="variants to run for every task, e.g. review review+fs8 (default per task)"
+    )
+    parser.add_argument("--rows", type=int, default=300)
+    parser.add_argument("--b1-rows", type=int, default=None, help="rows timed at batch 1 (default: all)")
+    parser.add_argument("--split", choices=["eval", "dev"], default="eval")
+    parser.add_argument("--n-ctx", type=int, default=1024)
+    parser.add_argument("--data-dir", default=None, help="datasets folder (default ../shared/datasets)")
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args(argv)
+    import os
+
+    data_dir = Path(args.data_dir or os.environ.get("CASCADE_DATA_DIR") or DEFAULT_DATA_DIR)
+    variants = {}
+    for task in args.tasks:
+        if args.variants:
+            variants[task] = [v for v in args.variants if v.split("+")[0] in PROMPTS[task]]
+        else:
+            variants[task] = DEFAULT_VARIANTS[task]
+    b1_rows = args.rows if args.b1_rows is None else args.b1_rows
+    result = run(args.models, args.tasks, variants, data_dir, args.rows, b1_rows, args.split, args.n_ctx, not args.no_save)
+    print_table(result)
+    if "path" in result:
+        print(f"saved {result['path']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+__all__ = ["MODEL_GEMMA3", "MODEL_SMOLLM2", "PROMPTS", "TASKS", "main", "run"]

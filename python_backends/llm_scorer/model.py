@@ -1,0 +1,66 @@
+"""Triton glue for an LLM label scorer on CPU (llama.cpp): PROMPT + CANDIDATES -> PROBS.
+
+The logic (prompt tokenization, prefix KV reuse, contextual calibration, truncation) lives in
+``cascade.llm``. One copy of each LLM serves every task.
+"""
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from cascade import contract
+from cascade.errors import CascadeError, InvalidInput, triton_error
+from cascade.llm import LlamaScorer, Prompt, gguf_path
+
+
+def _decode(value, what: str) -> str:
+    try:
+        return bytes(value).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{what} is not valid UTF-8") from exc
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.scorer = LlamaScorer(
+            gguf_path(params[contract.CFG_LLM_MODEL]),
+            n_ctx=int(params.get(contract.CFG_N_CTX, "1024")),
+            n_threads=int(params.get(contract.CFG_NUM_THREADS, "2")),
+            calibrate=params.get(contract.CFG_CALIBRATE, "true").lower() == "true",
+        )
+
+    def _parse(self, request):
+        prompt = pb_utils.get_input_tensor_by_name(request, contract.PROMPT.name).as_numpy()
+        cands = pb_utils.get_input_tensor_by_name(request, contract.CANDIDATES.name).as_numpy()
+        if prompt.ndim != 2 or prompt.shape[1] != 3:
+            raise InvalidInput(f"PROMPT must be [n, 3] (prefix, content, suffix), got {list(prompt.shape)}")
+        if cands.ndim != 2 or cands.shape[0] != prompt.shape[0]:
+            raise InvalidInput(f"CANDIDATES must be [n, k] with n = {prompt.shape[0]}, got {list(cands.shape)}")
+        if (cands != cands[:1]).any():
+            raise InvalidInput("all rows of one request must share the same CANDIDATES")
+        prompts = [Prompt(*(_decode(part, f"PROMPT[{i}]") for part in row)) for i, row in enumerate(prompt)]
+        candidates = [_decode(c, "CANDIDATES") for c in cands[0]]
+        return prompts, candidates
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                prompts, candidates = self._parse(request)
+                result = self.scorer.score(prompts, candidates)
+                responses.append(
+                    pb_utils.InferenceResponse(
+                        [
+                            pb_utils.Tensor(contract.PROBS.name, result.probs.astype(np.float32)),
+                            pb_utils.Tensor(contract.TRUNCATED.name, result.truncated.astype(np.bool_)),
+                        ]
+                    )
+                )
+            except Exception as exc:  # noqa: BLE001 - a message to the client, the details to the log
+                if not isinstance(exc, CascadeError):
+                    pb_utils.Logger.log_error(f"llm scorer failed: {exc!r}")
+                responses.append(pb_utils.InferenceResponse(error=triton_error(pb_utils, exc, "LLM scoring failed")))
+        return responses
