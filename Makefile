@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 REPO ?= model_repository/cpu
 TASK ?= sst2
 
-.PHONY: setup demo test lint format build export serve bench clean
+.PHONY: setup demo test lint format build export serve bench clean helm-lint
 
 setup: $(STAMP)
 
@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	bash k8s/install-tools.sh $(VENV)
 	touch $(STAMP)
 
 demo: setup
@@ -49,3 +50,21 @@ bench: setup
 
 clean:
 	rm -rf $(REPO) .pytest_cache .ruff_cache
+
+# The Helm chart: helm lint --strict, then helm template and kubernetes-validate --strict for each
+# value set and Kubernetes version (tests/test_helm.py checks the same and more, in `make test`).
+CHART := k8s/triton-cascade
+HELM_VALUE_SETS := default gpu cpu autoscaling
+KUBE_VERSIONS := 1.29.0 1.33.0
+helm-lint: setup
+	@set -euo pipefail; out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; \
+	for set in $(HELM_VALUE_SETS); do \
+		args=(); [ "$$set" = default ] || args=(-f $(CHART)/values-$$set.yaml); \
+		echo "== helm lint --strict ($$set)"; \
+		$(BIN)/helm lint --strict $(CHART) "$${args[@]}"; \
+		for kube in $(KUBE_VERSIONS); do \
+			echo "== helm template + kubernetes-validate --strict ($$set, k8s $$kube)"; \
+			$(BIN)/helm template cascade $(CHART) "$${args[@]}" --kube-version $$kube > $$out/$$set-$$kube.yaml; \
+			$(BIN)/kubernetes-validate --strict --quiet -k $$kube $$out/$$set-$$kube.yaml; \
+		done; \
+	done

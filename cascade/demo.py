@@ -43,10 +43,12 @@ def summarize(task: TaskSpec, predictions, gold: list[int], latencies: list[floa
             "share": float(mask.mean()),
             "accuracy": float(correct[mask].mean()),
         }
+    llm_rows = sum(n for tier, n in tiers.items() if tier in contract.LLM_TIERS)
     return {
         "task": task.name,
         "rows": len(predictions),
         "accuracy": float(correct.mean()),
+        "llm_share": llm_rows / len(predictions),
         "per_tier": per_tier,
         "wall_s": wall_s,
         "rows_per_s": len(predictions) / wall_s,
@@ -62,6 +64,7 @@ def print_summary(summary: dict, batch_size: int) -> None:
     for name, row in summary["per_tier"].items():
         table.add_row(name, str(row["rows"]), f"{row['share']:.1%}", f"{row['accuracy']:.3f}")
     console.print(table)
+    console.print(f"LLM share (rows answered by tiers 3-4): {summary['llm_share']:.1%}")
     console.print(
         f"{summary['rows_per_s']:.0f} rows/s over gRPC in batches of {batch_size}; batch latency "
         f"p50 {summary['batch_latency_ms_p50']:.1f} ms, p99 {summary['batch_latency_ms_p99']:.1f} ms"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -59,19 +60,14 @@ RESTRICTED_KEY_REF = "$(TRITON_RESTRICTED_KEY)"
 
 
 # --- helm ----------------------------------------------------------------------------------------
-@pytest.fixture(scope="session", autouse=True)
-def helm_env(tmp_path_factory):
+@pytest.fixture(scope="module", autouse=True)
+def helm_home(tmp_path_factory):
     """helm's config, cache and data folders in a temporary folder (nothing from $HOME)."""
     home = tmp_path_factory.mktemp("helm-home")
-    saved = {k: os.environ.get(k) for k in ("HELM_CONFIG_HOME", "HELM_CACHE_HOME", "HELM_DATA_HOME")}
-    for key in saved:
-        os.environ[key] = str(home / key.lower())
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("HELM_CONFIG_HOME", "HELM_CACHE_HOME", "HELM_DATA_HOME"):
+            mp.setenv(key, str(home / key.lower()))
+        yield home
 
 
 def helm(*args: str) -> subprocess.CompletedProcess:
@@ -318,6 +314,7 @@ def test_probes_shm_and_security(name):
     assert startup["httpGet"]["path"].startswith("/v2/health/")
     budget_s = startup["periodSeconds"] * startup["failureThreshold"]
     assert budget_s >= (1800 if vals["profile"] == "gpu" else 300), "too short for engines to load"
+    assert one(docs, "Deployment")["spec"]["progressDeadlineSeconds"] > budget_s
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory", "sizeLimit": vals["shm"]["sizeLimit"]}
@@ -533,6 +530,45 @@ def test_rendered_args_run_a_real_tritonserver(name, tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def render_notes(tmp_path: Path, files: tuple[str, ...]) -> str:
+    """NOTES.txt as `helm install` prints it: `helm template` leaves NOTES out, so a copy of the
+    chart renders it into a ConfigMap."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    notes = (chart / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "_notes_test.tpl").write_text('{{- define "notes-test" -}}\n' + notes + "{{- end }}\n")
+    (chart / "templates" / "notes-test.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
+        'data:\n  notes: {{ include "notes-test" . | toJson }}\n'
+    )
+    files = tuple(str(CHART / f) for f in files)
+    proc = helm(
+        "template",
+        RELEASE,
+        str(chart),
+        "-n",
+        NAMESPACE,
+        *[a for f in files for a in ("-f", f)],
+        "--show-only",
+        "templates/notes-test.yaml",
+    )
+    assert proc.returncode == 0, proc.stderr
+    return yaml.safe_load(proc.stdout)["data"]["notes"]
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu+autoscaling"])
+def test_notes_tell_how_to_reach_grpc_and_run_the_load_test(name, tmp_path):
+    notes = render_notes(tmp_path, VALUE_SETS[name])
+    service = one(rendered(name), "Service")["metadata"]["name"]
+    assert f"{service}.{NAMESPACE}.svc:{DEFAULT_GRPC_PORT}" in notes
+    assert f"port-forward svc/{service} {DEFAULT_GRPC_PORT}:{DEFAULT_GRPC_PORT}" in notes
+    assert f"cascade classify --url 127.0.0.1:{DEFAULT_GRPC_PORT}" in notes
+    assert "loadtest/" in notes and "Locust" in notes
+    assert f"model repository {repository_path(values(name))}" in notes
+    if values(name)["autoscaling"]["enabled"]:
+        assert "custom.metrics.k8s.io" in notes and f"{service}-prometheus-adapter" in notes
 
 
 # --- values.yaml: every key used, every reference defined ----------------------------------------

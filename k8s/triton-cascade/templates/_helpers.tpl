@@ -55,6 +55,15 @@ triton-cascade/profile: {{ .Values.profile }}
 {{- end }}
 {{- end }}
 
+{{/* Seconds the startup probe allows; the Deployment's progress deadline adds 10 min (image pull, init container). */}}
+{{- define "triton-cascade.startupBudget" -}}
+{{- mul (int .Values.probes.startup.periodSeconds) (int .Values.probes.startup.failureThreshold) }}
+{{- end }}
+
+{{- define "triton-cascade.progressDeadline" -}}
+{{- add (int (include "triton-cascade.startupBudget" .)) 600 }}
+{{- end }}
+
 {{/* GPUs the large tier's engine needs in this pod. */}}
 {{- define "triton-cascade.engineGpus" -}}
 {{- mul (int .Values.largeTier.tensorParallelism) (int .Values.largeTier.pipelineParallelism) }}
