@@ -162,6 +162,17 @@ def test_config_round_trips_through_parameters():
         ({"bls_timeout_ms": "soon"}, "not an integer"),
         ({"bls_timeout_ms": "0"}, "positive integer"),
         ({"treshold": "0.5"}, "unknown gate parameters"),
+        ({"tiers": json.dumps(["logreg", "llm_small"]), "thresholds": json.dumps({"logreg": 0.9})}, "no 'prompt'"),
+        (
+            {"prompt": json.dumps({"template": "Review: {text}\nSentiment:", "verbalizations": ["a", "b", "c"]})},
+            "3 prompt verbalizations for 2 labels",
+        ),
+        ({"prompt": json.dumps({"template": "no slot", "verbalizations": ["a", "b"]})}, "exactly once"),
+        ({"prompt": json.dumps({"template": "{text}", "verbalizations": ["a", "a"]})}, "distinct"),
+        (
+            {"prompt": json.dumps({"template": "{text}", "verbalizations": ["a", "b"], "few_shot": [["x", 5]]})},
+            "few-shot example",
+        ),
     ],
 )
 def test_bad_config_fails_loudly(overrides, message):
