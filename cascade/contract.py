@@ -118,3 +118,49 @@ DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
 DEFAULT_BLS_TIMEOUT_MS = 30_000
+
+# --- GPU profile of the LLM tiers (TensorRT-LLM) and the streaming text endpoint -----------------
+# Issue #3, item 4. The ``tensorrt_llm`` names follow NVIDIA's Triton TensorRT-LLM backend
+# (tensorrtllm_backend, all_models/inflight_batcher_llm/tensorrt_llm/config.pbtxt); only the ones this
+# project sends or reads are here, the rest of that model's standard tensors live in
+# ``cascade.trtllm_config``. A per-row scalar (dims ``()``) is ``dims: [1]`` + ``reshape: []``, as there.
+#: The TensorRT-LLM engine model (backend "tensorrtllm"); ``llm_large`` and ``llm_generate`` call it with BLS.
+TRTLLM_MODEL = "tensorrt_llm"
+TRTLLM_INPUT_IDS = Tensor("input_ids", "INT32", (-1,))
+TRTLLM_INPUT_LENGTHS = Tensor("input_lengths", "INT32", ())
+TRTLLM_REQUEST_OUTPUT_LEN = Tensor("request_output_len", "INT32", ())
+TRTLLM_END_ID = Tensor("end_id", "INT32", (), optional=True)
+TRTLLM_PAD_ID = Tensor("pad_id", "INT32", (), optional=True)
+TRTLLM_STREAMING = Tensor("streaming", "BOOL", (), optional=True)
+TRTLLM_RETURN_GENERATION_LOGITS = Tensor("return_generation_logits", "BOOL", (), optional=True)
+#: [batch, beams, tokens]; the backend refuses a request that does not ask for it and ``sequence_length``.
+TRTLLM_OUTPUT_IDS = Tensor("output_ids", "INT32", (-1, -1))
+TRTLLM_SEQUENCE_LENGTH = Tensor("sequence_length", "INT32", (-1,))
+#: [batch, beams, steps, vocab] FP32 (engine built with --gather_generation_logits --logits_dtype float32).
+TRTLLM_GENERATION_LOGITS = Tensor("generation_logits", "FP32", (-1, -1, -1))
+# ``tensorrt_llm`` config.pbtxt parameters (the backend's keys).
+TRTLLM_CFG_ENGINE_DIR = "gpt_model_path"
+TRTLLM_CFG_BATCHING_STRATEGY = "gpt_model_type"
+TRTLLM_CFG_MAX_BEAM_WIDTH = "max_beam_width"
+TRTLLM_CFG_KV_CACHE_FRACTION = "kv_cache_free_gpu_mem_fraction"
+TRTLLM_CFG_SCHEDULER_POLICY = "batch_scheduler_policy"
+TRTLLM_CFG_EXCLUDE_INPUT = "exclude_input_in_output"
+TRTLLM_CFG_KV_CACHE_REUSE = "enable_kv_cache_reuse"
+
+#: Streaming free-form text (a decoupled model, both profiles): one ``TEXT_OUTPUT`` piece per response,
+#: the last one flagged COMPLETE_FINAL. One prompt per request (``[1, 1]`` on the wire).
+LLM_GENERATE_MODEL = "llm_generate"
+PROMPT_TEXT = Tensor("PROMPT_TEXT", "BYTES", ())
+MAX_TOKENS = Tensor("MAX_TOKENS", "INT32", (), optional=True)
+TEXT_OUTPUT = Tensor("TEXT_OUTPUT", "BYTES", ())
+LLM_GENERATE_SIGNATURE = ((PROMPT_TEXT, MAX_TOKENS), (TEXT_OUTPUT,))
+#: Which runtime serves ``llm_generate`` / ``llm_large``: llama.cpp on CPU, BLS over ``tensorrt_llm`` on GPU.
+CFG_RUNTIME = "runtime"
+RUNTIME_LLAMA_CPP = "llama_cpp"
+RUNTIME_TRTLLM = "tensorrt_llm"
+CFG_MAX_INPUT_LEN = "max_input_len"  # the engine's --max_input_len (tokens)
+CFG_TRTLLM_MODEL = "trtllm_model"  # the BLS target (default TRTLLM_MODEL)
+CFG_DEFAULT_MAX_TOKENS = "default_max_tokens"
+CFG_MAX_TOKENS_LIMIT = "max_tokens_limit"
+DEFAULT_GENERATE_MAX_TOKENS = 64
+GENERATE_MAX_TOKENS_LIMIT = 1024

@@ -200,12 +200,15 @@ def build_task(task: TaskSpec, repo: Path, opts: BuildOptions = BuildOptions()) 
         }
         (gate_version.parent / "build_report.json").write_text(json.dumps(report, indent=2))
     for c in calibration:
-        state = "enabled" if c.enabled else "DISABLED"
-        thr = f"threshold {c.threshold:.3f}" if c.threshold is not None else "answers the rest"
-        log(
-            f"tier {c.tier} ({contract.TIER_NAMES[c.tier]}) {state}: {thr}, reaches {c.rows} rows, "
-            f"accepts {c.coverage:.1%}, agreement {c.agreement:.3f} (lower bound {c.lower_bound:.3f})"
-        )
+        name = f"tier {c.tier} ({contract.TIER_NAMES[c.tier]})"
+        if c.enabled and c.threshold is None:
+            log(f"{name} answers the {c.rows} rows that reach it: agreement {c.agreement:.3f}")
+        else:
+            log(
+                f"{name} {'enabled' if c.enabled else 'DISABLED'}: threshold {c.threshold or 0:.3f}, "
+                f"reaches {c.rows} rows, accepts {c.coverage:.1%}, agreement {c.agreement:.3f} "
+                f"(lower bound {c.lower_bound:.3f}, target {task.target})"
+            )
     timings["total_s"] = time.perf_counter() - t0
     log(f"task {task.name} written to {repo} in {timings['total_s']:.1f} s")
     return report

@@ -31,7 +31,8 @@ class RepositoryWriter:
         version = model_dir / VERSION
         version.mkdir(parents=True)
         write_config(spec, model_dir, self.profile)
-        shutil.copy2(BACKENDS_DIR / spec.source / "model.py", version / "model.py")
+        if spec.backend == "python":  # other backends (tensorrtllm) bring their own code: 1/ stays empty
+            shutil.copy2(BACKENDS_DIR / spec.source / "model.py", version / "model.py")
         self.names.append(spec.name)
         return version
 

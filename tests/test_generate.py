@@ -1,0 +1,174 @@
+"""The streaming text endpoint ``llm_generate``: request checks and detokenization (unit), and the CPU
+profile streamed by a real tritonserver over gRPC (SmolLM2 GGUF through llama.cpp)."""
+
+import queue
+import uuid
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from cascade import contract
+from cascade.errors import InvalidInput
+from cascade.generate import IncrementalDetokenizer, new_tokens, parse_request, pieces_from_token_stream, with_last
+
+# --------------------------------------------------------------------------------------------- unit
+
+
+def test_parse_request():
+    req = parse_request(np.array([b"Once upon a time"], dtype=np.object_), None, 64, 1024)
+    assert req.prompt == "Once upon a time" and req.max_tokens == 64
+    assert parse_request(np.array([[b"hi"]], dtype=np.object_), np.array([[8]], np.int32), 64, 1024).max_tokens == 8
+    for prompt in (b"", b"   ", b"\xff\xfe"):
+        with pytest.raises(InvalidInput):
+            parse_request(np.array([prompt], dtype=np.object_), None, 64, 1024)
+    with pytest.raises(InvalidInput):
+        parse_request(np.array([b"a", b"b"], dtype=np.object_), None, 64, 1024)
+    for budget in (0, -1, 1025):
+        with pytest.raises(InvalidInput):
+            parse_request(np.array([b"hi"], dtype=np.object_), np.array([budget], np.int32), 64, 1024)
+
+
+def test_with_last_marks_the_final_piece():
+    assert list(with_last(["a", "b", "c"])) == [("a", False), ("b", False), ("c", True)]
+    assert list(with_last([])) == [("", True)]
+
+
+@pytest.fixture(scope="module")
+def byte_bpe():
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(["the film was great", "a dull film"] * 10, trainer)
+    return tok
+
+
+def test_incremental_detokenizer_never_splits_a_character(byte_bpe):
+    text = " the film was great — ünïcödé 🎬 ok"
+    ids = byte_bpe.encode(text).ids  # the emoji and accents are several byte-level tokens each
+    decode = byte_bpe.decode
+    detok = IncrementalDetokenizer(decode)
+    pieces = [detok.push([i]) for i in ids] + [detok.flush()]
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in p for p in pieces)
+    assert sum(1 for p in pieces if p) > 5
+
+
+def test_pieces_from_a_recorded_token_stream(byte_bpe):
+    """Streamed tensorrt_llm responses: output_ids [1, 1, n_new] with sequence_length [1, 1]."""
+    prompt = byte_bpe.encode("Review: the film").ids
+    answer = byte_bpe.encode(" was great, a dull film").ids
+    end_id = 0
+    responses = [answer[:1], answer[1:4], answer[4:], [end_id, 5, 5]]
+    stream = [(np.array([[r + [-1]]], np.int32), np.array([[len(r)]], np.int32)) for r in responses]
+    batches = (new_tokens(ids, length) for ids, length in stream)
+    detok = IncrementalDetokenizer(byte_bpe.decode, context=prompt[-4:])
+    pieces = list(pieces_from_token_stream(batches, detok, end_id=end_id))
+    assert "".join(pieces) == " was great, a dull film"  # the first piece keeps its leading space
+    assert new_tokens(np.array([[[7, 8, -1]]]), None) == [7, 8]
+
+
+# --------------------------------------------------------------------------------------------- server
+
+
+@pytest.fixture(scope="module")
+def generate_server(tmp_path_factory):
+    pytest.importorskip("llama_cpp")
+    from cascade.launcher import ServerOptions, TritonServer, free_ports
+    from cascade.llm import MODEL_SMOLLM2, gguf_path
+    from cascade.trtllm_config import write_cpu_generate_model
+
+    gguf_path(MODEL_SMOLLM2)  # fails early with a clear message when the model package is missing
+    repo = tmp_path_factory.mktemp("generate") / "cpu"
+    write_cpu_generate_model(repo, MODEL_SMOLLM2, n_ctx=512, num_threads=1)  # robust on a busy 2-core box
+    http, grpc, metrics = free_ports(3)
+    with TritonServer(ServerOptions(repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics)) as srv:
+        yield srv
+
+
+def _stream(server, prompt: bytes, max_tokens: int | None = None, timeout_s: float = 60.0):
+    """Send one prompt on a gRPC stream; return (text pieces, final flags, errors) until the stream closes."""
+    import tritonclient.grpc as grpcclient
+
+    results: queue.Queue = queue.Queue()
+    inputs = [grpcclient.InferInput(contract.PROMPT_TEXT.name, [1, 1], contract.PROMPT_TEXT.datatype)]
+    inputs[0].set_data_from_numpy(np.array([[prompt]], dtype=np.object_))
+    if max_tokens is not None:
+        inputs.append(grpcclient.InferInput(contract.MAX_TOKENS.name, [1, 1], contract.MAX_TOKENS.datatype))
+        inputs[1].set_data_from_numpy(np.array([[max_tokens]], dtype=np.int32))
+    pieces, finals, errors = [], [], []
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        client.start_stream(callback=lambda result, error: results.put((result, error)))
+        client.async_stream_infer(
+            contract.LLM_GENERATE_MODEL, inputs, request_id=uuid.uuid4().hex, enable_empty_final_response=True
+        )
+        while True:
+            result, error = results.get(timeout=timeout_s)
+            if error is not None:
+                errors.append(error)
+                break
+            response = result.get_response()
+            final = response.parameters["triton_final_response"].bool_param
+            text = result.as_numpy(contract.TEXT_OUTPUT.name)
+            if text is not None:
+                assert text.shape == (1, 1)
+                pieces.append(text[0, 0].decode("utf-8"))
+                finals.append(final)
+            if final:
+                break
+        client.stop_stream()
+    return pieces, finals, errors
+
+
+@pytest.mark.server
+def test_llm_generate_streams_pieces_over_grpc(generate_server):
+    pieces, finals, errors = _stream(generate_server, b"The capital of France is", max_tokens=8)
+    assert not errors
+    assert len(pieces) >= 3, pieces  # several responses, one piece each
+    assert finals[-1] and not any(finals[:-1])  # the last piece carries COMPLETE_FINAL
+    assert "".join(pieces).strip()
+    assert len(pieces) <= 8
+
+
+def _http_generate(server, prompt: str, max_tokens: int | None = None):
+    """POST Triton's generate_stream extension: (HTTP status, body)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    payload = {contract.PROMPT_TEXT.name: prompt}
+    if max_tokens is not None:
+        payload[contract.MAX_TOKENS.name] = max_tokens
+    url = f"{server.http_url}/v2/models/{contract.LLM_GENERATE_MODEL}/generate_stream"
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.mark.server
+def test_llm_generate_rejects_bad_input(generate_server):
+    # One error response closes the stream. A gRPC stream carries only its message; the status code
+    # (INVALID_ARG) shows over HTTP, as 400.
+    for prompt, max_tokens, message in (
+        (b"", None, "empty prompt"),
+        (b"   ", None, "empty prompt"),
+        (b"\xff", None, "UTF-8"),
+        (b"hi", 0, "MAX_TOKENS"),
+    ):
+        pieces, _, errors = _stream(generate_server, prompt, max_tokens)
+        assert not pieces and len(errors) == 1 and message in errors[0].message()
+    assert _http_generate(generate_server, "")[0] == 400
+    assert _http_generate(generate_server, "hi", 0)[0] == 400
+    # the server keeps serving
+    pieces, finals, errors = _stream(generate_server, b"One, two, three,", max_tokens=4)
+    assert pieces and finals[-1] and not errors
+    status, body = _http_generate(generate_server, "One, two, three,", 4)
+    assert status == 200 and body.count("data: ") >= 1
