@@ -18,6 +18,7 @@ import concurrent.futures
 import csv
 import json
 import multiprocessing
+import os
 import platform
 import resource
 import sys
@@ -185,20 +186,21 @@ def bench_model(
     b1_rows: int,
     split: str,
     n_ctx: int,
+    n_threads: int = 2,
 ) -> dict:
     """All measurements of one model (run in a fresh process: its peak RSS is the model's)."""
     from cascade.llm import LlamaScorer, gguf_path
 
     rss_start = _rss_mb()
     t = time.perf_counter()
-    scorer = LlamaScorer(gguf_path(model), n_ctx=n_ctx, n_threads=2)
+    scorer = LlamaScorer(gguf_path(model), n_ctx=n_ctx, n_threads=n_threads)
     load_s = time.perf_counter() - t
     out: dict = {"model": model, "load_s": load_s, "rss_before_load_mb": rss_start, "results": []}
     for task_name in tasks:
         task = TASKS[task_name]
         texts, gold = eval_rows(task, Path(data_dir), rows, split)
         for variant in variants[task_name]:
-            if "chat" in variant and model != MODEL_SMOLLM2:
+            if "chat" in variant and not model.startswith(MODEL_SMOLLM2):
                 continue
             template = make_template(task, variant, Path(data_dir))
             prompts = [template.format(x) for x in texts]
@@ -223,6 +225,7 @@ def bench_model(
                 b1_ms = (time.perf_counter() - t) * 1000 / min(b1_rows, len(prompts))
                 b1_diff = float(np.abs(np.array(b1) - p_cal[: len(b1)]).max())
             row = {
+                "load_average_1m_end": os.getloadavg()[0],  # > ~1 means another process shared the 2 cores
                 "task": task_name,
                 "variant": variant,
                 "split": split,
@@ -248,7 +251,7 @@ def bench_model(
             }
             out["results"].append(row)
             print(
-                f"  {model:13s} {task_name:8s} {variant:22s} raw {row['acc_raw']:.3f} cal {row['acc_cal']:.3f} "
+                f"  {model:17s} {task_name:8s} {variant:20s} raw {row['acc_raw']:.3f} cal {row['acc_cal']:.3f} "
                 f"b16 {b16_ms:6.1f} ms b1 {b1_ms or 0:6.1f} ms  tok/row {tokens_per_row:.1f}",
                 flush=True,
             )
@@ -266,23 +269,27 @@ def run(
     split: str = "eval",
     n_ctx: int = 1024,
     save: bool = True,
+    n_threads: int = 2,
 ) -> dict:
     """Measure every model (each in a fresh process) and return (and save) the JSON result."""
     results = []
     spawn = multiprocessing.get_context("spawn")
     for model in models:
         with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-            job = pool.submit(bench_model, model, tasks, variants, str(data_dir), rows, b1_rows, split, n_ctx)
+            job = pool.submit(
+                bench_model, model, tasks, variants, str(data_dir), rows, b1_rows, split, n_ctx, n_threads
+            )
             results.append(job.result())
     import llama_cpp
 
     result = {
         "benchmark": "llm",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": len(__import__("os").sched_getaffinity(0)), "platform": platform.platform()},
+        "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform()},
         "llama_cpp_python": llama_cpp.__version__,
         "n_ctx": n_ctx,
-        "n_threads": 2,
+        "n_threads": n_threads,
+        "load_average_after": os.getloadavg(),
         "models": results,
         "notes": "acc_cal: the same forward passes with contextual calibration (content-free 'N/A' and ''); "
         "b1: one row per score() call; the KV cache of the shared prefix is reused across calls as well",
@@ -297,21 +304,24 @@ def run(
 
 def print_table(result: dict) -> None:
     """The measured table, one line per model x task x variant."""
-    head = f"{'model':13s} {'task':8s} {'variant':22s} {'acc':>6s} {'acc+cal':>7s} {'b1 ms':>7s} {'b16 ms':>7s} {'RSS MB':>7s}"
+    cols = f"{'acc':>6s} {'acc+cal':>7s} {'b1 ms':>7s} {'b16 ms':>7s} {'RSS MB':>7s}"
+    head = f"{'model':17s} {'task':8s} {'variant':20s} {cols}"
     print(head)
     print("-" * len(head))
     for m in result["models"]:
         for r in m["results"]:
             b1 = f"{r['ms_per_row_b1']:7.1f}" if r["ms_per_row_b1"] is not None else f"{'-':>7s}"
             print(
-                f"{m['model']:13s} {r['task']:8s} {r['variant']:22s} {r['acc_raw']:6.3f} {r['acc_cal']:7.3f} "
+                f"{m['model']:17s} {r['task']:8s} {r['variant']:20s} {r['acc_raw']:6.3f} {r['acc_cal']:7.3f} "
                 f"{b1} {r['ms_per_row_b16']:7.1f} {m['peak_rss_mb']:7.0f}"
             )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cascade.bench_llm", description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument(
+        "--models", nargs="+", default=list(MODELS), help="model names, optionally ':<quant>' (cascade.llm.gguf_path)"
+    )
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument(
         "--variants", nargs="+", help="variants to run for every task, e.g. review review+fs8 (default per task)"
@@ -320,20 +330,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--b1-rows", type=int, default=None, help="rows timed at batch 1 (default: all)")
     parser.add_argument("--split", choices=["eval", "dev"], default="eval")
     parser.add_argument("--n-ctx", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", default=None, help="datasets folder (default ../shared/datasets)")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
-    import os
 
     data_dir = Path(args.data_dir or os.environ.get("CASCADE_DATA_DIR") or DEFAULT_DATA_DIR)
     variants = {}
     for task in args.tasks:
         if args.variants:
-            variants[task] = [v for v in args.variants if v.split("+")[0] in PROMPTS[task]]
+            variants[task] = list(dict.fromkeys(v for v in args.variants if v.split("+")[0] in PROMPTS[task]))
         else:
             variants[task] = DEFAULT_VARIANTS[task]
     b1_rows = args.rows if args.b1_rows is None else args.b1_rows
-    result = run(args.models, args.tasks, variants, data_dir, args.rows, b1_rows, args.split, args.n_ctx, not args.no_save)
+    result = run(
+        args.models,
+        args.tasks,
+        variants,
+        data_dir,
+        args.rows,
+        b1_rows,
+        args.split,
+        args.n_ctx,
+        not args.no_save,
+        args.threads,
+    )
     print_table(result)
     if "path" in result:
         print(f"saved {result['path']}")

@@ -58,7 +58,9 @@ def summarize(task: TaskSpec, predictions, gold: list[int], latencies: list[floa
 
 
 def print_summary(summary: dict, batch_size: int) -> None:
-    console.print(f"[bold]{summary['task']}[/]: {summary['rows']} rows, accuracy {summary['accuracy']:.3f} against gold")
+    console.print(
+        f"[bold]{summary['task']}[/]: {summary['rows']} rows, accuracy {summary['accuracy']:.3f} against gold"
+    )
     table = Table()
     for column in ("tier", "rows", "share", "accuracy"):
         table.add_column(column, justify="right")

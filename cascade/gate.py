@@ -33,7 +33,8 @@ class GateConfig:
     #: tier -> threshold on the top-class probability; every enabled tier but the last needs one.
     thresholds: dict[int, float]
     bls_timeout_ms: int = contract.DEFAULT_BLS_TIMEOUT_MS
-    #: For the LLM tiers: {"template": "...{text}...", "verbalizations": [...], "few_shot": [[text, label]]}.
+    #: For the LLM tiers: {"instruction": "...", "template": "...{text}...", "verbalizations": [...],
+    #: "few_shot": [[text, label index], ...]}.
     prompt: dict | None = None
 
     def __post_init__(self) -> None:
@@ -130,7 +131,7 @@ class GateConfig:
 
 def check_prompt(prompt: dict, n_labels: int) -> None:
     """A task's LLM prompt: one ``{text}`` slot and one distinct verbalization per label."""
-    unknown = set(prompt) - {"template", "verbalizations", "few_shot"}
+    unknown = set(prompt) - {"template", "verbalizations", "few_shot", "instruction"}
     if unknown:
         raise ConfigError(f"prompt has unknown keys {sorted(unknown)}")
     template = prompt.get("template")
@@ -162,6 +163,7 @@ def prompt_template(prompt: dict):
         template=prompt["template"],
         verbalizations=tuple(prompt["verbalizations"]),
         few_shot=tuple((text, label) for text, label in prompt.get("few_shot", [])),
+        instruction=prompt.get("instruction", ""),
     )
 
 

@@ -46,10 +46,12 @@ class LlmPrompt:
     template: str
     verbalizations: tuple[str, ...]
     few_shot: int = 0
+    instruction: str = ""
 
     def gate_prompt(self, examples: list[tuple[str, int]] = ()) -> dict:
         """The gate's ``prompt`` parameter, with the few-shot examples the build drew."""
         return {
+            "instruction": self.instruction,
             "template": self.template,
             "verbalizations": list(self.verbalizations),
             "few_shot": [[text, int(label)] for text, label in examples],
@@ -132,6 +134,7 @@ def load_task(path_or_name: str | Path) -> TaskSpec:
                 template=llm["template"],
                 verbalizations=tuple(llm["verbalizations"]),
                 few_shot=int(llm.get("few_shot", 0)),
+                instruction=llm.get("instruction", ""),
             )
         return TaskSpec(
             name=raw["name"],

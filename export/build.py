@@ -30,6 +30,9 @@ class BuildOptions:
     seed: int = 0
     data_dir: str | None = None
     min_coverage: float = 0.02
+    #: Keep tiers that miss the calibration target, with threshold 1.0 (they escalate all but certain
+    #: rows). For tests and debugging: the default disables them, the quality gate of the paper.
+    keep_all_tiers: bool = False
     progress: bool = True
 
 
@@ -181,8 +184,9 @@ def build_task(task: TaskSpec, repo: Path, opts: BuildOptions = BuildOptions()) 
                 calib_probs[tier] = llm_scorer_on(tier, gate_prompt, c_texts)
 
         calibration = calibrate_cascade(calib_probs, c_y, task.target, task.delta, opts.min_coverage)
-        enabled = tuple(c.tier for c in calibration if c.enabled)
-        thresholds = {c.tier: c.threshold for c in calibration if c.enabled and c.threshold is not None}
+        keep = opts.keep_all_tiers
+        enabled = tuple(c.tier for c in calibration if c.enabled or keep)
+        thresholds = {c.tier: (c.threshold if c.enabled else 1.0) for c in calibration[:-1] if c.enabled or keep}
         gate = GateConfig(task=task.name, labels=task.labels, tiers=enabled, thresholds=thresholds, prompt=gate_prompt)
         gate_version = writer.add(configgen.gate_spec(gate.to_parameters(), task.name, task.n_labels))
         report = {

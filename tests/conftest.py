@@ -36,7 +36,7 @@ def built_repo(tmp_path_factory, sst2_task):
             return repo, json.loads((repo / "sst2" / "build_report.json").read_text())
     else:
         repo = tmp_path_factory.mktemp("repository") / "cpu"
-    options = BuildOptions(train_rows=400, calib_rows=400, encoder_epochs=1, progress=False)
+    options = BuildOptions(train_rows=400, calib_rows=400, encoder_epochs=1, progress=False, keep_all_tiers=True)
     report = build_task(sst2_task, repo, options)
     return repo, report
 
