@@ -1,0 +1,214 @@
+"""The CPU LLM scorer (cascade.llm): prompt rendering without a model, then scoring with the real SmolLM2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cascade.errors import ConfigError, InvalidInput
+from cascade.llm import Prompt, PromptTemplate, answer_text, validate_candidates
+
+# The SST-2 prompt chosen by cascade.bench_llm for llm_small (as in tasks/sst2.toml).
+SST2 = PromptTemplate(template="Review: {text}\nSentiment:", verbalizations=("negative", "positive"))
+
+
+# --------------------------------------------------------------------------------------------- no model
+
+
+def test_format_zero_shot_splits_around_text():
+    p = SST2.format("a fine film")
+    assert p == Prompt(prefix="Review: ", content="a fine film", suffix="\nSentiment:")
+
+
+def test_format_renders_instruction_and_few_shot_in_the_prefix():
+    t = PromptTemplate(
+        template="Review: {text}\nSentiment:",
+        verbalizations=("negative", "positive"),
+        few_shot=(("great fun", 1), ("a bore", 0)),
+        instruction="Classify each review.",
+    )
+    p = t.format("x")
+    assert p.prefix == (
+        "Classify each review.\n\n"
+        "Review: great fun\nSentiment: positive\n\n"
+        "Review: a bore\nSentiment: negative\n\n"
+        "Review: "
+    )
+    assert (p.content, p.suffix) == ("x", "\nSentiment:")
+
+
+def test_answer_spacing_follows_the_suffix():
+    assert answer_text("\nSentiment:", "positive") == ("\nSentiment:", " positive")
+    assert answer_text("\nSentiment: ", "positive") == ("\nSentiment:", " positive")
+    assert answer_text("<|im_start|>assistant\n", "positive") == ("<|im_start|>assistant\n", "positive")
+    t = PromptTemplate(template="Q: {text}\nA:\n", verbalizations=("no", "yes"), few_shot=(("s", 1),))
+    assert t.format("r").prefix == "Q: s\nA:\nyes\n\nQ: "
+
+
+def test_text_at_the_edges_and_braces_elsewhere():
+    t = PromptTemplate(template="{text}", verbalizations=("a", "b"))
+    assert t.format("row") == Prompt("", "row", "")
+    t = PromptTemplate(template='JSON {"k": {text}}', verbalizations=("a", "b"))
+    assert t.format("v") == Prompt('JSON {"k": ', "v", "}")
+
+
+@pytest.mark.parametrize("template", ["no field", "{text} and {text}", "{ text }"])
+def test_template_needs_exactly_one_text_field(template):
+    with pytest.raises(ConfigError, match="exactly once"):
+        PromptTemplate(template=template, verbalizations=("a", "b"))
+
+
+def test_template_validates_verbalizations_and_shots():
+    with pytest.raises(ConfigError, match="duplicate"):
+        PromptTemplate(template="{text}", verbalizations=("a", "a"))
+    with pytest.raises(ConfigError, match="empty candidate"):
+        PromptTemplate(template="{text}", verbalizations=("a", " "))
+    with pytest.raises(ConfigError, match="out of range"):
+        PromptTemplate(template="{text}", verbalizations=("a", "b"), few_shot=(("x", 2),))
+
+
+@pytest.mark.parametrize(
+    ("candidates", "match"),
+    [([], "empty candidate list"), (["a", ""], "empty candidate"), (["a", "b", "a"], "duplicate"), ("ab", "sequence")],
+)
+def test_invalid_candidates(candidates, match):
+    with pytest.raises(InvalidInput, match=match):
+        validate_candidates(candidates)
+
+
+def test_gguf_path_rejects_unknown_names():
+    from cascade.llm import gguf_path
+
+    with pytest.raises(ConfigError, match="unknown LLM"):
+        gguf_path("gpt-5")
+    with pytest.raises(ConfigError, match="unknown quantization"):
+        gguf_path("smollm2-135m:q2_k")
+
+
+# --------------------------------------------------------------------------------------------- SmolLM2
+
+
+@pytest.fixture(scope="module")
+def model_path():
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from cascade.llm import MODEL_SMOLLM2, gguf_path
+
+    try:
+        return gguf_path(MODEL_SMOLLM2)
+    except ConfigError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def scorer(model_path):
+    from cascade.llm import LlamaScorer
+
+    return LlamaScorer(model_path, n_ctx=512, calibrate=False)
+
+
+REVIEWS = [
+    "a gorgeous , witty , seductive movie that i loved from start to finish .",
+    "an utterly dreadful , boring mess ; the worst film of the year .",
+    "one long string of cliches .",
+    "it 's a charming and often affecting journey .",
+]
+
+
+def test_probs_shape_and_sum(scorer):
+    res = scorer.score([SST2.format(r) for r in REVIEWS], SST2.verbalizations)
+    assert res.probs.shape == (4, 2) and res.probs.dtype == np.float32
+    assert res.truncated.shape == (4,) and not res.truncated.any()
+    np.testing.assert_allclose(res.probs.sum(axis=1), 1.0, atol=1e-5)
+    assert scorer.score([], SST2.verbalizations).probs.shape == (0, 2)
+
+
+def test_obvious_reviews_ranked(scorer):
+    res = scorer.score([SST2.format(REVIEWS[0]), SST2.format(REVIEWS[1])], SST2.verbalizations, calibrate=True)
+    assert res.probs[0].argmax() == 1 and res.probs[1].argmax() == 0
+
+
+def test_prefix_cache_equals_fresh_evaluation(scorer):
+    shots = PromptTemplate(
+        template=SST2.template, verbalizations=SST2.verbalizations, few_shot=(("a triumph", 1), ("a mess", 0))
+    )
+    prompts = [shots.format(r) for r in REVIEWS] + [SST2.format(r) for r in REVIEWS]
+    scorer.reset()
+    before = scorer.evaluated_tokens
+    cached = scorer.score(prompts, ["negative", "positive", "very positive"]).probs
+    cached_tokens = scorer.evaluated_tokens - before
+    fresh, fresh_tokens = [], 0
+    for p in prompts:
+        scorer.reset()
+        before = scorer.evaluated_tokens
+        fresh.append(scorer.score([p], ["negative", "positive", "very positive"]).probs[0])
+        fresh_tokens += scorer.evaluated_tokens - before
+    np.testing.assert_allclose(cached, np.array(fresh), atol=1e-4)
+    assert cached_tokens < fresh_tokens  # the shared prefixes were evaluated once
+
+
+def test_long_prompt_truncated_from_the_content(model_path):
+    from cascade.llm import LlamaScorer
+
+    small = LlamaScorer(model_path, n_ctx=256, calibrate=False)
+    t = PromptTemplate(
+        template="Review: {text}\nSentiment:", verbalizations=("negative", "positive"), instruction="Rate the review."
+    )
+    long_row = "a fine , moving film . " * 200
+    prompt = t.format(long_row)
+    res = small.score([prompt, t.format("short and sweet .")], t.verbalizations)
+    assert res.truncated.tolist() == [True, False]
+    np.testing.assert_allclose(res.probs.sum(axis=1), 1.0, atol=1e-5)
+    enc = small.encode(prompt, t.verbalizations)
+    assert enc.truncated and len(enc.context) + max(len(c) for c in enc.candidates) <= 256
+    text = small._llm.detokenize(list(enc.context)).decode()
+    assert text.startswith("Rate the review.\n\nReview: a fine , moving film .")
+    assert text.endswith("film .\nSentiment:") or text.endswith("\nSentiment:")
+    assert text.count("\nSentiment:") == 1
+
+
+def test_multi_token_candidates_are_teacher_forced(scorer):
+    prompt = SST2.format(REVIEWS[0])
+    cands = ["positive", "very positive", "mostly negative"]
+    enc = scorer.encode(prompt, cands)
+    assert [len(c) for c in enc.candidates][0] == 1 and max(len(c) for c in enc.candidates) > 1
+    res = scorer.score([prompt], cands)
+    expected = []
+    for tokens in enc.candidates:  # log p(t1|ctx) + log p(t2|ctx,t1) + ..., each from a fresh evaluation
+        total = 0.0
+        for i, tok in enumerate(tokens):
+            scorer.reset()
+            total += scorer._eval_logprobs(enc.context + tokens[:i])[tok]
+        expected.append(total)
+    e = np.exp(np.array(expected) - max(expected))
+    np.testing.assert_allclose(res.probs[0], e / e.sum(), atol=1e-4)
+
+
+def test_invalid_candidates_raise(scorer):
+    prompt = SST2.format("fine")
+    for bad in ([], ["positive", ""], ["positive", "positive"]):
+        with pytest.raises(InvalidInput):
+            scorer.score([prompt], bad)
+
+
+# A wording on which raw SmolLM2 answers "terrible" for almost every review (dev split: 0.49 raw, 0.75
+# calibrated): the content-free prior carries that bias and calibration divides it out.
+BIASED = PromptTemplate(template="Movie review: {text}\nOverall, the movie is", verbalizations=("terrible", "great"))
+
+
+def test_calibration_removes_single_label_bias(scorer):
+    rows = [
+        "one long string of cliches .",
+        "a coarse and stupid gross-out .",
+        "it 's a charming and often affecting journey .",
+        "it 's a stunning lyrical work of considerable force and truth .",
+    ]
+    prompts = [BIASED.format(r) for r in rows]
+    raw = scorer.score(prompts, BIASED.verbalizations, calibrate=False).probs
+    cal = scorer.score(prompts, BIASED.verbalizations, calibrate=True).probs
+    np.testing.assert_allclose(cal.sum(axis=1), 1.0, atol=1e-5)
+    prior = scorer.content_free_prior(prompts[0].prefix, prompts[0].suffix, BIASED.verbalizations)
+    assert prior.shape == (2,) and abs(prior.sum() - 1) < 1e-6
+    expected = raw / prior  # calibration divides the content-free prior out and renormalises
+    np.testing.assert_allclose(cal, expected / expected.sum(axis=1, keepdims=True), atol=1e-4)
+    assert raw.argmax(axis=1).tolist() == [1, 1, 1, 1]  # "great" for every row, whatever the review
+    assert cal.argmax(axis=1).tolist() == [0, 0, 1, 1]
