@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 REPO ?= model_repository/cpu
 TASK ?= sst2
 
-.PHONY: setup demo test lint format build export serve bench clean helm-lint
+.PHONY: setup demo test lint format build export serve bench bench-llm clean helm-lint
 
 setup: $(STAMP)
 
@@ -47,6 +47,10 @@ serve: setup
 
 bench: setup
 	$(BIN)/cascade bench gate --repo $(REPO) --task $(TASK)
+
+# LLM scorers: accuracy (300 SST-2 + 300 AG News rows), ms/row at batch 1 and 16, peak RSS per model.
+bench-llm: setup
+	$(BIN)/python -m cascade.bench_llm
 
 clean:
 	rm -rf $(REPO) .pytest_cache .ruff_cache

@@ -3,8 +3,9 @@
 ``python -m cascade.bench_llm [--models ...] [--tasks sst2 ag_news] [--variants zs fs8 ...] [--rows 300]``
 
 Each model runs in its own process, so its peak RSS (``resource.getrusage``) is its own. A "variant" is
-``<prompt>[+fs<k>]``: a named prompt wording from :data:`PROMPTS` (``+chat`` ones use SmolLM2's chat
-template), optionally with k balanced few-shot examples drawn from the train split with a fixed seed.
+``<prompt>[+fs<k>][+s<seed>]``: a named prompt wording from :data:`PROMPTS` (``+chat`` ones use SmolLM2's
+chat template), optionally with k balanced few-shot examples drawn from the train split with a fixed seed
+(``+s<seed>`` draws other examples: raw few-shot accuracy depends on the draw, calibrated much less).
 Every variant is scored once at batch 16 and reported twice, raw and with contextual calibration (the same
 forward passes: calibration only divides out the content-free prior), then again at batch 1 for timing.
 ``--split dev`` scores rows outside the evaluation sample (prompt search without touching the test rows).
@@ -163,10 +164,16 @@ def make_template(task: BenchTask, variant: str, data_dir: Path) -> PromptTempla
     """The PromptTemplate of ``<prompt>[+fs<k>]``."""
     name, *mods = variant.split("+")
     kwargs = dict(PROMPTS[task.name][name])
+    shots, seed = 0, SEED
     for mod in mods:
-        if not mod.startswith("fs"):
-            raise SystemExit(f"unknown variant modifier {mod!r} in {variant!r}")
-        kwargs["few_shot"] = few_shot(task, data_dir, int(mod[2:]))
+        if mod.startswith("fs") and mod[2:].isdigit():
+            shots = int(mod[2:])
+        elif mod.startswith("s") and mod[1:].isdigit():  # another draw of the few-shot examples
+            seed = int(mod[1:])
+        else:
+            raise SystemExit(f"unknown variant modifier {mod!r} in {variant!r} (fs<k> or s<seed>)")
+    if shots:
+        kwargs["few_shot"] = few_shot(task, data_dir, shots, seed)
     return PromptTemplate(**kwargs)
 
 

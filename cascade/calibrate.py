@@ -27,6 +27,7 @@ class TierCalibration:
     coverage: float  # share of the reaching rows the tier accepts at that threshold
     agreement: float  # agreement of the accepted rows with the reference labels
     lower_bound: float  # Clopper-Pearson lower bound of that agreement
+    note: str = ""  # why a tier was disabled or made the fallback, when it is not the plain threshold rule
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,31 +75,66 @@ def calibrate_cascade(
     target: float,
     delta: float,
     min_coverage: float = 0.02,
+    best_fallback: bool = True,
 ) -> list[TierCalibration]:
     """Calibrate tiers in cascade order, each on the rows the cheaper tiers pass on.
 
     ``tier_probs[tier]`` is the tier's probabilities on every row, or a function of the row indices
-    that reach it (so an expensive tier only scores those). The last tier answers whatever reaches
-    it and gets no threshold. A tier that cannot reach the target is disabled and passes every row on.
+    that reach it (so an expensive tier only scores those rows, once). A tier that cannot reach the
+    target is disabled and passes every row on. The **fallback** answers whatever no thresholded tier
+    accepted, without a threshold: the last tier, unless ``best_fallback`` and one of the disabled tiers
+    after the last thresholded one agrees with the reference more on exactly those rows. With teacher
+    labels the last tier is the teacher and always stays; with gold labels a small LLM can be worse
+    than the fine-tuned encoder on the hard rows, and then the encoder answers them.
     """
     tiers = sorted(tier_probs)
-    pending = np.ones(len(reference), bool)
-    result = []
+    n = len(reference)
+    pending = np.ones(n, bool)
+    scored: dict[int, np.ndarray] = {}
+    result: dict[int, TierCalibration] = {}
 
     def probs_of(tier: int, idx: np.ndarray) -> np.ndarray:
         source = tier_probs[tier]
-        return np.asarray(source(idx) if callable(source) else source[idx])
+        if not callable(source):
+            return np.asarray(source)[idx]
+        if tier not in scored:
+            scored[tier] = np.full((n, 0), np.nan)
+        have = scored[tier]
+        todo = idx if have.shape[1] == 0 else idx[np.isnan(have[idx, 0])]
+        if todo.size:
+            fresh = np.asarray(source(todo), dtype=np.float64)
+            if have.shape[1] == 0:
+                have = scored[tier] = np.full((n, fresh.shape[1]), np.nan)
+            have[todo] = fresh
+        return have[idx] if have.shape[1] else np.zeros((0, 0))
 
     for tier in tiers[:-1]:
         idx = np.flatnonzero(pending)
         probs = probs_of(tier, idx)
         correct = probs.argmax(axis=1) == reference[idx]
         cal = choose_threshold(probs.max(axis=1), correct, target, delta, min_coverage, tier)
-        result.append(cal)
+        result[tier] = cal
         if cal.enabled:
             pending[idx[probs.max(axis=1) >= cal.threshold]] = False
+
     idx = np.flatnonzero(pending)
-    last = tiers[-1]
-    agreement = float((probs_of(last, idx).argmax(axis=1) == reference[idx]).mean()) if idx.size else 0.0
-    result.append(TierCalibration(last, int(idx.size), True, None, 1.0, agreement, 0.0))
-    return result
+    last_thresholded = max((t for t, c in result.items() if c.enabled), default=-1)
+    candidates = [t for t in tiers if t > last_thresholded] if best_fallback else [tiers[-1]]
+
+    def agreement(tier: int) -> float:
+        return float((probs_of(tier, idx).argmax(axis=1) == reference[idx]).mean()) if idx.size else 0.0
+
+    scores = {t: agreement(t) for t in candidates}
+    fallback = tiers[-1]
+    for t in candidates:  # strictly better than every later candidate, the last tier included
+        if all(scores[t] > scores[u] for u in candidates if u > t):
+            fallback = t
+            break
+    for t in candidates:
+        if t == fallback:
+            note = "" if t == tiers[-1] else f"fallback: best agreement on the {idx.size} rows left"
+            result[t] = TierCalibration(t, int(idx.size), True, None, 1.0, scores[t], 0.0, note)
+        elif t > fallback:
+            note = f"after the fallback; agreement {scores[t]:.3f} < {scores[fallback]:.3f} on the rows left"
+            result[t] = TierCalibration(t, int(idx.size), False, None, 0.0, scores[t], 0.0, note)
+    return [result[t] for t in tiers]

@@ -153,7 +153,10 @@ def cmd_bench(args) -> int:
 
     task = load_task(args.task)
     if not task_is_built(task, args.repo):
-        raise CascadeError(f"task {task.name} is not built in {args.repo}: run `cascade build` (or make demo)")
+        raise CascadeError(
+            f"task {task.name} is not built in {args.repo}, or was built from an older definition: "
+            "run `cascade build` (or make demo)"
+        )
     result = bench.bench_gate(task, args.repo, args.iterations, args.data_dir)
     bench.print_gate(result)
     print(f"saved {bench.save(result, 'gate')}")

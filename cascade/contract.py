@@ -96,6 +96,9 @@ PARAM_MAX_TIER = "max_tier"
 PARAM_MIN_TIER = "min_tier"
 PARAM_RETURN_PROBS = "return_probs"
 GATE_REQUEST_PARAMETERS = (PARAM_MAX_TIER, PARAM_MIN_TIER, PARAM_RETURN_PROBS)
+# Request parameter of the LLM scorers (llm_small, llm_large): contextual calibration on/off for this request,
+# overriding the model's CFG_CALIBRATE default (the gate sends each task prompt's choice).
+PARAM_CALIBRATE = "calibrate"
 
 # --- model config parameters (config.pbtxt ``parameters``) ---------------------------------------
 CFG_TASK = "task"
@@ -106,7 +109,7 @@ CFG_BLS_TIMEOUT_MS = "bls_timeout_ms"
 CFG_ONNX_FILE = "onnx_file"
 CFG_TOKENIZER_DIR = "tokenizer_dir"
 CFG_NUM_THREADS = "num_threads"
-CFG_PROMPT = "prompt"
+CFG_PROMPTS = "prompts"  # gate: {LLM tier name: prompt}
 CFG_LLM_MODEL = "llm_model"
 CFG_N_CTX = "n_ctx"
 CFG_CALIBRATE = "calibrate"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,8 +18,15 @@ console = Console()
 
 
 def task_is_built(task: TaskSpec, repo: Path) -> bool:
+    """Every model of the task is in ``repo``, built from this very task definition."""
     names = [contract.EMBEDDER_MODEL, contract.gate_model_name(task.name), *task.model_names().values()]
-    return all((Path(repo) / name / "config.pbtxt").is_file() for name in names if name)
+    if not all((Path(repo) / name / "config.pbtxt").is_file() for name in names if name):
+        return False
+    report = Path(repo) / contract.gate_model_name(task.name) / "build_report.json"
+    try:
+        return json.loads(report.read_text()).get("task_digest") == task.digest()
+    except (OSError, ValueError):
+        return False
 
 
 def classify_rows(client, task: TaskSpec, texts: list[str], batch_size: int) -> tuple[list, list[float]]:

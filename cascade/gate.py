@@ -33,9 +33,9 @@ class GateConfig:
     #: tier -> threshold on the top-class probability; every enabled tier but the last needs one.
     thresholds: dict[int, float]
     bls_timeout_ms: int = contract.DEFAULT_BLS_TIMEOUT_MS
-    #: For the LLM tiers: {"instruction": "...", "template": "...{text}...", "verbalizations": [...],
-    #: "few_shot": [[text, label index], ...]}.
-    prompt: dict | None = None
+    #: LLM tier -> its prompt: {"instruction": "...", "template": "...{text}...", "verbalizations": [...],
+    #: "few_shot": [[text, label index], ...], "calibrate": true|false (optional)}. One per enabled LLM tier.
+    prompts: dict[int, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.task:
@@ -59,11 +59,18 @@ class GateConfig:
             raise ConfigError(f"gate parameter 'thresholds' lacks tiers {missing} (only the last may omit one)")
         if not (isinstance(self.bls_timeout_ms, int) and self.bls_timeout_ms > 0):
             raise ConfigError(f"gate parameter 'bls_timeout_ms' must be a positive integer: {self.bls_timeout_ms!r}")
-        uses_llm = any(t in contract.LLM_TIERS for t in self.tiers)
-        if uses_llm and self.prompt is None:
-            raise ConfigError("LLM tiers are enabled but the gate has no 'prompt' parameter")
-        if self.prompt is not None:
-            check_prompt(self.prompt, len(self.labels))
+        for tier in self.prompts:
+            if tier not in self.tiers or tier not in contract.LLM_TIERS:
+                name = contract.TIER_NAMES.get(tier, tier)
+                raise ConfigError(f"prompt given for tier {name!r}, which is not an enabled LLM tier")
+        missing = [contract.TIER_NAMES[t] for t in self.tiers if t in contract.LLM_TIERS and t not in self.prompts]
+        if missing:
+            raise ConfigError(f"LLM tiers {missing} are enabled but gate parameter 'prompts' has no prompt for them")
+        for tier, prompt in self.prompts.items():
+            try:
+                check_prompt(prompt, len(self.labels))
+            except ConfigError as exc:
+                raise ConfigError(f"prompt of {contract.TIER_NAMES[tier]}: {exc}") from exc
 
     @property
     def needs_embedding(self) -> bool:
@@ -78,7 +85,11 @@ class GateConfig:
                 {contract.TIER_NAMES[t]: v for t, v in sorted(self.thresholds.items())}
             ),
             contract.CFG_BLS_TIMEOUT_MS: str(self.bls_timeout_ms),
-        } | ({contract.CFG_PROMPT: json.dumps(self.prompt)} if self.prompt is not None else {})
+        } | (
+            {contract.CFG_PROMPTS: json.dumps({contract.TIER_NAMES[t]: p for t, p in sorted(self.prompts.items())})}
+            if self.prompts
+            else {}
+        )
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> GateConfig:
@@ -90,7 +101,7 @@ class GateConfig:
             contract.CFG_THRESHOLDS,
             contract.CFG_BLS_TIMEOUT_MS,
         }
-        unknown = set(params) - expected - {contract.CFG_PROMPT}
+        unknown = set(params) - expected - {contract.CFG_PROMPTS}
         if unknown:
             raise ConfigError(f"unknown gate parameters {sorted(unknown)}; expected {sorted(expected)}")
         missing = expected - set(params)
@@ -115,6 +126,11 @@ class GateConfig:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"threshold of {name!r} must be a number: {value!r}")
             thresholds[_tier_from_name(name, ConfigError)] = float(value)
+        prompts = {}
+        for name, prompt in (load(contract.CFG_PROMPTS, dict) if contract.CFG_PROMPTS in params else {}).items():
+            if not isinstance(prompt, dict):
+                raise ConfigError(f"prompt of {name!r} must be a JSON object: {prompt!r}")
+            prompts[_tier_from_name(name, ConfigError)] = prompt
         try:
             timeout = int(params[contract.CFG_BLS_TIMEOUT_MS])
         except ValueError as exc:
@@ -125,13 +141,13 @@ class GateConfig:
             tiers=tuple(tiers),
             thresholds=thresholds,
             bls_timeout_ms=timeout,
-            prompt=load(contract.CFG_PROMPT, dict) if contract.CFG_PROMPT in params else None,
+            prompts=prompts,
         )
 
 
 def check_prompt(prompt: dict, n_labels: int) -> None:
-    """A task's LLM prompt: one ``{text}`` slot and one distinct verbalization per label."""
-    unknown = set(prompt) - {"template", "verbalizations", "few_shot", "instruction"}
+    """An LLM tier's prompt: one ``{text}`` slot and one distinct verbalization per label."""
+    unknown = set(prompt) - {"template", "verbalizations", "few_shot", "instruction", "calibrate"}
     if unknown:
         raise ConfigError(f"prompt has unknown keys {sorted(unknown)}")
     template = prompt.get("template")
@@ -153,6 +169,8 @@ def check_prompt(prompt: dict, n_labels: int) -> None:
             and 0 <= example[1] < n_labels
         ):
             raise ConfigError(f"few-shot example must be [text, label index]: {example!r}")
+    if not isinstance(prompt.get("calibrate", True), bool):
+        raise ConfigError(f"prompt 'calibrate' must be true or false: {prompt['calibrate']!r}")
 
 
 def prompt_template(prompt: dict):

@@ -12,6 +12,7 @@ No Triton import here: the Python-backend ``model.py`` wraps this module.
 from __future__ import annotations
 
 import importlib.resources
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from cascade import contract
 from cascade.errors import ConfigError, InvalidInput
 
 MODEL_SMOLLM2 = "smollm2-135m"
@@ -215,6 +217,46 @@ def validate_candidates(candidates: Sequence[str], error: type[Exception] = Inva
     if dupes:
         raise error(f"duplicate candidates {dupes}: verbalizations must be distinct")
     return cands
+
+
+def _decode(value: Any, what: str) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return bytes(value).decode("utf-8")
+    except (UnicodeDecodeError, TypeError) as exc:
+        raise InvalidInput(f"{what} is not valid UTF-8") from exc
+
+
+def parse_scorer_inputs(prompt: np.ndarray, candidates: np.ndarray) -> tuple[list[Prompt], tuple[str, ...]]:
+    """A scorer request's ``PROMPT`` [n, 3] (prefix, content, suffix) and ``CANDIDATES`` [n, k] (equal rows).
+
+    Shared by every scorer backend (llama.cpp on CPU, TensorRT-LLM on GPU), so both reject the same input.
+    """
+    prompt = np.asarray(prompt, dtype=np.object_)
+    cands = np.asarray(candidates, dtype=np.object_)
+    if prompt.ndim != 2 or prompt.shape[1] != 3:
+        raise InvalidInput(f"PROMPT must be [n, 3] (prefix, content, suffix), got {list(prompt.shape)}")
+    if cands.ndim != 2 or cands.shape[0] != prompt.shape[0]:
+        raise InvalidInput(f"CANDIDATES must be [n, k] with n = {prompt.shape[0]}, got {list(cands.shape)}")
+    if (cands != cands[:1]).any():
+        raise InvalidInput("all rows of one request must share the same CANDIDATES")
+    prompts = [Prompt(*(_decode(part, f"PROMPT[{i}]") for part in row)) for i, row in enumerate(prompt)]
+    names = validate_candidates([_decode(c, "CANDIDATES") for c in cands[0]]) if len(cands) else ()
+    return prompts, names
+
+
+def parse_scorer_parameters(raw: str | dict | None) -> bool | None:
+    """A scorer request's parameters (JSON text, as ``request.parameters()`` gives them): the ``calibrate``
+    override, or None for the model's default. Unknown keys and non-boolean values are :class:`InvalidInput`."""
+    params = json.loads(raw) if isinstance(raw, str) and raw else (raw or {})
+    unknown = set(params) - {contract.PARAM_CALIBRATE}
+    if unknown:
+        raise InvalidInput(f"unknown scorer parameters {sorted(unknown)}; expected {contract.PARAM_CALIBRATE!r}")
+    value = params.get(contract.PARAM_CALIBRATE)
+    if value is not None and not isinstance(value, bool):
+        raise InvalidInput(f"scorer parameter {contract.PARAM_CALIBRATE!r} must be a boolean, got {value!r}")
+    return value
 
 
 # --------------------------------------------------------------------------------------------- scorer

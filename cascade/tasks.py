@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cascade import contract
@@ -47,15 +49,56 @@ class LlmPrompt:
     verbalizations: tuple[str, ...]
     few_shot: int = 0
     instruction: str = ""
+    #: Contextual calibration for this prompt; None leaves the scorer model's default.
+    calibrate: bool | None = None
 
     def gate_prompt(self, examples: list[tuple[str, int]] = ()) -> dict:
-        """The gate's ``prompt`` parameter, with the few-shot examples the build drew."""
-        return {
+        """This tier's entry in the gate's ``prompts`` parameter, with the few-shot examples the build drew."""
+        prompt = {
             "instruction": self.instruction,
             "template": self.template,
             "verbalizations": list(self.verbalizations),
             "few_shot": [[text, int(label)] for text, label in examples],
         }
+        return prompt | ({"calibrate": self.calibrate} if self.calibrate is not None else {})
+
+
+_PROMPT_KEYS = ("template", "verbalizations", "few_shot", "instruction", "calibrate")
+
+
+def parse_llm_section(raw: dict) -> dict[int, LlmPrompt]:
+    """``[llm]`` holds the prompt of both LLM tiers; ``[llm.llm_small]`` / ``[llm.llm_large]`` override keys
+    for one tier (the measured best prompt differs per model: README, "LLM tiers")."""
+    llm_names = {contract.TIER_NAMES[t]: t for t in contract.LLM_TIERS}
+    unknown = [k for k in raw if k not in _PROMPT_KEYS and k not in llm_names]
+    if unknown:
+        raise ConfigError(f"[llm]: unknown keys {unknown}; expected {list(_PROMPT_KEYS)} or tables {list(llm_names)}")
+    base = {k: v for k, v in raw.items() if k in _PROMPT_KEYS}
+    prompts = {}
+    for name, tier in llm_names.items():
+        override = raw.get(name, {})
+        if not isinstance(override, dict):
+            raise ConfigError(f"[llm.{name}] must be a table")
+        bad = [k for k in override if k not in _PROMPT_KEYS]
+        if bad:
+            raise ConfigError(f"[llm.{name}]: unknown keys {bad}; expected {list(_PROMPT_KEYS)}")
+        merged = base | override
+        if "template" not in merged and "verbalizations" not in merged:
+            continue
+        calibrate = merged.get("calibrate")
+        if calibrate is not None and not isinstance(calibrate, bool):
+            raise ConfigError(f"[llm.{name}]: calibrate must be true or false, got {calibrate!r}")
+        try:
+            prompts[tier] = LlmPrompt(
+                template=merged["template"],
+                verbalizations=tuple(merged["verbalizations"]),
+                few_shot=int(merged.get("few_shot", 0)),
+                instruction=merged.get("instruction", ""),
+                calibrate=calibrate,
+            )
+        except KeyError as exc:
+            raise ConfigError(f"[llm.{name}]: missing {exc.args[0]!r}") from exc
+    return prompts
 
 
 @dataclass(frozen=True)
@@ -67,9 +110,9 @@ class TaskSpec:
     description: str = ""
     target: float = 0.9
     delta: float = 0.05
-    #: The LLM tiers' prompt: template (one ``{text}``), verbalizations (one per label), few_shot
-    #: (how many labelled examples the build draws into the prompt).
-    llm: LlmPrompt | None = None
+    #: Each LLM tier's prompt: template (one ``{text}``), verbalizations (one per label), few_shot
+    #: (how many labelled examples the build draws into the prompt), calibrate.
+    llm: dict[int, LlmPrompt] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -83,17 +126,25 @@ class TaskSpec:
             raise ConfigError(f"task {self.name!r}: tiers must be distinct and cheapest first")
         if not 0 < self.target <= 1 or not 0 < self.delta < 1:
             raise ConfigError(f"task {self.name!r}: need 0 < target <= 1 and 0 < delta < 1")
-        if any(t in contract.LLM_TIERS for t in self.tiers) and self.llm is None:
-            raise ConfigError(f"task {self.name!r}: LLM tiers need an [llm] section (template, verbalizations)")
-        if self.llm is not None:
+        missing = [contract.TIER_NAMES[t] for t in self.tiers if t in contract.LLM_TIERS and t not in self.llm]
+        if missing:
+            raise ConfigError(
+                f"task {self.name!r}: LLM tiers {missing} need a prompt: an [llm] section (template, verbalizations)"
+            )
+        for tier, prompt in self.llm.items():
             try:
-                check_prompt(self.llm.gate_prompt(), self.n_labels)
+                check_prompt(prompt.gate_prompt(), self.n_labels)
             except ConfigError as exc:
-                raise ConfigError(f"task {self.name!r}: {exc}") from exc
+                raise ConfigError(f"task {self.name!r}, {contract.TIER_NAMES[tier]}: {exc}") from exc
 
     @property
     def n_labels(self) -> int:
         return len(self.labels)
+
+    def digest(self) -> str:
+        """A fingerprint of the definition; a build records it, so an edited task is rebuilt, not reused."""
+        text = json.dumps(asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def model_names(self) -> dict[int, str]:
         return {tier: contract.tier_model_name(self.name, tier) for tier in self.tiers}
@@ -128,14 +179,7 @@ def load_task(path_or_name: str | Path) -> TaskSpec:
     try:
         dataset = DatasetSpec(**raw["dataset"]) if "dataset" in raw else None
         calibration = raw.get("calibration", {})
-        llm = raw.get("llm")
-        if llm is not None:
-            llm = LlmPrompt(
-                template=llm["template"],
-                verbalizations=tuple(llm["verbalizations"]),
-                few_shot=int(llm.get("few_shot", 0)),
-                instruction=llm.get("instruction", ""),
-            )
+        llm = parse_llm_section(raw.get("llm", {}))
         return TaskSpec(
             name=raw["name"],
             labels=tuple(raw["labels"]),

@@ -50,7 +50,6 @@ __all__ = [
     "generate_inputs",
     "greedy_mismatch",
     "load_tokenizer",
-    "parse_scorer_inputs",
     "probs_from_generation_logits",
     "scoring_inputs",
 ]
@@ -257,30 +256,6 @@ def check_template(tokenizer: HFTokenizer, template: PromptTemplate) -> tuple[in
 
 
 # --------------------------------------------------------------------------------------------- requests
-
-
-def _decode(value: Any, what: str) -> str:
-    if isinstance(value, str):
-        return value
-    try:
-        return bytes(value).decode("utf-8")
-    except (UnicodeDecodeError, TypeError) as exc:
-        raise InvalidInput(f"{what} is not valid UTF-8") from exc
-
-
-def parse_scorer_inputs(prompt: np.ndarray, candidates: np.ndarray) -> tuple[list[Prompt], tuple[str, ...]]:
-    """``PROMPT`` [n, 3] (prefix, content, suffix) and ``CANDIDATES`` [n, k] (equal rows), as on the CPU."""
-    prompt = np.asarray(prompt, dtype=np.object_)
-    cands = np.asarray(candidates, dtype=np.object_)
-    if prompt.ndim != 2 or prompt.shape[1] != 3:
-        raise InvalidInput(f"PROMPT must be [n, 3] (prefix, content, suffix), got {list(prompt.shape)}")
-    if cands.ndim != 2 or cands.shape[0] != prompt.shape[0]:
-        raise InvalidInput(f"CANDIDATES must be [n, k] with n = {prompt.shape[0]}, got {list(cands.shape)}")
-    if (cands != cands[:1]).any():
-        raise InvalidInput("all rows of one request must share the same CANDIDATES")
-    prompts = [Prompt(*(_decode(part, f"PROMPT[{i}]") for part in row)) for i, row in enumerate(prompt)]
-    names = validate_candidates([_decode(c, "CANDIDATES") for c in cands[0]]) if len(cands) else ()
-    return prompts, names
 
 
 def _scalar(value: int | bool, datatype: str) -> np.ndarray:

@@ -65,17 +65,26 @@ def embed(repo: Path, texts: list[str]) -> np.ndarray:
 
 
 #: Which packaged GGUF serves each LLM tier on CPU (chosen by measurement: README, "LLM tiers").
-LLM_ROLES = {contract.TIER_LLM_SMALL: "smollm2-135m", contract.TIER_LLM_LARGE: "gemma3-270m"}
+LLM_ROLES = {contract.TIER_LLM_SMALL: "smollm2-135m:f16", contract.TIER_LLM_LARGE: "gemma3-270m"}
 LLM_N_CTX = 1024
 
 
+def llm_specs() -> list[configgen.ModelSpec]:
+    # Contextual calibration on by default; a task prompt's ``calibrate`` overrides it per request.
+    return [configgen.llm_spec(t, LLM_ROLES[t], n_ctx=LLM_N_CTX, calibrate=True) for t in LLM_ROLES]
+
+
 def ensure_llms(repo: Path) -> None:
-    """Write the shared LLM scorer models (one copy whatever the number of tasks) once."""
-    missing = [t for t in LLM_ROLES if not (Path(repo) / contract.TIER_NAMES[t] / "config.pbtxt").is_file()]
-    if missing:
+    """Write the shared LLM scorer models (one copy whatever the number of tasks) where missing or stale."""
+    stale = []
+    for spec in llm_specs():
+        config = Path(repo) / spec.name / "config.pbtxt"
+        if not config.is_file() or config.read_text() != spec.to_pbtxt():
+            stale.append(spec)
+    if stale:
         with RepositoryWriter(repo) as writer:
-            for tier in missing:
-                writer.add(configgen.llm_spec(tier, LLM_ROLES[tier], n_ctx=LLM_N_CTX))
+            for spec in stale:
+                writer.add(spec)
 
 
 def llm_scorer_on(tier: int, gate_prompt: dict, texts: list[str]):
@@ -84,6 +93,7 @@ def llm_scorer_on(tier: int, gate_prompt: dict, texts: list[str]):
     from cascade.llm import LlamaScorer, gguf_path
 
     template = prompt_template(gate_prompt)
+    calibrate = gate_prompt.get("calibrate")
     scorer = None
 
     def score(idx: np.ndarray) -> np.ndarray:
@@ -93,22 +103,31 @@ def llm_scorer_on(tier: int, gate_prompt: dict, texts: list[str]):
         if scorer is None:
             scorer = LlamaScorer(gguf_path(LLM_ROLES[tier]), n_ctx=LLM_N_CTX)
         start = time.perf_counter()
-        probs = scorer.score([template.format(texts[i]) for i in idx], template.verbalizations).probs
+        probs = scorer.score([template.format(texts[i]) for i in idx], template.verbalizations, calibrate).probs
         log(f"tier {tier} ({contract.TIER_NAMES[tier]}): scored {idx.size} rows in {time.perf_counter() - start:.1f} s")
         return probs
 
     return score
 
 
+#: Few-shot examples are drawn among training rows of this many words where enough exist: very short rows
+#: ("a bore") teach little and long ones lengthen every prompt (cascade.bench_llm draws the same way).
+FEW_SHOT_WORDS = (8, 40)
+
+
 def draw_few_shot(texts: list[str], labels: np.ndarray, k: int, n_labels: int, rng) -> list[tuple[str, int]]:
     """``k`` labelled examples, as balanced over the labels as ``k`` allows, in a shuffled order."""
     if k <= 0:
         return []
+    lo, hi = FEW_SHOT_WORDS
+    words = np.array([len(t.split()) for t in texts])
     picked = []
     for label in range(n_labels):
-        idx = np.flatnonzero(labels == label)
         take = k // n_labels + (1 if label < k % n_labels else 0)
-        picked += [(texts[i], label) for i in rng.choice(idx, size=min(take, idx.size), replace=False)]
+        idx = np.flatnonzero(labels == label)
+        moderate = idx[(words[idx] >= lo) & (words[idx] <= hi)]
+        pool = moderate if moderate.size >= take else idx
+        picked += [(texts[i], label) for i in rng.choice(pool, size=min(take, pool.size), replace=False)]
     order = rng.permutation(len(picked))
     return [picked[i] for i in order]
 
@@ -174,23 +193,26 @@ def build_task(task: TaskSpec, repo: Path, opts: BuildOptions = BuildOptions()) 
             acc = float((calib_probs[tier].argmax(1) == c_y).mean())
             log(f"tier {tier} ({name}): trained in {timings[f'train_{name}_s']:.1f} s, held-out accuracy {acc:.3f}")
 
-        gate_prompt = None
-        llm_tiers = [t for t in task.tiers if t in contract.LLM_TIERS]
-        if llm_tiers:
-            examples = draw_few_shot(x_texts, y, task.llm.few_shot, task.n_labels, rng)
-            gate_prompt = task.llm.gate_prompt(examples)
+        prompts = {}
+        for tier in (t for t in task.tiers if t in contract.LLM_TIERS):
+            examples = draw_few_shot(x_texts, y, task.llm[tier].few_shot, task.n_labels, rng)
+            prompts[tier] = task.llm[tier].gate_prompt(examples)
             ensure_llms(repo)
-            for tier in llm_tiers:
-                calib_probs[tier] = llm_scorer_on(tier, gate_prompt, c_texts)
+            calib_probs[tier] = llm_scorer_on(tier, prompts[tier], c_texts)
 
-        calibration = calibrate_cascade(calib_probs, c_y, task.target, task.delta, opts.min_coverage)
         keep = opts.keep_all_tiers
+        calibration = calibrate_cascade(
+            calib_probs, c_y, task.target, task.delta, opts.min_coverage, best_fallback=not keep
+        )
         enabled = tuple(c.tier for c in calibration if c.enabled or keep)
-        thresholds = {c.tier: (c.threshold if c.enabled else 1.0) for c in calibration[:-1] if c.enabled or keep}
-        gate = GateConfig(task=task.name, labels=task.labels, tiers=enabled, thresholds=thresholds, prompt=gate_prompt)
+        thresholds = {c.tier: (c.threshold if c.enabled else 1.0) for c in calibration if c.tier != enabled[-1]}
+        thresholds = {t: v for t, v in thresholds.items() if t in enabled}
+        prompts = {t: p for t, p in prompts.items() if t in enabled}
+        gate = GateConfig(task=task.name, labels=task.labels, tiers=enabled, thresholds=thresholds, prompts=prompts)
         gate_version = writer.add(configgen.gate_spec(gate.to_parameters(), task.name, task.n_labels))
         report = {
             "task": task.name,
+            "task_digest": task.digest(),
             "labels": list(task.labels),
             "reference": "gold labels (provisional until the teacher labels)",
             "options": asdict(opts),
@@ -206,7 +228,9 @@ def build_task(task: TaskSpec, repo: Path, opts: BuildOptions = BuildOptions()) 
     for c in calibration:
         name = f"tier {c.tier} ({contract.TIER_NAMES[c.tier]})"
         if c.enabled and c.threshold is None:
-            log(f"{name} answers the {c.rows} rows that reach it: agreement {c.agreement:.3f}")
+            log(f"{name} answers the {c.rows} rows that reach it: agreement {c.agreement:.3f} {c.note}".rstrip())
+        elif c.note:
+            log(f"{name} DISABLED: {c.note}")
         else:
             log(
                 f"{name} {'enabled' if c.enabled else 'DISABLED'}: threshold {c.threshold or 0:.3f}, "

@@ -8,7 +8,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from cascade.configgen import ModelSpec, write_config
+from cascade import contract
+from cascade.configgen import (
+    BACKEND_GATE,
+    BACKEND_LLM_SCORER,
+    BACKEND_ONNX_RUNNER,
+    ModelSpec,
+    parse_config,
+    write_config,
+)
 from cascade.tasks import REPO_ROOT
 
 BACKENDS_DIR = REPO_ROOT / "python_backends"
@@ -57,3 +65,28 @@ class RepositoryWriter:
             self.commit()
         else:
             self.abort()
+
+
+def python_source(model_dir: Path) -> str | None:
+    """Which ``python_backends/<source>`` a built CPU model runs (None: not a Python-backend model)."""
+    config = parse_config((Path(model_dir) / "config.pbtxt").read_text())
+    if config.backend != "python":
+        return None
+    params = set(config.parameters)
+    if contract.CFG_LLM_MODEL in params:
+        return BACKEND_LLM_SCORER
+    if contract.CFG_TASK in params:
+        return BACKEND_GATE
+    return BACKEND_ONNX_RUNNER
+
+
+def refresh_backends(repo: Path) -> list[str]:
+    """Copy the current ``model.py`` glue into every CPU Python model of a built repository (for developers
+    who edit ``python_backends/`` and reuse a repository instead of rebuilding it). Returns the models."""
+    refreshed = []
+    for model_dir in sorted(p for p in Path(repo).iterdir() if (p / "config.pbtxt").is_file()):
+        source = python_source(model_dir)
+        if source is not None:
+            shutil.copy2(BACKENDS_DIR / source / "model.py", model_dir / VERSION / "model.py")
+            refreshed.append(model_dir.name)
+    return refreshed

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,14 +25,14 @@ def built_repo(tmp_path_factory, sst2_task):
     from cascade.export.build import BuildOptions, build_task
 
     reuse = os.environ.get("CASCADE_TEST_REPO")
-    if reuse:  # developers: reuse a repository built by an earlier run (skips the ~2 min build)
+    if reuse:  # developers: build once into this folder, then reuse it (skips the build of a few minutes)
         repo = Path(reuse)
-        if (repo / "sst2" / "build_report.json").is_file():
-            for model in repo.iterdir():
-                source = "gate" if model.name == sst2_task.name else "onnx_runner"
-                if (model / "1" / "model.py").is_file():
-                    shutil.copy2(REPO_ROOT / "python_backends" / source / "model.py", model / "1" / "model.py")
-            return repo, json.loads((repo / "sst2" / "build_report.json").read_text())
+        report = repo / "sst2" / "build_report.json"
+        if report.is_file() and json.loads(report.read_text()).get("task_digest") == sst2_task.digest():
+            from cascade.export.repository import refresh_backends
+
+            refresh_backends(repo)
+            return repo, json.loads(report.read_text())
     else:
         repo = tmp_path_factory.mktemp("repository") / "cpu"
     options = BuildOptions(train_rows=400, calib_rows=400, encoder_epochs=1, progress=False, keep_all_tiers=True)

@@ -67,3 +67,51 @@ def test_expensive_tiers_score_only_the_rows_that_reach_them():
     cal = calibrate_cascade({0: sure, 3: llm}, reference, target=0.9, delta=0.05)
     assert cal[0].enabled and cal[0].coverage == 1.0
     assert seen == []  # nothing left for the LLM: it is never called
+
+
+def hard_rows_case():
+    """Tier 0 is sure and right on the even rows and unsure on the odd ones; on those, tier 2 is right
+    on 80% and tier 4 (an LLM, scored lazily) on 60%, neither confident enough for a 0.95 target."""
+    rng = np.random.default_rng(1)
+    n = 400
+    reference = rng.integers(0, 2, n)
+    hard = np.arange(n) % 2 == 1
+
+    def answers(acc, conf):
+        right = rng.uniform(size=n) < acc
+        pred = np.where(right, reference, 1 - reference)
+        probs = np.full((n, 2), 1 - conf)
+        probs[np.arange(n), pred] = conf
+        return probs
+
+    tier0 = np.where(hard[:, None], 0.5, np.eye(2)[reference] * 0.98 + 0.01)
+    calls = []
+    llm_probs = answers(0.6, 0.7)
+
+    def llm(idx):
+        calls.append(idx)
+        return llm_probs[idx]
+
+    return {0: tier0, 2: answers(0.8, 0.7), 4: llm}, reference, calls
+
+
+def test_the_most_accurate_tier_on_the_rows_left_becomes_the_fallback():
+    probs, reference, calls = hard_rows_case()
+    cal = {c.tier: c for c in calibrate_cascade(probs, reference, target=0.95, delta=0.05)}
+    assert cal[0].enabled and cal[0].threshold is not None
+    assert cal[2].enabled and cal[2].threshold is None and "fallback" in cal[2].note
+    assert not cal[4].enabled and cal[4].agreement < cal[2].agreement
+    assert sum(len(c) for c in calls) == cal[4].rows  # the LLM scored each row that reached it once
+
+
+def test_without_best_fallback_the_last_tier_answers_the_rest():
+    probs, reference, _ = hard_rows_case()
+    cal = {c.tier: c for c in calibrate_cascade(probs, reference, 0.95, 0.05, best_fallback=False)}
+    assert not cal[2].enabled and cal[4].enabled and cal[4].threshold is None
+
+
+def test_a_teacher_as_last_tier_is_never_displaced():
+    probs, reference, _ = hard_rows_case()
+    probs[4] = np.eye(2)[reference]  # the reference labels come from tier 4 itself
+    cal = {c.tier: c for c in calibrate_cascade(probs, reference, target=0.95, delta=0.05)}
+    assert cal[4].enabled and cal[4].agreement == 1.0 and not cal[2].enabled

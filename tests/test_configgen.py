@@ -75,3 +75,19 @@ def test_tiers_reject_requests_queued_past_the_bls_timeout():
     assert policy.timeout_action == mc.ModelQueuePolicy.REJECT
     assert policy.default_timeout_microseconds == contract.DEFAULT_BLS_TIMEOUT_MS * 1000
     assert policy.allow_timeout_override  # the gate's BLS timeout may shorten it
+
+
+def test_refresh_backends_copies_each_models_own_glue(tmp_path):
+    from cascade.export.repository import BACKENDS_DIR, RepositoryWriter, refresh_backends
+
+    repo = tmp_path / "cpu"
+    with RepositoryWriter(repo) as writer:
+        writer.add(configgen.embedder_spec())
+        writer.add(configgen.gate_spec(gate_params(), "sst2", n_labels=2))
+        writer.add(configgen.llm_spec(contract.TIER_LLM_SMALL, "smollm2-135m"))
+    for model in repo.iterdir():
+        (model / "1" / "model.py").write_text("stale")
+    assert refresh_backends(repo) == sorted([contract.EMBEDDER_MODEL, "sst2", contract.TIER_NAMES[3]])
+    expected = {contract.EMBEDDER_MODEL: "onnx_runner", "sst2": "gate", contract.TIER_NAMES[3]: "llm_scorer"}
+    for model, source in expected.items():
+        assert (repo / model / "1" / "model.py").read_text() == (BACKENDS_DIR / source / "model.py").read_text()

@@ -141,11 +141,36 @@ def good_params(**overrides):
     return params
 
 
+PROMPT = {"template": "Review: {text}\nSentiment:", "verbalizations": ["negative", "positive"]}
+
+
+def llm_params(prompt: dict, tier: str = "llm_small") -> dict:
+    """Gate parameter overrides enabling logreg -> llm_small with ``prompt`` for ``tier``."""
+    return {
+        "tiers": json.dumps(["logreg", "llm_small"]),
+        "thresholds": json.dumps({"logreg": 0.9}),
+        "prompts": json.dumps({tier: prompt}),
+    }
+
+
 def test_config_round_trips_through_parameters():
     config = GateConfig.from_parameters(good_params())
     assert config.tiers == (0, 1, 2)
     assert config.thresholds == {0: 0.9, 1: 0.8}
     assert config.needs_embedding
+
+
+def test_per_tier_prompts_round_trip():
+    small = PROMPT | {"calibrate": True}
+    large = PROMPT | {"few_shot": [["a fine film", 1]], "calibrate": False}
+    params = good_params(
+        tiers=json.dumps(["logreg", "llm_small", "llm_large"]),
+        thresholds=json.dumps({"logreg": 0.9, "llm_small": 0.8}),
+        prompts=json.dumps({"llm_small": small, "llm_large": large}),
+    )
+    config = GateConfig.from_parameters(params)
+    assert config.prompts == {3: small, 4: large}
+    assert GateConfig.from_parameters(config.to_parameters()) == config
 
 
 @pytest.mark.parametrize(
@@ -162,17 +187,15 @@ def test_config_round_trips_through_parameters():
         ({"bls_timeout_ms": "soon"}, "not an integer"),
         ({"bls_timeout_ms": "0"}, "positive integer"),
         ({"treshold": "0.5"}, "unknown gate parameters"),
-        ({"tiers": json.dumps(["logreg", "llm_small"]), "thresholds": json.dumps({"logreg": 0.9})}, "no 'prompt'"),
-        (
-            {"prompt": json.dumps({"template": "Review: {text}\nSentiment:", "verbalizations": ["a", "b", "c"]})},
-            "3 prompt verbalizations for 2 labels",
-        ),
-        ({"prompt": json.dumps({"template": "no slot", "verbalizations": ["a", "b"]})}, "exactly once"),
-        ({"prompt": json.dumps({"template": "{text}", "verbalizations": ["a", "a"]})}, "distinct"),
-        (
-            {"prompt": json.dumps({"template": "{text}", "verbalizations": ["a", "b"], "few_shot": [["x", 5]]})},
-            "few-shot example",
-        ),
+        ({"tiers": json.dumps(["logreg", "llm_small"]), "thresholds": json.dumps({"logreg": 0.9})}, "no prompt"),
+        (llm_params({"template": "Review: {text}\nSentiment:", "verbalizations": ["a", "b", "c"]}), "3 prompt verb"),
+        (llm_params({"template": "no slot", "verbalizations": ["a", "b"]}), "exactly once"),
+        (llm_params({"template": "{text}", "verbalizations": ["a", "a"]}), "distinct"),
+        (llm_params({"template": "{text}", "verbalizations": ["a", "b"], "few_shot": [["x", 5]]}), "few-shot example"),
+        (llm_params({"template": "{text}", "verbalizations": ["a", "b"], "calibrate": "yes"}), "true or false"),
+        (llm_params({"template": "{text}", "verbalizations": ["a", "b"], "temperature": 1}), "unknown keys"),
+        (llm_params(PROMPT, tier="llm_large"), "not an enabled LLM tier"),
+        ({"prompts": json.dumps({"llm_small": "Review: {text}"})}, "must be a JSON object"),
     ],
 )
 def test_bad_config_fails_loudly(overrides, message):

@@ -6,13 +6,45 @@ import numpy as np
 import pytest
 
 from cascade.errors import ConfigError, InvalidInput
-from cascade.llm import Prompt, PromptTemplate, answer_text, validate_candidates
+from cascade.llm import (
+    Prompt,
+    PromptTemplate,
+    answer_text,
+    parse_scorer_inputs,
+    parse_scorer_parameters,
+    validate_candidates,
+)
 
 # The SST-2 prompt chosen by cascade.bench_llm for llm_small (as in tasks/sst2.toml).
 SST2 = PromptTemplate(template="Review: {text}\nSentiment:", verbalizations=("negative", "positive"))
 
 
 # --------------------------------------------------------------------------------------------- no model
+
+
+def test_parse_scorer_inputs():
+    prompt = np.array([[b"Review: ", b"great", b"\nSentiment:"]] * 2, dtype=np.object_)
+    cands = np.array([[b"negative", b"positive"]] * 2, dtype=np.object_)
+    prompts, names = parse_scorer_inputs(prompt, cands)
+    assert prompts[0] == Prompt("Review: ", "great", "\nSentiment:") and names == ("negative", "positive")
+    with pytest.raises(InvalidInput, match=r"PROMPT must be \[n, 3\]"):
+        parse_scorer_inputs(prompt[:, :2], cands)
+    with pytest.raises(InvalidInput, match="share the same CANDIDATES"):
+        parse_scorer_inputs(prompt, np.array([[b"a", b"b"], [b"a", b"c"]], dtype=np.object_))
+    with pytest.raises(InvalidInput, match="UTF-8"):
+        parse_scorer_inputs(np.array([[b"x", b"\xff", b"y"]], dtype=np.object_), cands[:1])
+    with pytest.raises(InvalidInput, match="duplicate"):
+        parse_scorer_inputs(prompt[:1], np.array([[b"a", b"a"]], dtype=np.object_))
+
+
+def test_parse_scorer_parameters():
+    assert parse_scorer_parameters(None) is None and parse_scorer_parameters("") is None
+    assert parse_scorer_parameters('{"calibrate": false}') is False
+    assert parse_scorer_parameters({"calibrate": True}) is True
+    with pytest.raises(InvalidInput, match="boolean"):
+        parse_scorer_parameters('{"calibrate": "no"}')
+    with pytest.raises(InvalidInput, match="unknown scorer parameters"):
+        parse_scorer_parameters('{"temperature": 0.5}')
 
 
 def test_format_zero_shot_splits_around_text():

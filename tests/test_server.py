@@ -69,7 +69,8 @@ def test_gating_follows_the_thresholds(client, sst2_task, built_repo, validation
 
 
 def test_min_tier_sends_rows_to_the_encoder(client, sst2_task, validation):
-    predictions = client.classify(sst2_task.name, validation[0][:10], min_tier="encoder", return_probs=True)
+    rows = validation[0][:10]
+    predictions = client.classify(sst2_task.name, rows, min_tier="encoder", max_tier="encoder", return_probs=True)
     assert {p.tier for p in predictions} == {contract.TIER_ENCODER}
     for p in predictions:
         assert abs(sum(p.probs) - 1) < 1e-5 and abs(max(p.probs) - p.confidence) < 1e-6

@@ -25,13 +25,31 @@ def test_dataset_rows_and_labels(tmp_path):
         load_split(load_task("sst2"), "validation", root=tmp_path)
 
 
+LLM = (
+    'name = "t"\nlabels = ["a", "b"]\ntiers = ["logreg", "llm_small", "llm_large"]\n'
+    '[llm]\ntemplate = "Q: {text}\\nA:"\nverbalizations = ["x", "y"]\n'
+)
+
+
+def test_llm_tables_override_the_shared_prompt(tmp_path):
+    task = load_task(write(tmp_path, LLM + "few_shot = 2\n[llm.llm_large]\nfew_shot = 8\ncalibrate = false\n"))
+    small, large = task.llm[3], task.llm[4]
+    assert small.template == large.template == "Q: {text}\nA:"
+    assert (small.few_shot, small.calibrate) == (2, None)
+    assert (large.few_shot, large.calibrate) == (8, False)
+    assert large.gate_prompt([("t", 1)])["calibrate"] is False and "calibrate" not in small.gate_prompt()
+
+
 @pytest.mark.parametrize(
     "body, message",
     [
         ('name = "Bad Name"\nlabels = ["a", "b"]\n', "must match"),
         ('name = "t"\nlabels = ["a"]\n', "at least two"),
         ('name = "t"\nlabels = ["a", "b"]\ntiers = ["logreg", "magic"]\n', "unknown tier"),
-        ('name = "t"\nlabels = ["a", "b"]\ntiers = ["logreg", "llm_small"]\n', "need an [llm] section"),
+        ('name = "t"\nlabels = ["a", "b"]\ntiers = ["logreg", "llm_small"]\n', "need a prompt: an [llm] section"),
+        (LLM + "[llm.llm_huge]\nfew_shot = 2\n", "unknown keys ['llm_huge']"),
+        (LLM + "[llm.llm_large]\nshots = 2\n", "[llm.llm_large]: unknown keys ['shots']"),
+        (LLM + 'calibrate = "sometimes"\n', "calibrate must be true or false"),
         (
             'name = "t"\nlabels = ["a", "b"]\ntiers = ["logreg", "llm_large"]\n'
             '[llm]\ntemplate = "Q: {text}\\nA:"\nverbalizations = ["x", "y", "z"]\n',
@@ -49,3 +67,21 @@ def test_bad_task_files_fail_clearly(tmp_path, body, message):
 def test_unknown_task_names_the_shipped_ones():
     with pytest.raises(ConfigError, match="tasks shipped: ag_news, sst2"):
         load_task("nope")
+
+
+def test_few_shot_draw_is_balanced_and_prefers_moderate_rows():
+    import numpy as np
+
+    from cascade.export.build import FEW_SHOT_WORDS, draw_few_shot
+
+    lo, _ = FEW_SHOT_WORDS
+    moderate = " ".join(["word"] * lo)
+    texts = [f"{moderate} {i}" for i in range(6)] + ["short"] * 20
+    labels = np.array([0, 1, 2, 0, 1, 2] + [0, 1] * 10)
+    shots = draw_few_shot(texts, labels, 6, 3, np.random.default_rng(0))
+    assert sorted(label for _, label in shots) == [0, 0, 1, 1, 2, 2]
+    assert all(text.startswith(moderate) for text, _ in shots)
+    # Too few moderate rows for a label: fall back to any rows of it rather than fewer examples.
+    shots = draw_few_shot(texts, labels, 9, 3, np.random.default_rng(0))
+    assert sorted(label for _, label in shots) == [0, 0, 0, 1, 1, 1, 2, 2]  # label 2 has only 2 rows
+    assert draw_few_shot(texts, labels, 0, 3, np.random.default_rng(0)) == []

@@ -24,7 +24,6 @@ from cascade.trtllm import (
     generate_inputs,
     greedy_mismatch,
     load_tokenizer,
-    parse_scorer_inputs,
     probs_from_generation_logits,
     scoring_inputs,
 )
@@ -312,22 +311,6 @@ def test_calibration_divides_out_the_prior():
     out = calibrate(probs, np.array([0.8, 0.2]))
     np.testing.assert_allclose(out[0], [0.5, 0.5], rtol=1e-6)
     assert out[1, 1] > 0.5 and np.allclose(out.sum(axis=1), 1.0)
-
-
-def test_parse_scorer_inputs():
-    prompt = np.array([[b"Review: ", b"great", b"\nSentiment:"]] * 2, dtype=np.object_)
-    cands = np.array([[b"negative", b"positive"]] * 2, dtype=np.object_)
-    prompts, names = parse_scorer_inputs(prompt, cands)
-    assert prompts[0] == Prompt("Review: ", "great", "\nSentiment:") and names == ("negative", "positive")
-    with pytest.raises(InvalidInput):
-        parse_scorer_inputs(prompt[:, :2], cands)
-    with pytest.raises(InvalidInput):
-        parse_scorer_inputs(prompt, np.array([[b"a", b"b"], [b"a", b"c"]], dtype=np.object_))
-    with pytest.raises(InvalidInput):
-        parse_scorer_inputs(np.array([[b"x", b"\xff", b"y"]], dtype=np.object_), cands[:1])
-
-
-# --------------------------------------------------------------------------------------------- tokenization
 
 
 def test_only_the_content_is_truncated(minilm):

@@ -41,10 +41,12 @@ class BlsTier:
 class LlmTier(BlsTier):
     """An LLM scorer tier: the task's prompt around each row, the label verbalizations as candidates."""
 
-    def __init__(self, model, tier: int, template):
+    def __init__(self, model, tier: int, prompt: dict):
         super().__init__(model, tier)
-        self.template = template
-        self.candidates = np.array([v.encode("utf-8") for v in template.verbalizations], dtype=np.object_)
+        self.template = prompt_template(prompt)
+        self.candidates = np.array([v.encode("utf-8") for v in self.template.verbalizations], dtype=np.object_)
+        # The prompt's contextual-calibration choice; without one the scorer model's default applies.
+        self.parameters = {contract.PARAM_CALIBRATE: prompt["calibrate"]} if "calibrate" in prompt else None
 
     def predict_proba(self, batch: RowBatch, rows: np.ndarray) -> np.ndarray:
         prompts = [self.template.format(text) for text in batch.text(rows)]
@@ -53,7 +55,8 @@ class LlmTier(BlsTier):
             dtype=np.object_,
         )
         candidates = np.tile(self.candidates, (len(prompts), 1))
-        return self.model.bls(self.name, {PROMPT: prompt, CANDIDATES: candidates}, PROBS, contract.LLM_MAX_BATCH_SIZE)
+        inputs = {PROMPT: prompt, CANDIDATES: candidates}
+        return self.model.bls(self.name, inputs, PROBS, contract.LLM_MAX_BATCH_SIZE, self.parameters)
 
 
 def _as_bytes(texts: list[str]) -> np.ndarray:
@@ -68,14 +71,18 @@ class TritonPythonModel:
         self.config = GateConfig.from_parameters(params)
         self.labels = np.array([label.encode("utf-8") for label in self.config.labels], dtype=np.object_)
         self.timeout_us = self.config.bls_timeout_ms * 1000
-        template = prompt_template(self.config.prompt) if self.config.prompt is not None else None
         self.tiers = [
-            LlmTier(self, tier, template) if tier in contract.LLM_TIERS else BlsTier(self, tier)
+            LlmTier(self, tier, self.config.prompts[tier]) if tier in contract.LLM_TIERS else BlsTier(self, tier)
             for tier in self.config.tiers
         ]
 
     def bls(
-        self, model_name: str, inputs: dict[str, np.ndarray], output_name: str, max_batch: int = MAX_BATCH
+        self,
+        model_name: str,
+        inputs: dict[str, np.ndarray],
+        output_name: str,
+        max_batch: int = MAX_BATCH,
+        parameters: dict | None = None,
     ) -> np.ndarray:
         """Call another model in chunks of its max batch size; a failure raises TierFailure."""
         outputs = []
@@ -86,6 +93,7 @@ class TritonPythonModel:
                 requested_output_names=[output_name],
                 inputs=[pb_utils.Tensor(k, v[start : start + max_batch]) for k, v in inputs.items()],
                 timeout=self.timeout_us,
+                **({"parameters": parameters} if parameters else {}),
             )
             response = request.exec()
             if response.has_error():

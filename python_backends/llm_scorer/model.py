@@ -10,15 +10,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from cascade import contract
-from cascade.errors import CascadeError, InvalidInput, triton_error
-from cascade.llm import LlamaScorer, Prompt, gguf_path
-
-
-def _decode(value, what: str) -> str:
-    try:
-        return bytes(value).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"{what} is not valid UTF-8") from exc
+from cascade.errors import CascadeError, triton_error
+from cascade.llm import LlamaScorer, gguf_path, parse_scorer_inputs, parse_scorer_parameters
 
 
 class TritonPythonModel:
@@ -32,25 +25,16 @@ class TritonPythonModel:
             calibrate=params.get(contract.CFG_CALIBRATE, "true").lower() == "true",
         )
 
-    def _parse(self, request):
-        prompt = pb_utils.get_input_tensor_by_name(request, contract.PROMPT.name).as_numpy()
-        cands = pb_utils.get_input_tensor_by_name(request, contract.CANDIDATES.name).as_numpy()
-        if prompt.ndim != 2 or prompt.shape[1] != 3:
-            raise InvalidInput(f"PROMPT must be [n, 3] (prefix, content, suffix), got {list(prompt.shape)}")
-        if cands.ndim != 2 or cands.shape[0] != prompt.shape[0]:
-            raise InvalidInput(f"CANDIDATES must be [n, k] with n = {prompt.shape[0]}, got {list(cands.shape)}")
-        if (cands != cands[:1]).any():
-            raise InvalidInput("all rows of one request must share the same CANDIDATES")
-        prompts = [Prompt(*(_decode(part, f"PROMPT[{i}]") for part in row)) for i, row in enumerate(prompt)]
-        candidates = [_decode(c, "CANDIDATES") for c in cands[0]]
-        return prompts, candidates
-
     def execute(self, requests):
         responses = []
         for request in requests:
             try:
-                prompts, candidates = self._parse(request)
-                result = self.scorer.score(prompts, candidates)
+                prompts, candidates = parse_scorer_inputs(
+                    pb_utils.get_input_tensor_by_name(request, contract.PROMPT.name).as_numpy(),
+                    pb_utils.get_input_tensor_by_name(request, contract.CANDIDATES.name).as_numpy(),
+                )
+                calibrate = parse_scorer_parameters(request.parameters())
+                result = self.scorer.score(prompts, candidates, calibrate=calibrate)
                 responses.append(
                     pb_utils.InferenceResponse(
                         [

@@ -16,14 +16,13 @@ import triton_python_backend_utils as pb_utils
 
 from cascade import contract
 from cascade.errors import CascadeError, TierFailure, triton_error
-from cascade.llm import CONTENT_FREE, Prompt
+from cascade.llm import CONTENT_FREE, Prompt, parse_scorer_inputs, parse_scorer_parameters
 from cascade.trtllm import (
     calibrate,
     candidate_first_tokens,
     encode_prompt,
     greedy_mismatch,
     load_tokenizer,
-    parse_scorer_inputs,
     probs_from_generation_logits,
     scoring_inputs,
 )
@@ -92,12 +91,13 @@ class TritonPythonModel:
             )
         return logits
 
-    async def _probs(self, prompts, candidates):
+    async def _probs(self, prompts, candidates, calibrate_override=None):
         rows = [encode_prompt(self.tokenizer, p, self.max_input_len) for p in prompts]
         firsts = [self._first_tokens(p.suffix, candidates) for p in prompts]
         logits = await asyncio.gather(*(self._first_step_logits(r.input_ids) for r in rows))
         probs = np.concatenate([probs_from_generation_logits(lg, ids) for lg, ids in zip(logits, firsts, strict=True)])
-        if self.calibrate and len(prompts):
+        use_prior = self.calibrate if calibrate_override is None else calibrate_override
+        if use_prior and len(prompts):
             priors = [await self._prior(p.prefix, p.suffix, candidates) for p in prompts]
             probs = calibrate(probs, np.stack(priors))
         truncated = np.array([r.truncated for r in rows], dtype=np.bool_)
@@ -124,7 +124,8 @@ class TritonPythonModel:
             prompt = pb_utils.get_input_tensor_by_name(request, contract.PROMPT.name).as_numpy()
             cands = pb_utils.get_input_tensor_by_name(request, contract.CANDIDATES.name).as_numpy()
             prompts, candidates = parse_scorer_inputs(prompt, cands)
-            probs, truncated = await self._probs(prompts, candidates)
+            calibrate_override = parse_scorer_parameters(request.parameters())
+            probs, truncated = await self._probs(prompts, candidates, calibrate_override)
             return pb_utils.InferenceResponse(
                 [pb_utils.Tensor(contract.PROBS.name, probs), pb_utils.Tensor(contract.TRUNCATED.name, truncated)]
             )
