@@ -12,6 +12,7 @@ from cascade.errors import CascadeError
 from cascade.tasks import DEFAULT_DATA_DIR, REPO_ROOT
 
 DEFAULT_REPO = REPO_ROOT / "model_repository" / "cpu"
+DEFAULT_WORK = REPO_ROOT / "runs"
 
 
 def _add_repo(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-rows", type=int, default=1000)
     p.add_argument("--encoder-epochs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--labels", type=Path, default=None, help="teacher labels (`cascade label`'s labelled.csv)")
+    p.add_argument("--calib-fraction", type=float, default=0.3, help="with --labels: rows held out to calibrate")
+
+    p = sub.add_parser("label", help="have the teacher label a sample of a table (cached, resumable)")
+    _add_task(p)
+    p.add_argument("--table", type=Path, default=None, help="CSV or Parquet (default: the task's train split)")
+    p.add_argument("--column", default=None, help="text column (default: the task's, else 'text')")
+    p.add_argument("--id-column", default=None, help="row id column (default: row positions)")
+    p.add_argument("--sample", type=int, default=1000, help="rows to label (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--teacher", default="llm_large", help="llm_large (through the server) or column:NAME (labels you hold)"
+    )
+    p.add_argument("--url", default=f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}", help="gRPC endpoint of the server")
+    p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK, help="distillation files (default: %(default)s)")
 
     p = sub.add_parser("classify", help="classify texts through a running server")
     p.add_argument("texts", nargs="*", help="texts to classify")
@@ -103,8 +119,36 @@ def cmd_build(args) -> int:
         encoder_epochs=args.encoder_epochs,
         seed=args.seed,
         data_dir=args.data_dir,
+        labels_file=str(args.labels) if args.labels else None,
+        calib_fraction=args.calib_fraction,
     )
     build_task(load_task(args.task), args.repo, options)
+    return 0
+
+
+def cmd_label(args) -> int:
+    from cascade.export.distill import run_label
+    from cascade.tasks import load_task
+
+    summary = run_label(
+        load_task(args.task),
+        args.work_dir,
+        args.table,
+        text_column=args.column,
+        id_column=args.id_column,
+        sample=args.sample,
+        seed=args.seed,
+        teacher=args.teacher,
+        url=args.url,
+        data_dir=args.data_dir,
+    )
+    rate = summary["teacher_rows_per_s"]
+    print(
+        f"{summary['sample']} rows labelled by {summary['teacher']}: {summary['labelled_rows']} new, "
+        f"{summary['cached_rows']} from the cache; teacher {summary['teacher_s']:.1f} s"
+        + (f" ({rate:.1f} rows/s)" if rate else "")
+    )
+    print(f"labels: {summary['label_counts']} -> {args.work_dir / summary['task'] / 'labelled.csv'}")
     return 0
 
 
@@ -166,6 +210,7 @@ def cmd_bench(args) -> int:
 COMMANDS = {
     "serve": cmd_serve,
     "build": cmd_build,
+    "label": cmd_label,
     "classify": cmd_classify,
     "demo": cmd_demo,
     "bench": cmd_bench,

@@ -127,6 +127,25 @@ class CascadeClient:
         except InferenceServerException as exc:
             raise translate(exc, model) from exc
 
+    def score(
+        self, model: str, prompts: Sequence, candidates: Sequence[str], calibrate: bool | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Call an LLM scorer (``llm_small``, ``llm_large``): ``prompts`` are ``cascade.llm.Prompt`` rows
+        (or (prefix, content, suffix) triples); returns ``(PROBS [n, k], TRUNCATED [n])``."""
+        rows = [tuple(p) if not hasattr(p, "prefix") else (p.prefix, p.content, p.suffix) for p in prompts]
+        if not rows:
+            raise InvalidInput("no prompts to score")
+        prompt = np.array([[part.encode("utf-8") for part in row] for row in rows], dtype=np.object_)
+        cands = np.array([[c.encode("utf-8") for c in candidates]] * len(rows), dtype=np.object_)
+        inputs = []
+        for tensor, value in ((contract.PROMPT, prompt), (contract.CANDIDATES, cands)):
+            item = grpcclient.InferInput(tensor.name, list(value.shape), tensor.datatype)
+            item.set_data_from_numpy(value)
+            inputs.append(item)
+        parameters = {contract.PARAM_CALIBRATE: calibrate} if calibrate is not None else None
+        result = self.infer(model, inputs, parameters=parameters)
+        return result.as_numpy(contract.PROBS.name), result.as_numpy(contract.TRUNCATED.name).reshape(-1)
+
     def tasks(self) -> list[str]:
         """Ready gate models (the public tasks) in the repository."""
         index = self._client.get_model_repository_index(as_json=True).get("models", [])

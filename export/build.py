@@ -15,6 +15,7 @@ import numpy as np
 
 from cascade import configgen, contract
 from cascade.calibrate import calibrate_cascade
+from cascade.errors import ConfigError
 from cascade.export.repository import RepositoryWriter
 from cascade.gate import GateConfig
 from cascade.tasks import TaskSpec, load_split
@@ -34,6 +35,30 @@ class BuildOptions:
     #: rows). For tests and debugging: the default disables them, the quality gate of the paper.
     keep_all_tiers: bool = False
     progress: bool = True
+    #: Teacher labels to learn from (``cascade label``'s ``labelled.csv``); None: the dataset's gold labels.
+    labels_file: str | None = None
+    #: With ``labels_file``: the share of the labelled rows held out for calibration.
+    calib_fraction: float = 0.3
+
+
+def read_labelled(path: str | Path, task: TaskSpec) -> tuple[list[str], np.ndarray, dict]:
+    """``labelled.csv`` (id, text, label) and the ``labels.json`` summary written beside it."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"labels file {path} not found: run `cascade label` first")
+    frame = pd.read_csv(path, keep_default_na=False)
+    if not {"text", "label"} <= set(frame.columns):
+        raise ConfigError(f"{path}: needs columns text and label (columns: {list(frame.columns)})")
+    labels = frame["label"].to_numpy()
+    if len(frame) == 0 or labels.min() < 0 or labels.max() >= task.n_labels:
+        raise ConfigError(f"{path}: labels must be indices 0-{task.n_labels - 1} of task {task.name}")
+    summary_path = path.with_name("labels.json")
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if summary.get("task", task.name) != task.name:
+        raise ConfigError(f"{path} holds labels of task {summary['task']!r}, not {task.name!r}")
+    return frame["text"].astype(str).tolist(), labels.astype(np.int64), summary
 
 
 def log(message: str) -> None:
@@ -143,13 +168,26 @@ def build_task(task: TaskSpec, repo: Path, opts: BuildOptions = BuildOptions()) 
     ensure_embedder(repo)
     timings["embedder_export_s"] = time.perf_counter() - t0
 
-    texts, labels = load_split(task, "train", opts.data_dir)
     rng = np.random.default_rng(opts.seed)
-    order = rng.permutation(len(texts))
-    need = opts.train_rows + opts.calib_rows
-    if len(order) < need:
-        raise ValueError(f"task {task.name}: {len(order)} training rows, need {need}")
-    train_idx, calib_idx = order[: opts.train_rows], order[opts.train_rows : need]
+    teacher_prompt = None
+    if opts.labels_file:
+        texts, labels, summary = read_labelled(opts.labels_file, task)
+        reference = f"teacher labels ({summary.get('teacher', 'unknown teacher')}) from {opts.labels_file}"
+        if str(summary.get("teacher", "")).startswith(contract.TIER_NAMES[contract.TIER_LLM_LARGE]):
+            teacher_prompt = summary.get("teacher_prompt")  # the large tier keeps the prompt that taught
+        order = rng.permutation(len(texts))
+        n_calib = round(len(texts) * opts.calib_fraction)
+        if n_calib < 50 or len(texts) - n_calib < 50:
+            raise ConfigError(f"{len(texts)} labelled rows are too few: need >= 50 to train and >= 50 to calibrate")
+        train_idx, calib_idx = order[n_calib:], order[:n_calib]
+    else:
+        texts, labels = load_split(task, "train", opts.data_dir)
+        reference = "gold labels of the dataset"
+        order = rng.permutation(len(texts))
+        need = opts.train_rows + opts.calib_rows
+        if len(order) < need:
+            raise ConfigError(f"task {task.name}: {len(order)} training rows, need {need}")
+        train_idx, calib_idx = order[: opts.train_rows], order[opts.train_rows : need]
     x_texts = [texts[i] for i in train_idx]
     y = np.array([labels[i] for i in train_idx])
     c_texts = [texts[i] for i in calib_idx]
@@ -195,8 +233,11 @@ def build_task(task: TaskSpec, repo: Path, opts: BuildOptions = BuildOptions()) 
 
         prompts = {}
         for tier in (t for t in task.tiers if t in contract.LLM_TIERS):
-            examples = draw_few_shot(x_texts, y, task.llm[tier].few_shot, task.n_labels, rng)
-            prompts[tier] = task.llm[tier].gate_prompt(examples)
+            if tier == contract.TIER_LLM_LARGE and teacher_prompt is not None:
+                prompts[tier] = teacher_prompt
+            else:  # few-shot examples from the reference labels of the training rows
+                examples = draw_few_shot(x_texts, y, task.llm[tier].few_shot, task.n_labels, rng)
+                prompts[tier] = task.llm[tier].gate_prompt(examples)
             ensure_llms(repo)
             calib_probs[tier] = llm_scorer_on(tier, prompts[tier], c_texts)
 
@@ -214,7 +255,7 @@ def build_task(task: TaskSpec, repo: Path, opts: BuildOptions = BuildOptions()) 
             "task": task.name,
             "task_digest": task.digest(),
             "labels": list(task.labels),
-            "reference": "gold labels (provisional until the teacher labels)",
+            "reference": reference,
             "options": asdict(opts),
             "train_rows": len(x_texts),
             "calib_rows": len(c_texts),

@@ -1,0 +1,359 @@
+"""Distillation, step 1: a teacher labels a uniform sample of the user's table (``cascade label``).
+
+The teacher is the large LLM tier through the running server (``llm_large``), or a column of labels the
+user already holds (``column:NAME``: human or batch-LLM labels; gold labels as a control). Labels are
+cached in SQLite keyed by (task, teacher, row id) together with a hash of the row's text, committed
+after every batch, so an interrupted run resumes where it stopped and an edited row is labelled again.
+No Triton import here beyond the gRPC client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cascade import contract
+from cascade.errors import ConfigError, InvalidInput, ServerError
+
+TEACHER_LLM = contract.TIER_NAMES[contract.TIER_LLM_LARGE]
+COLUMN_PREFIX = "column:"
+DEFAULT_SAMPLE = 1000
+LABEL_BATCH = 32  # rows per teacher call; the cache is committed after each
+
+
+class SingleClassError(ConfigError):
+    """The teacher gave every sampled row one label: nothing to learn, the task stays on the LLM."""
+
+
+# --------------------------------------------------------------------------------------------- tables
+
+
+@dataclass(frozen=True)
+class Table:
+    path: Path
+    ids: list[str]  # row ids: the id column's values, or row positions
+    texts: list[str]
+    frame: object = field(repr=False)  # the pandas DataFrame (for label columns)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def read_table(path: str | Path, text_column: str = "text", id_column: str | None = None) -> Table:
+    """A CSV or Parquet table; a missing file or column is a :class:`ConfigError` naming what exists."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"table {path} not found")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        frame = pd.read_csv(path, keep_default_na=False)
+    elif suffix in (".parquet", ".pq"):
+        frame = pd.read_parquet(path)
+    else:
+        raise ConfigError(f"table {path}: unsupported format {suffix!r} (use .csv or .parquet)")
+    for column in (text_column, id_column):
+        if column is not None and column not in frame.columns:
+            raise ConfigError(f"table {path}: no column {column!r} (columns: {list(frame.columns)})")
+    texts = frame[text_column].astype(str).tolist()
+    ids = frame[id_column].astype(str).tolist() if id_column else [str(i) for i in range(len(frame))]
+    if id_column and len(set(ids)) != len(ids):
+        raise ConfigError(f"table {path}: column {id_column!r} has duplicate ids")
+    return Table(path, ids, texts, frame)
+
+
+def sample_rows(n_rows: int, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` row positions drawn uniformly without replacement (no labels yet: no stratification)."""
+    if n <= 0:
+        raise InvalidInput(f"sample size must be positive, got {n}")
+    if n > n_rows:
+        raise ConfigError(f"the table has {n_rows} rows, fewer than the sample size {n}")
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=n, replace=False))
+
+
+# --------------------------------------------------------------------------------------------- cache
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+class LabelStore:
+    """Teacher labels on disk: ``(task, teacher, row_id) -> (text hash, label index)``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS labels (task TEXT, teacher TEXT, row_id TEXT, text_hash TEXT, "
+            "label INTEGER, PRIMARY KEY (task, teacher, row_id))"
+        )
+        self._db.commit()
+
+    def get(self, task: str, teacher: str, ids: Sequence[str], texts: Sequence[str]) -> dict[str, int]:
+        """Cached labels of these rows whose text is unchanged."""
+        want = dict(zip(ids, map(_text_hash, texts), strict=True))
+        rows = self._db.execute(
+            "SELECT row_id, text_hash, label FROM labels WHERE task = ? AND teacher = ?", (task, teacher)
+        )
+        return {row_id: label for row_id, digest, label in rows if want.get(row_id) == digest}
+
+    def put(self, task: str, teacher: str, ids: Sequence[str], texts: Sequence[str], labels: Sequence[int]) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?)",
+            [(task, teacher, i, _text_hash(t), int(y)) for i, t, y in zip(ids, texts, labels, strict=True)],
+        )
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> LabelStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------- teachers
+
+
+class ColumnTeacher:
+    """Labels the user already holds, in a column of the table: label indices or label names."""
+
+    def __init__(self, table: Table, column: str, labels: Sequence[str]) -> None:
+        if column not in table.frame.columns:
+            raise ConfigError(f"table {table.path}: no label column {column!r} (columns: {list(table.frame.columns)})")
+        self.name = COLUMN_PREFIX + column
+        self.labels = tuple(labels)
+        self._values = table.frame[column].tolist()
+
+    def label(self, positions: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        index = {name: i for i, name in enumerate(self.labels)}
+        out, bad = [], []
+        for pos in positions:
+            value = self._values[int(pos)]
+            if isinstance(value, str) and value in index:
+                out.append(index[value])
+            elif isinstance(value, str) and value.strip().isdigit() and int(value) < len(self.labels):
+                out.append(int(value))
+            elif isinstance(value, int | np.integer) and 0 <= int(value) < len(self.labels):
+                out.append(int(value))
+            else:
+                bad.append(value)
+                out.append(-1)
+        if bad:
+            raise ConfigError(
+                f"{self.name}: {len(bad)} value(s) outside the task's labels {list(self.labels)} "
+                f"(or indices 0-{len(self.labels) - 1}), e.g. {bad[:3]}"
+            )
+        return np.array(out, dtype=np.int64)
+
+
+class ServerTeacher:
+    """The large LLM tier through a running server: the task's prompt, argmax over its verbalizations."""
+
+    def __init__(self, client, prompt: dict, model: str = TEACHER_LLM) -> None:
+        from cascade.gate import prompt_template
+
+        self.client = client
+        self.model = model
+        self.template = prompt_template(prompt)
+        self.calibrate = prompt.get("calibrate")
+        digest = hashlib.sha1(repr(sorted(prompt.items())).encode()).hexdigest()[:12]
+        self.name = f"{model}:{digest}"  # another prompt is another teacher: its labels are cached apart
+
+    def label(self, positions: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        prompts = [self.template.format(t) for t in texts]
+        probs, _ = self.client.score(self.model, prompts, self.template.verbalizations, self.calibrate)
+        return probs.argmax(axis=1).astype(np.int64)
+
+
+def connect(url: str, timeout_s: float = 600.0):
+    """A client of a ready server, or a :class:`ServerError` that names the URL."""
+    from cascade.client import CascadeClient
+
+    client = CascadeClient(url, timeout_s=timeout_s)
+    if not client.is_ready():
+        client.close()
+        raise ServerError(f"no ready Triton server at {url}: start one with `cascade serve` or pass --url")
+    return client
+
+
+# --------------------------------------------------------------------------------------------- labelling
+
+
+@dataclass
+class Labelled:
+    """The teacher-labelled sample."""
+
+    ids: list[str]
+    texts: list[str]
+    labels: np.ndarray
+    teacher: str
+    cached_rows: int  # rows that came from the cache (a resumed run)
+    teacher_s: float  # seconds spent waiting for the teacher in this run
+
+    def label_counts(self, n_labels: int) -> list[int]:
+        return np.bincount(self.labels, minlength=n_labels).tolist()
+
+
+def label_sample(
+    task: str,
+    labels: Sequence[str],
+    table: Table,
+    positions: np.ndarray,
+    teacher,
+    store: LabelStore,
+    batch: int = LABEL_BATCH,
+    progress: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+) -> Labelled:
+    """Label the rows at ``positions``: cached ones from ``store``, the rest from ``teacher`` in batches,
+    each batch committed before the next (an interrupted run loses at most one batch)."""
+    from tqdm import tqdm
+
+    ids = [table.ids[i] for i in positions]
+    texts = [table.texts[i] for i in positions]
+    cached = store.get(task, teacher.name, ids, texts)
+    todo = [k for k, row_id in enumerate(ids) if row_id not in cached]
+    found = {row_id: label for row_id, label in cached.items()}
+    spent = 0.0
+    bar = tqdm(
+        total=len(ids),
+        initial=len(ids) - len(todo),
+        unit="row",
+        desc=f"labelling ({teacher.name})",
+        disable=not progress,
+    )
+    try:
+        for start in range(0, len(todo), batch):
+            chunk = todo[start : start + batch]
+            t = time.perf_counter()
+            got = teacher.label(positions[chunk], [texts[k] for k in chunk])
+            spent += time.perf_counter() - t
+            if got.min(initial=0) < 0 or got.max(initial=0) >= len(labels):
+                raise ConfigError(f"teacher {teacher.name} answered labels outside 0-{len(labels) - 1}")
+            store.put(task, teacher.name, [ids[k] for k in chunk], [texts[k] for k in chunk], got)
+            found.update({ids[k]: int(y) for k, y in zip(chunk, got, strict=True)})
+            bar.update(len(chunk))
+            if on_batch is not None:
+                on_batch(start + len(chunk))
+    finally:
+        bar.close()
+    result = np.array([found[row_id] for row_id in ids], dtype=np.int64)
+    present = np.flatnonzero(np.bincount(result, minlength=len(labels)))
+    if present.size < 2:
+        only = labels[int(present[0])] if present.size else "?"
+        raise SingleClassError(
+            f"task {task}: the teacher labelled all {len(ids)} sampled rows {only!r}, so the cheap tiers have "
+            "nothing to learn (extreme selectivity); keep this task on the LLM, or sample more rows"
+        )
+    return Labelled(ids, texts, result, teacher.name, len(ids) - len(todo), spent)
+
+
+# --------------------------------------------------------------------------------------------- the verb
+
+
+def work_dir_of(task: str, root: str | Path) -> Path:
+    """Where a task's distillation files live: the label cache, the labelled sample, the teacher prompt."""
+    return Path(root) / task
+
+
+def teacher_prompt(task, data_dir: str | Path | None = None, seed: int = 0) -> dict:
+    """The large tier's prompt for ``task``; its few-shot examples come from the task's dataset (labelled
+    rows the user holds), so a task without a dataset must use a zero-shot teacher prompt."""
+    from cascade.export.build import draw_few_shot
+    from cascade.tasks import load_split
+
+    prompt = task.llm.get(contract.TIER_LLM_LARGE)
+    if prompt is None:
+        raise ConfigError(f"task {task.name}: the LLM teacher needs an [llm] prompt (template, verbalizations)")
+    examples = []
+    if prompt.few_shot:
+        if task.dataset is None:
+            raise ConfigError(
+                f"task {task.name}: few_shot = {prompt.few_shot} needs labelled rows (a [dataset]); set few_shot = 0"
+            )
+        texts, labels = load_split(task, "train", data_dir)
+        examples = draw_few_shot(texts, np.array(labels), prompt.few_shot, task.n_labels, np.random.default_rng(seed))
+    return prompt.gate_prompt(examples)
+
+
+def run_label(
+    task,
+    work_root: str | Path,
+    table_path: str | Path | None = None,
+    *,
+    text_column: str | None = None,
+    id_column: str | None = None,
+    sample: int = DEFAULT_SAMPLE,
+    seed: int = 0,
+    teacher: str = TEACHER_LLM,
+    url: str | None = None,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """``cascade label``: sample the table, label it with the teacher (cached, resumable), write
+    ``labelled.csv`` (id, text, label) and ``labels.json`` (the summary) into the task's work folder."""
+    import json
+
+    import pandas as pd
+
+    if table_path is None:
+        if task.dataset is None:
+            raise ConfigError(f"task {task.name} has no [dataset]: give --table")
+        table_path = task.dataset.path("train", data_dir)
+    column = text_column or (task.dataset.text_column if task.dataset else "text")
+    table = read_table(table_path, column, id_column)
+    positions = sample_rows(len(table), sample, seed)
+    work = work_dir_of(task.name, work_root)
+    work.mkdir(parents=True, exist_ok=True)
+    client = None
+    try:
+        if teacher.startswith(COLUMN_PREFIX):
+            source = ColumnTeacher(table, teacher[len(COLUMN_PREFIX) :], task.labels)
+            prompt = None
+        elif teacher == TEACHER_LLM:
+            prompt = teacher_prompt(task, data_dir, seed)
+            client = connect(url or f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}")
+            source = ServerTeacher(client, prompt)
+        else:
+            raise InvalidInput(f"unknown teacher {teacher!r}: use {TEACHER_LLM} or {COLUMN_PREFIX}NAME")
+        start = time.perf_counter()
+        with LabelStore(work / "labels.sqlite") as store:
+            done = label_sample(task.name, task.labels, table, positions, source, store, progress=progress)
+        wall = time.perf_counter() - start
+    finally:
+        if client is not None:
+            client.close()
+    frame = pd.DataFrame({"id": done.ids, "text": done.texts, "label": done.labels})
+    tmp = work / "labelled.csv.tmp"
+    frame.to_csv(tmp, index=False)
+    tmp.replace(work / "labelled.csv")
+    fresh = len(done.ids) - done.cached_rows
+    summary = {
+        "task": task.name,
+        "table": str(table.path),
+        "rows_in_table": len(table),
+        "sample": sample,
+        "seed": seed,
+        "teacher": done.teacher,
+        "teacher_prompt": prompt,
+        "cached_rows": done.cached_rows,
+        "labelled_rows": fresh,
+        "teacher_s": done.teacher_s,
+        "teacher_rows_per_s": fresh / done.teacher_s if done.teacher_s > 0 else None,
+        "wall_s": wall,
+        "label_counts": dict(zip(task.labels, done.label_counts(task.n_labels), strict=True)),
+    }
+    (work / "labels.json").write_text(json.dumps(summary, indent=2))
+    return summary

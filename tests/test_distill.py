@@ -1,0 +1,191 @@
+"""Distillation step 1 (cascade label): tables, sampling, the label cache, teachers, resume."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cascade.errors import ConfigError, InvalidInput, ServerError
+from cascade.export.distill import (
+    ColumnTeacher,
+    LabelStore,
+    SingleClassError,
+    connect,
+    label_sample,
+    read_table,
+    run_label,
+    sample_rows,
+)
+from cascade.tasks import TaskSpec
+
+LABELS = ("negative", "positive")
+
+
+def write_table(tmp_path, n=40, fmt="csv", labels=None):
+    frame = pd.DataFrame(
+        {
+            "review": [f"review number {i}" for i in range(n)],
+            "gold": labels if labels is not None else [i % 2 for i in range(n)],
+            "key": [f"r{i}" for i in range(n)],
+        }
+    )
+    path = tmp_path / f"t.{fmt}"
+    frame.to_csv(path, index=False) if fmt == "csv" else frame.to_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_read_table(tmp_path, fmt):
+    table = read_table(write_table(tmp_path, fmt=fmt), "review", "key")
+    assert len(table) == 40 and table.texts[3] == "review number 3" and table.ids[3] == "r3"
+    assert read_table(write_table(tmp_path, fmt=fmt), "review").ids[5] == "5"  # row positions
+
+
+def test_read_table_errors_name_the_problem(tmp_path):
+    path = write_table(tmp_path)
+    with pytest.raises(ConfigError, match=r"no column 'text' \(columns: \['review', 'gold', 'key'\]\)"):
+        read_table(path, "text")
+    with pytest.raises(ConfigError, match="not found"):
+        read_table(tmp_path / "nope.csv")
+    (tmp_path / "t.json").write_text("{}")
+    with pytest.raises(ConfigError, match="unsupported format"):
+        read_table(tmp_path / "t.json")
+    pd.DataFrame({"review": ["a", "b"], "key": ["x", "x"]}).to_csv(tmp_path / "d.csv", index=False)
+    with pytest.raises(ConfigError, match="duplicate ids"):
+        read_table(tmp_path / "d.csv", "review", "key")
+
+
+def test_sample_is_uniform_seeded_and_bounded():
+    a, b = sample_rows(100, 30, seed=1), sample_rows(100, 30, seed=1)
+    assert np.array_equal(a, b) and len(set(a.tolist())) == 30 and a.max() < 100
+    assert not np.array_equal(a, sample_rows(100, 30, seed=2))
+    with pytest.raises(ConfigError, match="has 10 rows, fewer than the sample size 11"):
+        sample_rows(10, 11)
+    with pytest.raises(InvalidInput):
+        sample_rows(10, 0)
+
+
+def test_store_keeps_labels_per_teacher_and_drops_edited_rows(tmp_path):
+    with LabelStore(tmp_path / "l.sqlite") as store:
+        store.put("t", "column:gold", ["a", "b"], ["x", "y"], [0, 1])
+    with LabelStore(tmp_path / "l.sqlite") as store:  # reopened: on disk
+        assert store.get("t", "column:gold", ["a", "b"], ["x", "y"]) == {"a": 0, "b": 1}
+        assert store.get("t", "llm_large:abc", ["a", "b"], ["x", "y"]) == {}
+        assert store.get("t", "column:gold", ["a", "b"], ["x", "edited"]) == {"a": 0}
+
+
+def test_column_teacher_reads_indices_and_names(tmp_path):
+    table = read_table(write_table(tmp_path, n=4, labels=["positive", 0, "1", "negative"]), "review")
+    assert ColumnTeacher(table, "gold", LABELS).label(np.arange(4), table.texts).tolist() == [1, 0, 1, 0]
+    bad = read_table(write_table(tmp_path, n=3, labels=["positive", "neutral", 7]), "review")
+    with pytest.raises(ConfigError, match=r"2 value\(s\) outside the task's labels"):
+        ColumnTeacher(bad, "gold", LABELS).label(np.arange(3), bad.texts)
+    with pytest.raises(ConfigError, match="no label column 'stars'"):
+        ColumnTeacher(table, "stars", LABELS)
+
+
+class Interrupted(Exception):
+    pass
+
+
+class StopsAfter:
+    """A real column teacher that is interrupted (like Ctrl-C) after ``batches`` calls."""
+
+    def __init__(self, inner, batches):
+        self.inner, self.left, self.name, self.rows = inner, batches, inner.name, 0
+
+    def label(self, positions, texts):
+        if self.left == 0:
+            raise Interrupted
+        self.left -= 1
+        self.rows += len(positions)
+        return self.inner.label(positions, texts)
+
+
+def test_an_interrupted_run_resumes_from_the_cache(tmp_path):
+    table = read_table(write_table(tmp_path, n=40), "review")
+    positions = sample_rows(len(table), 30, seed=0)
+    gold = ColumnTeacher(table, "gold", LABELS)
+    with LabelStore(tmp_path / "l.sqlite") as store:
+        with pytest.raises(Interrupted):
+            label_sample("t", LABELS, table, positions, StopsAfter(gold, 2), store, batch=8, progress=False)
+        again = StopsAfter(gold, 99)
+        done = label_sample("t", LABELS, table, positions, again, store, batch=8, progress=False)
+    assert done.cached_rows == 16 and again.rows == 14  # two batches of 8 survived the interruption
+    assert done.labels.tolist() == [p % 2 for p in positions]
+
+
+def test_a_single_class_sample_keeps_the_task_on_the_llm(tmp_path):
+    table = read_table(write_table(tmp_path, n=20, labels=[1] * 20), "review")
+    with LabelStore(tmp_path / "l.sqlite") as store, pytest.raises(SingleClassError, match="keep this task on the LLM"):
+        label_sample("t", LABELS, table, np.arange(20), ColumnTeacher(table, "gold", LABELS), store, progress=False)
+
+
+def test_run_label_with_a_label_column(tmp_path):
+    task = TaskSpec(name="reviews", labels=LABELS, tiers=(0,))
+    path = write_table(tmp_path, n=50)
+    summary = run_label(
+        task, tmp_path / "runs", path, text_column="review", sample=20, teacher="column:gold", progress=False
+    )
+    assert summary["labelled_rows"] == 20 and summary["cached_rows"] == 0
+    frame = pd.read_csv(tmp_path / "runs" / "reviews" / "labelled.csv")
+    assert len(frame) == 20 and set(frame.columns) == {"id", "text", "label"}
+    assert (frame["label"] == frame["id"] % 2).all()
+    assert json.loads((tmp_path / "runs" / "reviews" / "labels.json").read_text())["sample"] == 20
+    again = run_label(
+        task, tmp_path / "runs", path, text_column="review", sample=20, teacher="column:gold", progress=False
+    )
+    assert again["cached_rows"] == 20 and again["labelled_rows"] == 0
+    with pytest.raises(InvalidInput, match="unknown teacher"):
+        run_label(task, tmp_path / "runs", path, text_column="review", sample=5, teacher="oracle", progress=False)
+
+
+def test_an_unreachable_server_is_a_clear_error():
+    with pytest.raises(ServerError, match="no ready Triton server at 127.0.0.1:9"):
+        connect("127.0.0.1:9", timeout_s=2)
+
+
+@pytest.mark.server
+def test_the_large_tier_labels_through_the_server(server, sst2_task, tmp_path):
+    """The teacher is llm_large on the real server; a second run is served from the cache."""
+    from cascade.tasks import load_split
+
+    summary = run_label(sst2_task, tmp_path, sample=24, url=server.grpc_url, progress=False)
+    assert summary["teacher"].startswith("llm_large:") and summary["labelled_rows"] == 24
+    frame = pd.read_csv(tmp_path / "sst2" / "labelled.csv")
+    texts, gold = load_split(sst2_task, "train")
+    gold_of = dict(zip(texts, gold, strict=False))
+    agreement = np.mean([gold_of[t] == y for t, y in zip(frame["text"], frame["label"], strict=True)])
+    assert agreement >= 0.6  # Gemma 3 270M, 8-shot, calibrated: ~0.88 on SST-2
+    again = run_label(sst2_task, tmp_path, sample=24, url=server.grpc_url, progress=False)
+    assert again["cached_rows"] == 24 and again["teacher_s"] == 0
+
+
+def test_build_learns_from_teacher_labels(tmp_path):
+    """label (a label column as teacher) -> build --labels: tiers trained and calibrated on those labels."""
+    from cascade.export.build import BuildOptions, build_task
+    from cascade.gate import GateConfig
+    from cascade.tasks import load_split, load_task
+
+    texts, gold = load_split(load_task("sst2"), "train", limit=400)
+    pd.DataFrame({"sentence": texts, "stars": [LABELS[g] for g in gold]}).to_csv(tmp_path / "t.csv", index=False)
+    task = TaskSpec(name="reviews", labels=LABELS, tiers=(0, 1), target=0.8)
+    run_label(
+        task,
+        tmp_path / "runs",
+        tmp_path / "t.csv",
+        text_column="sentence",
+        sample=300,
+        teacher="column:stars",
+        progress=False,
+    )
+    labels_file = tmp_path / "runs" / "reviews" / "labelled.csv"
+    options = BuildOptions(labels_file=str(labels_file), calib_fraction=0.3, progress=False, keep_all_tiers=True)
+    report = build_task(task, tmp_path / "repo", options)
+    assert report["reference"].startswith("teacher labels (column:stars)")
+    assert report["train_rows"] == 210 and report["calib_rows"] == 90
+    assert GateConfig.from_parameters(report["gate"]).tiers == (0, 1)
+    assert (tmp_path / "repo" / "reviews_logreg" / "1" / "model.onnx").is_file()
+    with pytest.raises(ConfigError, match="too few"):
+        build_task(task, tmp_path / "repo", BuildOptions(labels_file=str(labels_file), calib_fraction=0.9))
