@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.stats import beta
@@ -33,6 +34,10 @@ class TierCalibration:
         return asdict(self)
 
 
+#: Candidate cut points step through coverage in this many equal steps (fixed-sequence testing, below).
+GRID_STEPS = 40
+
+
 def choose_threshold(
     confidence: np.ndarray,
     correct: np.ndarray,
@@ -43,10 +48,13 @@ def choose_threshold(
 ) -> TierCalibration:
     """The lowest threshold whose accepted rows agree at >= target with confidence 1-delta.
 
-    Accepting the rows with confidence >= t; among the candidate cut points (the observed
-    confidences), take the one that accepts the most rows while the Clopper-Pearson lower bound of
-    their agreement stays >= target. If that accepts fewer than ``min_coverage`` of the rows, the
-    tier is disabled (threshold None).
+    Accepting the rows with confidence >= t. The candidate cuts are tested in a **fixed sequence** (as in
+    Learn-then-Test): from the most confident rows down, in coverage steps of 1/``GRID_STEPS``, starting
+    where the bound can pass at all (n >= log(delta)/log(target) rows), each tested with the one-sided
+    Clopper-Pearson bound at level delta; the scan stops at the first cut that fails and keeps the last
+    one that passed. Scanning every cut and keeping the largest passing one would pick the luckiest of
+    many tests, and the guarantee would no longer hold at 1-delta. If the kept cut accepts fewer than
+    ``min_coverage`` of the rows, or none passes, the tier is disabled (threshold None).
     """
     n = len(confidence)
     if n == 0:
@@ -54,19 +62,46 @@ def choose_threshold(
     order = np.argsort(-confidence, kind="stable")
     conf = confidence[order]
     hits = np.cumsum(correct[order].astype(int))
-    accepted = np.arange(1, n + 1)
     # A cut is only valid after the last row of a run of equal confidences.
-    valid = np.append(conf[1:] < conf[:-1], True)
-    lower = clopper_pearson_lower(hits, accepted, delta)
-    ok = np.flatnonzero(valid & (lower >= target))
-    if ok.size == 0:
+    valid = np.flatnonzero(np.append(conf[1:] < conf[:-1], True))
+    fewest = int(np.ceil(np.log(delta) / np.log(target))) if target < 1 else n + 1
+    wanted = np.unique(np.ceil(np.arange(1, GRID_STEPS + 1) / GRID_STEPS * n).astype(int))
+    wanted = np.unique(np.append(wanted[wanted > fewest], fewest)) if fewest <= n else np.array([], int)
+    # each wanted count of accepted rows, snapped up to the next valid cut (index = accepted - 1)
+    cuts = np.unique(valid[np.minimum(np.searchsorted(valid, wanted - 1), valid.size - 1)])
+    best = None
+    for k in cuts:
+        bound = float(clopper_pearson_lower(hits[k], k + 1, delta))
+        if bound < target:
+            break
+        best = (k, bound)
+    if best is None:
         return TierCalibration(tier, n, False, None, 0.0, 0.0, 0.0)
-    k = ok[-1]
+    k, bound = best
     coverage = (k + 1) / n
     agreement = hits[k] / (k + 1)
     if coverage < min_coverage:
-        return TierCalibration(tier, n, False, None, float(coverage), float(agreement), float(lower[k]))
-    return TierCalibration(tier, n, True, float(conf[k]), float(coverage), float(agreement), float(lower[k]))
+        return TierCalibration(tier, n, False, None, float(coverage), float(agreement), bound)
+    return TierCalibration(tier, n, True, float(conf[k]), float(coverage), float(agreement), bound)
+
+
+def agreement_curve(confidence: np.ndarray, correct: np.ndarray, delta: float, points: int = 200) -> dict:
+    """Agreement (and its lower bound) of the accepted rows against coverage, as the threshold falls:
+    at most ``points`` points, for the calibration plot and ``calibration.json``."""
+    n = len(confidence)
+    if n == 0:
+        return {"coverage": [], "agreement": [], "lower_bound": [], "threshold": []}
+    order = np.argsort(-confidence, kind="stable")
+    hits = np.cumsum(correct[order].astype(int))
+    accepted = np.arange(1, n + 1)
+    keep = np.unique(np.linspace(0, n - 1, min(points, n)).round().astype(int))
+    lower = clopper_pearson_lower(hits[keep], accepted[keep], delta)
+    return {
+        "coverage": (accepted[keep] / n).round(4).tolist(),
+        "agreement": (hits[keep] / accepted[keep]).round(4).tolist(),
+        "lower_bound": np.round(lower, 4).tolist(),
+        "threshold": np.round(confidence[order][keep], 4).tolist(),
+    }
 
 
 def calibrate_cascade(
@@ -76,11 +111,13 @@ def calibrate_cascade(
     delta: float,
     min_coverage: float = 0.02,
     best_fallback: bool = True,
+    curves: dict[int, dict] | None = None,
 ) -> list[TierCalibration]:
     """Calibrate tiers in cascade order, each on the rows the cheaper tiers pass on.
 
     ``tier_probs[tier]`` is the tier's probabilities on every row, or a function of the row indices
-    that reach it (so an expensive tier only scores those rows, once). A tier that cannot reach the
+    that reach it (so an expensive tier only scores those rows, once); ``curves``, when given, receives
+    each thresholded tier's :func:`agreement_curve`. A tier that cannot reach the
     target is disabled and passes every row on. The **fallback** answers whatever no thresholded tier
     accepted, without a threshold: the last tier, unless ``best_fallback`` and one of the disabled tiers
     after the last thresholded one agrees with the reference more on exactly those rows. With teacher
@@ -114,6 +151,8 @@ def calibrate_cascade(
         correct = probs.argmax(axis=1) == reference[idx]
         cal = choose_threshold(probs.max(axis=1), correct, target, delta, min_coverage, tier)
         result[tier] = cal
+        if curves is not None:  # filled for the caller: agreement vs coverage on the rows reaching this tier
+            curves[tier] = agreement_curve(probs.max(axis=1), correct, delta)
         if cal.enabled:
             pending[idx[probs.max(axis=1) >= cal.threshold]] = False
 
@@ -138,3 +177,56 @@ def calibrate_cascade(
             note = f"after the fallback; agreement {scores[t]:.3f} < {scores[fallback]:.3f} on the rows left"
             result[t] = TierCalibration(t, int(idx.size), False, None, 0.0, scores[t], 0.0, note)
     return [result[t] for t in tiers]
+
+
+def tier_mix(calibration: list[TierCalibration]) -> dict[int, float]:
+    """Share of the calibration rows each enabled tier answers, in cascade order."""
+    total = calibration[0].rows if calibration else 0
+    mix = {}
+    for c in calibration:
+        if c.enabled and total:
+            mix[c.tier] = c.rows * c.coverage / total
+    return mix
+
+
+def plot_calibration(
+    calibration: list[TierCalibration], curves: dict[int, dict], target: float, path: str | Path, title: str = ""
+) -> Path:
+    """PNG: agreement vs coverage per tier (the chosen thresholds marked, the target dashed) and the tier mix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cascade import contract
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+    for c in calibration:
+        curve = curves.get(c.tier)
+        if not curve or not curve["coverage"]:
+            continue
+        name = contract.TIER_NAMES[c.tier]
+        (line,) = ax.plot(curve["coverage"], curve["agreement"], label=f"{name} ({c.rows} rows)")
+        ax.plot(curve["coverage"], curve["lower_bound"], color=line.get_color(), linestyle=":", linewidth=1)
+        if c.enabled and c.threshold is not None:
+            ax.plot([c.coverage], [c.agreement], "o", color=line.get_color())
+            ax.annotate(f"t={c.threshold:.2f}", (c.coverage, c.agreement), textcoords="offset points", xytext=(4, 4))
+    ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target}")
+    ax.set_xlabel("coverage (share of the rows reaching the tier that it accepts)")
+    ax.set_ylabel("agreement with the reference (dotted: lower bound)")
+    ax.set_ylim(0.4, 1.01)
+    ax.legend(loc="lower left", fontsize=8)
+    mix = tier_mix(calibration)
+    names = [contract.TIER_NAMES[t] for t in mix]
+    bx.bar(names, [100 * v for v in mix.values()], color="tab:blue")
+    bx.set_ylabel("% of calibration rows answered")
+    bx.set_title("tier mix")
+    for i, v in enumerate(mix.values()):
+        bx.annotate(f"{100 * v:.1f}%", (i, 100 * v), ha="center", va="bottom", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

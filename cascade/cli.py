@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
 from cascade import contract
 from cascade.errors import CascadeError
+from cascade.export.distill import CREATE_TIERS
 from cascade.tasks import DEFAULT_DATA_DIR, REPO_ROOT
 
 DEFAULT_REPO = REPO_ROOT / "model_repository" / "cpu"
@@ -23,6 +25,12 @@ def _add_task(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="sst2", help="task name (tasks/NAME.toml) or a task TOML file")
     parser.add_argument(
         "--data-dir", default=None, help=f"datasets folder (default: $CASCADE_DATA_DIR or {DEFAULT_DATA_DIR})"
+    )
+
+
+def _add_work(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--work-dir", type=Path, default=DEFAULT_WORK, help="distillation files, per task (default: %(default)s)"
     )
 
 
@@ -60,7 +68,50 @@ def build_parser() -> argparse.ArgumentParser:
         "--teacher", default="llm_large", help="llm_large (through the server) or column:NAME (labels you hold)"
     )
     p.add_argument("--url", default=f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}", help="gRPC endpoint of the server")
-    p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK, help="distillation files (default: %(default)s)")
+    _add_work(p)
+
+    p = sub.add_parser("train", help="train tiers 0-2 on teacher (or gold) labels into the task's work folder")
+    _add_repo(p)
+    _add_task(p)
+    p.add_argument("--labels", type=Path, default=None, help="teacher labels (`cascade label`'s labelled.csv)")
+    p.add_argument("--calib-fraction", type=float, default=0.3, help="with --labels: rows held out to calibrate")
+    p.add_argument("--train-rows", type=int, default=2000, help="without --labels: gold rows to train on")
+    p.add_argument("--calib-rows", type=int, default=1000, help="without --labels: gold rows to calibrate on")
+    p.add_argument("--encoder-epochs", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    _add_work(p)
+
+    p = sub.add_parser("calibrate", help="choose thresholds with a Clopper-Pearson guarantee; plot them")
+    _add_repo(p)
+    _add_task(p)
+    p.add_argument("--target", type=float, default=None, help="agreement to guarantee (default: the task's)")
+    p.add_argument("--delta", type=float, default=None, help="1 - confidence of the guarantee (default: the task's)")
+    p.add_argument("--keep-all-tiers", action="store_true", help="keep tiers that miss the target (debugging)")
+    _add_work(p)
+
+    p = sub.add_parser("export", help="write the trained, calibrated task into the model repository atomically")
+    _add_repo(p)
+    _add_task(p)
+    _add_work(p)
+
+    p = sub.add_parser("task", help="tasks in a running server")
+    tsub = p.add_subparsers(dest="task_command", required=True)
+    p = tsub.add_parser("create", help="label -> train -> calibrate -> export -> load, into a running server")
+    p.add_argument("name", help="the new task's name (its gate model)")
+    p.add_argument("--table", type=Path, required=True, help="CSV or Parquet with the texts")
+    p.add_argument("--prompt", required=True, help="the question; '{text}' marks where a row goes")
+    p.add_argument("--labels", required=True, help="comma-separated label names (also the LLM's answers)")
+    p.add_argument("--column", default="text", help="text column (default: %(default)s)")
+    p.add_argument("--id-column", default=None)
+    p.add_argument("--sample", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiers", default=",".join(CREATE_TIERS), help="comma-separated (default: %(default)s)")
+    p.add_argument("--target", type=float, default=0.9)
+    p.add_argument("--delta", type=float, default=0.05)
+    p.add_argument("--encoder-epochs", type=int, default=2)
+    p.add_argument("--url", default=f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}", help="gRPC endpoint of the server")
+    _add_repo(p)
+    _add_work(p)
 
     p = sub.add_parser("classify", help="classify texts through a running server")
     p.add_argument("texts", nargs="*", help="texts to classify")
@@ -78,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=None, help="validation rows to classify (default: all)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--rebuild", action="store_true")
+    p.add_argument(
+        "--teacher", choices=("llm_large", "gold"), default="llm_large", help="who labels the rows the tiers learn from"
+    )
+    p.add_argument("--sample", type=int, default=1000, help="rows the teacher labels (default: %(default)s)")
+    _add_work(p)
 
     p = sub.add_parser("bench", help="benchmarks; results go to bench/results/")
     p.add_argument("which", choices=("gate",))
@@ -152,6 +208,82 @@ def cmd_label(args) -> int:
     return 0
 
 
+def _stage(args) -> Path:
+    from cascade.tasks import load_task
+
+    return args.work_dir / load_task(args.task).name / "stage"
+
+
+def cmd_train(args) -> int:
+    from cascade.export.build import BuildOptions, train_task
+    from cascade.tasks import load_task
+
+    options = BuildOptions(
+        train_rows=args.train_rows,
+        calib_rows=args.calib_rows,
+        encoder_epochs=args.encoder_epochs,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        labels_file=str(args.labels) if args.labels else None,
+        calib_fraction=args.calib_fraction,
+    )
+    state = train_task(load_task(args.task), args.repo, _stage(args), options)
+    print(
+        f"trained on {state['train_rows']} rows ({state['reference']}); "
+        f"{state['calib_rows']} held out -> {_stage(args)}"
+    )
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from cascade.export.build import calibrate_task
+    from cascade.tasks import load_task
+
+    calibrate_task(
+        load_task(args.task), args.repo, _stage(args), args.target, args.delta, keep_all_tiers=args.keep_all_tiers
+    )
+    print(f"wrote {_stage(args) / 'calibration.json'} and calibration.png; next: cascade export")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from cascade.export.build import export_task
+    from cascade.tasks import load_task
+
+    export_task(load_task(args.task), args.repo, _stage(args))
+    return 0
+
+
+def cmd_task(args) -> int:
+    from cascade.export.distill import create_task
+
+    labels = [x for x in args.labels.split(",") if x.strip()]
+    result = create_task(
+        args.name,
+        args.table,
+        args.prompt,
+        labels,
+        repo=args.repo,
+        work_root=args.work_dir,
+        url=args.url,
+        text_column=args.column,
+        id_column=args.id_column,
+        sample=args.sample,
+        seed=args.seed,
+        tiers=[x.strip() for x in args.tiers.split(",") if x.strip()],
+        target=args.target,
+        delta=args.delta,
+        encoder_epochs=args.encoder_epochs,
+    )
+    enabled = json.loads(result["gate"][contract.CFG_TIERS])
+    print(
+        f"task {result['task']} is served: tiers {enabled}; teacher labelling "
+        f"{result['teacher_labelling_s']:.1f} s, train + calibrate + export + load "
+        f"{result['train_calibrate_export_load_s']:.1f} s (definition: {result['task_file']})"
+    )
+    return 0
+
+
 def cmd_classify(args) -> int:
     from cascade.client import CascadeClient
 
@@ -186,7 +318,17 @@ def cmd_demo(args) -> int:
     from cascade.demo import run_demo
     from cascade.tasks import load_task
 
-    run_demo(load_task(args.task), args.repo, args.rebuild, args.rows, args.batch_size, args.data_dir)
+    run_demo(
+        load_task(args.task),
+        args.repo,
+        args.rebuild,
+        args.rows,
+        args.batch_size,
+        args.data_dir,
+        teacher=args.teacher,
+        sample=args.sample,
+        work_root=args.work_dir,
+    )
     return 0
 
 
@@ -211,6 +353,10 @@ COMMANDS = {
     "serve": cmd_serve,
     "build": cmd_build,
     "label": cmd_label,
+    "train": cmd_train,
+    "calibrate": cmd_calibrate,
+    "export": cmd_export,
+    "task": cmd_task,
     "classify": cmd_classify,
     "demo": cmd_demo,
     "bench": cmd_bench,

@@ -82,6 +82,52 @@ def print_summary(summary: dict, batch_size: int) -> None:
     )
 
 
+def print_calibration(report: dict) -> None:
+    """The calibration report of a build: per tier, on the held-out reference labels."""
+    table = Table(
+        title=f"calibration on {report['calib_rows']} held-out rows ({report['reference'].split(' from ')[0]})"
+    )
+    for column in ("tier", "reaches", "threshold", "accepts", "agreement", "lower bound", "enabled"):
+        table.add_column(column, justify="right")
+    for c in report["calibration"]:
+        threshold = "-" if c["threshold"] is None else f"{c['threshold']:.3f}"
+        table.add_row(
+            contract.TIER_NAMES[c["tier"]],
+            str(c["rows"]),
+            threshold,
+            f"{c['coverage']:.1%}",
+            f"{c['agreement']:.3f}",
+            f"{c['lower_bound']:.3f}",
+            "yes" if c["enabled"] else "no",
+        )
+    console.print(table)
+    console.print(f"target {report['target']} with confidence {1 - report['delta']:.0%} (Clopper-Pearson)")
+
+
+def build_with_teacher(task: TaskSpec, repo: Path, client, work_root: Path, sample: int, data_dir) -> dict:
+    """label (the large tier, through ``client``'s server) -> train -> calibrate -> export -> load."""
+    from cascade.export.build import BuildOptions, calibrate_task, export_task, train_task
+    from cascade.export.distill import run_label, work_dir_of
+
+    labelled = run_label(task, work_root, sample=sample, url=client.url, data_dir=data_dir)
+    console.print(
+        f"teacher {labelled['teacher']}: {labelled['labelled_rows']} rows labelled in {labelled['teacher_s']:.1f} s "
+        f"({labelled['cached_rows']} from the cache); labels {labelled['label_counts']}"
+    )
+    start = time.perf_counter()
+    stage = work_dir_of(task.name, work_root) / "stage"
+    options = BuildOptions(labels_file=str(work_dir_of(task.name, work_root) / "labelled.csv"), data_dir=data_dir)
+    train_task(task, repo, stage, options)
+    report = calibrate_task(task, repo, stage)
+    client.load_models(export_task(task, repo, stage))
+    report["timings"]["train_calibrate_export_load_s"] = time.perf_counter() - start
+    console.print(
+        f"train + calibrate + export + load: {report['timings']['train_calibrate_export_load_s']:.1f} s "
+        f"(the teacher's labelling not included)"
+    )
+    return report
+
+
 def run_demo(
     task: TaskSpec,
     repo: Path,
@@ -90,19 +136,39 @@ def run_demo(
     batch_size: int = 32,
     data_dir: str | None = None,
     build_options=None,
+    teacher: str = "llm_large",
+    sample: int = 1000,
+    work_root: Path | None = None,
 ) -> dict:
+    """Build ``task`` if needed (``teacher="llm_large"``: the large tier labels ``sample`` training rows
+    through the demo's own server; ``"gold"``: the dataset's labels), then classify its validation rows."""
     from cascade.client import CascadeClient
-    from cascade.export.build import BuildOptions, build_task
+    from cascade.export.build import BuildOptions, build_task, ensure_embedder, ensure_llms
     from cascade.launcher import ServerOptions, TritonServer, free_ports
+    from cascade.tasks import REPO_ROOT
 
-    if rebuild or not task_is_built(task, repo):
-        console.print(f"[bold]Building task {task.name}[/] into {repo}")
-        build_task(task, repo, build_options or BuildOptions(data_dir=data_dir))
+    repo = Path(repo)
+    build = rebuild or not task_is_built(task, repo)
+    report = None
+    if build and teacher == "gold":
+        console.print(f"[bold]Building task {task.name}[/] into {repo} from gold labels")
+        report = build_task(task, repo, build_options or BuildOptions(data_dir=data_dir))
+        build = False
+    elif build:
+        console.print(f"[bold]Building task {task.name}[/] into {repo}: the large tier teaches")
+        ensure_embedder(repo)
+        ensure_llms(repo)
     texts, gold = load_split(task, "validation", data_dir, limit=rows)
     http, grpc, metrics = free_ports(3)
-    opts = ServerOptions(repository=Path(repo), http_port=http, grpc_port=grpc, metrics_port=metrics)
+    opts = ServerOptions(
+        repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics, model_control_mode="explicit"
+    )
     console.print(f"[bold]Starting tritonserver[/] on 127.0.0.1 (gRPC {grpc})")
-    with TritonServer(opts) as server, CascadeClient(server.grpc_url) as client:
+    with TritonServer(opts) as server, CascadeClient(server.grpc_url, timeout_s=600) as client:
+        if build:
+            report = build_with_teacher(task, repo, client, work_root or REPO_ROOT / "runs", sample, data_dir)
+        if report is not None:
+            print_calibration(report)
         client.classify(task.name, texts[:4])  # warm-up
         start = time.perf_counter()
         predictions, latencies = classify_rows(client, task, texts, batch_size)

@@ -146,6 +146,18 @@ class CascadeClient:
         result = self.infer(model, inputs, parameters=parameters)
         return result.as_numpy(contract.PROBS.name), result.as_numpy(contract.TRUNCATED.name).reshape(-1)
 
+    def load_models(self, names: Sequence[str]) -> None:
+        """Load (or reload) models into a server started with ``--model-control-mode=explicit``, in order
+        (tier models before the gate that calls them)."""
+        for name in names:
+            try:
+                self._client.load_model(name)
+            except InferenceServerException as exc:
+                raise ServerError(
+                    f"loading {name!r} failed: {exc.message()} (is the server in --model-control-mode=explicit, "
+                    "serving this repository?)"
+                ) from exc
+
     def tasks(self) -> list[str]:
         """Ready gate models (the public tasks) in the repository."""
         index = self._client.get_model_repository_index(as_json=True).get("models", [])

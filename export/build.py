@@ -7,6 +7,7 @@ thresholds are calibrated on held-out gold labels (provisional: the teacher will
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cascade import configgen, contract
-from cascade.calibrate import calibrate_cascade
+from cascade.calibrate import calibrate_cascade, plot_calibration, tier_mix
 from cascade.errors import ConfigError
 from cascade.export.repository import RepositoryWriter
 from cascade.gate import GateConfig
@@ -157,12 +158,22 @@ def draw_few_shot(texts: list[str], labels: np.ndarray, k: int, n_labels: int, r
     return [picked[i] for i in order]
 
 
-def build_task(task: TaskSpec, repo: Path, opts: BuildOptions = BuildOptions()) -> dict:
+STATE_FILE = "state.json"
+CALIB_FILE = "calib.npz"
+MODELS_DIR = "models"
+
+
+def train_task(task: TaskSpec, repo: Path, stage: Path, opts: BuildOptions = BuildOptions()) -> dict:
+    """``cascade train``: learn tiers 0-2 from the reference labels (gold, or the teacher's with
+    ``opts.labels_file``) into ``stage/models`` (a model repository of the task's models), keep their
+    probabilities on the held-out calibration rows in ``stage/calib.npz`` and fix the LLM tiers' prompts."""
     from cascade.export import encoder as enc
     from cascade.export import tabular
     from cascade.runtime import OnnxRunner
 
-    repo = Path(repo)
+    repo, stage = Path(repo), Path(stage)
+    shutil.rmtree(stage / MODELS_DIR, ignore_errors=True)
+    (stage / MODELS_DIR).mkdir(parents=True)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     ensure_embedder(repo)
@@ -200,7 +211,7 @@ def build_task(task: TaskSpec, repo: Path, opts: BuildOptions = BuildOptions()) 
     log(f"embedded {len(emb)} rows in {timings['embed_s']:.1f} s")
 
     calib_probs: dict[int, np.ndarray] = {}
-    with RepositoryWriter(repo) as writer:
+    with RepositoryWriter(stage / MODELS_DIR) as writer:
         for tier in task.tiers:
             if tier not in contract.PER_TASK_TIERS:
                 continue
@@ -229,43 +240,118 @@ def build_task(task: TaskSpec, repo: Path, opts: BuildOptions = BuildOptions()) 
             name = contract.TIER_NAMES[tier]
             timings[f"train_{name}_s"] = time.perf_counter() - t
             acc = float((calib_probs[tier].argmax(1) == c_y).mean())
-            log(f"tier {tier} ({name}): trained in {timings[f'train_{name}_s']:.1f} s, held-out accuracy {acc:.3f}")
+            log(f"tier {tier} ({name}): trained in {timings[f'train_{name}_s']:.1f} s, held-out agreement {acc:.3f}")
 
-        prompts = {}
-        for tier in (t for t in task.tiers if t in contract.LLM_TIERS):
-            if tier == contract.TIER_LLM_LARGE and teacher_prompt is not None:
-                prompts[tier] = teacher_prompt
-            else:  # few-shot examples from the reference labels of the training rows
-                examples = draw_few_shot(x_texts, y, task.llm[tier].few_shot, task.n_labels, rng)
-                prompts[tier] = task.llm[tier].gate_prompt(examples)
-            ensure_llms(repo)
-            calib_probs[tier] = llm_scorer_on(tier, prompts[tier], c_texts)
+    prompts = {}
+    for tier in (t for t in task.tiers if t in contract.LLM_TIERS):
+        if tier == contract.TIER_LLM_LARGE and teacher_prompt is not None:
+            prompts[tier] = teacher_prompt
+        else:  # few-shot examples from the reference labels of the training rows
+            examples = draw_few_shot(x_texts, y, task.llm[tier].few_shot, task.n_labels, rng)
+            prompts[tier] = task.llm[tier].gate_prompt(examples)
+    np.savez(
+        stage / CALIB_FILE,
+        texts=np.array(c_texts, dtype=object),
+        labels=c_y,
+        **{f"tier{t}": p for t, p in calib_probs.items()},
+    )
+    state = {
+        "task": task.name,
+        "task_digest": task.digest(),
+        "labels": list(task.labels),
+        "reference": reference,
+        "options": asdict(opts),
+        "train_rows": len(x_texts),
+        "calib_rows": len(c_texts),
+        "prompts": {contract.TIER_NAMES[t]: p for t, p in prompts.items()},
+        "timings": timings,
+    }
+    (stage / STATE_FILE).write_text(json.dumps(state, indent=2))
+    return state
 
-        keep = opts.keep_all_tiers
-        calibration = calibrate_cascade(
-            calib_probs, c_y, task.target, task.delta, opts.min_coverage, best_fallback=not keep
+
+def _load_stage(task: TaskSpec, stage: Path, step: str) -> dict:
+    path = Path(stage) / STATE_FILE
+    if not path.is_file():
+        raise ConfigError(f"{stage}: nothing trained for task {task.name}; run `cascade train` before `{step}`")
+    state = json.loads(path.read_text())
+    if state.get("task_digest") != task.digest():
+        raise ConfigError(f"{stage}: trained from another definition of task {task.name}; run `cascade train` again")
+    return state
+
+
+def calibrate_task(
+    task: TaskSpec,
+    repo: Path,
+    stage: Path,
+    target: float | None = None,
+    delta: float | None = None,
+    min_coverage: float = 0.02,
+    keep_all_tiers: bool = False,
+) -> dict:
+    """``cascade calibrate``: thresholds on the held-out rows (the LLM tiers score only the rows that reach
+    them), the gate model into ``stage/models``, ``calibration.json`` and ``calibration.png``."""
+    stage = Path(stage)
+    state = _load_stage(task, stage, "cascade calibrate")
+    target = task.target if target is None else target
+    delta = task.delta if delta is None else delta
+    if not 0 < target <= 1 or not 0 < delta < 1:
+        raise ConfigError(f"need 0 < target <= 1 and 0 < delta < 1, got target {target}, delta {delta}")
+    saved = np.load(stage / CALIB_FILE, allow_pickle=True)
+    c_texts, c_y = saved["texts"].tolist(), saved["labels"]
+    calib_probs = {t: saved[f"tier{t}"] for t in task.tiers if f"tier{t}" in saved}
+    prompts = {contract.TIER_BY_NAME[name]: p for name, p in state["prompts"].items()}
+    t = time.perf_counter()
+    if prompts:
+        ensure_llms(repo)
+    for tier, prompt in prompts.items():
+        calib_probs[tier] = llm_scorer_on(tier, prompt, c_texts)
+    curves: dict[int, dict] = {}
+    calibration = calibrate_cascade(
+        calib_probs, c_y, target, delta, min_coverage, best_fallback=not keep_all_tiers, curves=curves
+    )
+    enabled = tuple(c.tier for c in calibration if c.enabled or keep_all_tiers)
+    thresholds = {c.tier: (c.threshold if c.enabled else 1.0) for c in calibration if c.tier != enabled[-1]}
+    thresholds = {t: v for t, v in thresholds.items() if t in enabled}
+    gate = GateConfig(
+        task=task.name,
+        labels=task.labels,
+        tiers=enabled,
+        thresholds=thresholds,
+        prompts={t: p for t, p in prompts.items() if t in enabled},
+    )
+    timings = dict(state["timings"], calibrate_s=time.perf_counter() - t)
+    reference = state["reference"]
+    report = {k: state[k] for k in ("task", "task_digest", "labels", "reference", "options", "train_rows")} | {
+        "calib_rows": state["calib_rows"],
+        "target": target,
+        "delta": delta,
+        "calibration": [c.to_dict() for c in calibration],
+        "gate": gate.to_parameters(),
+        "timings": timings,
+    }
+    calibration_json = {
+        "task": task.name,
+        "reference": reference,
+        "target": target,
+        "delta": delta,
+        "tiers": [c.to_dict() for c in calibration],
+        "tier_mix": {contract.TIER_NAMES[t]: v for t, v in tier_mix(calibration).items()},
+        "curves": {contract.TIER_NAMES[t]: curve for t, curve in curves.items()},
+    }
+    with RepositoryWriter(stage / MODELS_DIR) as writer:
+        gate_dir = writer.add(configgen.gate_spec(gate.to_parameters(), task.name, task.n_labels)).parent
+        for folder in (gate_dir, stage):
+            (folder / "build_report.json").write_text(json.dumps(report, indent=2))
+            (folder / "calibration.json").write_text(json.dumps(calibration_json, indent=2))
+        plot_calibration(
+            calibration,
+            curves,
+            target,
+            gate_dir / "calibration.png",
+            title=f"{task.name}: calibration on {len(c_texts)} held-out rows ({reference.split(' (')[0]})",
         )
-        enabled = tuple(c.tier for c in calibration if c.enabled or keep)
-        thresholds = {c.tier: (c.threshold if c.enabled else 1.0) for c in calibration if c.tier != enabled[-1]}
-        thresholds = {t: v for t, v in thresholds.items() if t in enabled}
-        prompts = {t: p for t, p in prompts.items() if t in enabled}
-        gate = GateConfig(task=task.name, labels=task.labels, tiers=enabled, thresholds=thresholds, prompts=prompts)
-        gate_version = writer.add(configgen.gate_spec(gate.to_parameters(), task.name, task.n_labels))
-        report = {
-            "task": task.name,
-            "task_digest": task.digest(),
-            "labels": list(task.labels),
-            "reference": reference,
-            "options": asdict(opts),
-            "train_rows": len(x_texts),
-            "calib_rows": len(c_texts),
-            "target": task.target,
-            "delta": task.delta,
-            "calibration": [c.to_dict() for c in calibration],
-            "gate": gate.to_parameters(),
-            "timings": timings,
-        }
-        (gate_version.parent / "build_report.json").write_text(json.dumps(report, indent=2))
+    shutil.copy2(stage / MODELS_DIR / task.name / "calibration.png", stage / "calibration.png")
     for c in calibration:
         name = f"tier {c.tier} ({contract.TIER_NAMES[c.tier]})"
         if c.enabled and c.threshold is None:
@@ -276,8 +362,44 @@ def build_task(task: TaskSpec, repo: Path, opts: BuildOptions = BuildOptions()) 
             log(
                 f"{name} {'enabled' if c.enabled else 'DISABLED'}: threshold {c.threshold or 0:.3f}, "
                 f"reaches {c.rows} rows, accepts {c.coverage:.1%}, agreement {c.agreement:.3f} "
-                f"(lower bound {c.lower_bound:.3f}, target {task.target})"
+                f"(lower bound {c.lower_bound:.3f}, target {target})"
             )
-    timings["total_s"] = time.perf_counter() - t0
-    log(f"task {task.name} written to {repo} in {timings['total_s']:.1f} s")
+    return report
+
+
+def export_task(task: TaskSpec, repo: Path, stage: Path) -> list[str]:
+    """``cascade export``: the staged task models and gate into ``repo`` in one atomic step (each model
+    folder is renamed into place); the shared embedder and LLM scorers are written first if missing."""
+    stage = Path(stage)
+    _load_stage(task, stage, "cascade export")
+    models = stage / MODELS_DIR
+    if not (models / task.name / "config.pbtxt").is_file():
+        raise ConfigError(f"{stage}: task {task.name} is not calibrated; run `cascade calibrate` before export")
+    ensure_embedder(repo)
+    if any(t in contract.LLM_TIERS for t in task.tiers):
+        ensure_llms(repo)
+    names = [contract.tier_model_name(task.name, t) for t in task.tiers if t in contract.PER_TASK_TIERS]
+    names.append(task.name)
+    with RepositoryWriter(repo) as writer:
+        for name in names:
+            writer.add_dir(name, models / name)
+    log(f"task {task.name} exported to {repo}: {', '.join(names)}")
+    return names
+
+
+def build_task(task: TaskSpec, repo: Path, opts: BuildOptions = BuildOptions()) -> dict:
+    """train -> calibrate -> export in one go, staged in a temporary folder beside the repository."""
+    import tempfile
+
+    repo = Path(repo)
+    repo.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=repo.parent, prefix=f".{task.name}.build-") as tmp:
+        train_task(task, repo, Path(tmp), opts)
+        report = calibrate_task(
+            task, repo, Path(tmp), min_coverage=opts.min_coverage, keep_all_tiers=opts.keep_all_tiers
+        )
+        export_task(task, repo, Path(tmp))
+    report["timings"]["total_s"] = time.perf_counter() - t0
+    log(f"task {task.name} written to {repo} in {report['timings']['total_s']:.1f} s")
     return report

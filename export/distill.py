@@ -357,3 +357,126 @@ def run_label(
     }
     (work / "labels.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+# --------------------------------------------------------------------------------------------- task create
+
+CREATE_TIERS = ("logreg", "xgboost", "encoder", "llm_small", "llm_large")
+
+
+def task_from_prompt(name: str, labels: Sequence[str], prompt: str, tiers: Sequence[str] = CREATE_TIERS):
+    """A task from a question and its labels: the prompt is the LLM template when it holds ``{text}``,
+    else an instruction above ``Text: {text}\\nAnswer:``; the labels are the verbalizations."""
+    from cascade.tasks import LlmPrompt, TaskSpec, parse_tiers
+
+    labels = tuple(label.strip() for label in labels)
+    template = prompt if "{text}" in prompt else "Text: {text}\nAnswer:"
+    instruction = "" if "{text}" in prompt else prompt.strip()
+    llm = LlmPrompt(template=template, verbalizations=labels, instruction=instruction, calibrate=True)
+    spec = TaskSpec(
+        name=name,
+        labels=labels,
+        tiers=parse_tiers(list(tiers)),
+        description=instruction or prompt,
+        llm={t: llm for t in contract.LLM_TIERS},
+    )
+    toml = "\n".join(
+        [
+            "# Written by `cascade task create`.",
+            f"name = {json_str(name)}",
+            f"description = {json_str(spec.description)}",
+            f"labels = [{', '.join(json_str(x) for x in labels)}]",
+            f"tiers = [{', '.join(json_str(contract.TIER_NAMES[t]) for t in spec.tiers)}]",
+            "",
+            "[llm]",
+            f"instruction = {json_str(instruction)}",
+            f"template = {json_str(template)}",
+            f"verbalizations = [{', '.join(json_str(x) for x in labels)}]",
+            "few_shot = 0",
+            "calibrate = true",
+            "",
+        ]
+    )
+    return spec, toml
+
+
+def json_str(value: str) -> str:
+    """A TOML basic string (JSON's escapes are valid TOML escapes)."""
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
+
+
+def create_task(
+    name: str,
+    table_path: str | Path,
+    prompt: str,
+    labels: Sequence[str],
+    *,
+    repo: str | Path,
+    work_root: str | Path,
+    url: str,
+    text_column: str = "text",
+    id_column: str | None = None,
+    sample: int = DEFAULT_SAMPLE,
+    seed: int = 0,
+    tiers: Sequence[str] = CREATE_TIERS,
+    target: float = 0.9,
+    delta: float = 0.05,
+    encoder_epochs: int = 2,
+    progress: bool = True,
+) -> dict:
+    """``cascade task create``: label -> train -> calibrate -> export -> load into a running server
+    (``--model-control-mode=explicit``) without a restart. The teacher's time is reported apart."""
+    from dataclasses import replace
+
+    from cascade.export.build import BuildOptions, calibrate_task, export_task, train_task
+    from cascade.tasks import load_task
+
+    repo = Path(repo)
+    if (repo / name).exists():
+        raise ConfigError(f"{repo / name} exists: task {name!r} is already in the repository (pick another name)")
+    spec, toml = task_from_prompt(name, labels, prompt, tiers)
+    spec = replace(spec, target=target, delta=delta)
+    work = work_dir_of(name, work_root)
+    work.mkdir(parents=True, exist_ok=True)
+    task_file = work / "task.toml"
+    task_file.write_text(toml + f"\n[calibration]\ntarget = {target}\ndelta = {delta}\n")
+    task = load_task(task_file)  # what the later verbs will load: the same digest
+    client = connect(url)
+    try:
+        start = time.perf_counter()
+        labelled = run_label(
+            task,
+            work_root,
+            table_path,
+            text_column=text_column,
+            id_column=id_column,
+            sample=sample,
+            seed=seed,
+            url=url,
+            progress=progress,
+        )
+        teacher_done = time.perf_counter()
+        stage = work / "stage"
+        options = BuildOptions(
+            labels_file=str(work / "labelled.csv"), encoder_epochs=encoder_epochs, seed=seed, progress=progress
+        )
+        train_task(task, repo, stage, options)
+        report = calibrate_task(task, repo, stage)
+        names = export_task(task, repo, stage)
+        client.load_models(names)
+        done = time.perf_counter()
+    finally:
+        client.close()
+    return {
+        "task": name,
+        "task_file": str(task_file),
+        "models": names,
+        "labels": labelled,
+        "calibration": report["calibration"],
+        "gate": report["gate"],
+        "teacher_labelling_s": labelled["teacher_s"],
+        "label_step_s": teacher_done - start,
+        "train_calibrate_export_load_s": done - teacher_done,
+    }

@@ -44,6 +44,14 @@ class RepositoryWriter:
         self.names.append(spec.name)
         return version
 
+    def add_dir(self, name: str, source: Path) -> Path:
+        """Stage a model folder prepared elsewhere (``cascade export`` of a trained task), copied whole."""
+        if not (Path(source) / "config.pbtxt").is_file():
+            raise FileNotFoundError(f"{source} is not a model folder (no config.pbtxt)")
+        shutil.copytree(source, self.staging / name)
+        self.names.append(name)
+        return self.staging / name / VERSION
+
     def commit(self) -> list[str]:
         for name in self.names:
             dest = self.repo / name

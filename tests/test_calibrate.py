@@ -13,7 +13,9 @@ def test_lower_bound_matches_scipy_exact_interval():
     assert float(clopper_pearson_lower(0, 10, 0.05)) == 0.0
 
 
-def test_threshold_is_lowest_that_keeps_the_bound():
+def test_threshold_keeps_the_bound_and_the_next_grid_cut_breaks_it():
+    from cascade.calibrate import GRID_STEPS
+
     rng = np.random.default_rng(0)
     conf = rng.uniform(0.5, 1.0, 4000)
     correct = rng.uniform(size=4000) < conf  # calibrated: P(correct) = confidence
@@ -21,10 +23,30 @@ def test_threshold_is_lowest_that_keeps_the_bound():
     accepted = conf >= cal.threshold
     assert cal.enabled
     assert clopper_pearson_lower(correct[accepted].sum(), accepted.sum(), 0.05) >= 0.9
-    # one more row accepted breaks the guarantee (it is the lowest threshold)
-    looser = conf >= np.max(conf[conf < cal.threshold])
-    assert clopper_pearson_lower(correct[looser].sum(), looser.sum(), 0.05) < 0.9
     assert abs(cal.coverage - accepted.mean()) < 1e-12
+    # the next cut of the fixed sequence (one coverage step further) fails the bound: the scan stopped there
+    order = np.argsort(-conf)
+    k = accepted.sum() + 4000 // GRID_STEPS
+    assert clopper_pearson_lower(correct[order][:k].sum(), k, 0.05) < 0.9
+
+
+def test_fixed_sequence_stops_at_the_first_failure():
+    """A dip in the middle ends the scan, even if a larger cut would pass again: picking the best of many
+    tests is what breaks a statistical guarantee."""
+    n = 1000
+    conf = np.linspace(1.0, 0.5, n)
+    correct = np.ones(n, bool)
+    correct[200:260] = False  # 60 misses right after the first 20%
+    cal = choose_threshold(conf, correct, target=0.9, delta=0.05)
+    assert cal.enabled and cal.coverage <= 0.2 + 1e-9
+    # a cut far beyond the dip has a passing bound: scanning everything would have taken it
+    assert clopper_pearson_lower(correct[:1000].sum(), 1000, 0.05) >= 0.9
+
+
+def test_too_few_rows_to_pass_disable_the_tier():
+    # 0.95 at delta 0.05 needs at least 59 rows, all right, before any cut can pass
+    cal = choose_threshold(np.linspace(1, 0.9, 50), np.ones(50, bool), target=0.95, delta=0.05)
+    assert not cal.enabled
 
 
 def test_tier_that_cannot_reach_target_is_disabled():
@@ -115,3 +137,41 @@ def test_a_teacher_as_last_tier_is_never_displaced():
     probs[4] = np.eye(2)[reference]  # the reference labels come from tier 4 itself
     cal = {c.tier: c for c in calibrate_cascade(probs, reference, target=0.95, delta=0.05)}
     assert cal[4].enabled and cal[4].agreement == 1.0 and not cal[2].enabled
+
+
+def test_curves_mix_and_plot(tmp_path):
+    from cascade.calibrate import agreement_curve, plot_calibration, tier_mix
+
+    probs, reference, _ = hard_rows_case()
+    curves = {}
+    cal = calibrate_cascade(probs, reference, target=0.95, delta=0.05, curves=curves)
+    assert set(curves) == {0, 2}  # the thresholded tiers (4 is scored but after the fallback)
+    curve = curves[0]
+    assert curve["coverage"][-1] == 1.0 and np.all(np.diff(curve["coverage"]) > 0)
+    assert all(lb <= a for lb, a in zip(curve["lower_bound"], curve["agreement"], strict=True))
+    mix = tier_mix(cal)
+    assert set(mix) == {0, 2} and abs(sum(mix.values()) - 1) < 1e-9
+    path = plot_calibration(cal, curves, 0.95, tmp_path / "calibration.png", title="test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    assert agreement_curve(np.array([]), np.array([]), 0.05)["coverage"] == []
+
+
+def test_resampled_splits_check_the_guarantee_on_unseen_rows():
+    from cascade.bench_distill import evaluate_splits
+
+    rng = np.random.default_rng(3)
+    n = 2000
+    teacher = rng.integers(0, 2, n)
+    gold = np.where(rng.uniform(size=n) < 0.9, teacher, 1 - teacher)
+    conf = rng.uniform(0.5, 1.0, n)
+    right = rng.uniform(size=n) < conf  # calibrated: a row at confidence c is right with probability c
+    pred = np.where(right, teacher, 1 - teacher)
+    probs = np.zeros((n, 2))
+    probs[np.arange(n), pred] = conf
+    probs[np.arange(n), 1 - pred] = 1 - conf
+    result = evaluate_splits({0: probs}, teacher, gold, np.arange(n), splits=5, target=0.9, delta=0.05, seed=0)
+    s = result["summary"]
+    assert s["splits"] == 5 and s["guarantee_held_in"] >= 4
+    assert 0.1 < s["cheap_share"] < 0.6 and s["cheap_agreement"] >= 0.9
+    assert abs(s["cheap_share"] + s["llm_share"] - 1) < 1e-9  # the teacher answers the rest
+    assert s["tiers"]["llm_large"]["agreement"] == 1.0

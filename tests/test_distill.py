@@ -187,5 +187,96 @@ def test_build_learns_from_teacher_labels(tmp_path):
     assert report["train_rows"] == 210 and report["calib_rows"] == 90
     assert GateConfig.from_parameters(report["gate"]).tiers == (0, 1)
     assert (tmp_path / "repo" / "reviews_logreg" / "1" / "model.onnx").is_file()
+    calibration = json.loads((tmp_path / "repo" / "reviews" / "calibration.json").read_text())
+    assert [t["tier"] for t in calibration["tiers"]] == [0, 1] and "logreg" in calibration["curves"]
+    assert (tmp_path / "repo" / "reviews" / "calibration.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ConfigError, match="too few"):
         build_task(task, tmp_path / "repo", BuildOptions(labels_file=str(labels_file), calib_fraction=0.9))
+
+
+def test_the_cli_verbs_chain_label_train_calibrate_export(tmp_path, capsys):
+    from cascade.cli import main
+    from cascade.tasks import load_split, load_task
+
+    texts, gold = load_split(load_task("sst2"), "train", limit=300)
+    pd.DataFrame({"sentence": texts, "stars": gold}).to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "reviews.toml").write_text(
+        'name = "reviews"\nlabels = ["negative", "positive"]\ntiers = ["logreg", "xgboost"]\n'
+        "[calibration]\ntarget = 0.8\n"
+    )
+    task, work, repo = str(tmp_path / "reviews.toml"), str(tmp_path / "runs"), str(tmp_path / "repo")
+    common = ["--task", task, "--work-dir", work]
+    assert main(["calibrate", *common, "--repo", repo]) == 2
+    assert "run `cascade train` before `cascade calibrate`" in capsys.readouterr().err
+    table = ["--table", str(tmp_path / "t.csv"), "--column", "sentence"]
+    assert main(["label", *common, *table, "--sample", "250", "--teacher", "column:stars"]) == 0
+    labels = str(tmp_path / "runs" / "reviews" / "labelled.csv")
+    assert main(["train", *common, "--repo", repo, "--labels", labels]) == 0
+    assert main(["export", *common, "--repo", repo]) == 2
+    assert "not calibrated" in capsys.readouterr().err
+    assert main(["calibrate", *common, "--repo", repo, "--target", "1.5"]) == 2
+    assert main(["calibrate", *common, "--repo", repo, "--target", "0.8", "--delta", "0.1"]) == 0
+    calibration = json.loads((tmp_path / "runs" / "reviews" / "stage" / "calibration.json").read_text())
+    assert calibration["target"] == 0.8 and calibration["delta"] == 0.1
+    assert main(["export", *common, "--repo", repo]) == 0
+    assert {p.name for p in (tmp_path / "repo").iterdir()} >= {
+        "embedder",
+        "reviews",
+        "reviews_logreg",
+        "reviews_xgboost",
+    }
+    report = json.loads((tmp_path / "repo" / "reviews" / "build_report.json").read_text())
+    assert report["train_rows"] == 175 and report["calib_rows"] == 75
+
+
+@pytest.mark.server
+def test_task_create_loads_a_new_task_into_a_running_server(built_repo, tmp_path):
+    """The whole flow against a real server in explicit model-control mode: no restart."""
+    import shutil
+
+    from cascade import contract
+    from cascade.client import CascadeClient
+    from cascade.export.distill import create_task
+    from cascade.launcher import ServerOptions, TritonServer, free_ports
+    from cascade.tasks import load_split, load_task
+
+    repo = tmp_path / "repo"
+    for model in (contract.EMBEDDER_MODEL, *(contract.TIER_NAMES[t] for t in contract.LLM_TIERS)):
+        shutil.copytree(built_repo[0] / model, repo / model)
+    texts, _ = load_split(load_task("sst2"), "train", limit=400)
+    pd.DataFrame({"review": texts}).to_csv(tmp_path / "reviews.csv", index=False)
+    http, grpc, metrics = free_ports(3)
+    opts = ServerOptions(
+        repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics, model_control_mode="explicit"
+    )
+    with TritonServer(opts) as server:
+        result = create_task(
+            "moviesent",
+            tmp_path / "reviews.csv",
+            "Review: {text}\nSentiment:",
+            ["negative", "positive"],
+            repo=repo,
+            work_root=tmp_path / "runs",
+            url=server.grpc_url,
+            text_column="review",
+            sample=200,
+            tiers=["logreg", "xgboost", "llm_large"],
+            target=0.8,
+            progress=False,
+        )
+        assert result["models"] == ["moviesent_logreg", "moviesent_xgboost", "moviesent"]
+        assert result["labels"]["labelled_rows"] == 200
+        with CascadeClient(server.grpc_url) as client:
+            assert "moviesent" in client.tasks()
+            got = client.classify("moviesent", ["a gorgeous , moving film .", "a dull , lifeless mess ."])
+        assert [p.label for p in got] == ["positive", "negative"]
+        with pytest.raises(ConfigError, match="already in the repository"):
+            create_task(
+                "moviesent",
+                tmp_path / "reviews.csv",
+                "x",
+                ["a", "b"],
+                repo=repo,
+                work_root=tmp_path / "runs",
+                url=server.grpc_url,
+            )

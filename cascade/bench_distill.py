@@ -1,0 +1,236 @@
+"""Does the calibration guarantee hold? Distillation evaluated over resampled splits.
+
+``python -m cascade.bench_distill [--tasks sst2 ag_news] [--splits 20] [--target 0.95] [--delta 0.05]``
+
+For each task, a pool of training-split rows labelled by a teacher (``cascade label``'s
+``runs/<task>/labelled.csv``; the rows' ids are their positions in the dataset's train split, so gold is
+known) and, as a clearly labelled control, the same rows with their **gold** labels as the teacher:
+
+1. the first ``--train`` rows of the pool (seeded shuffle) train tier 0 (LR, sklearn defaults), tier 1
+   (XGBoost) and tier 2 (the encoder) on the teacher's labels, once;
+2. the other rows are split ``--splits`` times at random into a calibration half and a test half that
+   calibration never sees; thresholds are calibrated on the first (target, delta; Clopper-Pearson) with
+   the teacher as the fallback tier, and measured on the second: per tier coverage, agreement with the
+   teacher, accuracy against gold, and whether every thresholded tier's agreement on the test half
+   stayed >= target (the guarantee, checked per tier and pooled over the thresholded tiers; a tier that
+   accepts few test rows makes the per-tier check noisy).
+
+The small LLM tier (3) is left out: scoring every pool row with it would dominate the run time.
+JSON goes to ``bench/results/distill-<timestamp>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from cascade import contract
+from cascade.calibrate import calibrate_cascade
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+CHEAP_TIERS = (contract.TIER_LOGREG, contract.TIER_XGBOOST)
+TEACHER_TIER = contract.TIER_LLM_LARGE
+
+
+def tier_probs(task, texts: list[str], train: np.ndarray, labels: np.ndarray, repo: Path, epochs: int, seed: int):
+    """Tiers 0-2 trained on ``labels[train]``, with their probabilities on every row of the pool."""
+    from cascade.export import encoder as enc
+    from cascade.export import tabular
+    from cascade.export.build import embed, ensure_embedder
+
+    ensure_embedder(repo)
+    emb = embed(repo, texts)
+    out, timings = {}, {}
+    t = time.perf_counter()
+    out[contract.TIER_LOGREG] = tabular.train_logreg(emb[train], labels[train]).predict_proba(emb)
+    timings["logreg_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    out[contract.TIER_XGBOOST] = tabular.train_xgboost(emb[train], labels[train], seed=seed).predict_proba(emb)
+    timings["xgboost_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    model = enc.train_encoder(
+        [texts[i] for i in train], labels[train].tolist(), task.n_labels, epochs=epochs, seed=seed, progress=False
+    )
+    out[contract.TIER_ENCODER] = enc.predict_proba(model, texts)
+    timings["encoder_s"] = time.perf_counter() - t
+    return out, timings
+
+
+def evaluate_splits(
+    probs: dict[int, np.ndarray],
+    teacher: np.ndarray,
+    gold: np.ndarray,
+    rest: np.ndarray,
+    splits: int,
+    target: float,
+    delta: float,
+    seed: int,
+) -> dict:
+    """Calibrate on half of ``rest``, measure on the other half, ``splits`` times."""
+    n_labels = next(iter(probs.values())).shape[1]
+    runs = []
+    rng = np.random.default_rng(seed)
+    for _ in range(splits):
+        order = rng.permutation(rest)
+        calib, test = order[: len(order) // 2], order[len(order) // 2 :]
+        tiers = {t: p[calib] for t, p in probs.items()}
+        tiers[TEACHER_TIER] = np.eye(n_labels)[teacher[calib]]  # the teacher agrees with itself
+        cal = calibrate_cascade(tiers, teacher[calib], target, delta)
+        pending = np.ones(len(test), bool)
+        answered = np.full(len(test), -1)
+        tier_of = np.full(len(test), -1)
+        for c in cal:
+            if not c.enabled:
+                continue
+            p = probs[c.tier][test] if c.tier != TEACHER_TIER else np.eye(n_labels)[teacher[test]]
+            take = pending & ((p.max(axis=1) >= c.threshold) if c.threshold is not None else True)
+            answered[take] = p[take].argmax(axis=1)
+            tier_of[take] = c.tier
+            pending &= ~take
+        per_tier = {}
+        held = True
+        for c in cal:
+            mask = tier_of == c.tier
+            agree = float((answered[mask] == teacher[test][mask]).mean()) if mask.any() else None
+            if c.enabled and c.threshold is not None and agree is not None and agree < target:
+                held = False
+            per_tier[contract.TIER_NAMES[c.tier]] = {
+                "enabled": c.enabled,
+                "threshold": c.threshold,
+                "share": float(mask.mean()),
+                "agreement": agree,
+                "gold_accuracy": float((answered[mask] == gold[test][mask]).mean()) if mask.any() else None,
+            }
+        cheap = np.isin(tier_of, CHEAP_TIERS)
+        thresholded = np.isin(tier_of, [c.tier for c in cal if c.enabled and c.threshold is not None])
+        pooled = float((answered[thresholded] == teacher[test][thresholded]).mean()) if thresholded.any() else None
+        runs.append(
+            {
+                "guarantee_held": held,
+                # all rows the thresholded tiers accepted, together (per tier, few accepted rows make noisy checks)
+                "pooled_agreement": pooled,
+                "pooled_held": pooled is None or pooled >= target,
+                "tiers": per_tier,
+                "cheap_share": float(cheap.mean()),
+                "cheap_agreement": float((answered[cheap] == teacher[test][cheap]).mean()) if cheap.any() else None,
+                "llm_share": float(np.isin(tier_of, list(contract.LLM_TIERS)).mean()),
+                "agreement": float((answered == teacher[test]).mean()),
+                "gold_accuracy": float((answered == gold[test]).mean()),
+            }
+        )
+    return {"splits": runs, "summary": summarize(runs)}
+
+
+def summarize(runs: list[dict]) -> dict:
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else None
+
+    tiers = {}
+    for name in runs[0]["tiers"]:
+        rows = [r["tiers"][name] for r in runs]
+        tiers[name] = {
+            "enabled_in": sum(r["enabled"] for r in rows),
+            "share": mean([r["share"] for r in rows]),
+            "agreement": mean([r["agreement"] for r in rows]),
+            "gold_accuracy": mean([r["gold_accuracy"] for r in rows]),
+        }
+    return {
+        "guarantee_held_in": sum(r["guarantee_held"] for r in runs),
+        "pooled_held_in": sum(r["pooled_held"] for r in runs),
+        "pooled_agreement": mean([r["pooled_agreement"] for r in runs]),
+        "splits": len(runs),
+        "cheap_share": mean([r["cheap_share"] for r in runs]),
+        "cheap_agreement": mean([r["cheap_agreement"] for r in runs]),
+        "llm_share": mean([r["llm_share"] for r in runs]),
+        "agreement": mean([r["agreement"] for r in runs]),
+        "gold_accuracy": mean([r["gold_accuracy"] for r in runs]),
+        "tiers": tiers,
+    }
+
+
+def run_task(task_name: str, args) -> dict:
+    import pandas as pd
+
+    from cascade.export.build import read_labelled
+    from cascade.tasks import load_split, load_task
+
+    task = load_task(task_name)
+    labelled = Path(args.work_dir) / task.name / "labelled.csv"
+    texts, teacher_labels, summary = read_labelled(labelled, task)
+    ids = pd.read_csv(labelled, keep_default_na=False)["id"].to_numpy()
+    _, gold_all = load_split(task, "train", args.data_dir)
+    gold = np.asarray(gold_all)[ids]
+    order = np.random.default_rng(args.seed).permutation(len(texts))
+    if len(order) < args.train + 200:
+        raise SystemExit(f"{labelled}: {len(order)} rows; need --train {args.train} + at least 200")
+    train, rest = order[: args.train], order[args.train :]
+    out = {
+        "task": task.name,
+        "teacher": summary.get("teacher"),
+        "pool_rows": len(texts),
+        "train_rows": len(train),
+        "calib_rows": len(rest) // 2,
+        "test_rows": len(rest) - len(rest) // 2,
+        "teacher_gold_agreement": float((teacher_labels == gold).mean()),
+        "results": {},
+    }
+    for name, reference in (("teacher", teacher_labels), ("gold_control", gold)):
+        start = time.perf_counter()
+        probs, timings = tier_probs(task, texts, train, reference, Path(args.repo), args.encoder_epochs, args.seed)
+        result = evaluate_splits(probs, reference, gold, rest, args.splits, args.target, args.delta, args.seed)
+        result["train_timings"] = timings
+        result["wall_s"] = time.perf_counter() - start
+        out["results"][name] = result
+        s = result["summary"]
+        print(
+            f"{task.name:8s} {name:12s} guarantee {s['guarantee_held_in']}/{s['splits']} per tier, "
+            f"{s['pooled_held_in']}/{s['splits']} pooled  tiers 0-1 answer "
+            f"{s['cheap_share']:.1%} at agreement {s['cheap_agreement'] or 0:.3f}  LLM share {s['llm_share']:.1%}  "
+            f"agreement {s['agreement']:.3f}  gold accuracy {s['gold_accuracy']:.3f}",
+            flush=True,
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cascade.bench_distill", description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["sst2", "ag_news"])
+    parser.add_argument("--splits", type=int, default=20)
+    parser.add_argument("--train", type=int, default=1000, help="pool rows the tiers learn from")
+    parser.add_argument("--target", type=float, default=0.95)
+    parser.add_argument("--delta", type=float, default=0.05)
+    parser.add_argument("--encoder-epochs", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work-dir", default=str(REPO_ROOT / "runs"))
+    parser.add_argument("--repo", default=str(REPO_ROOT / "model_repository" / "cpu"), help="for the embedder")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    result = {
+        "benchmark": "distill",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "target": args.target,
+        "delta": args.delta,
+        "splits": args.splits,
+        "tasks": [run_task(name, args) for name in args.tasks],
+    }
+    if not args.no_save:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        path = RESULTS_DIR / f"distill-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+        path.write_text(json.dumps(result, indent=2))
+        print(f"saved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
