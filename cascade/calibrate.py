@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import beta
+
+from cascade.errors import ConfigError
 
 
 def clopper_pearson_lower(successes: np.ndarray | int, trials: np.ndarray | int, delta: float) -> np.ndarray:
@@ -230,3 +232,63 @@ def plot_calibration(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+#: Per-row cost of each tier in milliseconds on the CPU profile (2 cores), for the budget mode: tier 0 pays
+#: the embedding (MiniLM ONNX ~240 rows/s), the encoder about the same, the LLM tiers their measured scoring
+#: time on SST-2 (README, "LLM tiers"). Override with measured figures of your deployment.
+DEFAULT_COST_MS = {0: 4.2, 1: 0.2, 2: 4.5, 3: 99.0, 4: 126.0}
+
+
+def expected_cost(calibration: list[TierCalibration], costs: dict[int, float]) -> float:
+    """Expected cost per row: every enabled tier costs ``costs[tier]`` for each row that reaches it."""
+    total = calibration[0].rows if calibration else 0
+    if not total:
+        return 0.0
+    return sum(costs[c.tier] * c.rows / total for c in calibration if c.enabled)
+
+
+def calibrate_for_budget(
+    tier_probs: dict[int, np.ndarray | Callable[[np.ndarray], np.ndarray]],
+    reference: np.ndarray,
+    budget: float,
+    delta: float,
+    costs: dict[int, float] | None = None,
+    min_coverage: float = 0.02,
+    targets: Sequence[float] = tuple(np.round(np.arange(0.99, 0.495, -0.01), 2)),
+    curves: dict[int, dict] | None = None,
+) -> tuple[float, list[TierCalibration]]:
+    """Budget mode: the highest agreement target (each tier's guarantee as in :func:`calibrate_cascade`)
+    whose cascade costs at most ``budget`` per row on the calibration rows. A higher target escalates
+    more rows, so this maximizes agreement subject to the expected cost. Expensive tiers score each
+    row at most once across all the targets tried."""
+    costs = DEFAULT_COST_MS if costs is None else costs
+    missing = [t for t in tier_probs if t not in costs]
+    if missing:
+        raise ConfigError(f"no cost given for tiers {missing}")
+    memo = {t: _memoized(p, len(reference)) if callable(p) else p for t, p in tier_probs.items()}
+    for target in targets:
+        trial: dict[int, dict] = {}
+        cal = calibrate_cascade(memo, reference, float(target), delta, min_coverage, curves=trial)
+        if expected_cost(cal, costs) <= budget:
+            if curves is not None:
+                curves.update(trial)
+            return float(target), cal
+    cheapest = calibrate_cascade(memo, reference, float(targets[-1]), delta, min_coverage)
+    raise ConfigError(
+        f"no target >= {targets[-1]} fits a budget of {budget} per row: the cheapest cascade costs "
+        f"{expected_cost(cheapest, costs):.1f} (its last tier answers every row that reaches it)"
+    )
+
+
+def _memoized(source: Callable[[np.ndarray], np.ndarray], n: int) -> Callable[[np.ndarray], np.ndarray]:
+    have: dict[int, np.ndarray] = {}
+
+    def probs(idx: np.ndarray) -> np.ndarray:
+        todo = np.array([i for i in idx if int(i) not in have], dtype=np.int64)
+        if todo.size:
+            for i, row in zip(todo, np.asarray(source(todo)), strict=True):
+                have[int(i)] = row
+        return np.array([have[int(i)] for i in idx]) if len(idx) else np.asarray(source(idx))
+
+    return probs

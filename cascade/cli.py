@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=float, default=None, help="agreement to guarantee (default: the task's)")
     p.add_argument("--delta", type=float, default=None, help="1 - confidence of the guarantee (default: the task's)")
     p.add_argument("--keep-all-tiers", action="store_true", help="keep tiers that miss the target (debugging)")
+    p.add_argument(
+        "--budget-ms", type=float, default=None, help="budget mode: the highest target whose expected ms/row fits"
+    )
     _add_work(p)
 
     p = sub.add_parser("export", help="write the trained, calibrated task into the model repository atomically")
@@ -240,7 +243,13 @@ def cmd_calibrate(args) -> int:
     from cascade.tasks import load_task
 
     calibrate_task(
-        load_task(args.task), args.repo, _stage(args), args.target, args.delta, keep_all_tiers=args.keep_all_tiers
+        load_task(args.task),
+        args.repo,
+        _stage(args),
+        args.target,
+        args.delta,
+        keep_all_tiers=args.keep_all_tiers,
+        budget_ms=args.budget_ms,
     )
     print(f"wrote {_stage(args) / 'calibration.json'} and calibration.png; next: cascade export")
     return 0

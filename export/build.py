@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from cascade import configgen, contract
-from cascade.calibrate import calibrate_cascade, plot_calibration, tier_mix
+from cascade.calibrate import (
+    DEFAULT_COST_MS,
+    calibrate_cascade,
+    calibrate_for_budget,
+    expected_cost,
+    plot_calibration,
+    tier_mix,
+)
 from cascade.errors import ConfigError
 from cascade.export.repository import RepositoryWriter
 from cascade.gate import GateConfig
@@ -288,6 +295,7 @@ def calibrate_task(
     delta: float | None = None,
     min_coverage: float = 0.02,
     keep_all_tiers: bool = False,
+    budget_ms: float | None = None,
 ) -> dict:
     """``cascade calibrate``: thresholds on the held-out rows (the LLM tiers score only the rows that reach
     them), the gate model into ``stage/models``, ``calibration.json`` and ``calibration.png``."""
@@ -307,9 +315,15 @@ def calibrate_task(
     for tier, prompt in prompts.items():
         calib_probs[tier] = llm_scorer_on(tier, prompt, c_texts)
     curves: dict[int, dict] = {}
-    calibration = calibrate_cascade(
-        calib_probs, c_y, target, delta, min_coverage, best_fallback=not keep_all_tiers, curves=curves
-    )
+    if budget_ms is not None:  # budget mode: the highest target whose expected cost fits
+        target, calibration = calibrate_for_budget(
+            calib_probs, c_y, budget_ms, delta, min_coverage=min_coverage, curves=curves
+        )
+        log(f"budget {budget_ms} ms/row: target {target} is the highest that fits")
+    else:
+        calibration = calibrate_cascade(
+            calib_probs, c_y, target, delta, min_coverage, best_fallback=not keep_all_tiers, curves=curves
+        )
     enabled = tuple(c.tier for c in calibration if c.enabled or keep_all_tiers)
     thresholds = {c.tier: (c.threshold if c.enabled else 1.0) for c in calibration if c.tier != enabled[-1]}
     thresholds = {t: v for t, v in thresholds.items() if t in enabled}
@@ -326,6 +340,8 @@ def calibrate_task(
         "calib_rows": state["calib_rows"],
         "target": target,
         "delta": delta,
+        "budget_ms": budget_ms,
+        "expected_cost_ms": expected_cost(calibration, DEFAULT_COST_MS),
         "calibration": [c.to_dict() for c in calibration],
         "gate": gate.to_parameters(),
         "timings": timings,
@@ -337,6 +353,8 @@ def calibrate_task(
         "delta": delta,
         "tiers": [c.to_dict() for c in calibration],
         "tier_mix": {contract.TIER_NAMES[t]: v for t, v in tier_mix(calibration).items()},
+        "budget_ms": budget_ms,
+        "expected_cost_ms": expected_cost(calibration, DEFAULT_COST_MS),
         "curves": {contract.TIER_NAMES[t]: curve for t, curve in curves.items()},
     }
     with RepositoryWriter(stage / MODELS_DIR) as writer:

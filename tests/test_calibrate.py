@@ -1,6 +1,7 @@
 """Clopper-Pearson threshold calibration."""
 
 import numpy as np
+import pytest
 from scipy.stats import binomtest
 
 from cascade.calibrate import calibrate_cascade, choose_threshold, clopper_pearson_lower
@@ -175,3 +176,23 @@ def test_resampled_splits_check_the_guarantee_on_unseen_rows():
     assert 0.1 < s["cheap_share"] < 0.6 and s["cheap_agreement"] >= 0.9
     assert abs(s["cheap_share"] + s["llm_share"] - 1) < 1e-9  # the teacher answers the rest
     assert s["tiers"]["llm_large"]["agreement"] == 1.0
+
+
+def test_budget_mode_picks_the_highest_target_that_fits():
+    from cascade.calibrate import DEFAULT_COST_MS, calibrate_for_budget, expected_cost
+    from cascade.errors import ConfigError
+
+    probs, reference, calls = hard_rows_case()
+    costs = {0: 1.0, 2: 5.0, 4: 100.0}
+    everything = expected_cost(calibrate_cascade(probs, reference, 0.99, 0.05), costs)
+    calls.clear()
+    target, cal = calibrate_for_budget(probs, reference, budget=everything - 1, delta=0.05, costs=costs)
+    assert sum(len(c) for c in calls) <= len(reference)  # across all targets tried, each row scored once
+    assert expected_cost(cal, costs) <= everything - 1 and target < 0.99
+    higher = calibrate_cascade(probs, reference, round(target + 0.01, 2), 0.05)
+    assert expected_cost(higher, costs) > everything - 1  # one step more agreement does not fit
+    with pytest.raises(ConfigError, match="fits a budget"):
+        calibrate_for_budget(probs, reference, budget=0.5, delta=0.05, costs=costs)
+    with pytest.raises(ConfigError, match="no cost given"):
+        calibrate_for_budget(probs, reference, budget=10, delta=0.05, costs={0: 1.0})
+    assert set(DEFAULT_COST_MS) == {0, 1, 2, 3, 4}

@@ -215,6 +215,9 @@ def test_the_cli_verbs_chain_label_train_calibrate_export(tmp_path, capsys):
     assert main(["export", *common, "--repo", repo]) == 2
     assert "not calibrated" in capsys.readouterr().err
     assert main(["calibrate", *common, "--repo", repo, "--target", "1.5"]) == 2
+    assert main(["calibrate", *common, "--repo", repo, "--budget-ms", "100"]) == 0  # budget mode
+    budget = json.loads((tmp_path / "runs" / "reviews" / "stage" / "calibration.json").read_text())
+    assert budget["budget_ms"] == 100 and budget["expected_cost_ms"] <= 100 and budget["target"] == 0.99
     assert main(["calibrate", *common, "--repo", repo, "--target", "0.8", "--delta", "0.1"]) == 0
     calibration = json.loads((tmp_path / "runs" / "reviews" / "stage" / "calibration.json").read_text())
     assert calibration["target"] == 0.8 and calibration["delta"] == 0.1
