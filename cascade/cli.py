@@ -168,11 +168,11 @@ def cmd_serve(args) -> int:
     )
 
 
-def cmd_build(args) -> int:
-    from cascade.export.build import BuildOptions, build_task
-    from cascade.tasks import load_task
+def _build_options(args):
+    """``cascade build`` and ``cascade train`` take the same training options."""
+    from cascade.export.build import BuildOptions
 
-    options = BuildOptions(
+    return BuildOptions(
         train_rows=args.train_rows,
         calib_rows=args.calib_rows,
         encoder_epochs=args.encoder_epochs,
@@ -181,6 +181,13 @@ def cmd_build(args) -> int:
         labels_file=str(args.labels) if args.labels else None,
         calib_fraction=args.calib_fraction,
     )
+
+
+def cmd_build(args) -> int:
+    from cascade.export.build import build_task
+    from cascade.tasks import load_task
+
+    options = _build_options(args)
     build_task(load_task(args.task), args.repo, options)
     return 0
 
@@ -218,18 +225,10 @@ def _stage(args) -> Path:
 
 
 def cmd_train(args) -> int:
-    from cascade.export.build import BuildOptions, train_task
+    from cascade.export.build import train_task
     from cascade.tasks import load_task
 
-    options = BuildOptions(
-        train_rows=args.train_rows,
-        calib_rows=args.calib_rows,
-        encoder_epochs=args.encoder_epochs,
-        seed=args.seed,
-        data_dir=args.data_dir,
-        labels_file=str(args.labels) if args.labels else None,
-        calib_fraction=args.calib_fraction,
-    )
+    options = _build_options(args)
     state = train_task(load_task(args.task), args.repo, _stage(args), options)
     print(
         f"trained on {state['train_rows']} rows ({state['reference']}); "

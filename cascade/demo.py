@@ -106,21 +106,16 @@ def print_calibration(report: dict) -> None:
 
 def build_with_teacher(task: TaskSpec, repo: Path, client, work_root: Path, sample: int, data_dir) -> dict:
     """label (the large tier, through ``client``'s server) -> train -> calibrate -> export -> load."""
-    from cascade.export.build import BuildOptions, calibrate_task, export_task, train_task
-    from cascade.export.distill import run_label, work_dir_of
+    from cascade.export.build import BuildOptions
+    from cascade.export.distill import run_label, teach_and_load
 
     labelled = run_label(task, work_root, sample=sample, url=client.url, data_dir=data_dir)
     console.print(
         f"teacher {labelled['teacher']}: {labelled['labelled_rows']} rows labelled in {labelled['teacher_s']:.1f} s "
         f"({labelled['cached_rows']} from the cache); labels {labelled['label_counts']}"
     )
-    start = time.perf_counter()
-    stage = work_dir_of(task.name, work_root) / "stage"
-    options = BuildOptions(labels_file=str(work_dir_of(task.name, work_root) / "labelled.csv"), data_dir=data_dir)
-    train_task(task, repo, stage, options)
-    report = calibrate_task(task, repo, stage)
-    client.load_models(export_task(task, repo, stage))
-    report["timings"]["train_calibrate_export_load_s"] = time.perf_counter() - start
+    report, _, seconds = teach_and_load(task, repo, work_root, client, BuildOptions(data_dir=data_dir))
+    report["timings"]["train_calibrate_export_load_s"] = seconds
     console.print(
         f"train + calibrate + export + load: {report['timings']['train_calibrate_export_load_s']:.1f} s "
         f"(the teacher's labelling not included)"
