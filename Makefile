@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 REPO ?= model_repository/cpu
 TASK ?= sst2
 
-.PHONY: setup demo test lint format build export serve bench bench-llm clean helm-lint
+.PHONY: setup demo test lint format build export serve bench bench-llm bench-table clean helm-lint
 
 setup: $(STAMP)
 
@@ -51,6 +51,12 @@ bench: setup
 # LLM scorers: accuracy (300 SST-2 + 300 AG News rows), ms/row at batch 1 and 16, peak RSS per model.
 bench-llm: setup
 	$(BIN)/python -m cascade.bench_llm
+
+# The table job against the large tier on every row (needs the tasks built: make demo / cascade build).
+# Writes ~3 GB of synthetic tables per task under bench/work/ (kept for reruns; delete at will).
+BENCH_TASKS ?= sst2 ag_news
+bench-table: setup
+	for task in $(BENCH_TASKS); do $(BIN)/cascade bench table --repo $(REPO) --task $$task || exit 1; done
 
 clean:
 	rm -rf $(REPO) .pytest_cache .ruff_cache

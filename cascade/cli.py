@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from cascade import contract
+from cascade.client.table import DEFAULT_BATCH_ROWS, DEFAULT_CHUNK_ROWS, DEFAULT_IN_FLIGHT, EMBEDDING_COLUMN
 from cascade.errors import CascadeError
 from cascade.export.distill import CREATE_TIERS
 from cascade.tasks import DEFAULT_DATA_DIR, REPO_ROOT
@@ -126,6 +127,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tier", default=None, help="answer at this tier or cheaper")
     p.add_argument("--min-tier", default=None, help="skip tiers cheaper than this")
 
+    p = sub.add_parser("filter", help="a whole table through a task (AI.IF): label, confidence, tier per row")
+    p.add_argument("table", type=Path, help="CSV or Parquet")
+    p.add_argument("--task", required=True, help="the task (gate model) to run")
+    p.add_argument("--out", type=Path, required=True, help="CSV or Parquet to write")
+    p.add_argument("--where", default=None, help="keep only rows with this label (WHERE AI.IF(...))")
+    p.add_argument("--column", default="text", help="text column (default: %(default)s)")
+    p.add_argument(
+        "--embedding-column",
+        default=EMBEDDING_COLUMN,
+        help="precomputed embeddings, sent as EMBEDDING when the table has this column (default: %(default)s)",
+    )
+    p.add_argument("--keep-embedding", action="store_true", help="copy the embedding column to the output")
+    p.add_argument("--prefix", default="", help="before the result columns' names (label -> PREFIXlabel)")
+    p.add_argument("--max-tier", default=None, help="answer at this tier or cheaper (e.g. xgboost: no LLM calls)")
+    p.add_argument("--min-tier", default=None, help="skip tiers cheaper than this")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_ROWS, help="rows per request (default: %(default)s)")
+    p.add_argument("--in-flight", type=int, default=DEFAULT_IN_FLIGHT, help="requests in flight (default: %(default)s)")
+    p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="rows per committed chunk")
+    p.add_argument("--restart", action="store_true", help="discard an unfinished job's chunks and start over")
+    p.add_argument("--llm-probe-rows", type=int, default=8, help="rows to time llm_large on for the cost estimate")
+    p.add_argument("--json", type=Path, default=None, help="also write the summary as JSON here")
+    p.add_argument("--url", default=f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}", help="gRPC endpoint of the server")
+
+    p = sub.add_parser("embed", help="add the server's embedding of each row to a table (resumable)")
+    p.add_argument("table", type=Path, help="CSV or Parquet")
+    p.add_argument("--out", type=Path, required=True, help="Parquet (or CSV) to write")
+    p.add_argument("--column", default="text", help="text column (default: %(default)s)")
+    p.add_argument("--embedding-column", default=EMBEDDING_COLUMN, help="the column to add (default: %(default)s)")
+    p.add_argument("--float16", action="store_true", help="store float16 (half the size; see README for accuracy)")
+    p.add_argument("--restart", action="store_true", help="discard an unfinished job's chunks and start over")
+    p.add_argument("--url", default=f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}", help="gRPC endpoint of the server")
+
+    p = sub.add_parser("make-table", help="a large synthetic table from an embedded one (throughput at scale)")
+    p.add_argument("--from", dest="source", type=Path, required=True, help="Parquet written by `cascade embed`")
+    p.add_argument("--rows", type=int, required=True)
+    p.add_argument("--out", type=Path, required=True, help="Parquet to write")
+    p.add_argument("--embedding-column", default=EMBEDDING_COLUMN)
+    p.add_argument("--noise", type=float, default=0.01, help="perturbation of repeated embeddings (relative norm)")
+    p.add_argument("--seed", type=int, default=0)
+
     p = sub.add_parser("demo", help="build the demo task if needed, serve it, classify labelled rows")
     _add_repo(p)
     _add_task(p)
@@ -139,10 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_work(p)
 
     p = sub.add_parser("bench", help="benchmarks; results go to bench/results/")
-    p.add_argument("which", choices=("gate",))
+    p.add_argument("which", choices=("gate", "table"))
     _add_repo(p)
     _add_task(p)
-    p.add_argument("--iterations", type=int, default=300)
+    p.add_argument("--iterations", type=int, default=300, help="gate: requests per case")
+    p.add_argument("--rows", type=int, default=1_000_000, help="table: rows of the synthetic table")
+    p.add_argument("--text-rows", type=int, default=10_000, help="table: rows classified from text")
+    p.add_argument("--llm-rows", type=int, default=300, help="table: rows sent to the large tier")
     return parser
 
 
@@ -322,6 +366,96 @@ def cmd_classify(args) -> int:
     return 0
 
 
+def _print_summary(summary) -> None:
+    from rich.console import Console
+
+    console = Console(stderr=False)
+    s = summary
+    console.print(
+        f"{s.job}: {s.rows:,} rows -> {s.out} in {s.wall_s:.1f} s ({s.rows_per_s:,.0f} rows/s"
+        + (f"; {s.resumed_chunks} chunk(s) resumed" if s.resumed_chunks else "")
+        + (f"; {s.retries} request(s) retried" if s.retries else "")
+        + ")"
+    )
+    if s.tiers:
+        mix = ", ".join(f"{name} {n:,} ({n / max(1, sum(s.tiers.values())):.1%})" for name, n in s.tiers.items())
+        console.print(f"answered by: {mix}" + (f"; LLM share {s.llm_share:.1%}" if s.llm_share is not None else ""))
+    if s.where is not None:
+        console.print(f"where label = {s.where!r}: {s.matching_rows:,} rows kept")
+    if s.error_rows:
+        console.print(
+            f"[yellow]{s.error_rows:,} row(s) could not be processed[/]"
+            + (f": see {s.errors_file}" if s.errors_file else " (null embedding in the output)")
+        )
+    cost = s.cost or {}
+    if "llm_large_s_per_row" in cost:
+        console.print(
+            f"cost: the large tier takes {cost['llm_large_s_per_row'] * 1000:.0f} ms/row (measured on "
+            f"{cost['measured_on']}); on every row it would take {cost['llm_every_row_s']:,.0f} s, "
+            f"{cost['speedup']:,.0f}x this job's {cost['cascade_s']:.1f} s"
+        )
+    elif cost:
+        console.print(f"cost: {cost['note']}")
+
+
+def _save_summary(summary, path: Path | None) -> None:
+    if path is not None:
+        path.write_text(json.dumps(summary.to_dict(), indent=2))
+
+
+def cmd_filter(args) -> int:
+    from cascade.client.table import FilterOptions, run_filter
+
+    options = FilterOptions(
+        task=args.task,
+        text_column=args.column,
+        embedding_column=args.embedding_column,
+        where=args.where,
+        max_tier=_tier_arg(args.max_tier),
+        min_tier=_tier_arg(args.min_tier),
+        chunk_rows=args.chunk_rows,
+        batch_rows=args.batch_size,
+        in_flight=args.in_flight,
+        keep_embedding=args.keep_embedding,
+        prefix=args.prefix,
+    )
+    summary = run_filter(
+        args.table, args.out, options, args.url, restart=args.restart, llm_probe_rows=args.llm_probe_rows
+    )
+    _print_summary(summary)
+    _save_summary(summary, args.json)
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from cascade.client.table import run_embed
+
+    summary = run_embed(
+        args.table,
+        args.out,
+        args.url,
+        text_column=args.column,
+        column=args.embedding_column,
+        float16=args.float16,
+        restart=args.restart,
+    )
+    _print_summary(summary)
+    return 0
+
+
+def cmd_make_table(args) -> int:
+    from cascade.client.table import make_table
+
+    result = make_table(
+        args.source, args.out, args.rows, column=args.embedding_column, noise=args.noise, seed=args.seed
+    )
+    print(
+        f"{result['rows']:,} rows from {result['source_rows']:,} source rows (noise {result['noise']}) "
+        f"-> {result['out']} in {result['seconds']:.1f} s"
+    )
+    return 0
+
+
 def cmd_demo(args) -> int:
     from cascade.demo import run_demo
     from cascade.tasks import load_task
@@ -351,6 +485,13 @@ def cmd_bench(args) -> int:
             f"task {task.name} is not built in {args.repo}, or was built from an older definition: "
             "run `cascade build` (or make demo)"
         )
+    if args.which == "table":
+        from cascade import bench_table
+
+        result = bench_table.bench_table(task, args.repo, args.rows, args.text_rows, args.llm_rows, args.data_dir)
+        bench_table.print_table(result)
+        print(f"saved {bench.save(result, f'table-{task.name}')}")
+        return 0
     result = bench.bench_gate(task, args.repo, args.iterations, args.data_dir)
     bench.print_gate(result)
     print(f"saved {bench.save(result, 'gate')}")
@@ -366,6 +507,9 @@ COMMANDS = {
     "export": cmd_export,
     "task": cmd_task,
     "classify": cmd_classify,
+    "filter": cmd_filter,
+    "embed": cmd_embed,
+    "make-table": cmd_make_table,
     "demo": cmd_demo,
     "bench": cmd_bench,
 }
@@ -381,7 +525,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cascade {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"cascade {args.command}: interrupted", file=sys.stderr)
+        hint = ""
+        if args.command in ("filter", "embed"):
+            hint = f"; finished chunks are kept in {args.out}.parts: rerun the same command to resume"
+        print(f"cascade {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
 
 

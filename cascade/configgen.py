@@ -133,6 +133,7 @@ def gate_spec(gate_parameters: dict[str, str], task: str, n_labels: int, instanc
         n_labels=n_labels,
         parameters=dict(gate_parameters),
         instance_count=instance_count,
+        max_batch_size=contract.GATE_MAX_BATCH_SIZE,
     )
 
 

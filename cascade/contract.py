@@ -73,6 +73,9 @@ NUMPY_DTYPES = {"FP32": np.float32, "INT32": np.int32, "BYTES": np.object_, "BOO
 TEXT = Tensor("TEXT", "BYTES", ())
 EMBEDDING = Tensor("EMBEDDING", "FP32", (EMBEDDING_DIM,))
 OPTIONAL_EMBEDDING = Tensor("EMBEDDING", "FP32", (EMBEDDING_DIM,), optional=True)
+#: The gate's TEXT may be left out when EMBEDDING is sent and ``max_tier`` keeps the rows on the embedding
+#: tiers (the paper's precomputed-embedding case: no text on the wire, tiers 0-1 never see it).
+OPTIONAL_TEXT = Tensor("TEXT", "BYTES", (), optional=True)
 PROBS = Tensor("PROBS", "FP32", (-1,))
 LABEL = Tensor("LABEL", "BYTES", ())
 CONFIDENCE = Tensor("CONFIDENCE", "FP32", ())
@@ -88,7 +91,7 @@ TRUNCATED = Tensor("TRUNCATED", "BOOL", ())
 EMBEDDER_SIGNATURE = ((TEXT,), (EMBEDDING,))
 EMBEDDING_TIER_SIGNATURE = ((EMBEDDING,), (PROBS,))
 TEXT_TIER_SIGNATURE = ((TEXT,), (PROBS,))
-GATE_SIGNATURE = ((TEXT, OPTIONAL_EMBEDDING), (LABEL, CONFIDENCE, TIER, PROBS))
+GATE_SIGNATURE = ((OPTIONAL_TEXT, OPTIONAL_EMBEDDING), (LABEL, CONFIDENCE, TIER, PROBS))
 LLM_SCORER_SIGNATURE = ((PROMPT, CANDIDATES), (PROBS, TRUNCATED))
 
 # --- request parameters of the gate --------------------------------------------------------------
@@ -110,12 +113,20 @@ CFG_ONNX_FILE = "onnx_file"
 CFG_TOKENIZER_DIR = "tokenizer_dir"
 CFG_NUM_THREADS = "num_threads"
 CFG_PROMPTS = "prompts"  # gate: {LLM tier name: prompt}
+#: gate: embedding tiers the gate runs in-process from the tier model's own ONNX file (no BLS hop; the
+#: tier model stays served for direct calls). Tier 0 over precomputed embeddings is the table job's hot path.
+CFG_INLINE_TIERS = "inline_tiers"
+#: The version folder the repository writer uses for every model (an inline tier's file is read from it).
+MODEL_VERSION = "1"
 CFG_LLM_MODEL = "llm_model"
 CFG_N_CTX = "n_ctx"
 CFG_CALIBRATE = "calibrate"
 
 # --- defaults ------------------------------------------------------------------------------------
 DEFAULT_MAX_BATCH_SIZE = 1024
+#: The gate takes bigger requests than its tiers (it calls them in chunks of their own limit): the table job
+#: sends 4,096 rows per request, which halves the per-request cost on both sides of the wire.
+GATE_MAX_BATCH_SIZE = 4096
 LLM_MAX_BATCH_SIZE = 64
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001

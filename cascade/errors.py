@@ -39,6 +39,10 @@ class ServerError(CascadeError):
     status = "UNAVAILABLE"
 
 
+class ServerUnavailable(ServerError):
+    """The server did not answer (connection refused or lost, deadline passed): worth retrying later."""
+
+
 def triton_error(pb_utils, exc: Exception, default_message: str | None = None):
     """The ``pb_utils.TritonError`` for ``exc`` (the Python backend passes its utils module in).
 

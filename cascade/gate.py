@@ -36,6 +36,8 @@ class GateConfig:
     #: LLM tier -> its prompt: {"instruction": "...", "template": "...{text}...", "verbalizations": [...],
     #: "few_shot": [[text, label index], ...], "calibrate": true|false (optional)}. One per enabled LLM tier.
     prompts: dict[int, dict] = field(default_factory=dict)
+    #: Embedding tiers run in-process by the gate (``contract.CFG_INLINE_TIERS``).
+    inline_tiers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.task:
@@ -66,6 +68,12 @@ class GateConfig:
         missing = [contract.TIER_NAMES[t] for t in self.tiers if t in contract.LLM_TIERS and t not in self.prompts]
         if missing:
             raise ConfigError(f"LLM tiers {missing} are enabled but gate parameter 'prompts' has no prompt for them")
+        bad = [contract.TIER_NAMES.get(t, t) for t in self.inline_tiers if t not in self.tiers]
+        bad += [
+            contract.TIER_NAMES[t] for t in self.inline_tiers if t in self.tiers and t not in contract.EMBEDDING_TIERS
+        ]
+        if bad:
+            raise ConfigError(f"gate parameter 'inline_tiers' may list enabled embedding tiers only, not {bad}")
         for tier, prompt in self.prompts.items():
             try:
                 check_prompt(prompt, len(self.labels))
@@ -77,18 +85,26 @@ class GateConfig:
         return any(t in contract.EMBEDDING_TIERS for t in self.tiers)
 
     def to_parameters(self) -> dict[str, str]:
-        return {
-            contract.CFG_TASK: self.task,
-            contract.CFG_LABELS: json.dumps(list(self.labels)),
-            contract.CFG_TIERS: json.dumps([contract.TIER_NAMES[t] for t in self.tiers]),
-            contract.CFG_THRESHOLDS: json.dumps(
-                {contract.TIER_NAMES[t]: v for t, v in sorted(self.thresholds.items())}
-            ),
-            contract.CFG_BLS_TIMEOUT_MS: str(self.bls_timeout_ms),
-        } | (
-            {contract.CFG_PROMPTS: json.dumps({contract.TIER_NAMES[t]: p for t, p in sorted(self.prompts.items())})}
-            if self.prompts
-            else {}
+        return (
+            {
+                contract.CFG_TASK: self.task,
+                contract.CFG_LABELS: json.dumps(list(self.labels)),
+                contract.CFG_TIERS: json.dumps([contract.TIER_NAMES[t] for t in self.tiers]),
+                contract.CFG_THRESHOLDS: json.dumps(
+                    {contract.TIER_NAMES[t]: v for t, v in sorted(self.thresholds.items())}
+                ),
+                contract.CFG_BLS_TIMEOUT_MS: str(self.bls_timeout_ms),
+            }
+            | (
+                {contract.CFG_PROMPTS: json.dumps({contract.TIER_NAMES[t]: p for t, p in sorted(self.prompts.items())})}
+                if self.prompts
+                else {}
+            )
+            | (
+                {contract.CFG_INLINE_TIERS: json.dumps([contract.TIER_NAMES[t] for t in self.inline_tiers])}
+                if self.inline_tiers
+                else {}
+            )
         )
 
     @classmethod
@@ -101,7 +117,7 @@ class GateConfig:
             contract.CFG_THRESHOLDS,
             contract.CFG_BLS_TIMEOUT_MS,
         }
-        unknown = set(params) - expected - {contract.CFG_PROMPTS}
+        unknown = set(params) - expected - {contract.CFG_PROMPTS, contract.CFG_INLINE_TIERS}
         if unknown:
             raise ConfigError(f"unknown gate parameters {sorted(unknown)}; expected {sorted(expected)}")
         missing = expected - set(params)
@@ -131,6 +147,8 @@ class GateConfig:
             if not isinstance(prompt, dict):
                 raise ConfigError(f"prompt of {name!r} must be a JSON object: {prompt!r}")
             prompts[_tier_from_name(name, ConfigError)] = prompt
+        inline = load(contract.CFG_INLINE_TIERS, list) if contract.CFG_INLINE_TIERS in params else []
+        inline = [_tier_from_name(name, ConfigError) for name in inline]
         try:
             timeout = int(params[contract.CFG_BLS_TIMEOUT_MS])
         except ValueError as exc:
@@ -142,6 +160,7 @@ class GateConfig:
             thresholds=thresholds,
             bls_timeout_ms=timeout,
             prompts=prompts,
+            inline_tiers=tuple(inline),
         )
 
 
@@ -229,6 +248,9 @@ class RequestOptions:
 # --- input decoding -------------------------------------------------------------------------------
 def decode_texts(raw: Sequence) -> list[str]:
     """UTF-8 decode and check a TEXT batch; cut each text to MAX_TEXT_CHARS characters."""
+    fast = _decode_joined(raw)
+    if fast is not None:
+        return fast
     texts = []
     for i, value in enumerate(raw):
         if isinstance(value, bytes | np.bytes_):
@@ -244,30 +266,74 @@ def decode_texts(raw: Sequence) -> list[str]:
     return texts
 
 
+def _decode_joined(raw: Sequence) -> list[str] | None:
+    """The common case in one pass: all rows are bytes, valid UTF-8, non-blank and short. ``None`` sends the
+    batch to the row-by-row path, which names the first bad row. Joining with an ASCII separator keeps
+    UTF-8 validity per row (a truncated sequence cannot swallow the separator)."""
+    if len(raw) == 0 or set(map(type, raw)) != {bytes}:
+        return None
+    joined = b"\x00".join(raw)
+    if joined.count(b"\x00") != len(raw) - 1:
+        return None  # a row holds NUL itself: split by position instead
+    try:
+        texts = joined.decode("utf-8").split("\x00")
+    except UnicodeDecodeError:
+        return None
+    if not all(map(str.strip, texts)) or max(map(len, texts)) > contract.MAX_TEXT_CHARS:
+        return None
+    return texts
+
+
+def check_text_free(options: RequestOptions, enabled: Sequence[int]) -> None:
+    """A request without TEXT must keep its rows on the embedding tiers."""
+    reachable = [t for t in enabled if options.min_tier <= t <= options.max_tier]
+    text_tiers = [contract.TIER_NAMES[t] for t in reachable if t not in contract.EMBEDDING_TIERS]
+    if text_tiers:
+        embedding_tiers = [contract.TIER_NAMES[t] for t in enabled if t in contract.EMBEDDING_TIERS]
+        raise InvalidInput(
+            f"TEXT is missing: send it, or send EMBEDDING with max_tier set so that only embedding tiers "
+            f"{embedding_tiers or '(none enabled)'} can answer (tiers {text_tiers} read text)"
+        )
+
+
 def check_embeddings(embeddings: np.ndarray, n_rows: int) -> np.ndarray:
     if embeddings.ndim != 2 or embeddings.shape[1] != contract.EMBEDDING_DIM:
         raise InvalidInput(f"EMBEDDING must have shape [n, {contract.EMBEDDING_DIM}], got {list(embeddings.shape)}")
     if embeddings.shape[0] != n_rows:
         raise InvalidInput(f"EMBEDDING has {embeddings.shape[0]} rows but TEXT has {n_rows}")
-    bad = ~np.isfinite(embeddings).all(axis=1)
-    if bad.any():
+    if not all_finite(embeddings):
+        bad = ~np.isfinite(embeddings).all(axis=1)
         raise InvalidInput(f"EMBEDDING row {int(np.argmax(bad))} holds NaN or Inf")
     return embeddings.astype(np.float32, copy=False)
 
 
+def all_finite(rows: np.ndarray) -> bool:
+    """Whether a [n, d] array holds no NaN or Inf, in one pass with no temporary of its size: a row sum is
+    finite whenever its values are (an overflowing sum of huge values falls back to the exact test)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(rows.sum(axis=1)).all():
+            return True
+    return bool(np.isfinite(rows).all())
+
+
 # --- the rows of one execute() ---------------------------------------------------------------------
 class RowBatch:
-    """Texts of all rows, embeddings where the client sent them, others computed once on demand."""
+    """Texts of all rows, embeddings where the client sent them, others computed once on demand.
+
+    ``texts`` may be ``None`` when every row came with an embedding and no text (see ``check_text_free``)."""
 
     def __init__(
         self,
-        texts: list[str],
+        texts: list[str] | None,
         embeddings: np.ndarray | None = None,
         have_embedding: np.ndarray | None = None,
         embed: Callable[[list[str]], np.ndarray] | None = None,
     ) -> None:
+        if texts is None and embeddings is None:
+            raise InvalidInput("a batch needs TEXT or EMBEDDING")
         self.texts = texts
-        n = len(texts)
+        n = len(texts) if texts is not None else len(embeddings)
+        self._n = n
         self._emb = embeddings if embeddings is not None else np.zeros((n, contract.EMBEDDING_DIM), np.float32)
         self._have = have_embedding if have_embedding is not None else np.zeros(n, bool)
         if embeddings is not None and have_embedding is None:
@@ -276,12 +342,16 @@ class RowBatch:
         self.embedded_rows = 0
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return self._n
 
     def text(self, rows: np.ndarray) -> list[str]:
+        if self.texts is None:
+            raise TierFailure("these rows came without TEXT")
         return [self.texts[i] for i in rows]
 
     def embedding(self, rows: np.ndarray) -> np.ndarray:
+        if rows.size == len(self) and self._have.all():  # rows are sorted and distinct: all of them
+            return self._emb
         missing = rows[~self._have[rows]]
         if missing.size:
             if self._embed is None:
@@ -340,7 +410,8 @@ def run_cascade(
 
     Rows of a tier below the threshold go on to the next tier; the last tier a row may use (the
     highest enabled tier <= its ``max_tier``) answers whatever reaches it. A tier that fails passes
-    its rows on; rows that no tier could answer get an error message.
+    its rows on; rows that no tier could answer get an error message. ``cancelled`` (a round trip to the
+    server) is asked before each tier that reads text, the costly ones, not before the embedding tiers.
     """
     n = len(batch)
     order = sorted(tiers, key=lambda t: t.tier)
@@ -357,11 +428,11 @@ def run_cascade(
     for tier in order:
         if not pending.any():
             break
-        if cancelled():
-            raise Cancelled("request cancelled by the client")
         rows = np.flatnonzero(pending & (min_tier <= tier.tier) & (tier.tier <= max_tier))
         if rows.size == 0:
             continue
+        if tier.tier not in contract.EMBEDDING_TIERS and cancelled():
+            raise Cancelled("request cancelled by the client")
         stat = TierStat(tier.tier, rows_in=int(rows.size))
         stats.append(stat)
         start = time.perf_counter()
@@ -386,8 +457,9 @@ def run_cascade(
         probs[chosen] = p[accept]
         answered_by[chosen] = tier.tier
         pending[chosen] = False
-        for i in chosen:
-            errors[i] = None
+        if any(s.failed for s in stats):  # rows a failed tier passed on are answered after all
+            for i in chosen:
+                errors[i] = None
         stat.answered = int(chosen.size)
     for i in np.flatnonzero(pending):
         if errors[i] is None:

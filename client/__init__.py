@@ -1,5 +1,5 @@
 """gRPC clients of the cascade (``from cascade.client import CascadeClient``)."""
 
-from cascade.client.grpc_client import AsyncCascadeClient, CascadeClient, Prediction
+from cascade.client.grpc_client import AsyncCascadeClient, BatchResult, CascadeClient, ModelStats, Prediction
 
-__all__ = ["AsyncCascadeClient", "CascadeClient", "Prediction"]
+__all__ = ["AsyncCascadeClient", "BatchResult", "CascadeClient", "ModelStats", "Prediction"]

@@ -11,7 +11,7 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from cascade import contract
-from cascade.errors import CascadeError, InvalidInput, ServerError, UnknownTask
+from cascade.errors import CascadeError, InvalidInput, ServerError, ServerUnavailable, UnknownTask
 
 DEFAULT_URL = f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}"
 
@@ -28,14 +28,24 @@ class Prediction:
         return contract.TIER_NAMES.get(self.tier, str(self.tier))
 
 
-def _inputs(module, texts: Sequence[str], embeddings: np.ndarray | None):
-    if len(texts) == 0:
-        raise InvalidInput("no texts to classify")
-    raw = np.array([t.encode("utf-8") if isinstance(t, str) else t for t in texts], dtype=np.object_)
-    raw = raw.reshape(-1, 1)  # TEXT is a per-row scalar: dims [1] after the batch dimension
-    text = module.InferInput(contract.TEXT.name, list(raw.shape), contract.TEXT.datatype)
-    text.set_data_from_numpy(raw)
-    inputs = [text]
+def _inputs(module, texts: Sequence[str] | np.ndarray | None, embeddings: np.ndarray | None):
+    """TEXT (and EMBEDDING when given); ``texts=None`` sends EMBEDDING alone (the gate then needs a
+    ``max_tier`` that keeps the rows on the embedding tiers)."""
+    inputs = []
+    if texts is None:
+        if embeddings is None or len(embeddings) == 0:
+            raise InvalidInput("no texts or embeddings to classify")
+    else:
+        if len(texts) == 0:
+            raise InvalidInput("no texts to classify")
+        if isinstance(texts, np.ndarray) and texts.dtype == np.object_:
+            raw = texts  # already bytes (the table job converts whole columns at once)
+        else:
+            raw = np.array([t.encode("utf-8") if isinstance(t, str) else t for t in texts], dtype=np.object_)
+        raw = raw.reshape(-1, 1)  # TEXT is a per-row scalar: dims [1] after the batch dimension
+        text = module.InferInput(contract.TEXT.name, list(raw.shape), contract.TEXT.datatype)
+        text.set_data_from_numpy(raw)
+        inputs.append(text)
     if embeddings is not None:
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
         tensor = module.InferInput(contract.EMBEDDING.name, list(emb.shape), contract.EMBEDDING.datatype)
@@ -78,13 +88,81 @@ def _predictions(result, return_probs: bool) -> list[Prediction]:
     ]
 
 
+@dataclass(frozen=True)
+class ModelStats:
+    """A model's server-side counters: rows, executions and the time spent in its ``execute``."""
+
+    rows: int = 0
+    executions: int = 0
+    compute_s: float = 0.0
+    queue_s: float = 0.0
+
+    @classmethod
+    def from_json(cls, stats: dict) -> ModelStats:
+        inference = stats.get("inference_stats", {})
+
+        def seconds(key: str) -> float:
+            return int(inference.get(key, {}).get("ns", 0)) / 1e9
+
+        return cls(
+            rows=int(stats.get("inference_count", 0)),
+            executions=int(stats.get("execution_count", 0)),
+            compute_s=seconds("compute_input") + seconds("compute_infer") + seconds("compute_output"),
+            queue_s=seconds("queue"),
+        )
+
+    def __sub__(self, other: ModelStats) -> ModelStats:
+        return ModelStats(
+            self.rows - other.rows,
+            self.executions - other.executions,
+            self.compute_s - other.compute_s,
+            self.queue_s - other.queue_s,
+        )
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """A batch's answers as arrays (the table job's form): no per-row Python objects."""
+
+    probs: np.ndarray  # [n, k] FP32 in the task's label order
+    tier: np.ndarray  # [n] INT32, the tier that answered
+
+    @property
+    def label_index(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probs.max(axis=1)
+
+
+#: What the array form asks for: LABEL and CONFIDENCE follow from PROBS, so the gate skips building them.
+_ARRAY_OUTPUTS = (contract.PROBS.name, contract.TIER.name)
+
+
+def _batch_result(result) -> BatchResult:
+    return BatchResult(probs=result.as_numpy(contract.PROBS.name), tier=result.as_numpy(contract.TIER.name).reshape(-1))
+
+
+def _gate_config(config: dict, task: str):
+    from cascade.gate import GateConfig
+
+    params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+    if contract.CFG_LABELS not in params:
+        raise UnknownTask(f"model {task!r} is not a task gate (no {contract.CFG_LABELS!r} parameter)")
+    return GateConfig.from_parameters(params)
+
+
 def translate(exc: InferenceServerException, task: str) -> CascadeError:
     """Map a Triton error to the project's error kinds."""
     message = exc.message() or str(exc)
     if "unknown model" in message or "is not found" in message:
         return UnknownTask(f"unknown task {task!r}: the server does not serve it ({message})")
-    if "INVALID_ARG" in str(exc.status()) or "StatusCode.INVALID_ARGUMENT" in str(exc.status()):
+    status = str(exc.status())
+    if "INVALID_ARG" in status:
         return InvalidInput(message)
+    if status in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED") and "unanswered" not in message:
+        return ServerUnavailable(f"{task}: {message} (status {status})")
     return ServerError(f"{task}: {message} (status {exc.status()})")
 
 
@@ -117,6 +195,40 @@ class CascadeClient:
         except InferenceServerException as exc:
             raise translate(exc, task) from exc
         return _predictions(result, return_probs)
+
+    def classify_arrays(
+        self,
+        task: str,
+        texts: Sequence[str] | np.ndarray | None,
+        embeddings: np.ndarray | None = None,
+        *,
+        max_tier: int | str | None = None,
+        min_tier: int | str | None = None,
+    ) -> BatchResult:
+        """Like :meth:`classify`, answers as arrays; labels are ``self.labels(task)[result.label_index]``."""
+        try:
+            result = self._client.infer(
+                contract.gate_model_name(task),
+                _inputs(grpcclient, texts, embeddings),
+                outputs=[grpcclient.InferRequestedOutput(n) for n in _ARRAY_OUTPUTS],
+                parameters=_parameters(max_tier, min_tier, False),
+                client_timeout=self.timeout_s,
+            )
+        except InferenceServerException as exc:
+            raise translate(exc, task) from exc
+        return _batch_result(result)
+
+    def labels(self, task: str) -> list[str]:
+        """The task's labels, in the order of PROBS."""
+        return list(self.gate_config(task).labels)
+
+    def gate_config(self, task: str):
+        """The task gate's configuration (labels, enabled tiers, thresholds), parsed as the gate parses it."""
+        try:
+            config = self._client.get_model_config(contract.gate_model_name(task), as_json=True)["config"]
+        except InferenceServerException as exc:
+            raise translate(exc, task) from exc
+        return _gate_config(config, task)
 
     def infer(self, model: str, inputs, outputs=None, parameters=None):
         """A raw call of any model (tier models, the embedder), for benchmarks and tests."""
@@ -176,6 +288,14 @@ class CascadeClient:
         except InferenceServerException:
             return False
 
+    def model_stats(self) -> dict[str, ModelStats]:
+        """Per model, what the server counted since it started (``/v2/models/stats``)."""
+        try:
+            raw = self._client.get_inference_statistics(as_json=True)
+        except InferenceServerException as exc:
+            raise translate(exc, "statistics") from exc
+        return {m["name"]: ModelStats.from_json(m) for m in raw.get("model_stats", [])}
+
     def close(self) -> None:
         self._client.close()
 
@@ -215,6 +335,48 @@ class AsyncCascadeClient:
         except InferenceServerException as exc:
             raise translate(exc, task) from exc
         return _predictions(result, return_probs)
+
+    async def classify_arrays(
+        self,
+        task: str,
+        texts: Sequence[str] | np.ndarray | None,
+        embeddings: np.ndarray | None = None,
+        *,
+        max_tier: int | str | None = None,
+        min_tier: int | str | None = None,
+    ) -> BatchResult:
+        try:
+            result = await self._client.infer(
+                contract.gate_model_name(task),
+                _inputs(aioclient, texts, embeddings),
+                outputs=[aioclient.InferRequestedOutput(n) for n in _ARRAY_OUTPUTS],
+                parameters=_parameters(max_tier, min_tier, False),
+                client_timeout=self.timeout_s,
+            )
+        except InferenceServerException as exc:
+            raise translate(exc, task) from exc
+        return _batch_result(result)
+
+    async def labels(self, task: str) -> list[str]:
+        try:
+            config = (await self._client.get_model_config(contract.gate_model_name(task), as_json=True))["config"]
+        except InferenceServerException as exc:
+            raise translate(exc, task) from exc
+        return list(_gate_config(config, task).labels)
+
+    async def infer(self, model: str, inputs, outputs=None, parameters=None):
+        try:
+            return await self._client.infer(
+                model, inputs, outputs=outputs, parameters=parameters, client_timeout=self.timeout_s
+            )
+        except InferenceServerException as exc:
+            raise translate(exc, model) from exc
+
+    async def is_ready(self) -> bool:
+        try:
+            return await self._client.is_server_ready()
+        except InferenceServerException:
+            return False
 
     async def close(self) -> None:
         await self._client.close()

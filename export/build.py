@@ -333,6 +333,7 @@ def calibrate_task(
         tiers=enabled,
         thresholds=thresholds,
         prompts={t: p for t, p in prompts.items() if t in enabled},
+        inline_tiers=tuple(t for t in enabled if t in contract.EMBEDDING_TIERS),
     )
     timings = dict(state["timings"], calibrate_s=time.perf_counter() - t)
     reference = state["reference"]

@@ -20,7 +20,7 @@ from cascade.configgen import (
 from cascade.tasks import REPO_ROOT
 
 BACKENDS_DIR = REPO_ROOT / "python_backends"
-VERSION = "1"
+VERSION = contract.MODEL_VERSION
 
 
 class RepositoryWriter:

@@ -109,12 +109,19 @@ def test_tier_returning_bad_shape_is_a_failure():
     assert "shape" in result.stats[0].error
 
 
-def test_cancellation_between_tiers():
-    t0 = FixedTier(0, p(0.6))
-    t1 = FixedTier(1, p(0.9))
-    batch = RowBatch(["x"])
+def test_cancellation_is_checked_before_text_tiers_only():
+    t0, t1, t2 = FixedTier(0, p(0.6)), FixedTier(1, p(0.6)), FixedTier(2, p(0.9))
+    asked = []
+
+    def cancelled():
+        asked.append(True)
+        return True
+
     with pytest.raises(Cancelled):
-        run_cascade(batch, [t0, t1], {0: 0.9}, 2, np.zeros(1), np.full(1, 4), cancelled=lambda: True)
+        run_cascade(RowBatch(["x"]), [t0, t1, t2], {0: 0.9, 1: 0.9}, 2, np.zeros(1), np.full(1, 4), cancelled)
+    # The embedding tiers ran (sub-millisecond, no round trip to ask); the encoder did not.
+    assert t0.seen == [0] and t1.seen == [0] and t2.seen is None
+    assert len(asked) == 1
 
 
 def test_row_batch_embeds_only_missing_rows_once():
@@ -242,6 +249,26 @@ def test_decode_texts_checks_and_truncates():
         decode_texts([b"ok", b"   "])
     with pytest.raises(InvalidInput, match=r"TEXT\[0\] is not valid UTF-8"):
         decode_texts([b"\xff\xfe bad"])
+
+
+@pytest.mark.parametrize(
+    "raw, error",
+    [
+        ([b"caf\xc3\xa9", b"ok\xc3"], r"TEXT\[1\] is not valid UTF-8"),  # a cut sequence before the separator
+        ([b"ok", b"\xa9ok"], r"TEXT\[1\] is not valid UTF-8"),  # a stray continuation byte after it
+        ([b"ok", b"", b"x"], r"TEXT\[1\] is empty"),
+    ],
+)
+def test_decode_texts_joined_path_names_the_bad_row(raw, error):
+    with pytest.raises(InvalidInput, match=error):
+        decode_texts(raw)
+
+
+def test_decode_texts_keeps_rows_apart():
+    rows = [b"caf\xc3\xa9", b"a\x00b", b"plain", "a str row"]
+    assert decode_texts(rows) == ["café", "a\x00b", "plain", "a str row"]
+    assert decode_texts([b"one", b"two"]) == ["one", "two"]
+    assert decode_texts(np.array([b"x" * 9000, b"y"], dtype=np.object_)) == ["x" * contract.MAX_TEXT_CHARS, "y"]
 
 
 def test_check_embeddings():

