@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 REPO ?= model_repository/cpu
 TASK ?= sst2
 
-.PHONY: setup demo test lint format build export serve bench bench-llm bench-table clean helm-lint
+.PHONY: setup demo test lint format build export serve bench bench-llm bench-table loadtest clean helm-lint
 
 setup: $(STAMP)
 
@@ -57,6 +57,10 @@ bench-llm: setup
 BENCH_TASKS ?= sst2 ag_news
 bench-table: setup
 	for task in $(BENCH_TASKS); do $(BIN)/cascade bench table --repo $(REPO) --task $$task || exit 1; done
+
+# Every Locust scenario against its latency budgets (cascade/loadtest.py); non-zero exit on a breach.
+loadtest: setup
+	$(BIN)/cascade loadtest all --repo $(REPO) --task $(TASK)
 
 clean:
 	rm -rf $(REPO) .pytest_cache .ruff_cache

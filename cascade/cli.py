@@ -167,6 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=float, default=0.01, help="perturbation of repeated embeddings (relative norm)")
     p.add_argument("--seed", type=int, default=0)
 
+    p = sub.add_parser("loadtest", help="Locust scenarios against latency budgets (starts a server without --url)")
+    p.add_argument("scenarios", nargs="+", help="scenario names, or all (see cascade/loadtest.py)")
+    _add_repo(p)
+    _add_task(p)
+    p.add_argument("--url", default=None, help="a running server's gRPC endpoint (default: start one on --repo)")
+    p.add_argument("--duration", type=int, default=30, help="seconds per scenario (step: its own steps)")
+    p.add_argument("--users", type=int, default=None, help="override the scenario's user count")
+    p.add_argument("--budget-scale", type=float, default=1.0, help="multiply the latency budgets (e.g. 10 in CI)")
+    p.add_argument("--find-max", action="store_true", help="climb each scenario's steps: highest rps within budget")
+
     p = sub.add_parser("demo", help="build the demo task if needed, serve it, classify labelled rows")
     _add_repo(p)
     _add_task(p)
@@ -456,6 +466,29 @@ def cmd_make_table(args) -> int:
     return 0
 
 
+def cmd_loadtest(args) -> int:
+    from cascade import bench, loadtest
+    from cascade.tasks import load_task
+
+    names = list(loadtest.SCENARIOS) if args.scenarios == ["all"] else args.scenarios
+    for name in names:
+        loadtest.scenario(name)  # an unknown name fails before a server starts
+    results = loadtest.run_scenarios(
+        names,
+        load_task(args.task),
+        args.repo,
+        args.url,
+        args.duration,
+        args.users,
+        args.budget_scale,
+        args.data_dir,
+        find_max=args.find_max,
+    )
+    loadtest.print_results(results)
+    print(f"saved {bench.save({'benchmark': 'loadtest', 'task': args.task, 'results': results}, 'loadtest')}")
+    return 1 if any(r["breaches"] for r in results) else 0
+
+
 def cmd_demo(args) -> int:
     from cascade.demo import run_demo
     from cascade.tasks import load_task
@@ -510,6 +543,7 @@ COMMANDS = {
     "filter": cmd_filter,
     "embed": cmd_embed,
     "make-table": cmd_make_table,
+    "loadtest": cmd_loadtest,
     "demo": cmd_demo,
     "bench": cmd_bench,
 }

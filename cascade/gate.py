@@ -379,6 +379,8 @@ class TierStat:
     failed: bool = False
     seconds: float = 0.0
     error: str | None = None
+    #: Top-class probability of each row the tier scored (for the confidence histogram).
+    confidence: np.ndarray | None = None
 
 
 @dataclass
@@ -451,6 +453,7 @@ def run_cascade(
             continue
         stat.seconds = time.perf_counter() - start
         conf = p.max(axis=1)
+        stat.confidence = conf
         threshold = thresholds.get(tier.tier, math.inf)
         accept = (conf >= threshold) | (final[rows] <= tier.tier)
         chosen = rows[accept]

@@ -50,6 +50,7 @@ MODEL_CONTROL_MODES = ("none", "explicit")
 ERROR_TAIL_LINES = 40
 #: Flags that quiet a CPU-only host (pinned memory needs the CUDA driver; GPU metrics need NVML/DCGM).
 CPU_ONLY_FLAGS = ("--pinned-memory-pool-byte-size=0", "--allow-gpu-metrics=false")
+METRICS_SUMMARY = "summary_latencies=true"
 #: Error lines every CPU-only start logs; left out of the error summary of a :class:`ServerError`.
 _BENIGN_ERRORS = ("CudaDriverHelper has not been initialized",)
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -284,6 +285,8 @@ def server_command(
         for flag_value in CPU_ONLY_FLAGS:
             flag, value = flag_value.split("=", 1)
             cmd += optional(flag, value)
+    # p50/p90/p95/p99 latency summaries (nv_inference_request_summary_us etc.) for the Grafana dashboard.
+    cmd += optional("--metrics-config", METRICS_SUMMARY)
     cmd.append(f"--log-verbose={int(opts.log_verbose)}")
     cmd += [str(arg) for arg in opts.extra_args]
     return cmd

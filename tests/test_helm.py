@@ -10,6 +10,7 @@ real ``tritonserver`` (the nvidia-pytriton wheel's) against an empty repository.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ import yaml
 from cascade.contract import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
 from cascade.launcher import (
     CPU_ONLY_FLAGS,
+    METRICS_SUMMARY,
     ServerOptions,
     find_tritonserver,
     free_ports,
@@ -350,7 +352,8 @@ def launcher_args(vals: dict) -> list[str]:
         gpu=vals["profile"] == "gpu",
     )
     cmd = server_command(opts, Path("/opt/tritonserver/bin/tritonserver"), supported=None)
-    args = [a for a in cmd[1:] if not a.startswith("--backend-directory=")]
+    # --metrics-config comes from the chart's server.metrics.config (checked on its own below).
+    args = [a for a in cmd[1:] if not a.startswith(("--backend-directory=", "--metrics-config="))]
     assert args[0].startswith("--model-repository=")
     args[0] = f"--model-repository={repository_path(vals)}"
     return args
@@ -364,6 +367,7 @@ def test_server_args_match_launcher_and_profile(name):
     args = container["args"]
     expected = launcher_args(vals)
     assert args[: len(expected)] == expected
+    assert f"--metrics-config={METRICS_SUMMARY}" in args  # the latency summaries the dashboard reads
     assert f"--model-repository={repository_path(vals)}" in args
     resources = container["resources"]
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
@@ -694,3 +698,17 @@ def test_cpu_values_with_zero_gpus_render():
     """gpu.count is the gpu profile's business: the cpu profile renders whatever it says."""
     proc = template(VALUE_SETS["cpu"], sets=("gpu.count=0",))
     assert proc.returncode == 0, proc.stderr
+
+
+def test_grafana_dashboard_configmap_carries_the_dashboard_file():
+    proc = template(sets=("grafanaDashboard.enabled=true",))
+    assert proc.returncode == 0, proc.stderr
+    (config_map,) = [
+        d
+        for d in yaml.safe_load_all(proc.stdout)
+        if d and d["kind"] == "ConfigMap" and "dashboard" in d["metadata"]["name"]
+    ]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"]["triton-cascade.json"])
+    assert dashboard == json.loads((CHART / "dashboards" / "cascade.json").read_text())
+    assert not [d for d in rendered("default") if d["kind"] == "ConfigMap" and "dashboard" in d["metadata"]["name"]]

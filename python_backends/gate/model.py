@@ -1,6 +1,7 @@
 """Triton glue for the gate (the public ``<task>`` model): BLS calls to the tiers, logic in cascade.gate."""
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from cascade.gate import (
     prompt_template,
     run_cascade,
 )
+from cascade.metrics import FLUSH_INTERVAL_S, MetricsBuffer, families
 from cascade.runtime import OnnxRunner
 
 TEXT, EMBEDDING, PROBS = contract.TEXT.name, contract.EMBEDDING.name, contract.PROBS.name
@@ -93,6 +95,40 @@ class TritonPythonModel:
         self.timeout_us = self.config.bls_timeout_ms * 1000
         repository = Path(args["model_repository"]).parent
         self.tiers = [self._tier(repository, tier) for tier in self.config.tiers]
+        self.metrics = MetricsBuffer(self.config.task)
+        self.families = {
+            f.name: pb_utils.MetricFamily(name=f.name, description=f.description, kind=pb_utils.MetricFamily.COUNTER)
+            for f in families()
+        }
+        self.counters = {}
+        # Buffered increments are flushed once a second by this thread (never per request).
+        self.metrics_lock = threading.Lock()
+        self.metrics.touch(self.config.tiers)
+        self.flush_metrics()
+        self.stopping = threading.Event()
+        self.flusher = threading.Thread(target=self._flush_loop, name="metrics-flush", daemon=True)
+        self.flusher.start()
+
+    def _flush_loop(self) -> None:
+        while not self.stopping.wait(FLUSH_INTERVAL_S):
+            if self.metrics.due():
+                self.flush_metrics()
+
+    def flush_metrics(self) -> None:
+        """Apply the buffered increments (each metric call is a round trip: at most once a second)."""
+        with self.metrics_lock:
+            drained = self.metrics.drain()
+        for name, labels, value in drained:
+            key = (name, tuple(sorted(labels.items())))
+            counter = self.counters.get(key)
+            if counter is None:
+                counter = self.counters[key] = self.families[name].Metric(labels=labels)
+            counter.increment(value)
+
+    def finalize(self):
+        self.stopping.set()
+        self.flusher.join(timeout=5)
+        self.flush_metrics()
 
     def _tier(self, repository: Path, tier: int):
         if tier in self.config.inline_tiers:
@@ -199,6 +235,8 @@ class TritonPythonModel:
         for stat in result.stats:
             if stat.failed:
                 pb_utils.Logger.log_warn(f"{self.config.task}: tier {stat.tier} failed: {stat.error}")
+        with self.metrics_lock:
+            self.metrics.add(result)
 
         start = 0
         for i, n, _, _, _, wanted in parsed:
