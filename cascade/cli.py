@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=int, default=contract.DEFAULT_GRPC_PORT)
     p.add_argument("--metrics-port", type=int, default=contract.DEFAULT_METRICS_PORT)
     p.add_argument("--model-control-mode", choices=("none", "explicit"), default="none")
+    p.add_argument("--tls-cert", type=Path, default=None, help="gRPC over TLS: the server certificate (PEM)")
+    p.add_argument("--tls-key", type=Path, default=None, help="gRPC over TLS: its private key (PEM)")
     p.add_argument("--log-verbose", type=int, default=0)
 
     p = sub.add_parser("build", help="train, calibrate and export a task into the model repository")
@@ -176,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=None, help="override the scenario's user count")
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiply the latency budgets (e.g. 10 in CI)")
     p.add_argument("--find-max", action="store_true", help="climb each scenario's steps: highest rps within budget")
+    p.add_argument("--results-dir", type=Path, default=None, help="where the JSON goes (default: bench/results)")
 
     p = sub.add_parser("demo", help="build the demo task if needed, serve it, classify labelled rows")
     _add_repo(p)
@@ -218,6 +221,9 @@ def cmd_serve(args) -> int:
             metrics_port=args.metrics_port,
             model_control_mode=args.model_control_mode,
             log_verbose=args.log_verbose,
+            admin_key=os.environ.get(contract.ADMIN_KEY_ENV) or None,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
         )
     )
 
@@ -482,10 +488,12 @@ def cmd_loadtest(args) -> int:
         args.users,
         args.budget_scale,
         args.data_dir,
+        work=args.results_dir / "work" if args.results_dir else None,
         find_max=args.find_max,
     )
     loadtest.print_results(results)
-    print(f"saved {bench.save({'benchmark': 'loadtest', 'task': args.task, 'results': results}, 'loadtest')}")
+    summary = {"benchmark": "loadtest", "task": args.task, "results": results}
+    print(f"saved {bench.save(summary, 'loadtest', args.results_dir or bench.RESULTS_DIR)}")
     return 1 if any(r["breaches"] for r in results) else 0
 
 

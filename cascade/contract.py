@@ -122,6 +122,19 @@ CFG_LLM_MODEL = "llm_model"
 CFG_N_CTX = "n_ctx"
 CFG_CALIBRATE = "calibrate"
 
+# --- admin APIs ----------------------------------------------------------------------------------
+#: With a key in this variable, ``cascade serve`` restricts the admin protocols (model load/unload and the
+#: repository index, trace, logging) to requests that carry it in ADMIN_HEADER; inference stays open.
+ADMIN_KEY_ENV = "CASCADE_ADMIN_KEY"
+#: The header (gRPC metadata) that carries the key; the Helm chart's ``restrictedProtocols.headerKey``.
+ADMIN_HEADER = "triton-admin-key"
+#: Over gRPC, Triton expects the restricted header with this prefix (HTTP takes ADMIN_HEADER as it is).
+GRPC_ADMIN_HEADER = "triton-grpc-protocol-" + ADMIN_HEADER
+RESTRICTED_PROTOCOLS = ("model-repository", "trace", "logging")
+#: A CA certificate (PEM) in this variable makes every client of the project (the CLI, the table jobs,
+#: the Locust users) speak gRPC over TLS and trust that CA.
+GRPC_CA_ENV = "CASCADE_GRPC_CA"
+
 # --- defaults ------------------------------------------------------------------------------------
 DEFAULT_MAX_BATCH_SIZE = 1024
 #: The gate takes bigger requests than its tiers (it calls them in chunks of their own limit): the table job

@@ -27,6 +27,12 @@ class UnknownTask(CascadeError):
     status = "NOT_FOUND"
 
 
+class Forbidden(CascadeError):
+    """An admin call without the server's admin key (a restricted protocol)."""
+
+    status = "UNAVAILABLE"  # what Triton answers for a restricted protocol
+
+
 class TierFailure(CascadeError):
     """A tier model failed or timed out; the gate escalates its rows past it."""
 

@@ -38,7 +38,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TextIO
 
-from cascade.contract import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
+from cascade.contract import (
+    ADMIN_HEADER,
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_METRICS_PORT,
+    RESTRICTED_PROTOCOLS,
+)
 from cascade.errors import InvalidInput, ServerError
 
 #: Environment variable naming the ``tritonserver`` binary to use.
@@ -206,6 +212,12 @@ class ServerOptions:
     gpu: bool | None = None
     #: ``None``: :func:`backend_dir_for` the binary.
     backend_directory: Path | None = None
+    #: Restrict the admin protocols (``contract.RESTRICTED_PROTOCOLS``) to requests carrying this key in
+    #: ``contract.ADMIN_HEADER``; inference, health and metadata stay open. ``None``: nothing restricted.
+    admin_key: str | None = None
+    #: TLS for gRPC: the server's certificate and private key (PEM); ``None``: plain gRPC.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     def __post_init__(self) -> None:
         self.repository = Path(self.repository).expanduser().absolute()
@@ -227,6 +239,16 @@ class ServerOptions:
                 raise InvalidInput(f"{name} must be in 1..65535, got {port}")
         if self.gpu is None:
             self.gpu = has_gpu()
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidInput("TLS needs both a certificate and its key")
+        for name in ("tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None:
+                setattr(self, name, Path(path).expanduser().absolute())
+                if not getattr(self, name).is_file():
+                    raise InvalidInput(f"{name.replace('_', ' ')} {path} not found")
+        if self.admin_key is not None and (not self.admin_key or any(c in self.admin_key for c in " ,:=")):
+            raise InvalidInput("admin key must be non-empty, without spaces, commas, colons or '='")
 
     @property
     def connect_host(self) -> str:
@@ -285,6 +307,12 @@ def server_command(
         for flag_value in CPU_ONLY_FLAGS:
             flag, value = flag_value.split("=", 1)
             cmd += optional(flag, value)
+    if opts.tls_cert is not None:
+        cmd += ["--grpc-use-ssl=true", f"--grpc-server-cert={opts.tls_cert}", f"--grpc-server-key={opts.tls_key}"]
+    if opts.admin_key:
+        restriction = f"{','.join(RESTRICTED_PROTOCOLS)}:{ADMIN_HEADER}={opts.admin_key}"
+        cmd += optional("--grpc-restricted-protocol", restriction)
+        cmd += optional("--http-restricted-api", restriction)
     # p50/p90/p95/p99 latency summaries (nv_inference_request_summary_us etc.) for the Grafana dashboard.
     cmd += optional("--metrics-config", METRICS_SUMMARY)
     cmd.append(f"--log-verbose={int(opts.log_verbose)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from cascade import contract
-from cascade.errors import CascadeError, InvalidInput, ServerError, ServerUnavailable, UnknownTask
+from cascade.errors import CascadeError, Forbidden, InvalidInput, ServerError, ServerUnavailable, UnknownTask
 
 DEFAULT_URL = f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}"
 
@@ -59,6 +60,14 @@ def _outputs(module, return_probs: bool):
     if return_probs:
         names.append(contract.PROBS.name)
     return [module.InferRequestedOutput(n) for n in names]
+
+
+def _tls(kwargs: dict) -> dict:
+    """``ssl`` and ``root_certificates`` from ``$CASCADE_GRPC_CA`` unless the caller chose."""
+    ca = os.environ.get(contract.GRPC_CA_ENV)
+    if ca and "ssl" not in kwargs:
+        return {"ssl": True, "root_certificates": ca, **kwargs}
+    return kwargs
 
 
 def _parameters(max_tier, min_tier, return_probs: bool) -> dict | None:
@@ -159,6 +168,8 @@ def translate(exc: InferenceServerException, task: str) -> CascadeError:
     if "unknown model" in message or "is not found" in message:
         return UnknownTask(f"unknown task {task!r}: the server does not serve it ({message})")
     status = str(exc.status())
+    if "protocol is restricted" in message:
+        return Forbidden(f"{task}: {message} (set ${contract.ADMIN_KEY_ENV} to the server's admin key)")
     if "INVALID_ARG" in status:
         return InvalidInput(message)
     if status in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED") and "unanswered" not in message:
@@ -167,12 +178,18 @@ def translate(exc: InferenceServerException, task: str) -> CascadeError:
 
 
 class CascadeClient:
-    """Blocking client: ``CascadeClient(url).classify("sst2", ["great film"])``."""
+    """Blocking client: ``CascadeClient(url).classify("sst2", ["great film"])``.
 
-    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 120.0, **kwargs) -> None:
+    ``admin_key`` (default: ``$CASCADE_ADMIN_KEY``) is sent with the admin calls (model load, repository
+    index; model config and statistics too, which a Helm deployment may restrict) to a server that restricts
+    them; inference needs no key."""
+
+    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 120.0, admin_key: str | None = None, **kwargs):
         self.url = url
         self.timeout_s = timeout_s
-        self._client = grpcclient.InferenceServerClient(url, **kwargs)
+        key = admin_key if admin_key is not None else os.environ.get(contract.ADMIN_KEY_ENV)
+        self._admin_headers = {contract.GRPC_ADMIN_HEADER: key} if key else None
+        self._client = grpcclient.InferenceServerClient(url, **_tls(kwargs))
 
     def classify(
         self,
@@ -225,7 +242,8 @@ class CascadeClient:
     def gate_config(self, task: str):
         """The task gate's configuration (labels, enabled tiers, thresholds), parsed as the gate parses it."""
         try:
-            config = self._client.get_model_config(contract.gate_model_name(task), as_json=True)["config"]
+            name = contract.gate_model_name(task)
+            config = self._client.get_model_config(name, headers=self._admin_headers, as_json=True)["config"]
         except InferenceServerException as exc:
             raise translate(exc, task) from exc
         return _gate_config(config, task)
@@ -263,7 +281,7 @@ class CascadeClient:
         (tier models before the gate that calls them)."""
         for name in names:
             try:
-                self._client.load_model(name)
+                self._client.load_model(name, headers=self._admin_headers)
             except InferenceServerException as exc:
                 raise ServerError(
                     f"loading {name!r} failed: {exc.message()} (is the server in --model-control-mode=explicit, "
@@ -272,12 +290,16 @@ class CascadeClient:
 
     def tasks(self) -> list[str]:
         """Ready gate models (the public tasks) in the repository."""
-        index = self._client.get_model_repository_index(as_json=True).get("models", [])
+        try:
+            index = self._client.get_model_repository_index(headers=self._admin_headers, as_json=True)
+        except InferenceServerException as exc:
+            raise translate(exc, "repository index") from exc
+        index = index.get("models", [])
         found = []
         for model in index:
             if model.get("state") != "READY":
                 continue
-            config = self._client.get_model_config(model["name"], as_json=True)["config"]
+            config = self._client.get_model_config(model["name"], headers=self._admin_headers, as_json=True)["config"]
             if contract.CFG_THRESHOLDS in config.get("parameters", {}):
                 found.append(model["name"])
         return sorted(found)
@@ -291,7 +313,7 @@ class CascadeClient:
     def model_stats(self) -> dict[str, ModelStats]:
         """Per model, what the server counted since it started (``/v2/models/stats``)."""
         try:
-            raw = self._client.get_inference_statistics(as_json=True)
+            raw = self._client.get_inference_statistics(headers=self._admin_headers, as_json=True)
         except InferenceServerException as exc:
             raise translate(exc, "statistics") from exc
         return {m["name"]: ModelStats.from_json(m) for m in raw.get("model_stats", [])}
@@ -312,7 +334,7 @@ class AsyncCascadeClient:
     def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 120.0, **kwargs) -> None:
         self.url = url
         self.timeout_s = timeout_s
-        self._client = aioclient.InferenceServerClient(url, **kwargs)
+        self._client = aioclient.InferenceServerClient(url, **_tls(kwargs))
 
     async def classify(
         self,

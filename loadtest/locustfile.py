@@ -55,7 +55,10 @@ class GateUser(User):
     wait_time = constant_throughput(SCENARIO.rps_per_user) if SCENARIO.rps_per_user else constant(0)
 
     def on_start(self) -> None:
-        self.client = grpcclient.InferenceServerClient(self.host.removeprefix("grpc://"))
+        ca = os.environ.get(contract.GRPC_CA_ENV)  # gRPC over TLS: the CA that signed the server's certificate
+        self.client = grpcclient.InferenceServerClient(
+            self.host.removeprefix("grpc://"), ssl=bool(ca), root_certificates=ca or None
+        )
         self.outputs = [grpcclient.InferRequestedOutput(name) for name in OUTPUTS]
         self.rng = random.Random()
 
