@@ -580,15 +580,7 @@ def run_filter(
                 for t in asyncio.as_completed(running):
                     await t
 
-    try:
-        asyncio.run(main())
-    except ServerError as exc:
-        raise type(exc)(
-            f"{exc}. Progress kept: {len(store.done())} chunk(s) committed in {store.dir}; "
-            "rerun the same command to resume"
-        ) from exc
-    finally:
-        progress.close()
+    _run_job(main, store, progress)
     wall = time.perf_counter() - start
     summary = _finish_filter(store, out, options, len(done), wall, skipped_rows, retry.retried)
     with CascadeClient(url) as sync_client:
@@ -601,6 +593,19 @@ def _take(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
     if rows.size and rows[-1] - rows[0] + 1 == rows.size:
         return values[rows[0] : rows[-1] + 1]
     return values[rows]
+
+
+def _run_job(main, store: ChunkStore, progress) -> None:
+    """Run a job's event loop; a server error keeps the committed chunks and says how to resume."""
+    try:
+        asyncio.run(main())
+    except ServerError as exc:
+        raise type(exc)(
+            f"{exc}. Progress kept: {len(store.done())} chunk(s) committed in {store.dir}; "
+            "rerun the same command to resume"
+        ) from exc
+    finally:
+        progress.close()
 
 
 def _embedding_tiers_only(gate, options: FilterOptions) -> bool:
@@ -804,15 +809,7 @@ def run_embed(
                     skipped += chunk.num_rows
                 progress.update(chunk.num_rows)
 
-    try:
-        asyncio.run(main())
-    except ServerError as exc:
-        raise type(exc)(
-            f"{exc}. Progress kept: {len(store.done())} chunk(s) committed in {store.dir}; "
-            "rerun the same command to resume"
-        ) from exc
-    finally:
-        progress.close()
+    _run_job(main, store, progress)
     wall = time.perf_counter() - start
     rows = store.merge(out)
     error_rows = sum(store.read(p, [column]).column(0).null_count for p in store.parts())
