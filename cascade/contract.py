@@ -108,7 +108,10 @@ CFG_TASK = "task"
 CFG_LABELS = "labels"
 CFG_TIERS = "tiers"
 CFG_THRESHOLDS = "thresholds"
+#: gate: the deadline of each call to a tier (ms), enforced by the gate; past it the rows go on to the next tier.
 CFG_BLS_TIMEOUT_MS = "bls_timeout_ms"
+#: gate, optional: {tier name: ms} deadlines for some tiers (e.g. a tight one on llm_small); others use the above.
+CFG_TIER_TIMEOUTS_MS = "tier_timeouts_ms"
 CFG_ONNX_FILE = "onnx_file"
 CFG_TOKENIZER_DIR = "tokenizer_dir"
 CFG_NUM_THREADS = "num_threads"
@@ -145,6 +148,9 @@ DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
 DEFAULT_BLS_TIMEOUT_MS = 30_000
+#: After a tier call fails or misses its deadline, the gate skips that tier for this long, then tries it again
+#: (a circuit breaker: a dead tier costs one failure per interval, not one per request).
+TIER_RETRY_AFTER_S = 5.0
 
 # --- GPU profile of the LLM tiers (TensorRT-LLM) and the streaming text endpoint -----------------
 # Issue #3, item 4. The ``tensorrt_llm`` names follow NVIDIA's Triton TensorRT-LLM backend

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -38,6 +41,8 @@ class GateConfig:
     prompts: dict[int, dict] = field(default_factory=dict)
     #: Embedding tiers run in-process by the gate (``contract.CFG_INLINE_TIERS``).
     inline_tiers: tuple[int, ...] = ()
+    #: tier -> its own call deadline in ms (``contract.CFG_TIER_TIMEOUTS_MS``); others use bls_timeout_ms.
+    tier_timeouts_ms: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.task:
@@ -61,6 +66,12 @@ class GateConfig:
             raise ConfigError(f"gate parameter 'thresholds' lacks tiers {missing} (only the last may omit one)")
         if not (isinstance(self.bls_timeout_ms, int) and self.bls_timeout_ms > 0):
             raise ConfigError(f"gate parameter 'bls_timeout_ms' must be a positive integer: {self.bls_timeout_ms!r}")
+        for tier, ms in self.tier_timeouts_ms.items():
+            name = contract.TIER_NAMES.get(tier, tier)
+            if tier not in self.tiers:
+                raise ConfigError(f"'tier_timeouts_ms' names tier {name!r}, which is not enabled")
+            if isinstance(ms, bool) or not (isinstance(ms, int) and ms > 0):
+                raise ConfigError(f"'tier_timeouts_ms' of {name!r} must be a positive integer (ms): {ms!r}")
         for tier in self.prompts:
             if tier not in self.tiers or tier not in contract.LLM_TIERS:
                 name = contract.TIER_NAMES.get(tier, tier)
@@ -79,6 +90,10 @@ class GateConfig:
                 check_prompt(prompt, len(self.labels))
             except ConfigError as exc:
                 raise ConfigError(f"prompt of {contract.TIER_NAMES[tier]}: {exc}") from exc
+
+    def timeout_s(self, tier: int) -> float:
+        """The deadline of one call to ``tier``, in seconds."""
+        return self.tier_timeouts_ms.get(tier, self.bls_timeout_ms) / 1000
 
     @property
     def needs_embedding(self) -> bool:
@@ -105,6 +120,15 @@ class GateConfig:
                 if self.inline_tiers
                 else {}
             )
+            | (
+                {
+                    contract.CFG_TIER_TIMEOUTS_MS: json.dumps(
+                        {contract.TIER_NAMES[t]: ms for t, ms in sorted(self.tier_timeouts_ms.items())}
+                    )
+                }
+                if self.tier_timeouts_ms
+                else {}
+            )
         )
 
     @classmethod
@@ -117,7 +141,8 @@ class GateConfig:
             contract.CFG_THRESHOLDS,
             contract.CFG_BLS_TIMEOUT_MS,
         }
-        unknown = set(params) - expected - {contract.CFG_PROMPTS, contract.CFG_INLINE_TIERS}
+        optional = {contract.CFG_PROMPTS, contract.CFG_INLINE_TIERS, contract.CFG_TIER_TIMEOUTS_MS}
+        unknown = set(params) - expected - optional
         if unknown:
             raise ConfigError(f"unknown gate parameters {sorted(unknown)}; expected {sorted(expected)}")
         missing = expected - set(params)
@@ -149,6 +174,12 @@ class GateConfig:
             prompts[_tier_from_name(name, ConfigError)] = prompt
         inline = load(contract.CFG_INLINE_TIERS, list) if contract.CFG_INLINE_TIERS in params else []
         inline = [_tier_from_name(name, ConfigError) for name in inline]
+        tier_timeouts = {
+            _tier_from_name(name, ConfigError): ms
+            for name, ms in (
+                load(contract.CFG_TIER_TIMEOUTS_MS, dict) if contract.CFG_TIER_TIMEOUTS_MS in params else {}
+            ).items()
+        }
         try:
             timeout = int(params[contract.CFG_BLS_TIMEOUT_MS])
         except ValueError as exc:
@@ -161,6 +192,7 @@ class GateConfig:
             bls_timeout_ms=timeout,
             prompts=prompts,
             inline_tiers=tuple(inline),
+            tier_timeouts_ms=tier_timeouts,
         )
 
 
@@ -360,6 +392,68 @@ class RowBatch:
             self._have[missing] = True
             self.embedded_rows += missing.size
         return self._emb[rows]
+
+
+# --- tier calls: a deadline and a circuit breaker ---------------------------------------------------
+class TierGuard:
+    """Run each call to a tier model with a deadline the gate enforces, behind a circuit breaker.
+
+    - **Deadline.** A BLS request's own timeout bounds only its time in the tier's queue, not its
+      execution: a hung tier would hang the gate. Here a call runs on a worker thread; past its deadline it
+      raises :class:`TierFailure` (the rows go on to the next tier) and is left to finish in the background.
+    - **Breaker.** After a failure or a missed deadline the target is skipped at once for ``retry_after_s``,
+      and for as long as an abandoned call to it still runs; then the next call tries it again. A dead tier
+      (Triton takes about a second to call a killed stub unhealthy) costs one failure per interval, not one
+      per request, and a hung one holds at most one thread.
+    """
+
+    def __init__(self, targets: int, retry_after_s: float = contract.TIER_RETRY_AFTER_S) -> None:
+        self.retry_after_s = retry_after_s
+        # One call runs at a time per gate instance, plus at most one abandoned call per target.
+        self._pool = ThreadPoolExecutor(max_workers=targets + 1, thread_name_prefix="tier-call")
+        self._abandoned: dict[str, Future] = {}
+        self._open: dict[str, tuple[float, str]] = {}  # target -> (skip until, the failure that opened it)
+        self._lock = threading.Lock()
+
+    def call(self, target: str, fn: Callable[[], object], timeout_s: float) -> object:
+        """``fn()``, which raises TierFailure for a failed call; raises TierFailure when skipped or late."""
+        self._check(target)
+        future = self._pool.submit(fn)
+        try:
+            return future.result(timeout=timeout_s)
+        except FutureTimeout:
+            with self._lock:
+                self._abandoned[target] = future
+            self._trip(target, f"no answer within {timeout_s * 1000:.0f} ms")
+            raise TierFailure(f"{target}: no answer within {timeout_s * 1000:.0f} ms") from None
+        except TierFailure as exc:
+            self._trip(target, str(exc))
+            raise
+
+    def _check(self, target: str) -> None:
+        with self._lock:
+            stuck = self._abandoned.get(target)
+            if stuck is not None and not stuck.done():
+                raise TierFailure(f"{target}: skipped, a call to it is still running past its deadline")
+            self._abandoned.pop(target, None)
+            until, why = self._open.get(target, (0.0, ""))
+            if time.monotonic() < until:
+                raise TierFailure(f"{target}: skipped for {self.retry_after_s:g} s after a failure ({why})")
+            self._open.pop(target, None)
+
+    def _trip(self, target: str, why: str) -> None:
+        with self._lock:
+            self._open[target] = (time.monotonic() + self.retry_after_s, why)
+
+    def down(self) -> list[str]:
+        """Targets skipped now."""
+        now = time.monotonic()
+        with self._lock:
+            stuck = {t for t, f in self._abandoned.items() if not f.done()}
+            return sorted(stuck | {t for t, (until, _) in self._open.items() if now < until})
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 # --- the cascade ------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from cascade.gate import (
     GateConfig,
     RequestOptions,
     RowBatch,
+    TierGuard,
     check_embeddings,
     decode_texts,
     run_cascade,
@@ -167,6 +168,14 @@ def test_config_round_trips_through_parameters():
     assert config.needs_embedding
 
 
+def test_tier_deadlines_default_to_bls_timeout_and_round_trip():
+    config = GateConfig.from_parameters(good_params(tier_timeouts_ms=json.dumps({"encoder": 250})))
+    assert config.tier_timeouts_ms == {2: 250}
+    assert config.timeout_s(2) == 0.25 and config.timeout_s(0) == contract.DEFAULT_BLS_TIMEOUT_MS / 1000
+    assert GateConfig.from_parameters(config.to_parameters()) == config
+    assert contract.CFG_TIER_TIMEOUTS_MS not in GateConfig("t", LABELS, (0,), {}).to_parameters()
+
+
 def test_per_tier_prompts_round_trip():
     small = PROMPT | {"calibrate": True}
     large = PROMPT | {"few_shot": [["a fine film", 1]], "calibrate": False}
@@ -193,6 +202,10 @@ def test_per_tier_prompts_round_trip():
         ({"labels": "not json"}, "not JSON"),
         ({"bls_timeout_ms": "soon"}, "not an integer"),
         ({"bls_timeout_ms": "0"}, "positive integer"),
+        ({"tier_timeouts_ms": json.dumps({"encoder": 0})}, "positive integer (ms)"),
+        ({"tier_timeouts_ms": json.dumps({"encoder": "1s"})}, "positive integer (ms)"),
+        ({"tier_timeouts_ms": json.dumps({"llm_large": 100})}, "not enabled"),
+        ({"tier_timeouts_ms": json.dumps(["encoder"])}, "must be a JSON dict"),
         ({"treshold": "0.5"}, "unknown gate parameters"),
         ({"tiers": json.dumps(["logreg", "llm_small"]), "thresholds": json.dumps({"logreg": 0.9})}, "no prompt"),
         (llm_params({"template": "Review: {text}\nSentiment:", "verbalizations": ["a", "b", "c"]}), "3 prompt verb"),
@@ -301,3 +314,49 @@ def test_errors_map_to_triton_status_codes():
     assert triton_error(FakePbUtils, TierFailure("down")).code == "UNAVAILABLE"
     err = triton_error(FakePbUtils, KeyError("x"), "scoring failed")
     assert (err.message, err.code) == ("scoring failed: 'x'", "INTERNAL")
+
+
+# --- the tier guard: deadline and circuit breaker ----------------------------------------------------
+def test_guard_returns_answers_and_passes_failures_on():
+    guard = TierGuard(targets=2, retry_after_s=60)
+    assert guard.call("a", lambda: 41 + 1, timeout_s=1) == 42
+
+    def broken():
+        raise TierFailure("a: stub not healthy")
+
+    with pytest.raises(TierFailure, match="not healthy"):
+        guard.call("a", broken, timeout_s=1)
+    # The breaker is open: the next call is skipped at once, naming the failure; other targets still run.
+    with pytest.raises(TierFailure, match=r"skipped for 60 s after a failure \(a: stub not healthy\)"):
+        guard.call("a", lambda: 1, timeout_s=1)
+    assert guard.call("b", lambda: 2, timeout_s=1) == 2
+    assert guard.down() == ["a"]
+    guard.close()
+
+
+def test_guard_deadline_abandons_a_hung_call_and_tries_again_once_it_returns():
+    import threading
+    import time
+
+    release = threading.Event()
+    calls = []
+
+    def hung():
+        calls.append("hung")
+        release.wait(10)
+        return 0
+
+    guard = TierGuard(targets=1, retry_after_s=0.05)
+    start = time.monotonic()
+    with pytest.raises(TierFailure, match="no answer within 100 ms"):
+        guard.call("llm", hung, timeout_s=0.1)
+    assert time.monotonic() - start < 2  # the deadline, not the hung call, bounds the wait
+    time.sleep(0.1)  # past retry_after_s, but the abandoned call still runs: still skipped, fn not called
+    with pytest.raises(TierFailure, match="still running past its deadline"):
+        guard.call("llm", lambda: calls.append("second"), timeout_s=0.1)
+    assert calls == ["hung"] and guard.down() == ["llm"]
+    release.set()
+    time.sleep(0.1)
+    assert guard.call("llm", lambda: 7, timeout_s=0.1) == 7  # it answered at last: back in use
+    assert guard.down() == []
+    guard.close()

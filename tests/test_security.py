@@ -143,36 +143,3 @@ def test_grpc_over_tls_with_a_self_signed_certificate(built_repo, sst2_task, tmp
         assert "0.00%" in run.stdout  # no failed request over TLS
     with pytest.raises(InvalidInput, match="both a certificate and its key"):
         ServerOptions(repository=repo, tls_cert=cert)
-
-
-@pytest.mark.server
-def test_an_unloaded_tier_is_skipped_counted_and_comes_back(locked, sst2_task):
-    """Unload the encoder (explicit model control) while requests flow: the gate passes its rows to the next
-    tier, counts them in cascade_tier_failures_total, and no request fails; reloaded, it answers again."""
-    import time
-
-    from cascade import metrics
-
-    encoder = contract.tier_model_name(sst2_task.name, contract.TIER_ENCODER)
-    series = f'{metrics.TIER_FAILURES}{{task="{sst2_task.name}",tier="encoder"}}'
-
-    def failures() -> float:
-        with urllib.request.urlopen(locked.metrics_url, timeout=10) as response:
-            for line in response.read().decode().splitlines():
-                if line.startswith(series):
-                    return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    texts = ["a fine film", "dull", "not bad at all"] * 4
-    with CascadeClient(locked.grpc_url, admin_key=KEY) as client:
-        before = failures()
-        client._client.unload_model(encoder, headers=client._admin_headers)
-        answers = client.classify(sst2_task.name, texts, min_tier="encoder", max_tier="llm_small")
-        assert {p.tier_name for p in answers} == {"llm_small"}  # the encoder's rows went on
-        deadline = time.monotonic() + 10
-        while failures() - before < len(texts) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert failures() - before == len(texts)
-        client.load_models([encoder])
-        answers = client.classify(sst2_task.name, texts, min_tier="encoder", max_tier="encoder")
-        assert {p.tier_name for p in answers} == {"encoder"}

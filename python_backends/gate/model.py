@@ -14,6 +14,7 @@ from cascade.gate import (
     GateConfig,
     RequestOptions,
     RowBatch,
+    TierGuard,
     check_embeddings,
     check_text_free,
     decode_texts,
@@ -36,11 +37,12 @@ class BlsTier:
         self.tier = tier
         self.name = contract.tier_model_name(model.config.task, tier)
         self.text_input = tier not in contract.EMBEDDING_TIERS
+        self.timeout_s = model.config.timeout_s(tier)
 
     def predict_proba(self, batch: RowBatch, rows: np.ndarray) -> np.ndarray:
         if self.text_input:
-            return self.model.bls(self.name, {TEXT: _as_bytes(batch.text(rows))}, PROBS)
-        return self.model.bls(self.name, {EMBEDDING: batch.embedding(rows)}, PROBS)
+            return self.model.bls(self.name, {TEXT: _as_bytes(batch.text(rows))}, PROBS, self.timeout_s)
+        return self.model.bls(self.name, {EMBEDDING: batch.embedding(rows)}, PROBS, self.timeout_s)
 
 
 class LlmTier(BlsTier):
@@ -61,7 +63,7 @@ class LlmTier(BlsTier):
         )
         candidates = np.tile(self.candidates, (len(prompts), 1))
         inputs = {PROMPT: prompt, CANDIDATES: candidates}
-        return self.model.bls(self.name, inputs, PROBS, contract.LLM_MAX_BATCH_SIZE, self.parameters)
+        return self.model.bls(self.name, inputs, PROBS, self.timeout_s, contract.LLM_MAX_BATCH_SIZE, self.parameters)
 
 
 class InlineTier:
@@ -81,6 +83,13 @@ class InlineTier:
             raise TierFailure(f"{contract.TIER_NAMES[self.tier]} (in-process): {exc}") from exc
 
 
+def _exec(request, model_name: str, output_name: str) -> np.ndarray:
+    response = request.exec()
+    if response.has_error():
+        raise TierFailure(f"{model_name}: {response.error().message()}")
+    return pb_utils.get_output_tensor_by_name(response, output_name).as_numpy()
+
+
 def _as_bytes(texts: list[str]) -> np.ndarray:
     return np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(-1, 1)
 
@@ -92,7 +101,9 @@ class TritonPythonModel:
         # A bad parameter raises ConfigError here and fails the load with its message.
         self.config = GateConfig.from_parameters(params)
         self.labels = np.array([label.encode("utf-8") for label in self.config.labels], dtype=np.object_)
-        self.timeout_us = self.config.bls_timeout_ms * 1000
+        # The BLS timeout bounds queue time only; the guard bounds each call as a whole (tiers + embedder)
+        # and skips a failing tier for a while.
+        self.guard = TierGuard(targets=len(self.config.tiers) + 1)
         repository = Path(args["model_repository"]).parent
         self.tiers = [self._tier(repository, tier) for tier in self.config.tiers]
         self.metrics = MetricsBuffer(self.config.task)
@@ -129,6 +140,7 @@ class TritonPythonModel:
         self.stopping.set()
         self.flusher.join(timeout=5)
         self.flush_metrics()
+        self.guard.close()
 
     def _tier(self, repository: Path, tier: int):
         if tier in self.config.inline_tiers:
@@ -142,10 +154,12 @@ class TritonPythonModel:
         model_name: str,
         inputs: dict[str, np.ndarray],
         output_name: str,
+        timeout_s: float,
         max_batch: int = MAX_BATCH,
         parameters: dict | None = None,
     ) -> np.ndarray:
-        """Call another model in chunks of its max batch size; a failure raises TierFailure."""
+        """Call another model in chunks of its max batch size. A failed chunk, or one with no answer within
+        ``timeout_s``, raises TierFailure (the guard then skips the model for a while)."""
         outputs = []
         rows = len(next(iter(inputs.values())))
         for start in range(0, rows, max_batch):
@@ -153,17 +167,14 @@ class TritonPythonModel:
                 model_name=model_name,
                 requested_output_names=[output_name],
                 inputs=[pb_utils.Tensor(k, v[start : start + max_batch]) for k, v in inputs.items()],
-                timeout=self.timeout_us,
+                timeout=int(timeout_s * 1e6),  # bounds the time in the tier's queue only
                 **({"parameters": parameters} if parameters else {}),
             )
-            response = request.exec()
-            if response.has_error():
-                raise TierFailure(f"{model_name}: {response.error().message()}")
-            outputs.append(pb_utils.get_output_tensor_by_name(response, output_name).as_numpy())
+            outputs.append(self.guard.call(model_name, lambda r=request: _exec(r, model_name, output_name), timeout_s))
         return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        return self.bls(contract.EMBEDDER_MODEL, {TEXT: _as_bytes(texts)}, EMBEDDING)
+        return self.bls(contract.EMBEDDER_MODEL, {TEXT: _as_bytes(texts)}, EMBEDDING, self.config.bls_timeout_ms / 1000)
 
     def _parse(self, request):
         text_tensor = pb_utils.get_input_tensor_by_name(request, TEXT)
