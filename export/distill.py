@@ -113,6 +113,13 @@ class LabelStore:
         )
         self._db.commit()
 
+    def count(self, task: str, teacher: str | None = None) -> int:
+        """Labels cached for ``task`` (by ``teacher``, or by any)."""
+        query, args = "SELECT COUNT(*) FROM labels WHERE task = ?", [task]
+        if teacher is not None:
+            query, args = query + " AND teacher = ?", [task, teacher]
+        return self._db.execute(query, args).fetchone()[0]
+
     def close(self) -> None:
         self._db.close()
 
@@ -238,7 +245,13 @@ def label_sample(
         for start in range(0, len(todo), batch):
             chunk = todo[start : start + batch]
             t = time.perf_counter()
-            got = teacher.label(positions[chunk], [texts[k] for k in chunk])
+            try:
+                got = teacher.label(positions[chunk], [texts[k] for k in chunk])
+            except ServerError as exc:  # the server went away: say what is kept and how to go on
+                raise type(exc)(
+                    f"{exc}. {len(found)} of {len(ids)} labels are kept in {store.path}: "
+                    "rerun the same command to resume"
+                ) from exc
             spent += time.perf_counter() - t
             if got.min(initial=0) < 0 or got.max(initial=0) >= len(labels):
                 raise ConfigError(f"teacher {teacher.name} answered labels outside 0-{len(labels) - 1}")

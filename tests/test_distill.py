@@ -283,3 +283,91 @@ def test_task_create_loads_a_new_task_into_a_running_server(built_repo, tmp_path
                 work_root=tmp_path / "runs",
                 url=server.grpc_url,
             )
+
+
+def _cached(work, task: str) -> int:
+    path = work / task / "labels.sqlite"
+    if not path.exists():
+        return 0
+    with LabelStore(path) as store:
+        return store.count(task)
+
+
+def _wait_for_cached(work, task: str, at_least: int, timeout_s: float = 180) -> int:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while (n := _cached(work, task)) < at_least and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return n
+
+
+@pytest.mark.server
+def test_label_killed_mid_run_resumes_from_the_cache(server, sst2_task, tmp_path):
+    """kill -9 of a `cascade label` process after its first committed batch: the rerun takes the committed
+    labels from the SQLite cache, asks the teacher for the rest only, and ends with every row labelled once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    work = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "cascade.cli", "label", "--task", sst2_task.name, "--sample", "64"]
+    cmd += ["--url", server.grpc_url, "--work-dir", str(work)]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        kept = _wait_for_cached(work, sst2_task.name, 32)
+        os.kill(first.pid, signal.SIGKILL)
+    finally:
+        first.wait(30)
+    assert first.returncode == -signal.SIGKILL and 32 <= kept < 64
+    kept = _cached(work, sst2_task.name)  # a batch may have been committed just before the kill
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"{64 - kept} new, {kept} from the cache" in again.stdout
+    frame = pd.read_csv(work / sst2_task.name / "labelled.csv")
+    assert len(frame) == 64 and frame["id"].is_unique and _cached(work, sst2_task.name) == 64
+
+
+@pytest.mark.server
+def test_label_resumes_after_the_server_is_killed(built_repo, sst2_task, tmp_path):
+    """kill -9 of the server (the teacher) mid-run: the run stops saying what is kept; after a restart the rerun
+    resumes, and its labels equal those of an uninterrupted run, row for row."""
+    import os
+    import signal
+    import threading
+
+    from cascade.launcher import ServerOptions, TritonServer, free_ports
+
+    repo, _ = built_repo
+    http, grpc, metrics = free_ports(3)
+    opts = ServerOptions(repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics)
+    work = tmp_path / "runs"
+    outcome = {}
+
+    def job(url):
+        try:
+            outcome["summary"] = run_label(sst2_task, work, sample=64, url=url, progress=False)
+        except ServerError as exc:
+            outcome["error"] = exc
+
+    with TritonServer(opts) as server:
+        worker = threading.Thread(target=job, args=(server.grpc_url,))
+        worker.start()
+        _wait_for_cached(work, sst2_task.name, 32)
+        os.killpg(server.pid, signal.SIGKILL)
+        worker.join(60)
+    assert "error" in outcome, "the run should stop when the server is gone"
+    kept = _cached(work, sst2_task.name)
+    assert 32 <= kept < 64
+    assert f"{kept} of 64 labels are kept" in str(outcome["error"]) and "rerun the same command" in str(
+        outcome["error"]
+    )
+    with TritonServer(opts) as server:
+        resumed = run_label(sst2_task, work, sample=64, url=server.grpc_url, progress=False)
+        reference = run_label(sst2_task, tmp_path / "ref", sample=64, url=server.grpc_url, progress=False)
+    assert resumed["cached_rows"] == kept and resumed["labelled_rows"] == 64 - kept
+    assert reference["cached_rows"] == 0
+    got = pd.read_csv(work / sst2_task.name / "labelled.csv")
+    want = pd.read_csv(tmp_path / "ref" / sst2_task.name / "labelled.csv")
+    assert got["id"].tolist() == want["id"].tolist() and got["label"].tolist() == want["label"].tolist()
