@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 REPO ?= model_repository/cpu
 TASK ?= sst2
 
-.PHONY: setup demo test lint format build export serve bench bench-llm bench-table loadtest clean helm-lint
+.PHONY: setup demo test lint format build export serve bench bench-llm bench-table loadtest soak clean helm-lint
 
 setup: $(STAMP)
 

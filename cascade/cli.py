@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cascade import contract
 from cascade.client.table import DEFAULT_BATCH_ROWS, DEFAULT_CHUNK_ROWS, DEFAULT_IN_FLIGHT, EMBEDDING_COLUMN
-from cascade.errors import CascadeError
+from cascade.errors import CascadeError, InvalidInput
 from cascade.export.distill import CREATE_TIERS
 from cascade.tasks import DEFAULT_DATA_DIR, REPO_ROOT
 
@@ -178,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=None, help="override the scenario's user count")
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiply the latency budgets (e.g. 10 in CI)")
     p.add_argument("--find-max", action="store_true", help="climb each scenario's steps: highest rps within budget")
+    p.add_argument("--results-dir", type=Path, default=None, help="where the JSON goes (default: bench/results)")
+
+    p = sub.add_parser("soak", help="mixed traffic for a while: server memory, stubs and /dev/shm must stay flat")
+    _add_repo(p)
+    _add_task(p)
+    p.add_argument("--duration", type=int, default=600, help="seconds of traffic (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=60, help="seconds before memory is taken as the baseline")
+    p.add_argument("--growth", type=float, default=0.10, help="allowed memory growth after the warm-up (ratio)")
     p.add_argument("--results-dir", type=Path, default=None, help="where the JSON goes (default: bench/results)")
 
     p = sub.add_parser("demo", help="build the demo task if needed, serve it, classify labelled rows")
@@ -497,6 +505,25 @@ def cmd_loadtest(args) -> int:
     return 1 if any(r["breaches"] for r in results) else 0
 
 
+def cmd_soak(args) -> int:
+    from cascade import bench
+    from cascade.soak import run_soak
+    from cascade.tasks import load_task
+
+    if args.duration <= args.warmup:
+        raise InvalidInput(f"--duration ({args.duration} s) must be longer than --warmup ({args.warmup} s)")
+    report = run_soak(load_task(args.task), args.repo, args.duration, args.warmup, args.growth, args.data_dir)
+    a, b = report["after_warmup"], report["end"]
+    print(f"requests {report['requests']}, bad requests refused {report['bad_requests_refused']}, "
+          f"unexpected errors {report['error_count']}")  # fmt: skip
+    for name in ("server_rss_mb", "stub_rss_mb", "stubs", "shm_files", "shm_mb", "server_fds", "server_threads"):
+        print(f"  {name:15} after warm-up {a[name]:>9}  end {b[name]:>9}")
+    print(f"saved {bench.save(report, 'soak', args.results_dir or bench.RESULTS_DIR)}")
+    for problem in report["problems"]:
+        print(f"SOAK FAILED: {problem}")
+    return 0 if report["passed"] else 1
+
+
 def cmd_demo(args) -> int:
     from cascade.demo import run_demo
     from cascade.tasks import load_task
@@ -552,6 +579,7 @@ COMMANDS = {
     "embed": cmd_embed,
     "make-table": cmd_make_table,
     "loadtest": cmd_loadtest,
+    "soak": cmd_soak,
     "demo": cmd_demo,
     "bench": cmd_bench,
 }

@@ -67,6 +67,51 @@ def requests(draw, max_batch: int, text_model: bool, embedding_model: bool, gate
     return inputs, params
 
 
+@st.composite
+def scorer_requests(draw):
+    """PROMPT [n, 3] (prefix, content, suffix) and CANDIDATES [n, k] for an LLM scorer: wrong widths, dtypes and
+    row counts, empty, duplicate, invalid-UTF-8 and huge parts, mismatched candidates, bad parameters."""
+    n = draw(st.one_of(st.integers(1, 3), st.just(contract.LLM_MAX_BATCH_SIZE + 1)))
+    width = draw(st.sampled_from([3, 3, 3, 2, 4]))
+    part = st.one_of(
+        st.binary(max_size=64),
+        st.text(max_size=64).map(lambda t: t.encode("utf-8")),
+        st.just(b""),
+        st.integers(1_000, 20_000).map(lambda n: b"word " * (n // 5)),  # past the context window: truncated
+        st.sampled_from([b"Review: ", b"\nSentiment:"]),
+    )
+    cells = [[draw(part) for _ in range(width)] for _ in range(min(n, 3))]
+    prompt = np.array(cells + [cells[0]] * (n - len(cells)), dtype=np.object_)
+    inputs = []
+    kind = draw(st.sampled_from(["BYTES", "BYTES", "BYTES", "FP32"]))
+    if kind == "BYTES":
+        tensor = grpcclient.InferInput(contract.PROMPT.name, list(prompt.shape), "BYTES")
+        tensor.set_data_from_numpy(prompt)
+    else:
+        tensor = grpcclient.InferInput(contract.PROMPT.name, [n, width], "FP32")
+        tensor.set_data_from_numpy(np.ones((n, width), np.float32))
+    inputs.append(tensor)
+    if draw(st.integers(0, 9)):  # sometimes no CANDIDATES at all
+        k = draw(st.sampled_from([2, 2, 2, 0, 1, 3]))
+        names = [draw(st.one_of(st.sampled_from([b" negative", b" positive", b" neutral"]), texts)) for _ in range(k)]
+        rows = draw(st.sampled_from([n, n, n + 1]))
+        cands = np.array([names] * rows, dtype=np.object_).reshape(rows, k)
+        if rows > 1 and k and draw(st.booleans()):
+            cands[-1, 0] = b" other"  # rows that disagree on the candidates
+        tensor = grpcclient.InferInput(contract.CANDIDATES.name, list(cands.shape), "BYTES")
+        tensor.set_data_from_numpy(cands)
+        inputs.append(tensor)
+    params = draw(
+        st.one_of(
+            st.none(),
+            st.just({contract.PARAM_CALIBRATE: True}),
+            st.just({contract.PARAM_CALIBRATE: "maybe"}),
+            st.just({"temperature": 1}),
+        )
+    )
+    return inputs, params
+
+
 def check(server, model: str, inputs, params, valid) -> None:
     CASES[model] = CASES.get(model, 0) + 1
     with grpcclient.InferenceServerClient(server.grpc_url) as c:
@@ -125,6 +170,25 @@ def test_fuzz_text_models(server, sst2_task, model, data):
     check(server, name, inputs, None, _text)
 
 
+def _scorer_request():
+    prompt = np.array([[b"Review: ", b"a fine film", b"\nSentiment:"]], dtype=np.object_)
+    cands = np.array([[b" negative", b" positive"]], dtype=np.object_)
+    inputs = []
+    for name, arr in ((contract.PROMPT.name, prompt), (contract.CANDIDATES.name, cands)):
+        tensor = grpcclient.InferInput(name, list(arr.shape), "BYTES")
+        tensor.set_data_from_numpy(arr)
+        inputs.append(tensor)
+    return inputs
+
+
+@settings(FUZZ, max_examples=30)
+@given(data=st.data())
+@pytest.mark.parametrize("model", [contract.TIER_NAMES[t] for t in contract.LLM_TIERS])
+def test_fuzz_llm_scorers(server, model, data):
+    inputs, params = data.draw(scorer_requests())
+    check(server, model, inputs, params, _scorer_request)
+
+
 @pytest.mark.xfail(strict=True, reason="tritonserver 2.51: SIGSEGV in libtriton_python.so on a [0, 1] BYTES input")
 def test_empty_bytes_batch_to_a_python_model_leaves_the_server_up(built_repo):
     """Found by this fuzzer: a BYTES input with batch size 0 kills the whole server (Triton's Python
@@ -147,4 +211,4 @@ def test_empty_bytes_batch_to_a_python_model_leaves_the_server_up(built_repo):
 def test_report_cases():
     """How many fuzz cases ran (printed with -s; at least the configured examples)."""
     print(f"fuzz cases per model: {CASES} (total {sum(CASES.values())})")
-    assert sum(CASES.values()) >= 120 + 4 * 40 or not CASES
+    assert sum(CASES.values()) >= 120 + 4 * 40 + 2 * 30 or not CASES

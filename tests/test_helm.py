@@ -31,6 +31,7 @@ from cascade.contract import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRI
 from cascade.launcher import (
     CPU_ONLY_FLAGS,
     METRICS_SUMMARY,
+    SHM_PREFIX,
     ServerOptions,
     find_tritonserver,
     free_ports,
@@ -363,7 +364,9 @@ def launcher_args(vals: dict) -> list[str]:
 def test_server_args_match_launcher_and_profile(name):
     docs, vals = rendered(name), values(name)
     container = server_container(docs)
-    assert container["command"] == ["tritonserver"]
+    shell, flag, script, argv0 = container["command"]
+    assert (shell, flag, argv0) == ("sh", "-c", "tritonserver") and script.endswith('exec tritonserver "$@"')
+    assert f"rm -f /dev/shm/{SHM_PREFIX}*;" in script  # regions left by a killed server, before it starts
     args = container["args"]
     expected = launcher_args(vals)
     assert args[: len(expected)] == expected

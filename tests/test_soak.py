@@ -1,0 +1,66 @@
+"""The soak test (cascade/soak.py): its judgement on made-up samples, and a short real run in CI.
+
+The 10-minute run is ``make soak``; here 25 s of the same mixed traffic against a real server check that the
+traffic, the sampler and the judgement work, and that no request fails and no stub or shared-memory region
+appears or disappears. Memory and region sizes are not judged over so short a run: the warm-up is still on.
+"""
+
+from dataclasses import replace
+
+import pytest
+
+from cascade.soak import GROWTH_FLOOR_MB, KINDS, Sample, judge, run_soak, stub_pids
+
+FLAT = [Sample(t, 200.0, 1500.0, 8, 8, 22.0, 70, 300) for t in (0.0, 30.0, 60.0, 90.0, 120.0)]
+
+
+def test_flat_samples_pass():
+    assert judge(FLAT, warmup_s=30, growth=0.1, errors=[]) == []
+
+
+def test_growth_during_the_warmup_is_not_counted():
+    samples = [replace(FLAT[0], server_rss_mb=50.0), *FLAT[1:]]
+    assert judge(samples, warmup_s=30, growth=0.1, errors=[]) == []
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        ({"stubs": 7}, "stub processes changed"),
+        ({"shm_files": 9}, "/dev/shm regions changed"),
+        ({"shm_mb": 29.0}, "/dev/shm still growing in the last third"),
+        ({"server_rss_mb": 200.0 + GROWTH_FLOOR_MB + 1}, "server_rss_mb grew"),
+        ({"stub_rss_mb": 1500.0 * 1.11}, "stub_rss_mb grew"),
+    ],
+)
+def test_leaks_and_lost_processes_fail(change, problem):
+    samples = [*FLAT[:-1], replace(FLAT[-1], **change)]
+    problems = judge(samples, warmup_s=30, growth=0.1, errors=[])
+    assert len(problems) == 1 and problem in problems[0]
+
+
+def test_shared_memory_may_reach_a_high_water_mark_before_the_last_third():
+    samples = [FLAT[0], FLAT[1], *(replace(s, shm_mb=29.0) for s in FLAT[2:])]  # a step at 60 s of 30-120 s
+    assert judge(samples, warmup_s=30, growth=0.1, errors=[]) == []
+
+
+def test_small_growth_is_noise_and_errors_fail():
+    samples = [*FLAT[:-1], replace(FLAT[-1], server_rss_mb=200.0 + GROWTH_FLOOR_MB - 1)]
+    assert judge(samples, warmup_s=30, growth=0.01, errors=[]) == []
+    assert "2 unexpected errors, first: text: boom" in judge(FLAT, 30, 0.1, ["text: boom", "easy: bang"])[0]
+
+
+@pytest.mark.server
+def test_a_short_soak_against_the_real_server(built_repo, sst2_task):
+    repo, _ = built_repo
+    report = run_soak(sst2_task, repo, duration_s=25, warmup_s=10, log=lambda _line: None)
+    assert report["error_count"] == 0, report["errors"]
+    assert set(report["requests"]) == set(KINDS)  # every kind of traffic ran
+    assert report["rows"]["table"] >= 4096 and report["bad_requests_refused"] >= 5
+    steady = [s for s in report["samples"] if s["t_s"] >= 10]
+    assert len({s["stubs"] for s in steady}) == 1 and steady[0]["stubs"] >= 5
+    assert len({s["shm_files"] for s in steady}) == 1  # region sizes may still step up this early
+
+
+def test_stub_pids_of_no_server_is_empty():
+    assert stub_pids(0) == []
