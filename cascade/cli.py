@@ -518,6 +518,8 @@ def cmd_soak(args) -> int:
           f"unexpected errors {report['error_count']}")  # fmt: skip
     for name in ("server_rss_mb", "stub_rss_mb", "stubs", "shm_files", "shm_mb", "server_fds", "server_threads"):
         print(f"  {name:15} after warm-up {a[name]:>9}  end {b[name]:>9}")
+    for name, m in report["rss_medians_mb"].items():
+        print(f"  {name:15} median of the first fifth {m['first_fifth']:.1f}, of the last fifth {m['last_fifth']:.1f}")
     print(f"saved {bench.save(report, 'soak', args.results_dir or bench.RESULTS_DIR)}")
     for problem in report["problems"]:
         print(f"SOAK FAILED: {problem}")

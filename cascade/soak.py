@@ -13,7 +13,8 @@ The traffic, one thread per kind, each as fast as answers come:
 Judged at the end: no unexpected error; the same stub processes and shared-memory regions; ``/dev/shm`` not
 growing in the last third of the run (the regions grow to a high-water mark and never shrink); server and
 stub memory within ``growth`` of what they were after the warm-up (the first ``warmup_s`` load the models'
-caches and ONNX Runtime's arenas). Results are printed and saved as JSON.
+caches and ONNX Runtime's arenas), comparing the median of the first and of the last fifth of the samples.
+Results are printed and saved as JSON.
 """
 
 from __future__ import annotations
@@ -218,6 +219,16 @@ def _text_input(texts: list[str]):
     return [tensor]
 
 
+def memory_medians(steady: list[Sample]) -> dict[str, tuple[float, float]]:
+    """Server and stub RSS: the median of the first fifth of the steady samples and of the last fifth (RSS
+    swings by tens of MB from one sample to the next with the request buffers in flight)."""
+    k = max(1, len(steady) // 5)
+    return {
+        name: tuple(float(np.median([getattr(s, name) for s in part])) for part in (steady[:k], steady[-k:]))
+        for name in ("server_rss_mb", "stub_rss_mb")
+    }
+
+
 def judge(samples: list[Sample], warmup_s: float, growth: float, errors: list[str]) -> list[str]:
     """What broke: errors, stub processes or shared memory that changed, memory that grew past ``growth``."""
     problems = [f"{len(errors)} unexpected errors, first: {errors[0]}"] if errors else []
@@ -235,8 +246,7 @@ def judge(samples: list[Sample], warmup_s: float, growth: float, errors: list[st
             f"/dev/shm still growing in the last third: {final[0].shm_mb} -> {final[-1].shm_mb} MB "
             f"({first.shm_mb} MB after the warm-up)"
         )
-    for name in ("server_rss_mb", "stub_rss_mb"):
-        before, after = getattr(first, name), getattr(last, name)
+    for name, (before, after) in memory_medians(steady).items():
         if after - before > max(growth * before, GROWTH_FLOOR_MB):
             problems.append(f"{name} grew {before} -> {after} MB (more than {growth:.0%} and {GROWTH_FLOOR_MB} MB)")
     return problems
@@ -291,6 +301,9 @@ def run_soak(
         "error_count": len(traffic.errors),
         "after_warmup": vars(steady[0]),
         "end": vars(samples[-1]),
+        "rss_medians_mb": {
+            name: {"first_fifth": a, "last_fifth": b} for name, (a, b) in memory_medians(steady).items()
+        },
         "peak_server_rss_mb": max(s.server_rss_mb for s in samples),
         "samples": [vars(s) for s in samples],
         "problems": problems,
