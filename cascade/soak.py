@@ -66,9 +66,10 @@ def _rss_mb(pid: int) -> float:
     return int(_status(pid)["VmRSS"].split()[0]) / 1024
 
 
-def stub_pids(server_pid: int) -> list[int]:
-    """The server's Python-backend stub processes (its children running ``triton_python_backend_stub``)."""
-    pids = []
+def stubs(server_pid: int) -> dict[int, str]:
+    """The server's Python-backend stub processes (its children running ``triton_python_backend_stub``): pid ->
+    the model each serves (the stub's command line names the model's ``<model>/<version>/model.py``)."""
+    found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -76,18 +77,18 @@ def stub_pids(server_pid: int) -> list[int]:
             with open(f"/proc/{entry}/stat") as f:
                 ppid = int(f.read().rsplit(")", 1)[1].split()[1])
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv0 = f.read().split(b"\0", 1)[0]
+                argv = f.read().split(b"\0")
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == server_pid and argv0.endswith(b"triton_python_backend_stub"):
-            pids.append(int(entry))
-    return sorted(pids)
+        if ppid == server_pid and argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 1:
+            found[int(entry)] = Path(os.fsdecode(argv[1])).parent.parent.name
+    return found
 
 
 def sample(server_pid: int, t_s: float) -> Sample:
-    stubs = stub_pids(server_pid)
+    pids = sorted(stubs(server_pid))
     stub_rss = 0.0
-    for pid in stubs:
+    for pid in pids:
         try:
             stub_rss += _rss_mb(pid)
         except OSError:
@@ -104,7 +105,7 @@ def sample(server_pid: int, t_s: float) -> Sample:
         t_s=round(t_s, 1),
         server_rss_mb=round(int(status["VmRSS"].split()[0]) / 1024, 1),
         stub_rss_mb=round(stub_rss, 1),
-        stubs=len(stubs),
+        stubs=len(pids),
         shm_files=len(regions),
         shm_mb=round(shm_bytes / 2**20, 1),
         server_fds=len(os.listdir(f"/proc/{server_pid}/fd")),

@@ -57,3 +57,49 @@ def client(server):
 
     with CascadeClient(server.grpc_url) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def explicit_server(built_repo, tmp_path_factory):
+    """A second server, in explicit model-control mode: tests may unload, reload and reconfigure its models
+    (each test leaves them as it found them)."""
+    from cascade.launcher import ServerOptions, TritonServer, free_ports
+
+    repo, _ = built_repo
+    http, grpc, metrics_port = free_ports(3)
+    opts = ServerOptions(
+        repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics_port, model_control_mode="explicit",
+        log_file=tmp_path_factory.mktemp("explicit") / "server.log",
+        # A killed stub (tests/test_failures.py) makes Triton 2.51 wait out its whole exit timeout (30 s).
+        extra_args=["--exit-timeout-secs=5"],
+    )  # fmt: skip
+    with TritonServer(opts) as server:
+        yield server
+
+
+@pytest.fixture
+def reconfigure(explicit_server):
+    """``with reconfigure(task, name=value, ...)``: the task's gate reloaded with these parameters changed (a config
+    override through the load API; ``None`` removes one), and its repository config restored afterwards."""
+    import contextlib
+
+    from cascade.client import CascadeClient
+
+    @contextlib.contextmanager
+    def change(task: str, **parameters):
+        with CascadeClient(explicit_server.grpc_url) as admin:
+            original = admin._client.get_model_config(task, as_json=True)["config"]
+            config = json.loads(json.dumps(original))
+            for name, value in parameters.items():
+                if value is None:
+                    config["parameters"].pop(name, None)
+                else:
+                    config["parameters"][name] = {"string_value": value}
+            admin._client.load_model(task, config=json.dumps(config))
+            try:
+                yield explicit_server
+            finally:
+                # A load without a config would be a no-op (the files did not change): pass the original back.
+                admin._client.load_model(task, config=json.dumps(original))
+
+    return change

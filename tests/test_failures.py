@@ -23,22 +23,6 @@ pytestmark = pytest.mark.server
 TEXTS = ["a fine film", "dull and far too long", "not bad at all", "a mess"]
 
 
-@pytest.fixture(scope="module")
-def explicit(built_repo, tmp_path_factory):
-    from cascade.launcher import ServerOptions, TritonServer, free_ports
-
-    repo, _ = built_repo
-    http, grpc, metrics_port = free_ports(3)
-    opts = ServerOptions(
-        repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics_port, model_control_mode="explicit",
-        log_file=tmp_path_factory.mktemp("failures") / "server.log",
-        # A killed stub makes Triton 2.51 wait out its whole exit timeout (30 s) at shutdown.
-        extra_args=["--exit-timeout-secs=5"],
-    )  # fmt: skip
-    with TritonServer(opts) as server:
-        yield server
-
-
 def tier_failures(server, task: str, tier: str) -> float:
     series = f'{metrics.TIER_FAILURES}{{task="{task}",tier="{tier}"}}'
     with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
@@ -114,29 +98,23 @@ class Traffic:
         assert not any(t.is_alive() for t in self.threads), "a request hung"
 
 
-def stub_pid(model: str) -> int:
-    """The Python-backend stub process serving ``model`` (its command line names the model's file)."""
-    suffix = f"/{model}/{contract.MODEL_VERSION}/model.py".encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if argv[0].endswith(b"triton_python_backend_stub") and any(a.endswith(suffix) for a in argv):
-            return int(entry)
-    raise LookupError(f"no stub process serves {model}")
+def stub_pid(server, model: str) -> int:
+    """The Python-backend stub process serving ``model`` in ``server`` (other servers may serve the same files)."""
+    from cascade.soak import stubs
+
+    pids = [pid for pid, name in stubs(server.pid).items() if name == model]
+    if len(pids) != 1:
+        raise LookupError(f"{len(pids)} stub processes serve {model} in server {server.pid}")
+    return pids[0]
 
 
-def test_an_unloaded_tier_is_skipped_under_load_counted_and_comes_back(explicit, sst2_task):
+def test_an_unloaded_tier_is_skipped_under_load_counted_and_comes_back(explicit_server, sst2_task):
     """Unload the encoder (explicit model control) while three clients send requests: its rows go to llm_small,
     no request fails or hangs, the rows are counted; once reloaded the encoder answers again."""
     task, encoder = sst2_task.name, contract.tier_model_name(sst2_task.name, contract.TIER_ENCODER)
-    with CascadeClient(explicit.grpc_url) as admin:
-        before = tier_failures(explicit, task, "encoder")
-        with Traffic(explicit.grpc_url, task, min_tier="encoder", max_tier="llm_small") as traffic:
+    with CascadeClient(explicit_server.grpc_url) as admin:
+        before = tier_failures(explicit_server, task, "encoder")
+        with Traffic(explicit_server.grpc_url, task, min_tier="encoder", max_tier="llm_small") as traffic:
             time.sleep(1)
             admin._client.unload_model(encoder)
             time.sleep(3)
@@ -145,52 +123,46 @@ def test_an_unloaded_tier_is_skipped_under_load_counted_and_comes_back(explicit,
         print("unloaded encoder:", traffic)
         assert traffic.errors == [] and traffic.requests >= 6
         assert traffic.tiers["llm_small"] > 0  # the encoder's rows went on while it was away
-        assert wait_for_failures(explicit, task, "encoder", before + len(TEXTS)) >= before + len(TEXTS)
+        assert wait_for_failures(explicit_server, task, "encoder", before + len(TEXTS)) >= before + len(TEXTS)
         assert answered_by(admin, task, "encoder") == {"encoder"}
 
 
-def test_a_tier_past_its_deadline_is_skipped_and_its_rows_go_on(explicit, sst2_task):
+def test_a_tier_past_its_deadline_is_skipped_and_its_rows_go_on(explicit_server, sst2_task, reconfigure):
     """llm_small with a 20 ms deadline (``tier_timeouts_ms``, set by reloading the gate with a config override):
     each call misses it, the gate abandons the call, skips llm_small while the call still runs and for
     TIER_RETRY_AFTER_S after it, and llm_large answers every row; no request fails or hangs."""
     task = sst2_task.name
-    with CascadeClient(explicit.grpc_url) as admin:
-        original = admin._client.get_model_config(task, as_json=True)["config"]
-        config = json.loads(json.dumps(original))
-        config["parameters"][contract.CFG_TIER_TIMEOUTS_MS] = {"string_value": json.dumps({"llm_small": 20})}
-        admin._client.load_model(task, config=json.dumps(config))
-        try:
-            before = tier_failures(explicit, task, "llm_small")
-            with Traffic(explicit.grpc_url, task, workers=2, min_tier="llm_small") as traffic:
+    deadline = {contract.CFG_TIER_TIMEOUTS_MS: json.dumps({"llm_small": 20})}
+    with CascadeClient(explicit_server.grpc_url) as client:
+        with reconfigure(task, **deadline):
+            before = tier_failures(explicit_server, task, "llm_small")
+            with Traffic(explicit_server.grpc_url, task, workers=2, min_tier="llm_small") as traffic:
                 time.sleep(4)
             print("llm_small past its deadline:", traffic)
             assert traffic.errors == [] and traffic.requests >= 2
             assert set(traffic.tiers) == {"llm_large"}
-            counted = wait_for_failures(explicit, task, "llm_small", before + sum(traffic.tiers.values()))
+            counted = wait_for_failures(explicit_server, task, "llm_small", before + sum(traffic.tiers.values()))
             assert counted - before == sum(traffic.tiers.values())  # every row: timed out or skipped
-        finally:
-            # Back to the repository's config. A load without a config is a no-op here: the files did not change.
-            admin._client.load_model(task, config=json.dumps(original))
-        assert answered_by(admin, task, "llm_small") == {"llm_small"}
+        assert answered_by(client, task, "llm_small") == {"llm_small"}
 
 
-def test_a_killed_tier_process_is_skipped_until_the_tier_is_reloaded(explicit, sst2_task):
+def test_a_killed_tier_process_is_skipped_until_the_tier_is_reloaded(explicit_server, sst2_task):
     """kill -9 of the encoder's stub process (as the OOM killer would): Triton 2.51 neither restarts it nor marks
     the model unready; the gate passes its rows on (paying Triton's ~1 s health check once per breaker
     interval, not per request) until an unload + load starts a new stub."""
     task, encoder = sst2_task.name, contract.tier_model_name(sst2_task.name, contract.TIER_ENCODER)
-    with CascadeClient(explicit.grpc_url) as admin:
+    with CascadeClient(explicit_server.grpc_url) as admin:
         assert answered_by(admin, task, "encoder") == {"encoder"}
-        before = tier_failures(explicit, task, "encoder")
-        os.kill(stub_pid(encoder), signal.SIGKILL)
-        with Traffic(explicit.grpc_url, task, min_tier="encoder", max_tier="llm_small") as traffic:
+        before = tier_failures(explicit_server, task, "encoder")
+        os.kill(stub_pid(explicit_server, encoder), signal.SIGKILL)
+        with Traffic(explicit_server.grpc_url, task, min_tier="encoder", max_tier="llm_small") as traffic:
             time.sleep(4)
         print("killed encoder stub:", traffic)
         assert traffic.errors == [] and traffic.requests >= 3
         assert set(traffic.tiers) == {"llm_small"}
         assert admin._client.is_model_ready(encoder)  # Triton still calls it ready: only the gate notices
         rows = sum(traffic.tiers.values())
-        assert wait_for_failures(explicit, task, "encoder", before + rows) - before == rows
+        assert wait_for_failures(explicit_server, task, "encoder", before + rows) - before == rows
         admin._client.unload_model(encoder)
         admin.load_models([encoder])
         assert answered_by(admin, task, "encoder") == {"encoder"}

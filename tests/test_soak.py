@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from cascade.soak import GROWTH_FLOOR_MB, KINDS, Sample, judge, run_soak, stub_pids
+from cascade.soak import GROWTH_FLOOR_MB, KINDS, Sample, judge, run_soak, stubs
 
 FLAT = [Sample(t, 200.0, 1500.0, 8, 8, 22.0, 70, 300) for t in (0.0, 30.0, 60.0, 90.0, 120.0)]
 
@@ -62,5 +62,5 @@ def test_a_short_soak_against_the_real_server(built_repo, sst2_task):
     assert len({s["shm_files"] for s in steady}) == 1  # region sizes may still step up this early
 
 
-def test_stub_pids_of_no_server_is_empty():
-    assert stub_pids(0) == []
+def test_stubs_of_no_server_is_empty():
+    assert stubs(0) == {}
