@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 REPO ?= model_repository/cpu
 TASK ?= sst2
 
-.PHONY: setup demo test lint format build export serve bench bench-llm bench-table loadtest soak clean helm-lint
+.PHONY: setup demo test lint format build export serve bench bench-llm bench-table loadtest soak clean helm-lint export-gpu gpu-check-prepare gpu-check-dry-run
 
 setup: $(STAMP)
 
@@ -82,3 +82,14 @@ helm-lint: setup
 			$(BIN)/kubernetes-validate --strict --quiet -k $$kube $$out/$$set-$$kube.yaml; \
 		done; \
 	done
+
+# The GPU profile (unverified on a GPU): generated from the built CPU profile of $(TASK) into model_repository/gpu.
+export-gpu: setup
+	$(BIN)/cascade export --repo $(REPO) --task $(TASK) --profile gpu
+
+# The one-call GPU check (issue #9): prepare here, then run scripts/gpu_check.sh with the device tool
+# (carry .whl and .gpu-check); `make gpu-check-dry-run` checks the script itself on this CPU machine.
+gpu-check-prepare: setup
+	$(BIN)/python scripts/gpu_check_prepare.py
+gpu-check-dry-run: setup
+	PYTHONPATH=$(CURDIR) $(BIN)/python scripts/gpu_check.py --dry-run-on-cpu --out bench/work/gpu-check

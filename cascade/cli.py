@@ -99,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_repo(p)
     _add_task(p)
     _add_work(p)
+    p.add_argument(
+        "--profile", choices=("cpu", "gpu"), default="cpu",
+        help="gpu: also write the GPU profile (onnxruntime+TensorRT, FIL, GPU gate) beside --repo (default: cpu)",
+    )  # fmt: skip
+    p.add_argument("--gpu-repo", type=Path, default=None, help="where the GPU profile goes (default: REPO/../gpu)")
+    p.add_argument("--trtllm-engine", default=None, help="GPU profile: the large tier's TensorRT-LLM engine folder")
+    p.add_argument("--trtllm-tokenizer", default=None, help="GPU profile: its Hugging Face tokenizer folder")
 
     p = sub.add_parser("task", help="tasks in a running server")
     tsub = p.add_subparsers(dest="task_command", required=True)
@@ -326,7 +333,14 @@ def cmd_export(args) -> int:
     from cascade.export.build import export_task
     from cascade.tasks import load_task
 
-    export_task(load_task(args.task), args.repo, _stage(args))
+    task = load_task(args.task)
+    export_task(task, args.repo, _stage(args))
+    if args.profile == "gpu":
+        from cascade.gpu_profile import write_gpu_repository
+
+        target = args.gpu_repo or Path(args.repo).parent / "gpu"
+        names = write_gpu_repository(args.repo, target, [task.name], args.trtllm_engine, args.trtllm_tokenizer)
+        print(f"GPU profile of {task.name} written to {target}: {', '.join(names)} (unverified on a GPU)")
     return 0
 
 

@@ -110,6 +110,11 @@ CFG_TIERS = "tiers"
 CFG_THRESHOLDS = "thresholds"
 #: gate: the deadline of each call to a tier (ms), enforced by the gate; past it the rows go on to the next tier.
 CFG_BLS_TIMEOUT_MS = "bls_timeout_ms"
+#: gate, optional: where the gate's arrays live. "auto" (default): NumPy for a CPU instance, torch on the
+#: instance's GPU for a GPU instance; "numpy", "torch:cpu" or "torch:cuda:N" choose one (tests run the torch
+#: path on the CPU with "torch:cpu").
+CFG_PLACEMENT = "placement"
+PLACEMENT_AUTO = "auto"
 #: gate, optional: {tier name: ms} deadlines for some tiers (e.g. a tight one on llm_small); others use the above.
 CFG_TIER_TIMEOUTS_MS = "tier_timeouts_ms"
 CFG_ONNX_FILE = "onnx_file"
@@ -119,6 +124,10 @@ CFG_PROMPTS = "prompts"  # gate: {LLM tier name: prompt}
 #: gate: embedding tiers the gate runs in-process from the tier model's own ONNX file (no BLS hop; the
 #: tier model stays served for direct calls). Tier 0 over precomputed embeddings is the table job's hot path.
 CFG_INLINE_TIERS = "inline_tiers"
+#: Keys of a Python-backend model's parameters that Triton itself reads; the gate ignores them. With "no", a
+#: GPU instance receives its input tensors where they are (GPU memory too) instead of copied to the host.
+FORCE_CPU_ONLY_INPUT_TENSORS = "FORCE_CPU_ONLY_INPUT_TENSORS"
+PYTHON_BACKEND_PARAMETERS = (FORCE_CPU_ONLY_INPUT_TENSORS, "EXECUTION_ENV_PATH")
 #: The version folder the repository writer uses for every model (an inline tier's file is read from it).
 MODEL_VERSION = "1"
 CFG_LLM_MODEL = "llm_model"

@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from cascade import contract
+from cascade.arrays import Array, Placement, all_finite, all_true, first_bad_row, host, nonzero, size
 from cascade.errors import CascadeError, ConfigError, InvalidInput, TierFailure
 
 
@@ -43,6 +44,8 @@ class GateConfig:
     inline_tiers: tuple[int, ...] = ()
     #: tier -> its own call deadline in ms (``contract.CFG_TIER_TIMEOUTS_MS``); others use bls_timeout_ms.
     tier_timeouts_ms: dict[int, int] = field(default_factory=dict)
+    #: Where the gate's arrays live (``contract.CFG_PLACEMENT``).
+    placement: str = contract.PLACEMENT_AUTO
 
     def __post_init__(self) -> None:
         if not self.task:
@@ -66,6 +69,13 @@ class GateConfig:
             raise ConfigError(f"gate parameter 'thresholds' lacks tiers {missing} (only the last may omit one)")
         if not (isinstance(self.bls_timeout_ms, int) and self.bls_timeout_ms > 0):
             raise ConfigError(f"gate parameter 'bls_timeout_ms' must be a positive integer: {self.bls_timeout_ms!r}")
+        if not (
+            self.placement in (contract.PLACEMENT_AUTO, "numpy", "torch:cpu")
+            or (self.placement.startswith("torch:cuda:") and self.placement.rsplit(":", 1)[1].isdigit())
+        ):
+            raise ConfigError(
+                f"gate parameter 'placement' must be auto, numpy, torch:cpu or torch:cuda:N, not {self.placement!r}"
+            )
         for tier, ms in self.tier_timeouts_ms.items():
             name = contract.TIER_NAMES.get(tier, tier)
             if tier not in self.tiers:
@@ -90,6 +100,12 @@ class GateConfig:
                 check_prompt(prompt, len(self.labels))
             except ConfigError as exc:
                 raise ConfigError(f"prompt of {contract.TIER_NAMES[tier]}: {exc}") from exc
+
+    def device(self, instance_kind: str, device_id: int) -> str | None:
+        """The ``cascade.arrays.Placement`` device of a gate instance of this kind (None: NumPy on the host)."""
+        if self.placement == contract.PLACEMENT_AUTO:
+            return f"cuda:{device_id}" if instance_kind == "GPU" else None
+        return None if self.placement == "numpy" else self.placement.removeprefix("torch:")
 
     def timeout_s(self, tier: int) -> float:
         """The deadline of one call to ``tier``, in seconds."""
@@ -120,6 +136,7 @@ class GateConfig:
                 if self.inline_tiers
                 else {}
             )
+            | ({contract.CFG_PLACEMENT: self.placement} if self.placement != contract.PLACEMENT_AUTO else {})
             | (
                 {
                     contract.CFG_TIER_TIMEOUTS_MS: json.dumps(
@@ -133,7 +150,9 @@ class GateConfig:
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> GateConfig:
-        """Strict parsing: a missing, unknown or malformed parameter is a :class:`ConfigError`."""
+        """Strict parsing: a missing, unknown or malformed parameter is a :class:`ConfigError`. Triton's own
+        Python-backend keys (``contract.PYTHON_BACKEND_PARAMETERS``) are left to Triton."""
+        params = {k: v for k, v in params.items() if k not in contract.PYTHON_BACKEND_PARAMETERS}
         expected = {
             contract.CFG_TASK,
             contract.CFG_LABELS,
@@ -141,7 +160,12 @@ class GateConfig:
             contract.CFG_THRESHOLDS,
             contract.CFG_BLS_TIMEOUT_MS,
         }
-        optional = {contract.CFG_PROMPTS, contract.CFG_INLINE_TIERS, contract.CFG_TIER_TIMEOUTS_MS}
+        optional = {
+            contract.CFG_PROMPTS,
+            contract.CFG_INLINE_TIERS,
+            contract.CFG_TIER_TIMEOUTS_MS,
+            contract.CFG_PLACEMENT,
+        }
         unknown = set(params) - expected - optional
         if unknown:
             raise ConfigError(f"unknown gate parameters {sorted(unknown)}; expected {sorted(expected)}")
@@ -193,6 +217,7 @@ class GateConfig:
             prompts=prompts,
             inline_tiers=tuple(inline),
             tier_timeouts_ms=tier_timeouts,
+            placement=params.get(contract.CFG_PLACEMENT, contract.PLACEMENT_AUTO),
         )
 
 
@@ -328,69 +353,66 @@ def check_text_free(options: RequestOptions, enabled: Sequence[int]) -> None:
         )
 
 
-def check_embeddings(embeddings: np.ndarray, n_rows: int) -> np.ndarray:
+def check_embeddings(embeddings: Array, n_rows: int) -> Array:
+    """A request's EMBEDDING ([n, 384], finite) as float32, in its own namespace and device."""
     if embeddings.ndim != 2 or embeddings.shape[1] != contract.EMBEDDING_DIM:
         raise InvalidInput(f"EMBEDDING must have shape [n, {contract.EMBEDDING_DIM}], got {list(embeddings.shape)}")
     if embeddings.shape[0] != n_rows:
         raise InvalidInput(f"EMBEDDING has {embeddings.shape[0]} rows but TEXT has {n_rows}")
     if not all_finite(embeddings):
-        bad = ~np.isfinite(embeddings).all(axis=1)
-        raise InvalidInput(f"EMBEDDING row {int(np.argmax(bad))} holds NaN or Inf")
-    return embeddings.astype(np.float32, copy=False)
-
-
-def all_finite(rows: np.ndarray) -> bool:
-    """Whether a [n, d] array holds no NaN or Inf, in one pass with no temporary of its size: a row sum is
-    finite whenever its values are (an overflowing sum of huge values falls back to the exact test)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(rows.sum(axis=1)).all():
-            return True
-    return bool(np.isfinite(rows).all())
+        raise InvalidInput(f"EMBEDDING row {first_bad_row(embeddings)} holds NaN or Inf")
+    return Placement.of(embeddings).asarray(embeddings)
 
 
 # --- the rows of one execute() ---------------------------------------------------------------------
 class RowBatch:
     """Texts of all rows, embeddings where the client sent them, others computed once on demand.
 
-    ``texts`` may be ``None`` when every row came with an embedding and no text (see ``check_text_free``)."""
+    ``texts`` may be ``None`` when every row came with an embedding and no text (see ``check_text_free``).
+    The embeddings live where ``placement`` says (the host, or a GPU); row indices are arrays of the same
+    placement."""
 
     def __init__(
         self,
         texts: list[str] | None,
-        embeddings: np.ndarray | None = None,
-        have_embedding: np.ndarray | None = None,
-        embed: Callable[[list[str]], np.ndarray] | None = None,
+        embeddings: Array | None = None,
+        have_embedding: Array | None = None,
+        embed: Callable[[list[str]], Array] | None = None,
+        placement: Placement | None = None,
     ) -> None:
         if texts is None and embeddings is None:
             raise InvalidInput("a batch needs TEXT or EMBEDDING")
         self.texts = texts
-        n = len(texts) if texts is not None else len(embeddings)
+        n = len(texts) if texts is not None else int(embeddings.shape[0])
         self._n = n
-        self._emb = embeddings if embeddings is not None else np.zeros((n, contract.EMBEDDING_DIM), np.float32)
-        self._have = have_embedding if have_embedding is not None else np.zeros(n, bool)
-        if embeddings is not None and have_embedding is None:
-            self._have[:] = True
+        self.placement = placement or (Placement.of(embeddings) if embeddings is not None else Placement())
+        at = self.placement
+        self._emb = at.asarray(embeddings) if embeddings is not None else at.zeros((n, contract.EMBEDDING_DIM))
+        if have_embedding is not None:
+            self._have = at.asarray(have_embedding, dtype="bool")
+        else:
+            self._have = at.full((n,), embeddings is not None, dtype="bool")
         self._embed = embed
         self.embedded_rows = 0
 
     def __len__(self) -> int:
         return self._n
 
-    def text(self, rows: np.ndarray) -> list[str]:
+    def text(self, rows: Array) -> list[str]:
         if self.texts is None:
             raise TierFailure("these rows came without TEXT")
-        return [self.texts[i] for i in rows]
+        return [self.texts[i] for i in host(rows).tolist()]
 
-    def embedding(self, rows: np.ndarray) -> np.ndarray:
-        if rows.size == len(self) and self._have.all():  # rows are sorted and distinct: all of them
+    def embedding(self, rows: Array) -> Array:
+        if size(rows) == len(self) and all_true(self._have):  # rows are sorted and distinct: all of them
             return self._emb
         missing = rows[~self._have[rows]]
-        if missing.size:
+        if size(missing):
             if self._embed is None:
                 raise TierFailure("rows need an embedding but no embedder is available")
-            self._emb[missing] = self._embed(self.text(missing))
+            self._emb[missing] = self.placement.asarray(self._embed(self.text(missing)))
             self._have[missing] = True
-            self.embedded_rows += missing.size
+            self.embedded_rows += size(missing)
         return self._emb[rows]
 
 
@@ -458,11 +480,12 @@ class TierGuard:
 
 # --- the cascade ------------------------------------------------------------------------------------
 class Tier(Protocol):
-    """One tier: class probabilities for the given rows of a batch, in the task's label order."""
+    """One tier: class probabilities for the given rows of a batch, in the task's label order, as an array of the
+    batch's placement (or of the host: it is moved)."""
 
     tier: int
 
-    def predict_proba(self, batch: RowBatch, rows: np.ndarray) -> np.ndarray: ...
+    def predict_proba(self, batch: RowBatch, rows: Array) -> Array: ...
 
 
 @dataclass
@@ -473,24 +496,28 @@ class TierStat:
     failed: bool = False
     seconds: float = 0.0
     error: str | None = None
-    #: Top-class probability of each row the tier scored (for the confidence histogram).
+    #: Top-class probability of each row the tier scored, on the host (for the confidence histogram).
     confidence: np.ndarray | None = None
 
 
 @dataclass
 class CascadeResult:
-    probs: np.ndarray  # [n, k] float32
-    tier: np.ndarray  # [n] int32, -1 where no tier answered
+    probs: Array  # [n, k] float32, where the batch lives
+    tier: Array  # [n] int32, -1 where no tier answered
     errors: list[str | None]  # per row: why no tier answered
     stats: list[TierStat] = field(default_factory=list)
 
     @property
     def confidence(self) -> np.ndarray:
-        return self.probs.max(axis=1) if self.probs.size else np.zeros(0, np.float32)
+        """Top-class probability per row, on the host."""
+        probs = host(self.probs)
+        return probs.max(axis=1) if probs.size else np.zeros(0, np.float32)
 
     @property
     def label_index(self) -> np.ndarray:
-        return self.probs.argmax(axis=1) if self.probs.size else np.zeros(0, np.int64)
+        """Index of the top class per row, on the host."""
+        probs = host(self.probs)
+        return probs.argmax(axis=1) if probs.size else np.zeros(0, np.int64)
 
 
 def run_cascade(
@@ -498,8 +525,8 @@ def run_cascade(
     tiers: Sequence[Tier],
     thresholds: dict[int, float],
     n_labels: int,
-    min_tier: np.ndarray,
-    max_tier: np.ndarray,
+    min_tier: Array,
+    max_tier: Array,
     cancelled: Callable[[], bool] = lambda: False,
 ) -> CascadeResult:
     """Answer each row at the cheapest tier whose confidence clears its threshold.
@@ -508,57 +535,60 @@ def run_cascade(
     highest enabled tier <= its ``max_tier``) answers whatever reaches it. A tier that fails passes
     its rows on; rows that no tier could answer get an error message. ``cancelled`` (a round trip to the
     server) is asked before each tier that reads text, the costly ones, not before the embedding tiers.
+
+    The row selection runs where the batch lives (NumPy on the host, torch on a GPU): ``min_tier`` and
+    ``max_tier`` are per-row arrays of the same placement, and so are ``probs`` and ``tier`` in the result.
     """
     n = len(batch)
+    at = batch.placement
     order = sorted(tiers, key=lambda t: t.tier)
-    tier_ids = np.array([t.tier for t in order])
-    probs = np.zeros((n, n_labels), np.float32)
-    answered_by = np.full(n, -1, np.int32)
+    probs = at.zeros((n, n_labels))
+    answered_by = at.full((n,), -1, dtype="int32")
     errors: list[str | None] = [None] * n
     # The last tier each row may use; it accepts whatever confidence.
-    final = np.full(n, -1)
-    for tid in tier_ids:
-        final[tid <= max_tier] = tid
-    pending = np.ones(n, bool)
+    final = at.full((n,), -1)
+    for tier in order:
+        final[tier.tier <= max_tier] = tier.tier
+    pending = at.full((n,), True, dtype="bool")
     stats = []
     for tier in order:
-        if not pending.any():
+        if all_true(~pending):
             break
-        rows = np.flatnonzero(pending & (min_tier <= tier.tier) & (tier.tier <= max_tier))
-        if rows.size == 0:
+        rows = nonzero(pending & (min_tier <= tier.tier) & (tier.tier <= max_tier))
+        if size(rows) == 0:
             continue
         if tier.tier not in contract.EMBEDDING_TIERS and cancelled():
             raise Cancelled("request cancelled by the client")
-        stat = TierStat(tier.tier, rows_in=int(rows.size))
+        stat = TierStat(tier.tier, rows_in=size(rows))
         stats.append(stat)
         start = time.perf_counter()
         try:
-            p = np.asarray(tier.predict_proba(batch, rows), dtype=np.float32)
-            if p.shape != (rows.size, n_labels) or not np.isfinite(p).all():
+            p = at.asarray(tier.predict_proba(batch, rows))
+            if tuple(p.shape) != (size(rows), n_labels) or not all_finite(p):
                 raise TierFailure(
                     f"tier {contract.TIER_NAMES[tier.tier]} returned shape {list(p.shape)} "
-                    f"(want {[int(rows.size), n_labels]}) or non-finite values"
+                    f"(want {[size(rows), n_labels]}) or non-finite values"
                 )
         except TierFailure as exc:
             stat.failed, stat.error = True, str(exc)
-            for i in rows:
+            for i in host(rows).tolist():
                 errors[i] = f"tier {contract.TIER_NAMES[tier.tier]} failed: {exc}"
             stat.seconds = time.perf_counter() - start
             continue
         stat.seconds = time.perf_counter() - start
-        conf = p.max(axis=1)
-        stat.confidence = conf
+        conf = at.xp.max(p, axis=1)
+        stat.confidence = host(conf)
         threshold = thresholds.get(tier.tier, math.inf)
         accept = (conf >= threshold) | (final[rows] <= tier.tier)
         chosen = rows[accept]
         probs[chosen] = p[accept]
         answered_by[chosen] = tier.tier
         pending[chosen] = False
+        stat.answered = size(chosen)
         if any(s.failed for s in stats):  # rows a failed tier passed on are answered after all
-            for i in chosen:
+            for i in host(chosen).tolist():
                 errors[i] = None
-        stat.answered = int(chosen.size)
-    for i in np.flatnonzero(pending):
+    for i in host(nonzero(pending)).tolist():
         if errors[i] is None:
             errors[i] = "no enabled tier could answer this row"
     return CascadeResult(probs=probs, tier=answered_by, errors=errors, stats=stats)

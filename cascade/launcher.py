@@ -492,7 +492,7 @@ class TritonServer:
         if not self.opts.repository.is_dir():
             raise ServerError(f"model repository {self.opts.repository} is not a directory")
         prepare_python_backend(self.backend_dir)
-        from cascade.export.repository import recover  # an export killed mid-commit: back to one version
+        from cascade.export.journal import recover  # an export killed mid-commit: back to one version
 
         for done in recover(self.opts.repository):
             print(f"cascade: {done}", file=sys.stderr)

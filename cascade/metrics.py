@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cascade import contract
+from cascade.arrays import host
 
 #: Rows answered, per task and tier.
 ROWS = "cascade_rows_total"
@@ -100,7 +101,8 @@ class MetricsBuffer:
 
     def add(self, result) -> None:
         """Count one ``cascade.gate.CascadeResult``."""
-        answered = result.tier[result.tier >= 0]
+        tier = host(result.tier)
+        answered = tier[tier >= 0]
         tiers, counts = np.unique(answered, return_counts=True)
         for tier, count in zip(tiers.tolist(), counts.tolist(), strict=True):
             self._add(ROWS, tier, float(count))

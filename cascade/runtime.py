@@ -59,7 +59,7 @@ class OnnxRunner:
                 raise ConfigError(
                     f"{onnx_path}: a text model takes {TOKEN_INPUTS}, the graph declares {sorted(inputs)}"
                 )
-            self._tokenizer, self._pad_id, self._pad_type_id = self._load_tokenizer(tokenizer_path)
+            self._tokenizer = TextTokenizer(tokenizer_path)
             if len(outputs) != 1:
                 raise ConfigError(f"{onnx_path}: a text model has one output, got {len(outputs)}")
             output = outputs[0]
@@ -79,21 +79,6 @@ class OnnxRunner:
         width = output.shape[-1] if output.shape else None
         #: Width k of the output rows (known from the graph, or after the first run or probe).
         self._width: int | None = width if isinstance(width, int) and width > 0 else None
-
-    @staticmethod
-    def _load_tokenizer(path: Path) -> tuple[Any, int, int]:
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(path))
-        padding = tokenizer.padding or {}
-        pad_id = padding.get("pad_id")
-        if pad_id is None:
-            pad_id = tokenizer.token_to_id("[PAD]") or 0
-        pad_type_id = int(padding.get("pad_type_id") or 0)
-        # We pad per sub-batch ourselves (to the longest row); the tokenizer only truncates.
-        tokenizer.no_padding()
-        tokenizer.enable_truncation(max_length=MAX_SEQ_TOKENS)
-        return tokenizer, int(pad_id), pad_type_id
 
     @property
     def output_width(self) -> int:
@@ -135,23 +120,13 @@ class OnnxRunner:
         return [_as_text(v) for v in inputs]
 
     def _run_texts(self, texts: list[str]) -> np.ndarray:
-        encodings = self._tokenizer.encode_batch(texts)
+        encodings = self._tokenizer.encode(texts)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         order = np.argsort(lengths, kind="stable")
         out: np.ndarray | None = None
         for start in range(0, len(order), TEXT_SUB_BATCH):
             rows = order[start : start + TEXT_SUB_BATCH]
-            width = int(lengths[rows].max())
-            ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            types = np.full((len(rows), width), self._pad_type_id, dtype=np.int64)
-            for j, r in enumerate(rows):
-                enc = encodings[r]
-                n = len(enc.ids)
-                ids[j, :n] = enc.ids
-                mask[j, :n] = enc.attention_mask
-                types[j, :n] = enc.type_ids
-            arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+            arrays = self._tokenizer.pad([encodings[r] for r in rows])
             feeds = {name: arrays[name] for name in self._feeds}
             result = np.asarray(self._session.run([self._output], feeds)[0], dtype=np.float32)
             if result.ndim == 1:
@@ -161,3 +136,122 @@ class OnnxRunner:
             out[rows] = result
         assert out is not None
         return out
+
+
+class TextTokenizer:
+    """A ``tokenizer.json`` as the text models' token inputs: int64 ``input_ids``, ``attention_mask`` and
+    ``token_type_ids``, each row cut to MAX_SEQ_TOKENS and padded to the longest row of its batch. Used in
+    process by :class:`OnnxRunner` (CPU profile) and by the tokenizer model of the GPU profile's ensembles."""
+
+    def __init__(self, path: Path | str) -> None:
+        from tokenizers import Tokenizer
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"tokenizer not found: {path}")
+        tokenizer = Tokenizer.from_file(str(path))
+        padding = tokenizer.padding or {}
+        pad_id = padding.get("pad_id")
+        if pad_id is None:
+            pad_id = tokenizer.token_to_id("[PAD]") or 0
+        self.pad_id, self.pad_type_id = int(pad_id), int(padding.get("pad_type_id") or 0)
+        # Padding is done per batch here (to its longest row); the tokenizer only truncates.
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=MAX_SEQ_TOKENS)
+        self._tokenizer = tokenizer
+
+    def encode(self, texts: list[str]) -> list:
+        return self._tokenizer.encode_batch(texts)
+
+    def pad(self, encodings: Sequence) -> dict[str, np.ndarray]:
+        width = max((len(e.ids) for e in encodings), default=0)
+        ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        types = np.full((len(encodings), width), self.pad_type_id, dtype=np.int64)
+        for j, enc in enumerate(encodings):
+            n = len(enc.ids)
+            ids[j, :n] = enc.ids
+            mask[j, :n] = enc.attention_mask
+            types[j, :n] = enc.type_ids
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+    def __call__(self, texts: Sequence[str | bytes]) -> dict[str, np.ndarray]:
+        """Token arrays of a batch of texts (bytes are decoded as UTF-8; each cut to MAX_TEXT_CHARS first)."""
+        return self.pad(self.encode([_as_text(t) for t in texts]))
+
+
+class LinearModel:
+    """A linear classifier exported by skl2onnx (``LinearClassifier``, optionally then an L1 ``Normalizer``),
+    evaluated with array-API ops: NumPy on the host, or torch on a GPU when the gate gates there. Its numbers
+    match ONNX Runtime's on the same graph (tested)."""
+
+    POST_TRANSFORMS = ("NONE", "LOGISTIC", "SOFTMAX")
+
+    def __init__(self, weights: np.ndarray, bias: np.ndarray, post_transform: str, l1_normalize: bool) -> None:
+        if post_transform not in self.POST_TRANSFORMS:
+            raise ConfigError(
+                f"LinearClassifier post_transform {post_transform!r} is not one of {self.POST_TRANSFORMS}"
+            )
+        self.weights = np.ascontiguousarray(weights, np.float32)  # [k, d]
+        self.bias = np.ascontiguousarray(bias, np.float32)  # [k]
+        self.post_transform = post_transform
+        self.l1_normalize = l1_normalize
+        self._placed: dict = {}
+
+    @classmethod
+    def from_onnx(cls, path: Path | str) -> LinearModel:
+        """The weights of ``path``; a ConfigError when the graph is not a (normalized) linear classifier."""
+        import onnx
+        from onnx import helper
+
+        nodes = list(onnx.load(str(path)).graph.node)
+        kinds = [n.op_type for n in nodes]
+        if kinds not in (["LinearClassifier"], ["LinearClassifier", "Normalizer"]):
+            raise ConfigError(f"{path}: not a linear classifier graph ({kinds})")
+        attrs = {a.name: helper.get_attribute_value(a) for a in nodes[0].attribute}
+        bias = np.asarray(attrs["intercepts"], np.float32)
+        weights = np.asarray(attrs["coefficients"], np.float32).reshape(len(bias), -1)
+        post = attrs.get("post_transform", b"NONE")
+        normalize = len(nodes) == 2
+        if normalize:
+            norm = {a.name: helper.get_attribute_value(a) for a in nodes[1].attribute}.get("norm", b"")
+            if norm != b"L1":
+                raise ConfigError(f"{path}: Normalizer norm {norm!r} is not L1")
+        return cls(weights, bias, post.decode() if isinstance(post, bytes) else post, normalize)
+
+    FILE = "linear.npz"  # the weights in plain form beside model.onnx: no onnx package needed to read them
+
+    def save(self, folder: Path | str) -> Path:
+        path = Path(folder) / self.FILE
+        with open(path, "wb") as f:
+            np.savez(
+                f, weights=self.weights, bias=self.bias, post_transform=np.array(self.post_transform),
+                l1_normalize=np.array(self.l1_normalize),
+            )  # fmt: skip
+        return path
+
+    @classmethod
+    def load(cls, folder: Path | str) -> LinearModel:
+        """The tier in ``folder``: its ``linear.npz``, else parsed from its ``model.onnx``."""
+        path = Path(folder) / cls.FILE
+        if not path.is_file():
+            return cls.from_onnx(Path(folder) / "model.onnx")
+        with np.load(path) as z:
+            return cls(z["weights"], z["bias"], str(z["post_transform"]), bool(z["l1_normalize"]))
+
+    def predict_proba(self, x, placement) -> object:
+        """Class probabilities [n, k] of embeddings ``x`` [n, d], in ``placement`` (a ``cascade.arrays.Placement``)."""
+        key = placement.device
+        if key not in self._placed:
+            self._placed[key] = (placement.asarray(self.weights.T.copy()), placement.asarray(self.bias))
+        w, b = self._placed[key]
+        xp = placement.xp
+        scores = xp.matmul(x, w) + b
+        if self.post_transform == "LOGISTIC":
+            scores = 1.0 / (1.0 + xp.exp(-scores))
+        elif self.post_transform == "SOFTMAX":
+            scores = xp.exp(scores - xp.max(scores, axis=1, keepdims=True))
+            scores = scores / xp.sum(scores, axis=1, keepdims=True)
+        if self.l1_normalize:
+            scores = scores / xp.sum(xp.abs(scores), axis=1, keepdims=True)
+        return scores

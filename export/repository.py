@@ -1,15 +1,7 @@
 """Writing the Triton model repository atomically: models are built in a staging folder beside the
-repository and renamed into place, so the server never sees a half-written model.
-
-A task is several models (the gate and its tiers) that must change together. The commit is journaled: a
-``COMMIT`` file in the staging folder lists the models before the first rename and becomes ``COMMITTED``
-after the last. A process killed at any point leaves one of three states, and :func:`recover` (run before
-every write and when a server starts) puts the repository back to a consistent version:
-
-- no journal (killed while staging): the repository was not touched; the staging folder is deleted;
-- ``COMMIT`` (killed among the renames): each model is rolled back to its previous version (a model that
-  had none is removed), so the repository keeps the previous version of the whole task;
-- ``COMMITTED``: the new version is complete; the staging folder (the old versions) is deleted.
+repository and renamed into place, so the server never sees a half-written model. The commit is journaled
+(``cascade.export.journal``): a writer killed at any point leaves the previous version of the whole task, or
+the whole new one, after :func:`recover` (run before every write and when a server starts).
 """
 
 from __future__ import annotations
@@ -29,74 +21,13 @@ from cascade.configgen import (
     parse_config,
     write_config,
 )
+from cascade.export.journal import DONE, JOURNAL, OLD_PREFIX, OWNER, fsync_dir, recover
+from cascade.runtime import TOKEN_INPUTS
 from cascade.tasks import REPO_ROOT
 
 BACKENDS_DIR = REPO_ROOT / "python_backends"
+BACKEND_TOKENIZER = "tokenizer"
 VERSION = contract.MODEL_VERSION
-JOURNAL, DONE, OWNER = "COMMIT", "COMMITTED", "OWNER"
-OLD_PREFIX, NEW_PREFIX = ".old-", ".new-"
-
-
-def _staging_dirs(repo: Path) -> list[Path]:
-    return sorted(repo.parent.glob(f".{repo.name}.staging-*"))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _owner_alive(staging: Path) -> bool:
-    """Whether another live process is still writing through this staging folder."""
-    try:
-        pid = int((staging / OWNER).read_text())
-    except (OSError, ValueError):
-        return False
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def recover(repo: Path) -> list[str]:
-    """Finish what killed writers left beside ``repo`` (see the module docstring); returns what was done."""
-    repo = Path(repo)
-    done = []
-    for staging in _staging_dirs(repo):
-        if _owner_alive(staging):
-            continue
-        journal = staging / JOURNAL
-        if journal.is_file():
-            names = json.loads(journal.read_text())["names"]
-            for name in names:
-                _roll_back(repo, staging, name)
-            done.append(f"rolled back an interrupted commit of {names} in {repo}")
-        elif (staging / DONE).is_file():
-            done.append(f"removed the old versions left by a finished commit in {repo}")
-        else:
-            done.append(f"removed an interrupted export's staging folder {staging.name}")
-        shutil.rmtree(staging, ignore_errors=True)
-    return done
-
-
-def _roll_back(repo: Path, staging: Path, name: str) -> None:
-    """Put ``repo/name`` back to its version before the commit; safe to repeat after another kill."""
-    dest, old, new = repo / name, staging / f"{OLD_PREFIX}{name}", staging / f"{NEW_PREFIX}{name}"
-    if (staging / name).exists() and not old.exists():
-        return  # not reached by the commit: dest is the previous version (or absent)
-    if not (staging / name).exists() and dest.exists():
-        os.rename(dest, new)  # the new version had been moved into place: take it out
-    if old.exists():
-        os.rename(old, dest)
-    _fsync_dir(repo)
 
 
 class RepositoryWriter:
@@ -137,13 +68,13 @@ class RepositoryWriter:
             json.dump({"names": self.names}, f)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(self.staging)
+        fsync_dir(self.staging)
         for name in self.names:
             dest = self.repo / name
             if dest.exists():
                 os.rename(dest, self.staging / f"{OLD_PREFIX}{name}")
             os.rename(self.staging / name, dest)
-        _fsync_dir(self.repo)
+        fsync_dir(self.repo)
         os.rename(journal, self.staging / DONE)  # the commit point
         self.abort()
         return self.names
@@ -171,6 +102,8 @@ def python_source(model_dir: Path) -> str | None:
         return BACKEND_LLM_SCORER
     if contract.CFG_TASK in params:
         return BACKEND_GATE
+    if config.output and {o.name for o in config.output} <= set(TOKEN_INPUTS):
+        return BACKEND_TOKENIZER  # the GPU profile's tokenize step
     return BACKEND_ONNX_RUNNER
 
 

@@ -14,6 +14,9 @@ import numpy as np
 from cascade.contract import EMBEDDING, EMBEDDING_DIM, PROBS
 from cascade.errors import InvalidInput
 
+#: The booster's own file beside the ONNX graph (the GPU profile's FIL backend reads it).
+XGBOOST_JSON = "xgboost.json"
+
 #: Opset of the tabular graphs (main domain); ai.onnx.ml follows the converters' choice.
 TARGET_OPSET = 15
 
@@ -120,13 +123,17 @@ def export_logreg(model: Any, path: Path) -> Path:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
+    from cascade.runtime import LinearModel
+
     onx = convert_sklearn(
         model,
         initial_types=[(EMBEDDING.name, FloatTensorType([None, EMBEDDING_DIM]))],
         options={id(model): {"zipmap": False}},
         target_opset=TARGET_OPSET,
     )
-    return _save(_single_output(onx, _probability_output(onx)), path)
+    saved = _save(_single_output(onx, _probability_output(onx)), path)
+    LinearModel.from_onnx(saved).save(saved.parent)  # the GPU gate runs this tier as torch ops from it
+    return saved
 
 
 def export_xgboost(model: Any, path: Path) -> Path:
@@ -139,7 +146,10 @@ def export_xgboost(model: Any, path: Path) -> Path:
         initial_types=[(EMBEDDING.name, FloatTensorType([None, EMBEDDING_DIM]))],
         target_opset=TARGET_OPSET,
     )
-    return _save(_single_output(onx, _probability_output(onx)), path)
+    saved = _save(_single_output(onx, _probability_output(onx)), path)
+    # The booster itself too: the GPU profile serves it with Triton's FIL backend (cascade.gpu_profile).
+    model.get_booster().save_model(str(saved.parent / XGBOOST_JSON))
+    return saved
 
 
 def check_tabular(model: Any, path: Path, X: Any) -> float:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cascade.contract import EMBEDDING, EMBEDDING_DIM, MAX_SEQ_TOKENS, PROBS
-from cascade.errors import InvalidInput
+from cascade.errors import ConfigError, InvalidInput
 from cascade.runtime import TEXT_SUB_BATCH, TOKENIZER_FILE, OnnxRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -185,6 +185,43 @@ def test_xgboost_export_matches_predict_proba(tmp_path: Path, n_labels: int) -> 
     assert out.shape == (5, n_labels)
     np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
     assert OnnxRunner(tmp_path).run(X[:0]).shape == (0, n_labels)
+    # The booster's JSON beside it (what the GPU profile's FIL backend serves) is the same model.
+    import xgboost
+
+    from cascade.export.tabular import XGBOOST_JSON
+
+    booster = xgboost.Booster(model_file=str(tmp_path / XGBOOST_JSON))
+    margin = booster.predict(xgboost.DMatrix(X[:5]))
+    probs = np.stack([1 - margin, margin], axis=1) if margin.ndim == 1 else margin
+    np.testing.assert_allclose(probs, out, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_labels", [2, 4])
+@pytest.mark.parametrize("device", [None, "cpu"], ids=["numpy", "torch"])
+def test_linear_model_matches_onnx_runtime_on_numpy_and_torch(tmp_path: Path, n_labels: int, device) -> None:
+    """The logreg tier as array-API ops (the gate runs it on its GPU in the GPU profile) equals ONNX Runtime."""
+    from cascade.arrays import Placement, host
+    from cascade.export.tabular import export_logreg, train_logreg
+    from cascade.runtime import LinearModel
+
+    X, y = _embeddings(n_labels, seed=2)
+    path = export_logreg(train_logreg(X, y), tmp_path / "model.onnx")
+    at = Placement(device)
+    assert (tmp_path / LinearModel.FILE).is_file()  # written by the export, read without the onnx package
+    for model in (LinearModel.from_onnx(path), LinearModel.load(tmp_path)):
+        got = model.predict_proba(at.asarray(X), at)
+        assert Placement.of(got).device == device
+        np.testing.assert_allclose(host(got), OnnxRunner(tmp_path).run(X), atol=2e-6)
+
+
+def test_linear_model_refuses_other_graphs(tmp_path: Path) -> None:
+    from cascade.export.tabular import export_xgboost, train_xgboost
+    from cascade.runtime import LinearModel
+
+    X, y = _embeddings(2, seed=3)
+    path = export_xgboost(train_xgboost(X, y, n_estimators=5), tmp_path / "model.onnx")
+    with pytest.raises(ConfigError, match="not a linear classifier"):
+        LinearModel.from_onnx(path)
 
 
 def test_tabular_rejects_labels_outside_0_to_n(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cascade import contract
+from cascade.arrays import Placement, host
 from cascade.errors import ConfigError, InvalidInput, TierFailure
 from cascade.gate import (
     Cancelled,
@@ -21,8 +22,22 @@ from cascade.gate import (
 LABELS = ("negative", "positive")
 
 
+def _placements() -> list[str | None]:
+    """The gate's math runs on NumPy (CPU profile) and on torch tensors (GPU profile): both are tested, torch on
+    the CPU here and on the GPU too where there is one."""
+    import torch
+
+    return [None, "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=_placements(), ids=lambda d: f"torch-{d}" if d else "numpy")
+def at(request):
+    return Placement(request.param)
+
+
 class FixedTier:
-    """A tier whose probabilities are given per row; records which rows it saw."""
+    """A tier whose probabilities are given per row; records which rows it saw. It answers in the batch's
+    placement, as the gate's tiers do (a BLS output taken by DLPack on a GPU)."""
 
     def __init__(self, tier, probs, fail=False):
         self.tier = tier
@@ -31,26 +46,29 @@ class FixedTier:
         self.seen = None
 
     def predict_proba(self, batch, rows):
-        self.seen = rows.tolist()
+        self.seen = host(rows).tolist()
         if self.fail:
             raise TierFailure("model unavailable")
-        return self.probs[rows]
+        return batch.placement.asarray(self.probs[host(rows)])
 
 
 def p(*positives):
     return [[1 - x, x] for x in positives]
 
 
-def run(tiers, thresholds, n, min_tier=0, max_tier=4):
-    batch = RowBatch([f"row {i}" for i in range(n)])
-    return run_cascade(batch, tiers, thresholds, 2, np.full(n, min_tier), np.full(n, max_tier))
+def run(at, tiers, thresholds, n, min_tier=0, max_tier=4):
+    batch = RowBatch([f"row {i}" for i in range(n)], placement=at)
+    result = run_cascade(batch, tiers, thresholds, 2, at.full((n,), min_tier), at.full((n,), max_tier))
+    assert Placement.of(result.probs).device == at.device and Placement.of(result.tier).device == at.device
+    result.tier = host(result.tier)
+    return result
 
 
-def test_rows_escalate_only_when_below_threshold():
+def test_rows_escalate_only_when_below_threshold(at):
     t0 = FixedTier(0, p(0.99, 0.6, 0.05, 0.5))
     t1 = FixedTier(1, p(0.5, 0.95, 0.5, 0.7))
     t2 = FixedTier(2, p(0.5, 0.5, 0.5, 0.2))
-    result = run([t0, t1, t2], {0: 0.9, 1: 0.9}, 4)
+    result = run(at, [t0, t1, t2], {0: 0.9, 1: 0.9}, 4)
     assert t0.seen == [0, 1, 2, 3]
     assert t1.seen == [1, 3]  # rows 0 and 2 were confident at tier 0
     assert t2.seen == [3]
@@ -61,56 +79,56 @@ def test_rows_escalate_only_when_below_threshold():
     assert [(s.tier, s.rows_in, s.answered) for s in result.stats] == [(0, 4, 2), (1, 2, 1), (2, 1, 1)]
 
 
-def test_last_tier_answers_whatever_reaches_it():
+def test_last_tier_answers_whatever_reaches_it(at):
     t0 = FixedTier(0, p(0.6, 0.55))
     t1 = FixedTier(1, p(0.51, 0.5))
-    result = run([t0, t1], {0: 0.99}, 2)
+    result = run(at, [t0, t1], {0: 0.99}, 2)
     assert result.tier.tolist() == [1, 1]
 
 
-def test_max_tier_makes_a_cheaper_tier_final():
+def test_max_tier_makes_a_cheaper_tier_final(at):
     t0 = FixedTier(0, p(0.6, 0.99))
     t1 = FixedTier(1, p(0.9, 0.9))
-    result = run([t0, t1], {0: 0.95}, 2, max_tier=0)
+    result = run(at, [t0, t1], {0: 0.95}, 2, max_tier=0)
     assert t1.seen is None
     assert result.tier.tolist() == [0, 0]
 
 
-def test_min_tier_skips_cheaper_tiers():
+def test_min_tier_skips_cheaper_tiers(at):
     t0 = FixedTier(0, p(0.99))
     t1 = FixedTier(1, p(0.7))
-    result = run([t0, t1], {0: 0.5}, 1, min_tier=1)
+    result = run(at, [t0, t1], {0: 0.5}, 1, min_tier=1)
     assert t0.seen is None
     assert result.tier.tolist() == [1]
 
 
-def test_failing_tier_escalates_its_rows():
+def test_failing_tier_escalates_its_rows(at):
     t0 = FixedTier(0, p(0.99, 0.99), fail=True)
     t1 = FixedTier(1, p(0.3, 0.8))
-    result = run([t0, t1], {0: 0.5}, 2)
+    result = run(at, [t0, t1], {0: 0.5}, 2)
     assert result.tier.tolist() == [1, 1]
     assert result.errors == [None, None]
     assert result.stats[0].failed
 
 
-def test_failing_last_tier_reports_rows_as_errors():
+def test_failing_last_tier_reports_rows_as_errors(at):
     t0 = FixedTier(0, p(0.99, 0.6))
     t1 = FixedTier(1, p(0.3, 0.8), fail=True)
-    result = run([t0, t1], {0: 0.9}, 2)
+    result = run(at, [t0, t1], {0: 0.9}, 2)
     assert result.tier.tolist() == [0, -1]
     assert result.errors[0] is None
     assert "tier xgboost failed: model unavailable" in result.errors[1]
 
 
-def test_tier_returning_bad_shape_is_a_failure():
+def test_tier_returning_bad_shape_is_a_failure(at):
     bad = FixedTier(0, [[0.5, 0.5, 0.0]])
     good = FixedTier(1, p(0.9))
-    result = run([bad, good], {0: 0.5}, 1)
+    result = run(at, [bad, good], {0: 0.5}, 1)
     assert result.tier.tolist() == [1]
     assert "shape" in result.stats[0].error
 
 
-def test_cancellation_is_checked_before_text_tiers_only():
+def test_cancellation_is_checked_before_text_tiers_only(at):
     t0, t1, t2 = FixedTier(0, p(0.6)), FixedTier(1, p(0.6)), FixedTier(2, p(0.9))
     asked = []
 
@@ -119,13 +137,21 @@ def test_cancellation_is_checked_before_text_tiers_only():
         return True
 
     with pytest.raises(Cancelled):
-        run_cascade(RowBatch(["x"]), [t0, t1, t2], {0: 0.9, 1: 0.9}, 2, np.zeros(1), np.full(1, 4), cancelled)
+        run_cascade(
+            RowBatch(["x"], placement=at),
+            [t0, t1, t2],
+            {0: 0.9, 1: 0.9},
+            2,
+            at.full((1,), 0),
+            at.full((1,), 4),
+            cancelled,
+        )
     # The embedding tiers ran (sub-millisecond, no round trip to ask); the encoder did not.
     assert t0.seen == [0] and t1.seen == [0] and t2.seen is None
     assert len(asked) == 1
 
 
-def test_row_batch_embeds_only_missing_rows_once():
+def test_row_batch_embeds_only_missing_rows_once(at):
     calls = []
 
     def embed(texts):
@@ -134,11 +160,11 @@ def test_row_batch_embeds_only_missing_rows_once():
 
     given = np.full((3, contract.EMBEDDING_DIM), 2.0, np.float32)
     have = np.array([True, False, True])
-    batch = RowBatch(["a", "b", "c"], embeddings=given, have_embedding=have, embed=embed)
-    out = batch.embedding(np.array([0, 1, 2]))
-    batch.embedding(np.array([1]))
+    batch = RowBatch(["a", "b", "c"], embeddings=at.asarray(given), have_embedding=have, embed=embed, placement=at)
+    out = batch.embedding(at.full((3,), 0) + at.asarray(np.arange(3), dtype="int64"))
+    batch.embedding(at.full((1,), 1))
     assert calls == [["b"]]
-    assert out[:, 0].tolist() == [2.0, 1.0, 2.0]
+    assert Placement.of(out).device == at.device and host(out)[:, 0].tolist() == [2.0, 1.0, 2.0]
     assert batch.embedded_rows == 1
 
 
@@ -166,6 +192,22 @@ def test_config_round_trips_through_parameters():
     assert config.tiers == (0, 1, 2)
     assert config.thresholds == {0: 0.9, 1: 0.8}
     assert config.needs_embedding
+
+
+@pytest.mark.parametrize(
+    "placement, kind, device",
+    [("auto", "CPU", None), ("auto", "GPU", "cuda:1"), ("numpy", "GPU", None), ("torch:cpu", "CPU", "cpu"),
+     ("torch:cuda:0", "CPU", "cuda:0")],
+)  # fmt: skip
+def test_placement_follows_the_instance_kind_unless_chosen(placement, kind, device):
+    config = GateConfig.from_parameters(good_params(placement=placement))
+    assert config.device(kind, 1) == device
+    assert GateConfig.from_parameters(config.to_parameters()) == config
+
+
+def test_tritons_own_parameters_are_left_to_triton():
+    params = good_params(**{contract.FORCE_CPU_ONLY_INPUT_TENSORS: "no"})
+    assert GateConfig.from_parameters(params) == GateConfig.from_parameters(good_params())
 
 
 def test_tier_deadlines_default_to_bls_timeout_and_round_trip():
@@ -203,6 +245,8 @@ def test_per_tier_prompts_round_trip():
         ({"bls_timeout_ms": "soon"}, "not an integer"),
         ({"bls_timeout_ms": "0"}, "positive integer"),
         ({"tier_timeouts_ms": json.dumps({"encoder": 0})}, "positive integer (ms)"),
+        ({"placement": "cuda"}, "must be auto, numpy, torch:cpu or torch:cuda:N"),
+        ({"placement": "torch:cuda:x"}, "must be auto, numpy, torch:cpu or torch:cuda:N"),
         ({"tier_timeouts_ms": json.dumps({"encoder": "1s"})}, "positive integer (ms)"),
         ({"tier_timeouts_ms": json.dumps({"llm_large": 100})}, "not enabled"),
         ({"tier_timeouts_ms": json.dumps(["encoder"])}, "must be a JSON dict"),
@@ -284,17 +328,19 @@ def test_decode_texts_keeps_rows_apart():
     assert decode_texts(np.array([b"x" * 9000, b"y"], dtype=np.object_)) == ["x" * contract.MAX_TEXT_CHARS, "y"]
 
 
-def test_check_embeddings():
-    good = np.zeros((2, contract.EMBEDDING_DIM), np.float32)
-    assert check_embeddings(good, 2) is good
+def test_check_embeddings(at):
+    good = at.zeros((2, contract.EMBEDDING_DIM))
+    assert check_embeddings(good, 2) is good  # float32 already: no copy, same device
     with pytest.raises(InvalidInput, match="rows but TEXT has"):
         check_embeddings(good, 3)
     with pytest.raises(InvalidInput, match="shape"):
-        check_embeddings(np.zeros((2, 3), np.float32), 2)
-    bad = good.copy()
-    bad[1, 5] = np.nan
+        check_embeddings(at.zeros((2, 3)), 2)
+    bad = np.zeros((3, contract.EMBEDDING_DIM), np.float32)
+    bad[1, 5], bad[2, 0] = np.nan, np.inf
     with pytest.raises(InvalidInput, match="row 1 holds NaN"):
-        check_embeddings(bad, 2)
+        check_embeddings(at.asarray(bad), 3)
+    huge = np.full((1, contract.EMBEDDING_DIM), 3e38, np.float32)  # finite values whose row sum overflows
+    assert host(check_embeddings(at.asarray(huge), 1))[0, 0] == np.float32(3e38)
 
 
 def test_errors_map_to_triton_status_codes():

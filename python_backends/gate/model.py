@@ -1,4 +1,10 @@
-"""Triton glue for the gate (the public ``<task>`` model): BLS calls to the tiers, logic in cascade.gate."""
+"""Triton glue for the gate (the public ``<task>`` model): BLS calls to the tiers, logic in cascade.gate.
+
+Where the gate's arrays live follows its instance kind: a CPU instance works on NumPy arrays; a GPU instance
+(GPU profile, ``FORCE_CPU_ONLY_INPUT_TENSORS: no``) takes the request's EMBEDDING and every tier's PROBS as
+torch tensors on its GPU by DLPack, asks the tiers for GPU outputs (``preferred_memory``), gates there, and
+copies only the small outputs to the host. The gating code (cascade.gate) is the same for both.
+"""
 
 import json
 import threading
@@ -8,7 +14,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from cascade import contract
-from cascade.errors import CascadeError, InvalidInput, TierFailure, triton_error
+from cascade.arrays import Placement, host
+from cascade.errors import CascadeError, ConfigError, InvalidInput, TierFailure, triton_error
 from cascade.gate import (
     Cancelled,
     GateConfig,
@@ -22,7 +29,7 @@ from cascade.gate import (
     run_cascade,
 )
 from cascade.metrics import FLUSH_INTERVAL_S, MetricsBuffer, families
-from cascade.runtime import OnnxRunner
+from cascade.runtime import LinearModel, OnnxRunner
 
 TEXT, EMBEDDING, PROBS = contract.TEXT.name, contract.EMBEDDING.name, contract.PROBS.name
 PROMPT, CANDIDATES = contract.PROMPT.name, contract.CANDIDATES.name
@@ -67,27 +74,31 @@ class LlmTier(BlsTier):
 
 
 class InlineTier:
-    """An embedding tier run in this process from the tier model's own ONNX file: no BLS hop."""
+    """An embedding tier run in this process from the tier model's own ONNX file: no BLS hop. On a GPU instance a
+    linear tier (logreg) runs there as torch ops; other graphs run in ONNX Runtime on the host."""
 
-    def __init__(self, repository: Path, task: str, tier: int):
+    def __init__(self, repository: Path, task: str, tier: int, placement: Placement):
         self.tier = tier
+        self.placement = placement
         model_dir = repository / contract.tier_model_name(task, tier) / contract.MODEL_VERSION
-        self.runner = OnnxRunner(model_dir, num_threads=1)  # a missing file fails the load with its path
+        self.linear = None
+        if placement.device is not None:
+            try:
+                self.linear = LinearModel.load(model_dir)
+            except ConfigError:
+                pass
+        # A missing file fails the load with its path.
+        self.runner = OnnxRunner(model_dir, num_threads=1) if self.linear is None else None
 
-    def predict_proba(self, batch: RowBatch, rows: np.ndarray) -> np.ndarray:
+    def predict_proba(self, batch: RowBatch, rows):
         try:
-            return self.runner.run(batch.embedding(rows))
+            if self.linear is not None:
+                return self.linear.predict_proba(batch.embedding(rows), self.placement)
+            return self.runner.run(host(batch.embedding(rows)))  # ONNX Runtime on the host
         except TierFailure:
             raise
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors become a tier failure (rows escalate)
             raise TierFailure(f"{contract.TIER_NAMES[self.tier]} (in-process): {exc}") from exc
-
-
-def _exec(request, model_name: str, output_name: str) -> np.ndarray:
-    response = request.exec()
-    if response.has_error():
-        raise TierFailure(f"{model_name}: {response.error().message()}")
-    return pb_utils.get_output_tensor_by_name(response, output_name).as_numpy()
 
 
 def _as_bytes(texts: list[str]) -> np.ndarray:
@@ -100,6 +111,19 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
         # A bad parameter raises ConfigError here and fails the load with its message.
         self.config = GateConfig.from_parameters(params)
+        device = self.config.device(
+            args.get("model_instance_kind", "CPU"), int(args.get("model_instance_device_id", 0))
+        )
+        self.placement = Placement(device)
+        # Tier outputs come back where the gate gates: its GPU, or the host.
+        gpu = device is not None and device.startswith("cuda")
+        memory = (
+            (pb_utils.TRITONSERVER_MEMORY_GPU, int(device.split(":")[1]))
+            if gpu
+            else (pb_utils.TRITONSERVER_MEMORY_CPU, 0)
+        )
+        self.preferred_memory = pb_utils.PreferredMemory(*memory)
+        pb_utils.Logger.log_info(f"{self.config.task}: gating on {device or 'the host (numpy)'}")
         self.labels = np.array([label.encode("utf-8") for label in self.config.labels], dtype=np.object_)
         # The BLS timeout bounds queue time only; the guard bounds each call as a whole (tiers + embedder)
         # and skips a failing tier for a while.
@@ -144,7 +168,7 @@ class TritonPythonModel:
 
     def _tier(self, repository: Path, tier: int):
         if tier in self.config.inline_tiers:
-            return InlineTier(repository, self.config.task, tier)
+            return InlineTier(repository, self.config.task, tier, self.placement)
         if tier in contract.LLM_TIERS:
             return LlmTier(self, tier, self.config.prompts[tier])
         return BlsTier(self, tier)
@@ -152,26 +176,50 @@ class TritonPythonModel:
     def bls(
         self,
         model_name: str,
-        inputs: dict[str, np.ndarray],
+        inputs: dict,
         output_name: str,
         timeout_s: float,
         max_batch: int = MAX_BATCH,
         parameters: dict | None = None,
-    ) -> np.ndarray:
-        """Call another model in chunks of its max batch size. A failed chunk, or one with no answer within
-        ``timeout_s``, raises TierFailure (the guard then skips the model for a while)."""
+    ):
+        """Call another model in chunks of its max batch size; its output comes back in the gate's placement. A
+        failed chunk, or one with no answer within ``timeout_s``, raises TierFailure (the guard then skips the
+        model for a while)."""
         outputs = []
         rows = len(next(iter(inputs.values())))
         for start in range(0, rows, max_batch):
             request = pb_utils.InferenceRequest(
                 model_name=model_name,
                 requested_output_names=[output_name],
-                inputs=[pb_utils.Tensor(k, v[start : start + max_batch]) for k, v in inputs.items()],
+                inputs=[self._tensor(k, v[start : start + max_batch]) for k, v in inputs.items()],
                 timeout=int(timeout_s * 1e6),  # bounds the time in the tier's queue only
+                preferred_memory=self.preferred_memory,
                 **({"parameters": parameters} if parameters else {}),
             )
-            outputs.append(self.guard.call(model_name, lambda r=request: _exec(r, model_name, output_name), timeout_s))
-        return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
+            outputs.append(
+                self.guard.call(model_name, lambda r=request: self._exec(r, model_name, output_name), timeout_s)
+            )
+        return outputs[0] if len(outputs) == 1 else self.placement.xp.concat(outputs)
+
+    def _exec(self, request, model_name: str, output_name: str):
+        response = request.exec()
+        if response.has_error():
+            raise TierFailure(f"{model_name}: {response.error().message()}")
+        return self._array(pb_utils.get_output_tensor_by_name(response, output_name))
+
+    def _array(self, tensor):
+        """A numeric Triton tensor in the gate's placement: NumPy on the host, or torch on the GPU by DLPack."""
+        if self.placement.device is None:
+            return tensor.as_numpy()
+        import torch
+
+        return self.placement.asarray(torch.from_dlpack(tensor.to_dlpack()))
+
+    @staticmethod
+    def _tensor(name: str, array):
+        if isinstance(array, np.ndarray):
+            return pb_utils.Tensor(name, array)
+        return pb_utils.Tensor.from_dlpack(name, array.contiguous())  # a torch tensor on the GPU: no copy
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         return self.bls(contract.EMBEDDER_MODEL, {TEXT: _as_bytes(texts)}, EMBEDDING, self.config.bls_timeout_ms / 1000)
@@ -185,11 +233,11 @@ class TritonPythonModel:
                 raise InvalidInput(f"send {TEXT} (and optionally {EMBEDDING}) or {EMBEDDING} alone")
             check_text_free(options, self.config.tiers)
             texts = None
-            array = emb_tensor.as_numpy()
-            embeddings = check_embeddings(array, len(array))
+            array = self._array(emb_tensor)
+            embeddings = check_embeddings(array, int(array.shape[0]))
         else:
             texts = decode_texts(text_tensor.as_numpy().reshape(-1))
-            embeddings = check_embeddings(emb_tensor.as_numpy(), len(texts)) if emb_tensor is not None else None
+            embeddings = check_embeddings(self._array(emb_tensor), len(texts)) if emb_tensor is not None else None
         # Only the outputs asked for are built (Triton lists them all when the client names none): a table
         # job that reads PROBS skips serializing LABEL strings.
         wanted = set(request.requested_output_names())
@@ -209,26 +257,29 @@ class TritonPythonModel:
         if not parsed:
             return responses
 
+        at = self.placement
         if len(parsed) == 1:  # the common case: no copies
             _, n, texts, emb, options, _ = parsed[0]
-            batch = RowBatch(texts, embeddings=emb, embed=self._embed)
-            min_tier, max_tier = np.full(n, options.min_tier), np.full(n, options.max_tier)
+            batch = RowBatch(texts, embeddings=emb, embed=self._embed, placement=at)
+            min_tier, max_tier = at.full((n,), options.min_tier), at.full((n,), options.max_tier)
         else:
             texts, emb_parts, have_parts, min_parts, max_parts = [], [], [], [], []
             for _, n, t, emb, options, _ in parsed:
                 # Rows sent without text never reach a text tier (check_text_free): a placeholder suffices.
                 texts.extend(t if t is not None else [""] * n)
-                emb_parts.append(emb if emb is not None else np.zeros((n, contract.EMBEDDING_DIM), np.float32))
+                emb_parts.append(emb if emb is not None else at.zeros((n, contract.EMBEDDING_DIM)))
                 have_parts.append(np.full(n, emb is not None))
                 min_parts.append(np.full(n, options.min_tier))
                 max_parts.append(np.full(n, options.max_tier))
             batch = RowBatch(
                 texts,
-                embeddings=np.concatenate(emb_parts),
+                embeddings=at.xp.concat(emb_parts),
                 have_embedding=np.concatenate(have_parts),
                 embed=self._embed,
+                placement=at,
             )
-            min_tier, max_tier = np.concatenate(min_parts), np.concatenate(max_parts)
+            min_tier = at.asarray(np.concatenate(min_parts), dtype="int64")
+            max_tier = at.asarray(np.concatenate(max_parts), dtype="int64")
         try:
             result = run_cascade(
                 batch,
@@ -261,8 +312,10 @@ class TritonPythonModel:
                     )
                 )
                 continue
-            probs = result.probs[rows]
-            responses[i] = pb_utils.InferenceResponse(self._outputs(probs, result.tier[rows], wanted))
+            # Only the small final outputs leave the device.
+            responses[i] = pb_utils.InferenceResponse(
+                self._outputs(host(result.probs[rows]), host(result.tier[rows]), wanted)
+            )
         return responses
 
     def _outputs(self, probs: np.ndarray, tiers: np.ndarray, wanted: set[str]) -> list:
