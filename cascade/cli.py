@@ -12,6 +12,7 @@ from cascade import contract
 from cascade.client.table import DEFAULT_BATCH_ROWS, DEFAULT_CHUNK_ROWS, DEFAULT_IN_FLIGHT, EMBEDDING_COLUMN
 from cascade.errors import CascadeError, InvalidInput
 from cascade.export.distill import CREATE_TIERS
+from cascade.soak import DEFAULT_WARMUP_S
 from cascade.tasks import DEFAULT_DATA_DIR, REPO_ROOT
 
 DEFAULT_REPO = REPO_ROOT / "model_repository" / "cpu"
@@ -191,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_repo(p)
     _add_task(p)
     p.add_argument("--duration", type=int, default=600, help="seconds of traffic (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=60, help="seconds before memory is taken as the baseline")
+    p.add_argument(
+        "--warmup", type=int, default=DEFAULT_WARMUP_S, help="seconds before memory is the baseline (%(default)s)"
+    )
     p.add_argument("--growth", type=float, default=0.10, help="allowed memory growth after the warm-up (ratio)")
     p.add_argument("--results-dir", type=Path, default=None, help="where the JSON goes (default: bench/results)")
 

@@ -35,6 +35,8 @@ from cascade.launcher import SHM_DIR, SHM_PREFIX
 
 KINDS = ("easy", "text", "table", "bad", "scrape")
 SAMPLE_EVERY_S = 5.0
+#: The server's RSS climbs for its first 4-5 minutes under this load (three runs, 2026-11-29) before it levels off.
+DEFAULT_WARMUP_S = 300
 #: Allowed growth of server and stub memory from the end of the warm-up to the end of the run.
 DEFAULT_GROWTH = 0.10
 #: Below this many MiB, growth is noise (allocator arenas), whatever the ratio.
@@ -85,6 +87,20 @@ def stubs(server_pid: int) -> dict[int, str]:
     return found
 
 
+def _mapped_regions(pids: list[int]) -> set[str]:
+    """The Python-backend shared-memory regions these processes map (another server's regions are not ours)."""
+    names = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                for line in f:
+                    if SHM_PREFIX in line:
+                        names.add(SHM_PREFIX + line.split(SHM_PREFIX, 1)[1].split()[0])
+        except OSError:
+            continue
+    return names
+
+
 def sample(server_pid: int, t_s: float) -> Sample:
     pids = sorted(stubs(server_pid))
     stub_rss = 0.0
@@ -93,7 +109,7 @@ def sample(server_pid: int, t_s: float) -> Sample:
             stub_rss += _rss_mb(pid)
         except OSError:
             pass
-    regions = list(SHM_DIR.glob(f"{SHM_PREFIX}*")) if SHM_DIR.is_dir() else []
+    regions = [SHM_DIR / name for name in _mapped_regions([server_pid, *pids])]
     shm_bytes = 0
     for region in regions:
         try:
@@ -257,7 +273,7 @@ def run_soak(
     task,
     repo: Path,
     duration_s: float = 600,
-    warmup_s: float = 60,
+    warmup_s: float = DEFAULT_WARMUP_S,
     growth: float = DEFAULT_GROWTH,
     data_dir: str | None = None,
     log=None,
