@@ -151,7 +151,7 @@ def gate_gpu_config(cpu_config: mc.ModelConfig) -> mc.ModelConfig:
     for key, value in gpu.to_parameters().items():
         config.parameters[key].string_value = value
     config.parameters[contract.FORCE_CPU_ONLY_INPUT_TENSORS].string_value = "no"
-    _gpu_instance(config, count=len(cpu_config.instance_group) and cpu_config.instance_group[0].count or 1)
+    _gpu_instance(config, count=cpu_config.instance_group[0].count if cpu_config.instance_group else 1)
     return config
 
 

@@ -142,7 +142,7 @@ def prepare_rows(task, url: str, out_dir: Path, data_dir: str | None = None, lim
     out_dir.mkdir(parents=True, exist_ok=True)
     texts, _ = load_split(task, "validation", data_dir, limit=limit)
     with CascadeClient(url) as client:
-        emb = client.infer(contract.EMBEDDER_MODEL, _text_tensor(texts)).as_numpy(contract.EMBEDDING.name)
+        emb = client.embed(texts)
         answers = client.classify_arrays(task.name, texts, emb)
     tiers = answers.tier
     groups = {
@@ -158,15 +158,6 @@ def prepare_rows(task, url: str, out_dir: Path, data_dir: str | None = None, lim
         np.savez(path, text=np.array([texts[i] for i in rows], dtype=object), embedding=emb[rows])
         paths[name] = path
     return paths
-
-
-def _text_tensor(texts):
-    import tritonclient.grpc as grpcclient
-
-    arr = np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(-1, 1)
-    tensor = grpcclient.InferInput(contract.TEXT.name, list(arr.shape), contract.TEXT.datatype)
-    tensor.set_data_from_numpy(arr)
-    return [tensor]
 
 
 # ---------------------------------------------------------------------------------------------- runner

@@ -182,6 +182,7 @@ class Traffic:
         self._count("table", len(rows))
 
     def _bad(self, client, rng) -> None:
+        from cascade.client.grpc_client import text_inputs
         from cascade.errors import InvalidInput
 
         case = int(rng.integers(0, 5))
@@ -197,7 +198,7 @@ class Traffic:
             elif case == 3:
                 client.classify_arrays(self.task, None, emb[:, :100], max_tier="logreg")
             else:
-                client.infer(self.task, _text_input(["a film"]), parameters={"temperature": 1})
+                client.infer(self.task, text_inputs(["a film"]), parameters={"temperature": 1})
         except InvalidInput:
             with self.lock:
                 self.refused[case] += 1
@@ -225,15 +226,6 @@ class Traffic:
         hung = [t.name for t in self.threads if t.is_alive()]
         if hung:
             self.errors.append(f"{len(hung)} traffic thread(s) still waiting for an answer 180 s after the end")
-
-
-def _text_input(texts: list[str]):
-    import tritonclient.grpc as grpcclient
-
-    raw = np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(-1, 1)
-    tensor = grpcclient.InferInput(contract.TEXT.name, list(raw.shape), contract.TEXT.datatype)
-    tensor.set_data_from_numpy(raw)
-    return [tensor]
 
 
 def memory_medians(steady: list[Sample]) -> dict[str, tuple[float, float]]:
@@ -289,7 +281,7 @@ def run_soak(
     texts, _ = load_split(task, "validation", data_dir, limit=400)
     with TritonServer(opts) as server:
         with CascadeClient(server.grpc_url) as client:
-            emb = client.infer(contract.EMBEDDER_MODEL, _text_input(texts)).as_numpy(contract.EMBEDDING.name)
+            emb = client.embed(texts)
         samples: list[Sample] = []
         start = time.monotonic()
         with Traffic(server.grpc_url, task.name, texts, emb, server.metrics_url) as traffic:

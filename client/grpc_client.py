@@ -55,6 +55,11 @@ def _inputs(module, texts: Sequence[str] | np.ndarray | None, embeddings: np.nda
     return inputs
 
 
+def text_inputs(texts: Sequence[str]) -> list:
+    """A TEXT input tensor of these texts, for a raw :meth:`CascadeClient.infer` call."""
+    return _inputs(grpcclient, texts, None)
+
+
 def _outputs(module, return_probs: bool):
     names = [contract.LABEL.name, contract.CONFIDENCE.name, contract.TIER.name]
     if return_probs:
@@ -256,6 +261,11 @@ class CascadeClient:
             )
         except InferenceServerException as exc:
             raise translate(exc, model) from exc
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """The server's embedding of each text ([n, 384] float32, the embedder model)."""
+        result = self.infer(contract.EMBEDDER_MODEL, text_inputs(texts))
+        return result.as_numpy(contract.EMBEDDING.name)
 
     def score(
         self, model: str, prompts: Sequence, candidates: Sequence[str], calibrate: bool | None = None

@@ -37,7 +37,7 @@ def answers(url: str, task: str, texts, embeddings):
 def test_the_gate_on_torch_arrays_answers_as_the_numpy_gate(explicit_server, reconfigure, sst2_task, rows, inline):
     task = sst2_task.name
     with CascadeClient(explicit_server.grpc_url) as client:
-        embeddings = client.infer(contract.EMBEDDER_MODEL, _text_inputs(rows)).as_numpy(contract.EMBEDDING.name)
+        embeddings = client.embed(rows)
     baseline = answers(explicit_server.grpc_url, task, rows, embeddings)
     # Without inline tiers, logreg and xgboost are BLS calls whose EMBEDDING input is made from a torch tensor
     # by DLPack and whose PROBS come back as torch tensors.
@@ -52,15 +52,6 @@ def test_the_gate_on_torch_arrays_answers_as_the_numpy_gate(explicit_server, rec
         np.testing.assert_allclose(got_probs, want_probs, atol=1e-5)
         tiers_seen |= set(want_tier.tolist())
     assert len(tiers_seen) >= 2  # more than one tier answered: the row selection was exercised
-
-
-def _text_inputs(texts):
-    import tritonclient.grpc as grpcclient
-
-    raw = np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(-1, 1)
-    tensor = grpcclient.InferInput(contract.TEXT.name, list(raw.shape), contract.TEXT.datatype)
-    tensor.set_data_from_numpy(raw)
-    return [tensor]
 
 
 # --- the GPU profile's repository (item 1): generated from the built CPU one, checked without a GPU -----------
@@ -147,6 +138,7 @@ def test_the_tokenizer_step_runs_in_the_real_server(gpu_repo, tmp_path):
 
     import tritonclient.grpc as grpcclient
 
+    from cascade.client.grpc_client import text_inputs
     from cascade.export.repository import refresh_backends
     from cascade.launcher import ServerOptions, TritonServer, free_ports
     from cascade.runtime import TextTokenizer
@@ -160,7 +152,7 @@ def test_the_tokenizer_step_runs_in_the_real_server(gpu_repo, tmp_path):
     texts = ["a gripping film", "dull", "a long review " * 500]
     with TritonServer(ServerOptions(repository=solo, http_port=http, grpc_port=grpc, metrics_port=metrics)) as srv:
         with grpcclient.InferenceServerClient(srv.grpc_url) as c:
-            result = c.infer("embedder_tokenize", _text_inputs(texts))
+            result = c.infer("embedder_tokenize", text_inputs(texts))
     want = TextTokenizer(repo / "embedder_tokenize" / "1" / "tokenizer.json")(texts)
     for name, array in want.items():
         np.testing.assert_array_equal(result.as_numpy(name), array)

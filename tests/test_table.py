@@ -171,17 +171,8 @@ def test_embed_adds_the_servers_embedding(embedded, client, rows):
     assert table.schema.field("embedding").type == pa.list_(pa.float32())
     emb, has, _ = embedding_cells(table.column("embedding"))
     assert has.tolist() == [True] * len(texts) + [False, False]  # the null and the blank row have none
-    direct = client.infer(contract.EMBEDDER_MODEL, _text_inputs(texts[:20])).as_numpy(contract.EMBEDDING.name)
+    direct = client.embed(texts[:20])
     assert np.allclose(emb[:20], direct, atol=1e-5)
-
-
-def _text_inputs(texts):
-    import tritonclient.grpc as grpcclient
-
-    arr = np.array([t.encode() for t in texts], dtype=np.object_).reshape(-1, 1)
-    tensor = grpcclient.InferInput(contract.TEXT.name, list(arr.shape), contract.TEXT.datatype)
-    tensor.set_data_from_numpy(arr)
-    return [tensor]
 
 
 @pytest.mark.server
