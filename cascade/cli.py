@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", type=Path, default=None, help="gRPC over TLS: the server certificate (PEM)")
     p.add_argument("--tls-key", type=Path, default=None, help="gRPC over TLS: its private key (PEM)")
     p.add_argument("--log-verbose", type=int, default=0)
+    p.add_argument(
+        "--llm-threads",
+        type=int,
+        default=None,
+        help=f"threads of each llama.cpp model (${contract.LLM_THREADS_ENV}; default: half the server's cores)",
+    )
 
     p = sub.add_parser("build", help="train, calibrate and export a task into the model repository")
     _add_repo(p)
@@ -157,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="rows per committed chunk")
     p.add_argument("--restart", action="store_true", help="discard an unfinished job's chunks and start over")
     p.add_argument("--llm-probe-rows", type=int, default=8, help="rows to time llm_large on for the cost estimate")
+    p.add_argument(
+        "--on-degraded",
+        choices=("keep", "retry"),
+        default="keep",
+        help="rows answered best-effort (a slow or failed tier): keep that answer, or send them again "
+        "--degraded-retries times and keep the last answer (default: %(default)s)",
+    )
+    p.add_argument("--degraded-retries", type=int, default=2, help="with --on-degraded retry (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="also write the summary as JSON here")
     p.add_argument("--url", default=f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}", help="gRPC endpoint of the server")
 
@@ -211,13 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_work(p)
 
     p = sub.add_parser("bench", help="benchmarks; results go to bench/results/")
-    p.add_argument("which", choices=("gate", "table"))
+    p.add_argument("which", choices=("gate", "table", "threads", "isolation"))
     _add_repo(p)
     _add_task(p)
     p.add_argument("--iterations", type=int, default=300, help="gate: requests per case")
-    p.add_argument("--rows", type=int, default=1_000_000, help="table: rows of the synthetic table")
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        help="table: rows of the synthetic table (1,000,000); threads: rows per case (40)",
+    )
     p.add_argument("--text-rows", type=int, default=10_000, help="table: rows classified from text")
     p.add_argument("--llm-rows", type=int, default=300, help="table: rows sent to the large tier")
+    p.add_argument("--duration", type=float, default=20.0, help="isolation: seconds per phase")
+    p.add_argument("--llm-clients", type=int, default=3, help="isolation: clients saturating llm_large")
     return parser
 
 
@@ -242,6 +263,7 @@ def cmd_serve(args) -> int:
             admin_key=os.environ.get(contract.ADMIN_KEY_ENV) or None,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            llm_threads=args.llm_threads,
         )
     )
 
@@ -403,7 +425,8 @@ def cmd_classify(args) -> int:
             )
             for text, p in zip(chunk, predictions, strict=True):
                 short = text if len(text) <= 60 else text[:57] + "..."
-                print(f"{p.label}\t{p.confidence:.3f}\t{p.tier} ({p.tier_name})\t{short}")
+                flag = ", best effort" if p.degraded else ""
+                print(f"{p.label}\t{p.confidence:.3f}\t{p.tier} ({p.tier_name}{flag})\t{short}")
     return 0
 
 
@@ -423,6 +446,11 @@ def _print_summary(summary) -> None:
         console.print(f"answered by: {mix}" + (f"; LLM share {s.llm_share:.1%}" if s.llm_share is not None else ""))
     if s.where is not None:
         console.print(f"where label = {s.where!r}: {s.matching_rows:,} rows kept")
+    if getattr(s, "degraded_rows", 0) or getattr(s, "degraded_retried", 0):
+        console.print(
+            f"[yellow]{s.degraded_rows:,} row(s) answered best-effort[/] (a tier was too slow or failed: "
+            "column 'degraded')" + (f"; {s.degraded_retried:,} row(s) sent again" if s.degraded_retried else "")
+        )
     if s.error_rows:
         console.print(
             f"[yellow]{s.error_rows:,} row(s) could not be processed[/]"
@@ -458,6 +486,8 @@ def cmd_filter(args) -> int:
         batch_rows=args.batch_size,
         in_flight=args.in_flight,
         keep_embedding=args.keep_embedding,
+        on_degraded=args.on_degraded,
+        degraded_retries=args.degraded_retries,
         prefix=args.prefix,
     )
     summary = run_filter(
@@ -566,16 +596,32 @@ def cmd_bench(args) -> int:
     from cascade.demo import task_is_built
     from cascade.tasks import load_task
 
+    if args.which == "threads":  # the GGUFs and SST-2 only: no built task, no server
+        from cascade import bench_threads
+
+        command = " ".join(["cascade", *sys.argv[1:]])
+        result = bench_threads.run(40 if args.rows is None else args.rows, data_dir=args.data_dir, command=command)
+        bench_threads.print_table(result)
+        print(f"saved {bench.save(result, 'threads')}")
+        return 0
     task = load_task(args.task)
     if not task_is_built(task, args.repo):
         raise CascadeError(
             f"task {task.name} is not built in {args.repo}, or was built from an older definition: "
             "run `cascade build` (or make demo)"
         )
+    if args.which == "isolation":
+        from cascade import bench_isolation
+
+        result = bench_isolation.bench_isolation(task.name, args.repo, args.duration, args.llm_clients)
+        print(f"saved {bench.save(result, 'isolation')}")
+        print("passed" if result["passed"] else "FAILED: " + "; ".join(result["breaches"]))
+        return 0 if result["passed"] else 1
     if args.which == "table":
         from cascade import bench_table
 
-        result = bench_table.bench_table(task, args.repo, args.rows, args.text_rows, args.llm_rows, args.data_dir)
+        rows = 1_000_000 if args.rows is None else args.rows
+        result = bench_table.bench_table(task, args.repo, rows, args.text_rows, args.llm_rows, args.data_dir)
         bench_table.print_table(result)
         print(f"saved {bench.save(result, f'table-{task.name}')}")
         return 0

@@ -11,6 +11,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from cascade import contract
 from cascade.contract import Tensor
 from cascade.errors import ConfigError
+from cascade.sizing import positive_int
 
 PROFILES = ("cpu",)
 _DTYPES = {"FP32": mc.TYPE_FP32, "INT32": mc.TYPE_INT32, "BYTES": mc.TYPE_STRING, "BOOL": mc.TYPE_BOOL}
@@ -93,19 +94,27 @@ def write_config(spec: ModelSpec, model_dir: Path, profile: str = "cpu") -> Path
 
 
 # --- the specs of the cascade's models ---------------------------------------------------------------
-def embedder_spec(num_threads: int = 2) -> ModelSpec:
+def threads_parameter(num_threads: int | str) -> str:
+    """A ``num_threads`` parameter: ``auto`` (sized when the model loads) or a positive integer."""
+    if num_threads == contract.THREADS_AUTO:
+        return contract.THREADS_AUTO
+    return str(positive_int(num_threads, contract.CFG_NUM_THREADS))
+
+
+def embedder_spec(num_threads: int | str = contract.THREADS_AUTO) -> ModelSpec:
+    """The shared embedder; ``num_threads`` ``auto``: sized at load time (``cascade.sizing``)."""
     inputs, outputs = contract.EMBEDDER_SIGNATURE
     return ModelSpec(
         name=contract.EMBEDDER_MODEL,
         inputs=inputs,
         outputs=outputs,
         source=BACKEND_ONNX_RUNNER,
-        parameters={contract.CFG_NUM_THREADS: str(num_threads)},
+        parameters={contract.CFG_NUM_THREADS: threads_parameter(num_threads)},
         queue_timeout_us=contract.DEFAULT_BLS_TIMEOUT_MS * 1000,
     )
 
 
-def tier_spec(task: str, tier: int, n_labels: int, num_threads: int = 1) -> ModelSpec:
+def tier_spec(task: str, tier: int, n_labels: int, num_threads: int | str = contract.THREADS_AUTO) -> ModelSpec:
     if tier in contract.EMBEDDING_TIERS:
         inputs, outputs = contract.EMBEDDING_TIER_SIGNATURE
     elif tier == contract.TIER_ENCODER:
@@ -118,7 +127,7 @@ def tier_spec(task: str, tier: int, n_labels: int, num_threads: int = 1) -> Mode
         outputs=outputs,
         source=BACKEND_ONNX_RUNNER,
         n_labels=n_labels,
-        parameters={contract.CFG_NUM_THREADS: str(num_threads)},
+        parameters={contract.CFG_NUM_THREADS: threads_parameter(num_threads)},
         queue_timeout_us=contract.DEFAULT_BLS_TIMEOUT_MS * 1000,
     )
 
@@ -137,8 +146,15 @@ def gate_spec(gate_parameters: dict[str, str], task: str, n_labels: int, instanc
     )
 
 
-def llm_spec(tier: int, llm_model: str, n_ctx: int = 1024, num_threads: int = 2, calibrate: bool = True) -> ModelSpec:
-    """A shared LLM scorer (tier 3 ``llm_small`` or tier 4 ``llm_large``) on llama.cpp."""
+def llm_spec(
+    tier: int,
+    llm_model: str,
+    n_ctx: int = 1024,
+    num_threads: int | str = contract.THREADS_AUTO,
+    calibrate: bool = True,
+) -> ModelSpec:
+    """A shared LLM scorer (tier 3 ``llm_small`` or tier 4 ``llm_large``) on llama.cpp; ``num_threads``
+    ``auto``: sized at load time from the server's cores or ``$CASCADE_LLM_THREADS`` (``cascade.sizing``)."""
     if tier not in contract.LLM_TIERS:
         raise ConfigError(f"tier {tier} is not an LLM tier")
     inputs, outputs = contract.LLM_SCORER_SIGNATURE
@@ -151,7 +167,7 @@ def llm_spec(tier: int, llm_model: str, n_ctx: int = 1024, num_threads: int = 2,
         parameters={
             contract.CFG_LLM_MODEL: llm_model,
             contract.CFG_N_CTX: str(n_ctx),
-            contract.CFG_NUM_THREADS: str(num_threads),
+            contract.CFG_NUM_THREADS: threads_parameter(num_threads),
             contract.CFG_CALIBRATE: "true" if calibrate else "false",
         },
         queue_timeout_us=contract.DEFAULT_BLS_TIMEOUT_MS * 1000,

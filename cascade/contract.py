@@ -80,6 +80,10 @@ PROBS = Tensor("PROBS", "FP32", (-1,))
 LABEL = Tensor("LABEL", "BYTES", ())
 CONFIDENCE = Tensor("CONFIDENCE", "FP32", ())
 TIER = Tensor("TIER", "INT32", ())
+#: Gate output: the row's answer is a best-effort one. The tier that should have answered it failed (error,
+#: deadline, breaker open, unloaded), so it carries the answer of the most confident tier that did score it
+#: (``TIER`` names that tier). Only with ``on_tier_failure = best_effort``.
+DEGRADED = Tensor("DEGRADED", "BOOL", ())
 #: LLM scorer input: per row (prefix, content, suffix); only the content is cut to fit the context.
 PROMPT = Tensor("PROMPT", "BYTES", (3,))
 #: LLM scorer input: per row, the label verbalizations to score (same count in one request).
@@ -91,14 +95,21 @@ TRUNCATED = Tensor("TRUNCATED", "BOOL", ())
 EMBEDDER_SIGNATURE = ((TEXT,), (EMBEDDING,))
 EMBEDDING_TIER_SIGNATURE = ((EMBEDDING,), (PROBS,))
 TEXT_TIER_SIGNATURE = ((TEXT,), (PROBS,))
-GATE_SIGNATURE = ((OPTIONAL_TEXT, OPTIONAL_EMBEDDING), (LABEL, CONFIDENCE, TIER, PROBS))
+GATE_SIGNATURE = ((OPTIONAL_TEXT, OPTIONAL_EMBEDDING), (LABEL, CONFIDENCE, TIER, PROBS, DEGRADED))
 LLM_SCORER_SIGNATURE = ((PROMPT, CANDIDATES), (PROBS, TRUNCATED))
 
 # --- request parameters of the gate --------------------------------------------------------------
 PARAM_MAX_TIER = "max_tier"
 PARAM_MIN_TIER = "min_tier"
 PARAM_RETURN_PROBS = "return_probs"
-GATE_REQUEST_PARAMETERS = (PARAM_MAX_TIER, PARAM_MIN_TIER, PARAM_RETURN_PROBS)
+#: What a row gets when the tier that should answer it fails: ``best_effort`` (the answer of the most confident
+#: tier that scored it, flagged DEGRADED; an error only for rows no tier scored) or ``error`` (the request fails
+#: with UNAVAILABLE). A request parameter, and a gate config parameter of the same name for the default.
+PARAM_ON_TIER_FAILURE = "on_tier_failure"
+ON_FAILURE_BEST_EFFORT = "best_effort"
+ON_FAILURE_ERROR = "error"
+ON_TIER_FAILURE_CHOICES = (ON_FAILURE_BEST_EFFORT, ON_FAILURE_ERROR)
+GATE_REQUEST_PARAMETERS = (PARAM_MAX_TIER, PARAM_MIN_TIER, PARAM_RETURN_PROBS, PARAM_ON_TIER_FAILURE)
 # Request parameter of the LLM scorers (llm_small, llm_large): contextual calibration on/off for this request,
 # overriding the model's CFG_CALIBRATE default (the gate sends each task prompt's choice).
 PARAM_CALIBRATE = "calibrate"
@@ -117,6 +128,15 @@ CFG_PLACEMENT = "placement"
 PLACEMENT_AUTO = "auto"
 #: gate, optional: {tier name: ms} deadlines for some tiers (e.g. a tight one on llm_small); others use the above.
 CFG_TIER_TIMEOUTS_MS = "tier_timeouts_ms"
+#: gate, optional: {tier name: ms} more deadline per row of a call (defaults: DEFAULT_ROW_TIMEOUT_MS), so a call's
+#: deadline grows with its rows: ``base + rows * per_row``, where the base is tier_timeouts_ms or bls_timeout_ms.
+CFG_ROW_TIMEOUTS_MS = "row_timeouts_ms"
+#: gate, optional: how long a call may wait for a tier (the gate's own lane, then Triton's queue) before its rows
+#: get a best-effort answer. Waiting is not failing: it never opens the breaker, and it is not charged to the
+#: call's deadline.
+CFG_QUEUE_TIMEOUT_MS = "queue_timeout_ms"
+#: gate, optional: the default of the ``on_tier_failure`` request parameter.
+CFG_ON_TIER_FAILURE = PARAM_ON_TIER_FAILURE
 CFG_ONNX_FILE = "onnx_file"
 CFG_TOKENIZER_DIR = "tokenizer_dir"
 CFG_NUM_THREADS = "num_threads"
@@ -133,6 +153,13 @@ MODEL_VERSION = "1"
 CFG_LLM_MODEL = "llm_model"
 CFG_N_CTX = "n_ctx"
 CFG_CALIBRATE = "calibrate"
+
+# --- sizing to the machine ----------------------------------------------------------------------
+#: Threads of each llama.cpp model (llm_small, llm_large, llm_generate), overriding the sizing from the cores the
+#: server may use (``cascade.sizing``). ``cascade serve --llm-threads`` and the Helm value ``llm.threads`` set it.
+LLM_THREADS_ENV = "CASCADE_LLM_THREADS"
+#: A model's ``num_threads`` parameter may be this: sized at load time from the server's cores.
+THREADS_AUTO = "auto"
 
 # --- admin APIs ----------------------------------------------------------------------------------
 #: With a key in this variable, ``cascade serve`` restricts the admin protocols (model load/unload and the
@@ -157,6 +184,18 @@ DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
 DEFAULT_BLS_TIMEOUT_MS = 30_000
+#: Deadline per row of a call, on top of the base: generous against a slow or busy machine (the LLM tiers take
+#: 0.05-0.3 s per row on 2 cores), so that only a hung or dead tier misses it.
+DEFAULT_ROW_TIMEOUT_MS = {
+    TIER_LOGREG: 10,
+    TIER_XGBOOST: 10,
+    TIER_ENCODER: 100,
+    TIER_LLM_SMALL: 2_000,
+    TIER_LLM_LARGE: 4_000,
+}
+#: The embedder's deadline per row (the base is bls_timeout_ms).
+EMBEDDER_ROW_TIMEOUT_MS = 50
+DEFAULT_QUEUE_TIMEOUT_MS = 120_000
 #: After a tier call fails or misses its deadline, the gate skips that tier for this long, then tries it again
 #: (a circuit breaker: a dead tier costs one failure per interval, not one per request).
 TIER_RETRY_AFTER_S = 5.0

@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from cascade import contract
+from cascade.configgen import parse_config
+from cascade.errors import ConfigError
 from cascade.tasks import TaskSpec, load_split
 
 console = Console()
@@ -22,11 +24,15 @@ def task_is_built(task: TaskSpec, repo: Path) -> bool:
     names = [contract.EMBEDDER_MODEL, contract.gate_model_name(task.name), *task.model_names().values()]
     if not all((Path(repo) / name / "config.pbtxt").is_file() for name in names if name):
         return False
-    report = Path(repo) / contract.gate_model_name(task.name) / "build_report.json"
+    gate = Path(repo) / contract.gate_model_name(task.name)
     try:
-        return json.loads(report.read_text()).get("task_digest") == task.digest()
-    except (OSError, ValueError):
+        if json.loads((gate / "build_report.json").read_text()).get("task_digest") != task.digest():
+            return False
+        outputs = {o.name for o in parse_config((gate / "config.pbtxt").read_text()).output}
+    except (OSError, ValueError, ConfigError):
         return False
+    # A gate written before its contract grew (e.g. the DEGRADED output) is rebuilt too.
+    return outputs == {t.name for t in contract.GATE_SIGNATURE[1]}
 
 
 def classify_rows(client, task: TaskSpec, texts: list[str], batch_size: int) -> tuple[list, list[float]]:
@@ -62,6 +68,7 @@ def summarize(task: TaskSpec, predictions, gold: list[int], latencies: list[floa
         "rows_per_s": len(predictions) / wall_s,
         "batch_latency_ms_p50": float(np.percentile(latencies, 50)),
         "batch_latency_ms_p99": float(np.percentile(latencies, 99)),
+        "degraded_rows": sum(p.degraded for p in predictions),
     }
 
 
@@ -76,6 +83,11 @@ def print_summary(summary: dict, batch_size: int) -> None:
         table.add_row(name, str(row["rows"]), f"{row['share']:.1%}", f"{row['accuracy']:.3f}")
     console.print(table)
     console.print(f"LLM share (rows answered by tiers 3-4): {summary['llm_share']:.1%}")
+    if summary["degraded_rows"]:
+        console.print(
+            f"[yellow]{summary['degraded_rows']} row(s) answered best-effort[/] (a tier was too slow or failed; "
+            "the answer of the most confident tier that scored them)"
+        )
     console.print(
         f"{summary['rows_per_s']:.0f} rows/s over gRPC in batches of {batch_size}; batch latency "
         f"p50 {summary['batch_latency_ms_p50']:.1f} ms, p99 {summary['batch_latency_ms_p99']:.1f} ms"

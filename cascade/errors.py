@@ -39,6 +39,11 @@ class TierFailure(CascadeError):
     status = "UNAVAILABLE"
 
 
+class TierBusy(TierFailure):
+    """A tier did not take a call within the queue allowance: it is busy, not dead. Its rows go on like a failed
+    tier's, but the circuit breaker stays closed."""
+
+
 class ServerError(CascadeError):
     """The Triton server could not be found, started or reached."""
 
@@ -47,6 +52,11 @@ class ServerError(CascadeError):
 
 class ServerUnavailable(ServerError):
     """The server did not answer (connection refused or lost, deadline passed): worth retrying later."""
+
+
+class RowsUnanswered(ServerUnavailable):
+    """The gate answered no tier's answer for some rows (their tiers failed and nothing scored them, or the request
+    asked ``on_tier_failure=error``): worth retrying later, like an unavailable server."""
 
 
 def triton_error(pb_utils, exc: Exception, default_message: str | None = None):

@@ -1,27 +1,21 @@
-"""The gate's logic: confidence gating over a list of tiers, with no Triton import.
+"""The gate's configuration, request options and input checks, with no Triton import.
 
-``python_backends/gate/model.py`` is thin glue around this module: it turns Triton requests into a
-:class:`RowBatch`, wraps each tier model in a BLS call that satisfies :class:`Tier`, and calls
-:func:`run_cascade`. Everything here is unit-tested with plain Python tiers.
+``python_backends/gate/model.py`` is thin glue: it parses requests with this module, turns each into a
+``cascade.escalate.CascadeRun`` over tiers that are BLS calls, and runs it through ``cascade.lanes``. Everything
+here is unit-tested directly.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import threading
-import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
 from cascade import contract
-from cascade.arrays import Array, Placement, all_finite, all_true, first_bad_row, host, nonzero, size
-from cascade.errors import CascadeError, ConfigError, InvalidInput, TierFailure
+from cascade.arrays import Array, Placement, all_finite, first_bad_row
+from cascade.errors import CascadeError, ConfigError, InvalidInput
 
 
 class Cancelled(CascadeError):
@@ -46,6 +40,12 @@ class GateConfig:
     tier_timeouts_ms: dict[int, int] = field(default_factory=dict)
     #: Where the gate's arrays live (``contract.CFG_PLACEMENT``).
     placement: str = contract.PLACEMENT_AUTO
+    #: tier -> deadline per row of a call in ms (``contract.CFG_ROW_TIMEOUTS_MS``); others: DEFAULT_ROW_TIMEOUT_MS.
+    row_timeouts_ms: dict[int, int] = field(default_factory=dict)
+    #: How long a call may wait for a tier before its rows are given up on as busy (``CFG_QUEUE_TIMEOUT_MS``).
+    queue_timeout_ms: int = contract.DEFAULT_QUEUE_TIMEOUT_MS
+    #: The default of the ``on_tier_failure`` request parameter.
+    on_tier_failure: str = contract.ON_FAILURE_BEST_EFFORT
 
     def __post_init__(self) -> None:
         if not self.task:
@@ -76,12 +76,24 @@ class GateConfig:
             raise ConfigError(
                 f"gate parameter 'placement' must be auto, numpy, torch:cpu or torch:cuda:N, not {self.placement!r}"
             )
-        for tier, ms in self.tier_timeouts_ms.items():
-            name = contract.TIER_NAMES.get(tier, tier)
-            if tier not in self.tiers:
-                raise ConfigError(f"'tier_timeouts_ms' names tier {name!r}, which is not enabled")
-            if isinstance(ms, bool) or not (isinstance(ms, int) and ms > 0):
-                raise ConfigError(f"'tier_timeouts_ms' of {name!r} must be a positive integer (ms): {ms!r}")
+        for key, mapping in (("tier_timeouts_ms", self.tier_timeouts_ms), ("row_timeouts_ms", self.row_timeouts_ms)):
+            for tier, ms in mapping.items():
+                name = contract.TIER_NAMES.get(tier, tier)
+                if tier not in self.tiers:
+                    raise ConfigError(f"{key!r} names tier {name!r}, which is not enabled")
+                if isinstance(ms, bool) or not (isinstance(ms, int) and ms > 0):
+                    raise ConfigError(f"{key!r} of {name!r} must be a positive integer (ms): {ms!r}")
+        if isinstance(self.queue_timeout_ms, bool) or not (
+            isinstance(self.queue_timeout_ms, int) and self.queue_timeout_ms > 0
+        ):
+            raise ConfigError(
+                f"gate parameter 'queue_timeout_ms' must be a positive integer: {self.queue_timeout_ms!r}"
+            )
+        if self.on_tier_failure not in contract.ON_TIER_FAILURE_CHOICES:
+            raise ConfigError(
+                f"gate parameter 'on_tier_failure' must be one of {list(contract.ON_TIER_FAILURE_CHOICES)}, "
+                f"not {self.on_tier_failure!r}"
+            )
         for tier in self.prompts:
             if tier not in self.tiers or tier not in contract.LLM_TIERS:
                 name = contract.TIER_NAMES.get(tier, tier)
@@ -107,9 +119,14 @@ class GateConfig:
             return f"cuda:{device_id}" if instance_kind == "GPU" else None
         return None if self.placement == "numpy" else self.placement.removeprefix("torch:")
 
-    def timeout_s(self, tier: int) -> float:
-        """The deadline of one call to ``tier``, in seconds."""
-        return self.tier_timeouts_ms.get(tier, self.bls_timeout_ms) / 1000
+    def exec_allowance_s(self, tier: int, rows: int) -> float:
+        """How long one call of ``rows`` rows to ``tier`` may run once Triton has taken it, in seconds: a base
+        (``tier_timeouts_ms`` or ``bls_timeout_ms``) plus a deadline per row, so a big call is not a dead one."""
+        per_row = self.row_timeouts_ms.get(tier, contract.DEFAULT_ROW_TIMEOUT_MS[tier])
+        return (self.tier_timeouts_ms.get(tier, self.bls_timeout_ms) + rows * per_row) / 1000
+
+    def embedder_allowance_s(self, rows: int) -> float:
+        return (self.bls_timeout_ms + rows * contract.EMBEDDER_ROW_TIMEOUT_MS) / 1000
 
     @property
     def needs_embedding(self) -> bool:
@@ -137,13 +154,16 @@ class GateConfig:
                 else {}
             )
             | ({contract.CFG_PLACEMENT: self.placement} if self.placement != contract.PLACEMENT_AUTO else {})
+            | _tier_map(contract.CFG_TIER_TIMEOUTS_MS, self.tier_timeouts_ms)
+            | _tier_map(contract.CFG_ROW_TIMEOUTS_MS, self.row_timeouts_ms)
             | (
-                {
-                    contract.CFG_TIER_TIMEOUTS_MS: json.dumps(
-                        {contract.TIER_NAMES[t]: ms for t, ms in sorted(self.tier_timeouts_ms.items())}
-                    )
-                }
-                if self.tier_timeouts_ms
+                {contract.CFG_QUEUE_TIMEOUT_MS: str(self.queue_timeout_ms)}
+                if self.queue_timeout_ms != contract.DEFAULT_QUEUE_TIMEOUT_MS
+                else {}
+            )
+            | (
+                {contract.CFG_ON_TIER_FAILURE: self.on_tier_failure}
+                if self.on_tier_failure != contract.ON_FAILURE_BEST_EFFORT
                 else {}
             )
         )
@@ -164,6 +184,9 @@ class GateConfig:
             contract.CFG_PROMPTS,
             contract.CFG_INLINE_TIERS,
             contract.CFG_TIER_TIMEOUTS_MS,
+            contract.CFG_ROW_TIMEOUTS_MS,
+            contract.CFG_QUEUE_TIMEOUT_MS,
+            contract.CFG_ON_TIER_FAILURE,
             contract.CFG_PLACEMENT,
         }
         unknown = set(params) - expected - optional
@@ -198,27 +221,38 @@ class GateConfig:
             prompts[_tier_from_name(name, ConfigError)] = prompt
         inline = load(contract.CFG_INLINE_TIERS, list) if contract.CFG_INLINE_TIERS in params else []
         inline = [_tier_from_name(name, ConfigError) for name in inline]
-        tier_timeouts = {
-            _tier_from_name(name, ConfigError): ms
-            for name, ms in (
-                load(contract.CFG_TIER_TIMEOUTS_MS, dict) if contract.CFG_TIER_TIMEOUTS_MS in params else {}
-            ).items()
-        }
-        try:
-            timeout = int(params[contract.CFG_BLS_TIMEOUT_MS])
-        except ValueError as exc:
-            raise ConfigError(f"gate parameter 'bls_timeout_ms' is not an integer: {exc}") from exc
+
+        def tier_map(key: str) -> dict[int, int]:
+            found = load(key, dict) if key in params else {}
+            return {_tier_from_name(name, ConfigError): ms for name, ms in found.items()}
+
+        def integer(key: str, default: int) -> int:
+            try:
+                return int(params.get(key, default))
+            except ValueError as exc:
+                raise ConfigError(f"gate parameter {key!r} is not an integer: {exc}") from exc
+
         return cls(
             task=params[contract.CFG_TASK],
             labels=tuple(labels),
             tiers=tuple(tiers),
             thresholds=thresholds,
-            bls_timeout_ms=timeout,
+            bls_timeout_ms=integer(contract.CFG_BLS_TIMEOUT_MS, 0),
             prompts=prompts,
             inline_tiers=tuple(inline),
-            tier_timeouts_ms=tier_timeouts,
+            tier_timeouts_ms=tier_map(contract.CFG_TIER_TIMEOUTS_MS),
+            row_timeouts_ms=tier_map(contract.CFG_ROW_TIMEOUTS_MS),
+            queue_timeout_ms=integer(contract.CFG_QUEUE_TIMEOUT_MS, contract.DEFAULT_QUEUE_TIMEOUT_MS),
+            on_tier_failure=params.get(contract.CFG_ON_TIER_FAILURE, contract.ON_FAILURE_BEST_EFFORT),
             placement=params.get(contract.CFG_PLACEMENT, contract.PLACEMENT_AUTO),
         )
+
+
+def _tier_map(key: str, mapping: dict[int, int]) -> dict[str, str]:
+    """``{key: '{"tier name": value}'}``, or nothing for an empty mapping."""
+    if not mapping:
+        return {}
+    return {key: json.dumps({contract.TIER_NAMES[t]: v for t, v in sorted(mapping.items())})}
 
 
 def check_prompt(prompt: dict, n_labels: int) -> None:
@@ -278,9 +312,12 @@ class RequestOptions:
     min_tier: int = 0
     max_tier: int = contract.TIER_LLM_LARGE
     return_probs: bool = False
+    on_tier_failure: str = contract.ON_FAILURE_BEST_EFFORT
 
     @classmethod
-    def parse(cls, params: dict, enabled: Sequence[int]) -> RequestOptions:
+    def parse(
+        cls, params: dict, enabled: Sequence[int], on_tier_failure: str = contract.ON_FAILURE_BEST_EFFORT
+    ) -> RequestOptions:
         unknown = set(params) - set(contract.GATE_REQUEST_PARAMETERS)
         if unknown:
             raise InvalidInput(
@@ -299,7 +336,12 @@ class RequestOptions:
             return_probs = return_probs.lower() in ("true", "1")
         if not isinstance(return_probs, bool):
             raise InvalidInput(f"return_probs must be a boolean: {return_probs!r}")
-        return cls(min_tier=min_tier, max_tier=max_tier, return_probs=return_probs)
+        on_failure = params.get(contract.PARAM_ON_TIER_FAILURE, on_tier_failure)
+        if on_failure not in contract.ON_TIER_FAILURE_CHOICES:
+            raise InvalidInput(
+                f"on_tier_failure must be one of {list(contract.ON_TIER_FAILURE_CHOICES)}, not {on_failure!r}"
+            )
+        return cls(min_tier=min_tier, max_tier=max_tier, return_probs=return_probs, on_tier_failure=on_failure)
 
 
 # --- input decoding -------------------------------------------------------------------------------
@@ -362,233 +404,3 @@ def check_embeddings(embeddings: Array, n_rows: int) -> Array:
     if not all_finite(embeddings):
         raise InvalidInput(f"EMBEDDING row {first_bad_row(embeddings)} holds NaN or Inf")
     return Placement.of(embeddings).asarray(embeddings)
-
-
-# --- the rows of one execute() ---------------------------------------------------------------------
-class RowBatch:
-    """Texts of all rows, embeddings where the client sent them, others computed once on demand.
-
-    ``texts`` may be ``None`` when every row came with an embedding and no text (see ``check_text_free``).
-    The embeddings live where ``placement`` says (the host, or a GPU); row indices are arrays of the same
-    placement."""
-
-    def __init__(
-        self,
-        texts: list[str] | None,
-        embeddings: Array | None = None,
-        have_embedding: Array | None = None,
-        embed: Callable[[list[str]], Array] | None = None,
-        placement: Placement | None = None,
-    ) -> None:
-        if texts is None and embeddings is None:
-            raise InvalidInput("a batch needs TEXT or EMBEDDING")
-        self.texts = texts
-        n = len(texts) if texts is not None else int(embeddings.shape[0])
-        self._n = n
-        self.placement = placement or (Placement.of(embeddings) if embeddings is not None else Placement())
-        at = self.placement
-        self._emb = at.asarray(embeddings) if embeddings is not None else at.zeros((n, contract.EMBEDDING_DIM))
-        if have_embedding is not None:
-            self._have = at.asarray(have_embedding, dtype="bool")
-        else:
-            self._have = at.full((n,), embeddings is not None, dtype="bool")
-        self._embed = embed
-        self.embedded_rows = 0
-
-    def __len__(self) -> int:
-        return self._n
-
-    def text(self, rows: Array) -> list[str]:
-        if self.texts is None:
-            raise TierFailure("these rows came without TEXT")
-        return [self.texts[i] for i in host(rows).tolist()]
-
-    def embedding(self, rows: Array) -> Array:
-        if size(rows) == len(self) and all_true(self._have):  # rows are sorted and distinct: all of them
-            return self._emb
-        missing = rows[~self._have[rows]]
-        if size(missing):
-            if self._embed is None:
-                raise TierFailure("rows need an embedding but no embedder is available")
-            self._emb[missing] = self.placement.asarray(self._embed(self.text(missing)))
-            self._have[missing] = True
-            self.embedded_rows += size(missing)
-        return self._emb[rows]
-
-
-# --- tier calls: a deadline and a circuit breaker ---------------------------------------------------
-class TierGuard:
-    """Run each call to a tier model with a deadline the gate enforces, behind a circuit breaker.
-
-    - **Deadline.** A BLS request's own timeout bounds only its time in the tier's queue, not its
-      execution: a hung tier would hang the gate. Here a call runs on a worker thread; past its deadline it
-      raises :class:`TierFailure` (the rows go on to the next tier) and is left to finish in the background.
-    - **Breaker.** After a failure or a missed deadline the target is skipped at once for ``retry_after_s``,
-      and for as long as an abandoned call to it still runs; then the next call tries it again. A dead tier
-      (Triton takes about a second to call a killed stub unhealthy) costs one failure per interval, not one
-      per request, and a hung one holds at most one thread.
-    """
-
-    def __init__(self, targets: int, retry_after_s: float = contract.TIER_RETRY_AFTER_S) -> None:
-        self.retry_after_s = retry_after_s
-        # One call runs at a time per gate instance, plus at most one abandoned call per target.
-        self._pool = ThreadPoolExecutor(max_workers=targets + 1, thread_name_prefix="tier-call")
-        self._abandoned: dict[str, Future] = {}
-        self._open: dict[str, tuple[float, str]] = {}  # target -> (skip until, the failure that opened it)
-        self._lock = threading.Lock()
-
-    def call(self, target: str, fn: Callable[[], object], timeout_s: float) -> object:
-        """``fn()``, which raises TierFailure for a failed call; raises TierFailure when skipped or late."""
-        self._check(target)
-        future = self._pool.submit(fn)
-        try:
-            return future.result(timeout=timeout_s)
-        except FutureTimeout:
-            with self._lock:
-                self._abandoned[target] = future
-            self._trip(target, f"no answer within {timeout_s * 1000:.0f} ms")
-            raise TierFailure(f"{target}: no answer within {timeout_s * 1000:.0f} ms") from None
-        except TierFailure as exc:
-            self._trip(target, str(exc))
-            raise
-
-    def _check(self, target: str) -> None:
-        with self._lock:
-            stuck = self._abandoned.get(target)
-            if stuck is not None and not stuck.done():
-                raise TierFailure(f"{target}: skipped, a call to it is still running past its deadline")
-            self._abandoned.pop(target, None)
-            until, why = self._open.get(target, (0.0, ""))
-            if time.monotonic() < until:
-                raise TierFailure(f"{target}: skipped for {self.retry_after_s:g} s after a failure ({why})")
-            self._open.pop(target, None)
-
-    def _trip(self, target: str, why: str) -> None:
-        with self._lock:
-            self._open[target] = (time.monotonic() + self.retry_after_s, why)
-
-    def down(self) -> list[str]:
-        """Targets skipped now."""
-        now = time.monotonic()
-        with self._lock:
-            stuck = {t for t, f in self._abandoned.items() if not f.done()}
-            return sorted(stuck | {t for t, (until, _) in self._open.items() if now < until})
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-# --- the cascade ------------------------------------------------------------------------------------
-class Tier(Protocol):
-    """One tier: class probabilities for the given rows of a batch, in the task's label order, as an array of the
-    batch's placement (or of the host: it is moved)."""
-
-    tier: int
-
-    def predict_proba(self, batch: RowBatch, rows: Array) -> Array: ...
-
-
-@dataclass
-class TierStat:
-    tier: int
-    rows_in: int = 0
-    answered: int = 0
-    failed: bool = False
-    seconds: float = 0.0
-    error: str | None = None
-    #: Top-class probability of each row the tier scored, on the host (for the confidence histogram).
-    confidence: np.ndarray | None = None
-
-
-@dataclass
-class CascadeResult:
-    probs: Array  # [n, k] float32, where the batch lives
-    tier: Array  # [n] int32, -1 where no tier answered
-    errors: list[str | None]  # per row: why no tier answered
-    stats: list[TierStat] = field(default_factory=list)
-
-    @property
-    def confidence(self) -> np.ndarray:
-        """Top-class probability per row, on the host."""
-        probs = host(self.probs)
-        return probs.max(axis=1) if probs.size else np.zeros(0, np.float32)
-
-    @property
-    def label_index(self) -> np.ndarray:
-        """Index of the top class per row, on the host."""
-        probs = host(self.probs)
-        return probs.argmax(axis=1) if probs.size else np.zeros(0, np.int64)
-
-
-def run_cascade(
-    batch: RowBatch,
-    tiers: Sequence[Tier],
-    thresholds: dict[int, float],
-    n_labels: int,
-    min_tier: Array,
-    max_tier: Array,
-    cancelled: Callable[[], bool] = lambda: False,
-) -> CascadeResult:
-    """Answer each row at the cheapest tier whose confidence clears its threshold.
-
-    Rows of a tier below the threshold go on to the next tier; the last tier a row may use (the
-    highest enabled tier <= its ``max_tier``) answers whatever reaches it. A tier that fails passes
-    its rows on; rows that no tier could answer get an error message. ``cancelled`` (a round trip to the
-    server) is asked before each tier that reads text, the costly ones, not before the embedding tiers.
-
-    The row selection runs where the batch lives (NumPy on the host, torch on a GPU): ``min_tier`` and
-    ``max_tier`` are per-row arrays of the same placement, and so are ``probs`` and ``tier`` in the result.
-    """
-    n = len(batch)
-    at = batch.placement
-    order = sorted(tiers, key=lambda t: t.tier)
-    probs = at.zeros((n, n_labels))
-    answered_by = at.full((n,), -1, dtype="int32")
-    errors: list[str | None] = [None] * n
-    # The last tier each row may use; it accepts whatever confidence.
-    final = at.full((n,), -1)
-    for tier in order:
-        final[tier.tier <= max_tier] = tier.tier
-    pending = at.full((n,), True, dtype="bool")
-    stats = []
-    for tier in order:
-        if all_true(~pending):
-            break
-        rows = nonzero(pending & (min_tier <= tier.tier) & (tier.tier <= max_tier))
-        if size(rows) == 0:
-            continue
-        if tier.tier not in contract.EMBEDDING_TIERS and cancelled():
-            raise Cancelled("request cancelled by the client")
-        stat = TierStat(tier.tier, rows_in=size(rows))
-        stats.append(stat)
-        start = time.perf_counter()
-        try:
-            p = at.asarray(tier.predict_proba(batch, rows))
-            if tuple(p.shape) != (size(rows), n_labels) or not all_finite(p):
-                raise TierFailure(
-                    f"tier {contract.TIER_NAMES[tier.tier]} returned shape {list(p.shape)} "
-                    f"(want {[size(rows), n_labels]}) or non-finite values"
-                )
-        except TierFailure as exc:
-            stat.failed, stat.error = True, str(exc)
-            for i in host(rows).tolist():
-                errors[i] = f"tier {contract.TIER_NAMES[tier.tier]} failed: {exc}"
-            stat.seconds = time.perf_counter() - start
-            continue
-        stat.seconds = time.perf_counter() - start
-        conf = at.xp.max(p, axis=1)
-        stat.confidence = host(conf)
-        threshold = thresholds.get(tier.tier, math.inf)
-        accept = (conf >= threshold) | (final[rows] <= tier.tier)
-        chosen = rows[accept]
-        probs[chosen] = p[accept]
-        answered_by[chosen] = tier.tier
-        pending[chosen] = False
-        stat.answered = size(chosen)
-        if any(s.failed for s in stats):  # rows a failed tier passed on are answered after all
-            for i in host(chosen).tolist():
-                errors[i] = None
-    for i in host(nonzero(pending)).tolist():
-        if errors[i] is None:
-            errors[i] = "no enabled tier could answer this row"
-    return CascadeResult(probs=probs, tier=answered_by, errors=errors, stats=stats)

@@ -43,6 +43,7 @@ from cascade.contract import (
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
+    LLM_THREADS_ENV,
     RESTRICTED_PROTOCOLS,
 )
 from cascade.errors import InvalidInput, ServerError
@@ -218,6 +219,9 @@ class ServerOptions:
     #: TLS for gRPC: the server's certificate and private key (PEM); ``None``: plain gRPC.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: Threads of each llama.cpp model, given to the server as ``$CASCADE_LLM_THREADS``; ``None``: the
+    #: models size themselves from the server's cores (``cascade.sizing``), or take the inherited variable.
+    llm_threads: int | None = None
 
     def __post_init__(self) -> None:
         self.repository = Path(self.repository).expanduser().absolute()
@@ -249,6 +253,14 @@ class ServerOptions:
                     raise InvalidInput(f"{name.replace('_', ' ')} {path} not found")
         if self.admin_key is not None and (not self.admin_key or any(c in self.admin_key for c in " ,:=")):
             raise InvalidInput("admin key must be non-empty, without spaces, commas, colons or '='")
+        if self.llm_threads is not None and (
+            isinstance(self.llm_threads, bool) or not isinstance(self.llm_threads, int) or self.llm_threads < 1
+        ):
+            raise InvalidInput(f"llm_threads must be a positive integer, got {self.llm_threads!r}")
+
+    def environment(self) -> dict[str, str]:
+        """Variables the server process gets on top of :func:`server_env`'s."""
+        return {} if self.llm_threads is None else {LLM_THREADS_ENV: str(self.llm_threads)}
 
     @property
     def connect_host(self) -> str:
@@ -320,11 +332,14 @@ def server_command(
     return cmd
 
 
-def server_env(binary: Path | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
+def server_env(
+    binary: Path | None = None, base: dict[str, str] | None = None, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     """Environment for the server: the running interpreter's ``bin`` first on ``PATH`` (the Python
     backend stub runs the first ``python3`` there) and, for the wheel's binary, its bundled libraries
-    appended to ``LD_LIBRARY_PATH`` (as pytriton does; the binaries' RPATH already points there)."""
-    env = dict(os.environ if base is None else base)
+    appended to ``LD_LIBRARY_PATH`` (as pytriton does; the binaries' RPATH already points there);
+    ``extra`` (:meth:`ServerOptions.environment`) last."""
+    env = dict(os.environ if base is None else base) | dict(extra or {})
     bin_dir = os.path.dirname(sys.executable)  # not resolved: a venv's bin, not the base install's
     rest = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != bin_dir]
     env["PATH"] = os.pathsep.join([bin_dir, *rest])
@@ -514,7 +529,7 @@ class TritonServer:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    env=server_env(self.binary),
+                    env=server_env(self.binary, extra=self.opts.environment()),
                     start_new_session=True,
                 )
             except OSError as exc:

@@ -45,6 +45,10 @@ class OnnxRunner:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, int(num_threads))
         opts.inter_op_num_threads = 1
+        # Idle intra-op threads sleep instead of spin-waiting: a spinning thread burns a core that llama.cpp
+        # (whose own threads spin) needs on a small machine (cascade.sizing).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self._session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
         inputs = {i.name: i for i in self._session.get_inputs()}

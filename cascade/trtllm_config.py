@@ -25,7 +25,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from cascade import contract
-from cascade.configgen import ModelSpec, parse_config
+from cascade.configgen import ModelSpec, parse_config, threads_parameter
 from cascade.contract import Tensor
 from cascade.errors import ConfigError
 
@@ -216,7 +216,7 @@ def llm_generate_config(
     *,
     llm_model: str | None = None,
     n_ctx: int = 1024,
-    num_threads: int = 2,
+    num_threads: int | str = contract.THREADS_AUTO,
     tokenizer_dir: str | Path | None = None,
     max_input_len: int = DEFAULT_MAX_INPUT_LEN,
     trtllm_model: str = contract.TRTLLM_MODEL,
@@ -243,7 +243,7 @@ def llm_generate_config(
         params |= {
             contract.CFG_LLM_MODEL: llm_model,
             contract.CFG_N_CTX: str(n_ctx),
-            contract.CFG_NUM_THREADS: str(num_threads),
+            contract.CFG_NUM_THREADS: threads_parameter(num_threads),
         }
     elif runtime == contract.RUNTIME_TRTLLM:
         if not tokenizer_dir:
@@ -320,7 +320,9 @@ def write_gpu_llm_models(
     return [spec.name for spec in specs]
 
 
-def write_cpu_generate_model(repo: str | Path, llm_model: str, n_ctx: int = 1024, num_threads: int = 2) -> list[str]:
+def write_cpu_generate_model(
+    repo: str | Path, llm_model: str, n_ctx: int = 1024, num_threads: int | str = contract.THREADS_AUTO
+) -> list[str]:
     """Write the CPU profile's ``llm_generate`` (llama.cpp over a packaged GGUF) into ``repo``."""
     from cascade.export.repository import RepositoryWriter
 

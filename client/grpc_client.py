@@ -12,7 +12,15 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from cascade import contract
-from cascade.errors import CascadeError, Forbidden, InvalidInput, ServerError, ServerUnavailable, UnknownTask
+from cascade.errors import (
+    CascadeError,
+    Forbidden,
+    InvalidInput,
+    RowsUnanswered,
+    ServerError,
+    ServerUnavailable,
+    UnknownTask,
+)
 
 DEFAULT_URL = f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}"
 
@@ -23,6 +31,8 @@ class Prediction:
     confidence: float
     tier: int
     probs: tuple[float, ...] | None = None
+    #: A best-effort answer: the tier meant to answer failed, ``tier`` is the most confident one that scored it.
+    degraded: bool = False
 
     @property
     def tier_name(self) -> str:
@@ -61,7 +71,7 @@ def text_inputs(texts: Sequence[str]) -> list:
 
 
 def _outputs(module, return_probs: bool):
-    names = [contract.LABEL.name, contract.CONFIDENCE.name, contract.TIER.name]
+    names = [contract.LABEL.name, contract.CONFIDENCE.name, contract.TIER.name, contract.DEGRADED.name]
     if return_probs:
         names.append(contract.PROBS.name)
     return [module.InferRequestedOutput(n) for n in names]
@@ -75,7 +85,7 @@ def _tls(kwargs: dict) -> dict:
     return kwargs
 
 
-def _parameters(max_tier, min_tier, return_probs: bool) -> dict | None:
+def _parameters(max_tier, min_tier, return_probs: bool, on_tier_failure: str | None = None) -> dict | None:
     params = {}
     if max_tier is not None:
         params[contract.PARAM_MAX_TIER] = max_tier
@@ -83,6 +93,8 @@ def _parameters(max_tier, min_tier, return_probs: bool) -> dict | None:
         params[contract.PARAM_MIN_TIER] = min_tier
     if return_probs:
         params[contract.PARAM_RETURN_PROBS] = True
+    if on_tier_failure is not None:
+        params[contract.PARAM_ON_TIER_FAILURE] = on_tier_failure
     return params or None
 
 
@@ -91,12 +103,14 @@ def _predictions(result, return_probs: bool) -> list[Prediction]:
     conf = result.as_numpy(contract.CONFIDENCE.name).reshape(-1)
     tiers = result.as_numpy(contract.TIER.name).reshape(-1)
     probs = result.as_numpy(contract.PROBS.name) if return_probs else None
+    degraded = _degraded(result, len(labels))
     return [
         Prediction(
             label=labels[i].decode("utf-8"),
             confidence=float(conf[i]),
             tier=int(tiers[i]),
             probs=tuple(float(p) for p in probs[i]) if probs is not None else None,
+            degraded=bool(degraded[i]),
         )
         for i in range(len(labels))
     ]
@@ -134,12 +148,18 @@ class ModelStats:
         )
 
 
+def _degraded(result, n: int) -> np.ndarray:
+    flags = result.as_numpy(contract.DEGRADED.name)
+    return np.zeros(n, bool) if flags is None else flags.reshape(-1).astype(bool)
+
+
 @dataclass(frozen=True)
 class BatchResult:
     """A batch's answers as arrays (the table job's form): no per-row Python objects."""
 
     probs: np.ndarray  # [n, k] FP32 in the task's label order
     tier: np.ndarray  # [n] INT32, the tier that answered
+    degraded: np.ndarray | None = None  # [n] bool, best-effort answers (None: all False)
 
     @property
     def label_index(self) -> np.ndarray:
@@ -151,11 +171,12 @@ class BatchResult:
 
 
 #: What the array form asks for: LABEL and CONFIDENCE follow from PROBS, so the gate skips building them.
-_ARRAY_OUTPUTS = (contract.PROBS.name, contract.TIER.name)
+_ARRAY_OUTPUTS = (contract.PROBS.name, contract.TIER.name, contract.DEGRADED.name)
 
 
 def _batch_result(result) -> BatchResult:
-    return BatchResult(probs=result.as_numpy(contract.PROBS.name), tier=result.as_numpy(contract.TIER.name).reshape(-1))
+    tier = result.as_numpy(contract.TIER.name).reshape(-1)
+    return BatchResult(probs=result.as_numpy(contract.PROBS.name), tier=tier, degraded=_degraded(result, len(tier)))
 
 
 def _gate_config(config: dict, task: str):
@@ -177,7 +198,9 @@ def translate(exc: InferenceServerException, task: str) -> CascadeError:
         return Forbidden(f"{task}: {message} (set ${contract.ADMIN_KEY_ENV} to the server's admin key)")
     if "INVALID_ARG" in status:
         return InvalidInput(message)
-    if status in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED") and "unanswered" not in message:
+    if status == "StatusCode.UNAVAILABLE" and "unanswered" in message:
+        return RowsUnanswered(f"{task}: {message}")
+    if status in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"):
         return ServerUnavailable(f"{task}: {message} (status {status})")
     return ServerError(f"{task}: {message} (status {exc.status()})")
 
@@ -205,13 +228,14 @@ class CascadeClient:
         max_tier: int | str | None = None,
         min_tier: int | str | None = None,
         return_probs: bool = False,
+        on_tier_failure: str | None = None,
     ) -> list[Prediction]:
         try:
             result = self._client.infer(
                 contract.gate_model_name(task),
                 _inputs(grpcclient, texts, embeddings),
                 outputs=_outputs(grpcclient, return_probs),
-                parameters=_parameters(max_tier, min_tier, return_probs),
+                parameters=_parameters(max_tier, min_tier, return_probs, on_tier_failure),
                 client_timeout=self.timeout_s,
             )
         except InferenceServerException as exc:
@@ -226,6 +250,7 @@ class CascadeClient:
         *,
         max_tier: int | str | None = None,
         min_tier: int | str | None = None,
+        on_tier_failure: str | None = None,
     ) -> BatchResult:
         """Like :meth:`classify`, answers as arrays; labels are ``self.labels(task)[result.label_index]``."""
         try:
@@ -233,7 +258,7 @@ class CascadeClient:
                 contract.gate_model_name(task),
                 _inputs(grpcclient, texts, embeddings),
                 outputs=[grpcclient.InferRequestedOutput(n) for n in _ARRAY_OUTPUTS],
-                parameters=_parameters(max_tier, min_tier, False),
+                parameters=_parameters(max_tier, min_tier, False, on_tier_failure),
                 client_timeout=self.timeout_s,
             )
         except InferenceServerException as exc:
@@ -355,13 +380,14 @@ class AsyncCascadeClient:
         max_tier: int | str | None = None,
         min_tier: int | str | None = None,
         return_probs: bool = False,
+        on_tier_failure: str | None = None,
     ) -> list[Prediction]:
         try:
             result = await self._client.infer(
                 contract.gate_model_name(task),
                 _inputs(aioclient, texts, embeddings),
                 outputs=_outputs(aioclient, return_probs),
-                parameters=_parameters(max_tier, min_tier, return_probs),
+                parameters=_parameters(max_tier, min_tier, return_probs, on_tier_failure),
                 client_timeout=self.timeout_s,
             )
         except InferenceServerException as exc:
@@ -376,13 +402,14 @@ class AsyncCascadeClient:
         *,
         max_tier: int | str | None = None,
         min_tier: int | str | None = None,
+        on_tier_failure: str | None = None,
     ) -> BatchResult:
         try:
             result = await self._client.infer(
                 contract.gate_model_name(task),
                 _inputs(aioclient, texts, embeddings),
                 outputs=[aioclient.InferRequestedOutput(n) for n in _ARRAY_OUTPUTS],
-                parameters=_parameters(max_tier, min_tier, False),
+                parameters=_parameters(max_tier, min_tier, False, on_tier_failure),
                 client_timeout=self.timeout_s,
             )
         except InferenceServerException as exc:

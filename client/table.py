@@ -28,12 +28,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cascade import contract
-from cascade.errors import ConfigError, InvalidInput, ServerError, ServerUnavailable
-from cascade.gate import all_finite
+from cascade.arrays import all_finite
+from cascade.errors import ConfigError, InvalidInput, RowsUnanswered, ServerError, ServerUnavailable
 
 #: Columns a filter job adds to each row.
 LABEL_COLUMN, CONFIDENCE_COLUMN, TIER_COLUMN, ERROR_COLUMN = "label", "confidence", "tier", "error"
-RESULT_COLUMNS = (LABEL_COLUMN, CONFIDENCE_COLUMN, TIER_COLUMN, ERROR_COLUMN)
+#: True where the row's answer is best-effort (the tier meant to answer it failed or was too slow).
+DEGRADED_COLUMN = "degraded"
+RESULT_COLUMNS = (LABEL_COLUMN, CONFIDENCE_COLUMN, TIER_COLUMN, DEGRADED_COLUMN, ERROR_COLUMN)
+#: What the filter job does with best-effort rows: keep their answer, or send them again (then keep it).
+ON_DEGRADED_KEEP, ON_DEGRADED_RETRY = "keep", "retry"
 #: The column ``cascade embed`` writes and ``cascade filter`` sends as EMBEDDING when present.
 EMBEDDING_COLUMN = "embedding"
 DEFAULT_CHUNK_ROWS = 65_536
@@ -361,6 +365,8 @@ class Retry:
                 return await fn()
             except ServerUnavailable as exc:
                 if attempt == len(self.backoff_s):
+                    if isinstance(exc, RowsUnanswered):
+                        raise  # the server is there: those rows get an error, the job goes on
                     raise ServerUnavailable(
                         f"{what}: no answer after {attempt} retries over {sum(self.backoff_s):.0f} s ({exc})"
                     ) from exc
@@ -373,6 +379,9 @@ async def _isolate(call, rows: np.ndarray, errors: list[str | None], results: di
     """Send ``rows``; when the server refuses them as invalid, halve until the bad rows are found alone."""
     try:
         results[int(rows[0])] = (rows, await call(rows))
+    except RowsUnanswered as exc:  # after the retries: no tier could score them; the job goes on
+        for i in rows.tolist():
+            errors[int(i)] = f"unanswered: {exc}"
     except InvalidInput as exc:
         if rows.size == 1:
             errors[int(rows[0])] = f"refused by the server: {exc}"
@@ -409,6 +418,10 @@ class FilterOptions:
     batch_rows: int = DEFAULT_BATCH_ROWS
     in_flight: int = DEFAULT_IN_FLIGHT
     keep_embedding: bool = False
+    #: Best-effort rows (a slow or failed tier): keep their answer, or send them again up to ``degraded_retries``
+    #: times (with the backoff of unanswered requests) and keep the last answer.
+    on_degraded: str = ON_DEGRADED_KEEP
+    degraded_retries: int = 2
     #: Put before the result columns' names (``label`` -> ``ai_label``) when the table has such columns.
     prefix: str = ""
 
@@ -420,6 +433,10 @@ class FilterOptions:
             raise ConfigError("chunk rows, batch rows and in-flight requests must be positive")
         if self.batch_rows > contract.GATE_MAX_BATCH_SIZE:
             raise ConfigError(f"--batch-size {self.batch_rows} is over the gate's {contract.GATE_MAX_BATCH_SIZE}")
+        if self.on_degraded not in (ON_DEGRADED_KEEP, ON_DEGRADED_RETRY):
+            raise ConfigError(f"--on-degraded must be keep or retry, not {self.on_degraded!r}")
+        if self.degraded_retries < 0:
+            raise ConfigError("--degraded-retries must be 0 or more")
 
 
 @dataclass
@@ -433,6 +450,9 @@ class JobSummary:
     error_rows: int = 0
     errors_file: str | None = None
     retries: int = 0
+    #: Rows whose answer is best-effort (``degraded`` column), and rows sent again because they were.
+    degraded_rows: int = 0
+    degraded_retried: int = 0
     tiers: dict[str, int] = field(default_factory=dict)
     llm_share: float | None = None
     where: str | None = None
@@ -495,9 +515,10 @@ def run_filter(
     text_free = emb_column is not None and _embedding_tiers_only(gate, options)
     labels_arr = np.array(labels, dtype=object)
     retry = Retry(backoff_s)
-    skipped_rows = 0
+    skipped_rows = degraded_retried = 0
 
     async def classify_chunk(client, limit, k: int, chunk: pa.Table) -> None:
+        nonlocal degraded_retried
         n = chunk.num_rows
         if emb_column:
             emb, has, errors = embedding_cells(chunk.column(emb_column))
@@ -513,6 +534,7 @@ def run_filter(
         ok = np.array([e is None for e in errors], bool)
         probs = np.zeros((n, len(labels)), np.float32)
         tiers = np.full(n, -1, np.int32)
+        degraded = np.zeros(n, bool)
 
         def caller(with_embedding: bool):
             async def call(rows: np.ndarray):
@@ -529,14 +551,24 @@ def run_filter(
 
             return call
 
-        for with_embedding in (True, False):
-            rows = np.flatnonzero(ok & (has if with_embedding else ~has))
-            if rows.size == 0:
-                continue
-            results = await send_rows(caller(with_embedding), rows, options.batch_rows, errors, limit)
-            for part, result in results.values():
-                probs[part] = result.probs
-                tiers[part] = result.tier
+        attempts = 1 + (options.degraded_retries if options.on_degraded == ON_DEGRADED_RETRY else 0)
+        todo = ok
+        for attempt in range(attempts):
+            if attempt:  # best-effort rows again, after a pause: the slow tier may have caught up
+                await asyncio.sleep(backoff_s[min(attempt - 1, len(backoff_s) - 1)] if backoff_s else 0)
+                degraded_retried += int(todo.sum())
+            for with_embedding in (True, False):
+                rows = np.flatnonzero(todo & (has if with_embedding else ~has))
+                if rows.size == 0:
+                    continue
+                results = await send_rows(caller(with_embedding), rows, options.batch_rows, errors, limit)
+                for part, result in results.values():
+                    probs[part] = result.probs
+                    tiers[part] = result.tier
+                    degraded[part] = result.degraded if result.degraded is not None else False
+            todo = degraded & np.array([e is None for e in errors], bool)
+            if not todo.any():
+                break
         answered = np.array([e is None for e in errors], bool)
         label = np.where(answered, labels_arr[probs.argmax(axis=1)], None)
         columns = [c for c in chunk.column_names if options.keep_embedding or c != emb_column]
@@ -545,6 +577,9 @@ def run_filter(
             options.col(CONFIDENCE_COLUMN), pa.array(probs.max(axis=1), pa.float32(), mask=~answered)
         )
         result_table = result_table.append_column(options.col(TIER_COLUMN), pa.array(tiers, pa.int32(), mask=~answered))
+        result_table = result_table.append_column(
+            options.col(DEGRADED_COLUMN), pa.array(degraded, pa.bool_(), mask=~answered)
+        )
         result_table = result_table.append_column(options.col(ERROR_COLUMN), pa.array(errors, pa.string()))
         await asyncio.to_thread(store.commit, k, result_table)
 
@@ -583,6 +618,7 @@ def run_filter(
     _run_job(main, store, progress)
     wall = time.perf_counter() - start
     summary = _finish_filter(store, out, options, len(done), wall, skipped_rows, retry.retried)
+    summary.degraded_retried = degraded_retried
     with CascadeClient(url) as sync_client:
         summary.cost = _cost(sync_client, before, summary, options, labels, table, llm_probe_rows)
     return summary
@@ -639,13 +675,15 @@ def _finish_filter(
 ) -> JobSummary:
     parts = store.parts()
     tier_counts: dict[int, int] = {}
-    rows = matching = 0
+    rows = matching = degraded = 0
     error_rows: list[tuple[int, str]] = []
     offset = 0
     for path in parts:
-        summary = store.read(path, [options.col(LABEL_COLUMN), options.col(TIER_COLUMN), options.col(ERROR_COLUMN)])
+        names = [options.col(c) for c in (LABEL_COLUMN, TIER_COLUMN, DEGRADED_COLUMN, ERROR_COLUMN)]
+        summary = store.read(path, names)
         n = summary.num_rows
         rows += n
+        degraded += pc.sum(summary.column(options.col(DEGRADED_COLUMN))).as_py() or 0
         for item in pc.value_counts(summary.column(options.col(TIER_COLUMN))).to_pylist():
             if item["values"] is not None:
                 tier_counts[item["values"]] = tier_counts.get(item["values"], 0) + item["counts"]
@@ -681,6 +719,7 @@ def _finish_filter(
         error_rows=len(error_rows),
         errors_file=str(errors_file) if error_rows else None,
         retries=retries,
+        degraded_rows=degraded,
         tiers={contract.TIER_NAMES.get(t, str(t)): n for t, n in sorted(tier_counts.items())},
         llm_share=llm / answered if answered else None,
         where=options.where,

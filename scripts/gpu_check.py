@@ -2,7 +2,7 @@
 ``scripts/gpu_check_prepare.py`` left in ``.gpu-check/``. It needs torch with CUDA, numpy and the carried wheels
 (nvidia-pytriton, array-api-compat); no tritonclient, protobuf or onnx: requests go over HTTP/JSON.
 
-1. **The gate's math on the device.** ``cascade.gate.run_cascade`` over torch tensors on the GPU with the logreg
+1. **The gate's math on the device.** ``cascade.escalate.run_cascade`` over torch tensors on the GPU with the logreg
    tier as torch ops (``cascade.runtime.LinearModel``), timed with CUDA events at batch 1, 64 and 1,024 (the
    host copies of the outputs included), beside the same code on NumPy on this machine's CPU; the answers of
    the two must agree.
@@ -66,7 +66,8 @@ def device_gating(check: dict, rows: dict, device: str = "cuda:0") -> dict:
     import torch
 
     from cascade.arrays import Placement, host
-    from cascade.gate import GateConfig, RowBatch, run_cascade
+    from cascade.escalate import RowBatch, run_cascade
+    from cascade.gate import GateConfig
     from cascade.runtime import LinearModel
 
     gate = GateConfig.from_parameters(check["gate_parameters"])

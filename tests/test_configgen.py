@@ -25,8 +25,9 @@ def test_gate_config_matches_the_contract():
     assert list(inputs[contract.EMBEDDING.name].dims) == [contract.EMBEDDING_DIM]
     assert inputs[contract.TEXT.name].data_type == mc.TYPE_STRING
     assert inputs[contract.TEXT.name].HasField("reshape")  # per-row scalar: the model sees [batch]
-    assert set(outputs) == {"LABEL", "CONFIDENCE", "TIER", "PROBS"}
+    assert set(outputs) == {"LABEL", "CONFIDENCE", "TIER", "PROBS", "DEGRADED"}
     assert outputs[contract.TIER.name].data_type == mc.TYPE_INT32
+    assert outputs[contract.DEGRADED.name].data_type == mc.TYPE_BOOL
     assert list(outputs[contract.PROBS.name].dims) == [2]
     assert config.HasField("dynamic_batching")
     assert GateConfig.from_parameters({k: v.string_value for k, v in config.parameters.items()}).tiers == (

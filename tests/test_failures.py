@@ -128,11 +128,14 @@ def test_an_unloaded_tier_is_skipped_under_load_counted_and_comes_back(explicit_
 
 
 def test_a_tier_past_its_deadline_is_skipped_and_its_rows_go_on(explicit_server, sst2_task, reconfigure):
-    """llm_small with a 20 ms deadline (``tier_timeouts_ms``, set by reloading the gate with a config override):
-    each call misses it, the gate abandons the call, skips llm_small while the call still runs and for
-    TIER_RETRY_AFTER_S after it, and llm_large answers every row; no request fails or hangs."""
+    """llm_small with a 20 ms + 1 ms/row deadline (``tier_timeouts_ms``, ``row_timeouts_ms``, set by reloading the
+    gate with a config override): each call misses it, the gate abandons the call, skips llm_small while the call
+    still runs and for TIER_RETRY_AFTER_S after it, and llm_large answers every row; no request fails or hangs."""
     task = sst2_task.name
-    deadline = {contract.CFG_TIER_TIMEOUTS_MS: json.dumps({"llm_small": 20})}
+    deadline = {
+        contract.CFG_TIER_TIMEOUTS_MS: json.dumps({"llm_small": 20}),
+        contract.CFG_ROW_TIMEOUTS_MS: json.dumps({"llm_small": 1}),
+    }
     with CascadeClient(explicit_server.grpc_url) as client:
         with reconfigure(task, **deadline):
             before = tier_failures(explicit_server, task, "llm_small")

@@ -1,4 +1,4 @@
-"""The gate's logic (cascade.gate), tested directly with plain Python tiers."""
+"""The gate's logic (cascade.gate, cascade.escalate, cascade.tiercalls), tested directly with plain Python tiers."""
 
 import json
 
@@ -8,16 +8,9 @@ import pytest
 from cascade import contract
 from cascade.arrays import Placement, host
 from cascade.errors import ConfigError, InvalidInput, TierFailure
-from cascade.gate import (
-    Cancelled,
-    GateConfig,
-    RequestOptions,
-    RowBatch,
-    TierGuard,
-    check_embeddings,
-    decode_texts,
-    run_cascade,
-)
+from cascade.escalate import Cancelled, RowBatch, run_cascade
+from cascade.gate import GateConfig, RequestOptions, check_embeddings, decode_texts
+from cascade.tiercalls import TierGuard
 
 LABELS = ("negative", "positive")
 
@@ -56,9 +49,10 @@ def p(*positives):
     return [[1 - x, x] for x in positives]
 
 
-def run(at, tiers, thresholds, n, min_tier=0, max_tier=4):
+def run(at, tiers, thresholds, n, min_tier=0, max_tier=4, on_tier_failure="best_effort"):
     batch = RowBatch([f"row {i}" for i in range(n)], placement=at)
-    result = run_cascade(batch, tiers, thresholds, 2, at.full((n,), min_tier), at.full((n,), max_tier))
+    min_tier, max_tier = at.full((n,), min_tier), at.full((n,), max_tier)
+    result = run_cascade(batch, tiers, thresholds, 2, min_tier, max_tier, on_tier_failure=on_tier_failure)
     assert Placement.of(result.probs).device == at.device and Placement.of(result.tier).device == at.device
     result.tier = host(result.tier)
     return result
@@ -111,13 +105,33 @@ def test_failing_tier_escalates_its_rows(at):
     assert result.stats[0].failed
 
 
-def test_failing_last_tier_reports_rows_as_errors(at):
+def test_failing_last_tier_reports_rows_as_errors_when_asked(at):
     t0 = FixedTier(0, p(0.99, 0.6))
     t1 = FixedTier(1, p(0.3, 0.8), fail=True)
-    result = run(at, [t0, t1], {0: 0.9}, 2)
+    result = run(at, [t0, t1], {0: 0.9}, 2, on_tier_failure="error")
     assert result.tier.tolist() == [0, -1]
     assert result.errors[0] is None
     assert "tier xgboost failed: model unavailable" in result.errors[1]
+    assert result.degraded.tolist() == [False, False]
+
+
+def test_failing_last_tier_gives_the_most_confident_answer_flagged(at):
+    """best_effort (the default): a row whose last tier failed gets the answer of the most confident tier that
+    scored it, flagged; only a row no tier scored is an error."""
+    t0 = FixedTier(0, p(0.99, 0.6, 0.3))
+    t1 = FixedTier(1, p(0.5, 0.2, 0.45))  # row 1: 0.8 for negative, more confident than tier 0's 0.6
+    t4 = FixedTier(4, p(0.5, 0.5, 0.5), fail=True)
+    result = run(at, [t0, t1, t4], {0: 0.9, 1: 0.9}, 3)
+    assert result.tier.tolist() == [0, 1, 0]  # row 2: tier 0 (0.7) beat tier 1 (0.55)
+    assert result.degraded.tolist() == [False, True, True]
+    assert result.errors == [None, None, None]
+    assert result.label_index.tolist() == [1, 0, 0]
+    np.testing.assert_allclose(result.confidence, [0.99, 0.8, 0.7], rtol=1e-6)
+    # min_tier past every scoring tier: nothing scored the rows, so they stay errors.
+    t4.seen = None
+    result = run(at, [t0, t1, t4], {0: 0.9, 1: 0.9}, 2, min_tier=4)
+    assert result.tier.tolist() == [-1, -1] and all("failed" in e for e in result.errors)
+    assert result.degraded.tolist() == [False, False]
 
 
 def test_tier_returning_bad_shape_is_a_failure(at):
@@ -210,12 +224,26 @@ def test_tritons_own_parameters_are_left_to_triton():
     assert GateConfig.from_parameters(params) == GateConfig.from_parameters(good_params())
 
 
-def test_tier_deadlines_default_to_bls_timeout_and_round_trip():
-    config = GateConfig.from_parameters(good_params(tier_timeouts_ms=json.dumps({"encoder": 250})))
-    assert config.tier_timeouts_ms == {2: 250}
-    assert config.timeout_s(2) == 0.25 and config.timeout_s(0) == contract.DEFAULT_BLS_TIMEOUT_MS / 1000
+def test_tier_deadlines_grow_with_the_rows_and_round_trip():
+    config = GateConfig.from_parameters(
+        good_params(
+            tier_timeouts_ms=json.dumps({"encoder": 250}),
+            row_timeouts_ms=json.dumps({"encoder": 10}),
+            queue_timeout_ms="5000",
+            on_tier_failure="error",
+        )
+    )
+    assert config.tier_timeouts_ms == {2: 250} and config.row_timeouts_ms == {2: 10}
+    assert config.exec_allowance_s(2, 1) == pytest.approx(0.26)
+    assert config.exec_allowance_s(2, 100) == pytest.approx(1.25)  # a big call is not a dead one
+    per_row = contract.DEFAULT_ROW_TIMEOUT_MS[0]
+    assert config.exec_allowance_s(0, 4) == pytest.approx((contract.DEFAULT_BLS_TIMEOUT_MS + 4 * per_row) / 1000)
+    assert (config.queue_timeout_ms, config.on_tier_failure) == (5000, "error")
     assert GateConfig.from_parameters(config.to_parameters()) == config
-    assert contract.CFG_TIER_TIMEOUTS_MS not in GateConfig("t", LABELS, (0,), {}).to_parameters()
+    defaults = GateConfig("t", LABELS, (0,), {}).to_parameters()
+    assert not {contract.CFG_TIER_TIMEOUTS_MS, contract.CFG_QUEUE_TIMEOUT_MS, contract.CFG_ON_TIER_FAILURE} & set(
+        defaults
+    )
 
 
 def test_per_tier_prompts_round_trip():
@@ -250,6 +278,11 @@ def test_per_tier_prompts_round_trip():
         ({"tier_timeouts_ms": json.dumps({"encoder": "1s"})}, "positive integer (ms)"),
         ({"tier_timeouts_ms": json.dumps({"llm_large": 100})}, "not enabled"),
         ({"tier_timeouts_ms": json.dumps(["encoder"])}, "must be a JSON dict"),
+        ({"row_timeouts_ms": json.dumps({"llm_large": 100})}, "not enabled"),
+        ({"row_timeouts_ms": json.dumps({"encoder": -1})}, "positive integer (ms)"),
+        ({"queue_timeout_ms": "0"}, "'queue_timeout_ms' must be a positive integer"),
+        ({"queue_timeout_ms": "later"}, "not an integer"),
+        ({"on_tier_failure": "ignore"}, "must be one of ['best_effort', 'error']"),
         ({"treshold": "0.5"}, "unknown gate parameters"),
         ({"tiers": json.dumps(["logreg", "llm_small"]), "thresholds": json.dumps({"logreg": 0.9})}, "no prompt"),
         (llm_params({"template": "Review: {text}\nSentiment:", "verbalizations": ["a", "b", "c"]}), "3 prompt verb"),
@@ -290,6 +323,7 @@ def test_request_options_parse_names_numbers_and_strings():
         ({"min_tier": 2, "max_tier": 1}, "above max_tier"),
         ({"min_tier": 3}, "no enabled tier"),
         ({"return_probs": "maybe"}, "boolean"),
+        ({"on_tier_failure": "retry"}, "on_tier_failure must be one of"),
         ({"temperature": 0.1}, "unknown request parameters"),
     ],
 )
@@ -364,7 +398,7 @@ def test_errors_map_to_triton_status_codes():
 
 # --- the tier guard: deadline and circuit breaker ----------------------------------------------------
 def test_guard_returns_answers_and_passes_failures_on():
-    guard = TierGuard(targets=2, retry_after_s=60)
+    guard = TierGuard(workers=3, retry_after_s=60)
     assert guard.call("a", lambda: 41 + 1, timeout_s=1) == 42
 
     def broken():
@@ -392,7 +426,7 @@ def test_guard_deadline_abandons_a_hung_call_and_tries_again_once_it_returns():
         release.wait(10)
         return 0
 
-    guard = TierGuard(targets=1, retry_after_s=0.05)
+    guard = TierGuard(workers=2, retry_after_s=0.05)
     start = time.monotonic()
     with pytest.raises(TierFailure, match="no answer within 100 ms"):
         guard.call("llm", hung, timeout_s=0.1)
@@ -405,4 +439,34 @@ def test_guard_deadline_abandons_a_hung_call_and_tries_again_once_it_returns():
     time.sleep(0.1)
     assert guard.call("llm", lambda: 7, timeout_s=0.1) == 7  # it answered at last: back in use
     assert guard.down() == []
+    guard.close()
+
+
+def test_request_chooses_what_a_tier_failure_gives():
+    enabled = (0, 1, 2)
+    assert RequestOptions.parse({}, enabled).on_tier_failure == "best_effort"
+    assert RequestOptions.parse({}, enabled, on_tier_failure="error").on_tier_failure == "error"
+    assert RequestOptions.parse({"on_tier_failure": "error"}, enabled).on_tier_failure == "error"
+
+
+def test_a_busy_tier_does_not_open_the_breaker_but_a_failed_one_does():
+    from cascade.errors import TierBusy
+    from cascade.tiercalls import failure_of
+
+    busy = failure_of("llm_large", "Request timeout expired")
+    assert isinstance(busy, TierBusy) and "llm_large: Request timeout expired" in str(busy)
+    dead = failure_of("llm_large", "Stub process 'llm_large_0_0' is not healthy.")
+    assert type(dead) is TierFailure
+    guard = TierGuard(workers=2, retry_after_s=60)
+
+    def raise_(exc):
+        raise exc
+
+    for _ in range(3):  # busy again and again: each call still tries the tier
+        with pytest.raises(TierBusy):
+            guard.call("llm_large", lambda: raise_(busy), timeout_s=1)
+    assert guard.down() == [] and guard.call("llm_large", lambda: 5, timeout_s=1) == 5
+    with pytest.raises(TierFailure):
+        guard.call("llm_large", lambda: raise_(dead), timeout_s=1)
+    assert guard.down() == ["llm_large"]
     guard.close()

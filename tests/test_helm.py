@@ -27,7 +27,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from cascade.contract import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
+from cascade.contract import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, LLM_THREADS_ENV
 from cascade.launcher import (
     CPU_ONLY_FLAGS,
     METRICS_SUMMARY,
@@ -286,6 +286,7 @@ def test_hpa_on_queue_time_through_prometheus_adapter(name):
     assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
     for needed in (
         "nv_inference_queue_duration_us",
+        "cascade_queue_seconds_sum",  # the wait in the gates' lanes
         "nv_inference_request_success",
         "<<.LabelMatchers>>",
         "<<.GroupBy>>",
@@ -460,6 +461,19 @@ def test_gcs_credentials_are_a_mounted_file():
     env = {e["name"]: e.get("value") for e in container["env"]}
     mount = next(m for m in container["volumeMounts"] if m["name"] == "object-store-credentials")
     assert env["GOOGLE_APPLICATION_CREDENTIALS"] == f"{mount['mountPath']}/key.json"
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_llm_threads_env_only_when_set(name):
+    """``llm.threads`` becomes CASCADE_LLM_THREADS on the Triton container; unset, the models size themselves."""
+    assert LLM_THREADS_ENV not in {e["name"] for e in server_container(rendered(name))["env"]}
+    proc = template(VALUE_SETS[name], sets=("llm.threads=3",))
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    assert {"name": LLM_THREADS_ENV, "value": "3"} in server_container(docs)["env"]
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    for init in pod.get("initContainers", []):
+        assert LLM_THREADS_ENV not in {e["name"] for e in init["env"]}
 
 
 @cache
@@ -685,6 +699,8 @@ BAD_VALUES = {
         "must be below terminationGracePeriodSeconds",
     ),
     "unknown profile (schema)": (("profile=tpu",), 'profile must be one of the following: "cpu", "gpu"'),
+    "zero LLM threads (schema)": (("llm.threads=0",), "llm.threads: Must be greater than or equal to 1"),
+    "LLM threads not a number (schema)": (("llm.threads=two",), "llm.threads: Invalid type"),
     "misspelt key (schema)": (("gpu.cout=2",), "Additional property cout is not allowed"),
 }
 

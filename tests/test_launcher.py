@@ -157,6 +157,29 @@ def test_server_env_adds_wheel_libs_only_for_the_wheel_binary(tmp_path):
     assert "LD_LIBRARY_PATH" not in other
 
 
+def test_llm_threads_reach_the_server_environment(tmp_path, fake_install, monkeypatch):
+    from cascade.contract import LLM_THREADS_ENV
+
+    monkeypatch.delenv(LLM_THREADS_ENV, raising=False)
+    assert _opts(tmp_path).environment() == {}
+    opts = _opts(tmp_path, llm_threads=3)
+    assert opts.environment() == {LLM_THREADS_ENV: "3"}
+    assert server_env(base={"PATH": "/bin"}, extra=opts.environment())[LLM_THREADS_ENV] == "3"
+    # The process itself: a stand-in tritonserver writes its environment and exits.
+    dump = tmp_path / "env.txt"
+    binary = _executable(tmp_path / "bin" / "tritonserver", f"#!/bin/sh\nenv > {dump}\nexit 3\n")
+    opts = _opts(tmp_path, llm_threads=3, backend_directory=fake_install / "backends", log_file=tmp_path / "log")
+    with pytest.raises(ServerError):
+        TritonServer(opts, binary).start(timeout_s=10)
+    assert f"{LLM_THREADS_ENV}=3" in dump.read_text().splitlines()
+
+
+@pytest.mark.parametrize("threads", [0, -2, 1.5, True, "2"])
+def test_llm_threads_must_be_a_positive_integer(tmp_path, threads):
+    with pytest.raises(InvalidInput, match="llm_threads"):
+        _opts(tmp_path, llm_threads=threads)
+
+
 def find_wheel_binary() -> Path:
     root = launcher._wheel_root()
     assert root is not None

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cascade import loadtest, metrics
-from cascade.gate import RowBatch, run_cascade
+from cascade.escalate import RowBatch, run_cascade
 from cascade.tasks import REPO_ROOT
 
 DASHBOARD = REPO_ROOT / "k8s" / "triton-cascade" / "dashboards" / "cascade.json"

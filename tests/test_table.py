@@ -213,6 +213,49 @@ def test_filter_from_text_where_keeps_matching_rows(tmp_path, server, client, ss
 
 
 @pytest.mark.server
+def test_filter_flags_best_effort_rows_and_can_retry_them(tmp_path, explicit_server, sst2_task, rows):
+    """llm_large unloaded: rows meant for it carry llm_small's answer, flagged in the ``degraded`` column and
+    counted; ``on_degraded=retry`` sends them again before keeping that answer; rows no tier could score get a
+    per-row error and the job still finishes."""
+    texts, _ = rows
+    table = tmp_path / "t.csv"
+    import pyarrow.csv as pcsv
+
+    pcsv.write_csv(pa.table({"text": texts[:24]}), table)
+    from cascade.client import CascadeClient
+
+    large = contract.TIER_NAMES[contract.TIER_LLM_LARGE]
+    with CascadeClient(explicit_server.grpc_url) as admin:
+        threshold = admin.gate_config(sst2_task.name).thresholds[contract.TIER_LLM_SMALL]
+        admin._client.unload_model(large)
+        try:
+            keep = run_filter(
+                table, tmp_path / "keep.csv", FilterOptions(task=sst2_task.name, min_tier="llm_small"),
+                explicit_server.grpc_url, llm_probe_rows=0, quiet=True,
+            )  # fmt: skip
+            out = pcsv.read_csv(tmp_path / "keep.csv")
+            degraded = out.column("degraded").to_pylist()
+            confident = [c >= threshold for c in out.column("confidence").to_pylist()]
+            assert degraded == [not c for c in confident] and any(degraded)
+            assert set(out.column("tier").to_pylist()) == {contract.TIER_LLM_SMALL}
+            assert keep.degraded_rows == sum(degraded) and keep.degraded_retried == 0 and keep.error_rows == 0
+            retry = run_filter(
+                table, tmp_path / "retry.csv",
+                FilterOptions(task=sst2_task.name, min_tier="llm_small", on_degraded="retry", degraded_retries=1),
+                explicit_server.grpc_url, backoff_s=FAST_RETRY, llm_probe_rows=0, quiet=True,
+            )  # fmt: skip
+            assert retry.degraded_retried == sum(degraded) and retry.degraded_rows == sum(degraded)
+            lost = run_filter(
+                table, tmp_path / "lost.csv", FilterOptions(task=sst2_task.name, min_tier="llm_large"),
+                explicit_server.grpc_url, backoff_s=FAST_RETRY, llm_probe_rows=0, quiet=True,
+            )  # fmt: skip
+            assert lost.error_rows == 24 and lost.rows == 24  # no tier scored them: errors, not a stopped job
+            assert "unanswered" in pcsv.read_csv(tmp_path / "lost.csv").column("error").to_pylist()[0]
+        finally:
+            admin.load_models([large])
+
+
+@pytest.mark.server
 def test_filter_refuses_bad_arguments_before_sending(tmp_path, server, sst2_task, embedded):
     table = tmp_path / "t.csv"
     table.write_text("body\nhello\n")

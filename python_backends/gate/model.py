@@ -1,13 +1,19 @@
-"""Triton glue for the gate (the public ``<task>`` model): BLS calls to the tiers, logic in cascade.gate.
+"""Triton glue for the gate (the public ``<task>`` model): BLS calls to the tiers, logic in cascade.gate,
+cascade.escalate and cascade.lanes.
+
+``execute`` parses each request and runs its cheap steps inline; a request with rows left for a costly tier is
+handed to that tier's lane and answered later through its response sender (Triton >= 24.06 allows that in the
+default, non-decoupled mode), so ``execute`` returns at once and easy requests never queue behind an LLM call.
 
 Where the gate's arrays live follows its instance kind: a CPU instance works on NumPy arrays; a GPU instance
 (GPU profile, ``FORCE_CPU_ONLY_INPUT_TENSORS: no``) takes the request's EMBEDDING and every tier's PROBS as
 torch tensors on its GPU by DLPack, asks the tiers for GPU outputs (``preferred_memory``), gates there, and
-copies only the small outputs to the host. The gating code (cascade.gate) is the same for both.
+copies only the small outputs to the host. The gating code (cascade.escalate) is the same for both.
 """
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +22,12 @@ import triton_python_backend_utils as pb_utils
 from cascade import contract
 from cascade.arrays import Placement, host
 from cascade.errors import CascadeError, ConfigError, InvalidInput, TierFailure, triton_error
-from cascade.gate import (
-    Cancelled,
-    GateConfig,
-    RequestOptions,
-    RowBatch,
-    TierGuard,
-    check_embeddings,
-    check_text_free,
-    decode_texts,
-    prompt_template,
-    run_cascade,
-)
+from cascade.escalate import Cancelled, CascadeRun, RowBatch
+from cascade.gate import GateConfig, RequestOptions, check_embeddings, check_text_free, decode_texts, prompt_template
+from cascade.lanes import Job, Lanes, lane_names
 from cascade.metrics import FLUSH_INTERVAL_S, MetricsBuffer, families
 from cascade.runtime import LinearModel, OnnxRunner
+from cascade.tiercalls import TierGuard, failure_of
 
 TEXT, EMBEDDING, PROBS = contract.TEXT.name, contract.EMBEDDING.name, contract.PROBS.name
 PROMPT, CANDIDATES = contract.PROMPT.name, contract.CANDIDATES.name
@@ -44,12 +42,16 @@ class BlsTier:
         self.tier = tier
         self.name = contract.tier_model_name(model.config.task, tier)
         self.text_input = tier not in contract.EMBEDDING_TIERS
-        self.timeout_s = model.config.timeout_s(tier)
+
+    def allowance_s(self, rows: int) -> float:
+        return self.model.config.exec_allowance_s(self.tier, rows)
 
     def predict_proba(self, batch: RowBatch, rows: np.ndarray) -> np.ndarray:
         if self.text_input:
-            return self.model.bls(self.name, {TEXT: _as_bytes(batch.text(rows))}, PROBS, self.timeout_s)
-        return self.model.bls(self.name, {EMBEDDING: batch.embedding(rows)}, PROBS, self.timeout_s)
+            inputs = {TEXT: _as_bytes(batch.text(rows))}
+        else:
+            inputs = {EMBEDDING: batch.embedding(rows)}
+        return self.model.bls(self.name, inputs, PROBS, self.allowance_s, batch.queue_deadline)
 
 
 class LlmTier(BlsTier):
@@ -70,7 +72,15 @@ class LlmTier(BlsTier):
         )
         candidates = np.tile(self.candidates, (len(prompts), 1))
         inputs = {PROMPT: prompt, CANDIDATES: candidates}
-        return self.model.bls(self.name, inputs, PROBS, self.timeout_s, contract.LLM_MAX_BATCH_SIZE, self.parameters)
+        return self.model.bls(
+            self.name,
+            inputs,
+            PROBS,
+            self.allowance_s,
+            batch.queue_deadline,
+            contract.LLM_MAX_BATCH_SIZE,
+            self.parameters,
+        )
 
 
 class InlineTier:
@@ -126,19 +136,22 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"{self.config.task}: gating on {device or 'the host (numpy)'}")
         self.labels = np.array([label.encode("utf-8") for label in self.config.labels], dtype=np.object_)
         # The BLS timeout bounds queue time only; the guard bounds each call as a whole (tiers + embedder)
-        # and skips a failing tier for a while.
-        self.guard = TierGuard(targets=len(self.config.tiers) + 1)
+        # and skips a failing tier for a while. Callers: execute and each lane, plus one abandoned call per target.
+        self.guard = TierGuard(workers=2 * (len(self.config.tiers) + 1) + 4)
         repository = Path(args["model_repository"]).parent
         self.tiers = [self._tier(repository, tier) for tier in self.config.tiers]
+        self.lanes = Lanes(self.config.queue_timeout_ms / 1000, lane_names(self.config.tiers))
         self.metrics = MetricsBuffer(self.config.task)
+        kinds = {False: pb_utils.MetricFamily.COUNTER, True: pb_utils.MetricFamily.GAUGE}
         self.families = {
-            f.name: pb_utils.MetricFamily(name=f.name, description=f.description, kind=pb_utils.MetricFamily.COUNTER)
+            f.name: pb_utils.MetricFamily(name=f.name, description=f.description, kind=kinds[f.gauge])
             for f in families()
         }
         self.counters = {}
         # Buffered increments are flushed once a second by this thread (never per request).
         self.metrics_lock = threading.Lock()
         self.metrics.touch(self.config.tiers)
+        self.metrics.force()
         self.flush_metrics()
         self.stopping = threading.Event()
         self.flusher = threading.Thread(target=self._flush_loop, name="metrics-flush", daemon=True)
@@ -146,23 +159,30 @@ class TritonPythonModel:
 
     def _flush_loop(self) -> None:
         while not self.stopping.wait(FLUSH_INTERVAL_S):
-            if self.metrics.due():
-                self.flush_metrics()
+            self.flush_metrics()
 
     def flush_metrics(self) -> None:
-        """Apply the buffered increments (each metric call is a round trip: at most once a second)."""
+        """Apply the buffered increments and the lanes' in-flight gauges (each metric call is a round trip: at
+        most once a second)."""
         with self.metrics_lock:
-            drained = self.metrics.drain()
-        for name, labels, value in drained:
+            self.metrics.set_in_flight(self.lanes.in_flight())
+            drained = self.metrics.drain() if self.metrics.due() else []
+            gauges = self.metrics.gauges()
+        for name, labels, value, gauge in [(*d, False) for d in drained] + [(*g, True) for g in gauges]:
             key = (name, tuple(sorted(labels.items())))
-            counter = self.counters.get(key)
-            if counter is None:
-                counter = self.counters[key] = self.families[name].Metric(labels=labels)
-            counter.increment(value)
+            metric = self.counters.get(key)
+            if metric is None:
+                metric = self.counters[key] = self.families[name].Metric(labels=labels)
+            if gauge:
+                metric.set(value)
+            else:
+                metric.increment(value)
 
     def finalize(self):
+        self.lanes.close()
         self.stopping.set()
         self.flusher.join(timeout=5)
+        self.metrics.force()
         self.flush_metrics()
         self.guard.close()
 
@@ -178,33 +198,46 @@ class TritonPythonModel:
         model_name: str,
         inputs: dict,
         output_name: str,
-        timeout_s: float,
+        allowance_s,
+        queue_deadline: float | None,
         max_batch: int = MAX_BATCH,
         parameters: dict | None = None,
     ):
-        """Call another model in chunks of its max batch size; its output comes back in the gate's placement. A
-        failed chunk, or one with no answer within ``timeout_s``, raises TierFailure (the guard then skips the
-        model for a while)."""
+        """Call another model in chunks of its max batch size; its output comes back in the gate's placement.
+
+        Each chunk may run for ``allowance_s(rows)`` once Triton has taken it, and wait in the model's queue for
+        as long (but not past ``queue_deadline``): Triton rejects it after that, and the tier is busy. Past both
+        the gate stops waiting: the tier is hung. A failed or late chunk raises TierFailure (TierBusy when it was
+        only busy)."""
         outputs = []
         rows = len(next(iter(inputs.values())))
         for start in range(0, rows, max_batch):
+            chunk = {k: v[start : start + max_batch] for k, v in inputs.items()}
+            n = len(next(iter(chunk.values())))
+            # Triton's queue may hold the chunk about as long as the chunk may run (a call of another gate instance
+            # or task ahead of it), and no longer than the lane's queue allowance left.
+            exec_s = allowance_s(n)
+            deadline = queue_deadline or time.monotonic() + self.config.queue_timeout_ms / 1000
+            queue_s = max(0.05, min(exec_s, deadline - time.monotonic()))
             request = pb_utils.InferenceRequest(
                 model_name=model_name,
                 requested_output_names=[output_name],
-                inputs=[self._tensor(k, v[start : start + max_batch]) for k, v in inputs.items()],
-                timeout=int(timeout_s * 1e6),  # bounds the time in the tier's queue only
+                inputs=[self._tensor(k, v) for k, v in chunk.items()],
+                timeout=int(queue_s * 1e6),  # Triton's queue only: past it the request is rejected
                 preferred_memory=self.preferred_memory,
                 **({"parameters": parameters} if parameters else {}),
             )
             outputs.append(
-                self.guard.call(model_name, lambda r=request: self._exec(r, model_name, output_name), timeout_s)
+                self.guard.call(
+                    model_name, lambda r=request: self._exec(r, model_name, output_name), queue_s + exec_s
+                )
             )
         return outputs[0] if len(outputs) == 1 else self.placement.xp.concat(outputs)
 
     def _exec(self, request, model_name: str, output_name: str):
         response = request.exec()
         if response.has_error():
-            raise TierFailure(f"{model_name}: {response.error().message()}")
+            raise failure_of(model_name, response.error().message())
         return self._array(pb_utils.get_output_tensor_by_name(response, output_name))
 
     def _array(self, tensor):
@@ -222,12 +255,14 @@ class TritonPythonModel:
         return pb_utils.Tensor.from_dlpack(name, array.contiguous())  # a torch tensor on the GPU: no copy
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        return self.bls(contract.EMBEDDER_MODEL, {TEXT: _as_bytes(texts)}, EMBEDDING, self.config.bls_timeout_ms / 1000)
+        inputs = {TEXT: _as_bytes(texts)}
+        return self.bls(contract.EMBEDDER_MODEL, inputs, EMBEDDING, self.config.embedder_allowance_s, None)
 
     def _parse(self, request):
         text_tensor = pb_utils.get_input_tensor_by_name(request, TEXT)
         emb_tensor = pb_utils.get_input_tensor_by_name(request, EMBEDDING)
-        options = RequestOptions.parse(json.loads(request.parameters() or "{}"), self.config.tiers)
+        params = json.loads(request.parameters() or "{}")
+        options = RequestOptions.parse(params, self.config.tiers, self.config.on_tier_failure)
         if text_tensor is None:
             if emb_tensor is None:
                 raise InvalidInput(f"send {TEXT} (and optionally {EMBEDDING}) or {EMBEDDING} alone")
@@ -247,78 +282,73 @@ class TritonPythonModel:
         return n, texts, embeddings, options, wanted
 
     def execute(self, requests):
+        """Parse each request and run its inline steps; a request with rows left for a costly tier goes to that
+        tier's lane (its entry stays None here: the lane answers it through the response sender)."""
         responses = [None] * len(requests)
-        parsed = []
         for i, request in enumerate(requests):
             try:
-                parsed.append((i, *self._parse(request)))
+                job = self._job(request, i, responses)
             except CascadeError as exc:
                 responses[i] = pb_utils.InferenceResponse(error=triton_error(pb_utils, exc))
-        if not parsed:
-            return responses
+                continue
+            self.lanes.start(job)
+        return responses
 
+    def _job(self, request, i: int, responses: list) -> Job:
+        n, texts, embeddings, options, wanted = self._parse(request)
         at = self.placement
-        if len(parsed) == 1:  # the common case: no copies
-            _, n, texts, emb, options, _ = parsed[0]
-            batch = RowBatch(texts, embeddings=emb, embed=self._embed, placement=at)
-            min_tier, max_tier = at.full((n,), options.min_tier), at.full((n,), options.max_tier)
-        else:
-            texts, emb_parts, have_parts, min_parts, max_parts = [], [], [], [], []
-            for _, n, t, emb, options, _ in parsed:
-                # Rows sent without text never reach a text tier (check_text_free): a placeholder suffices.
-                texts.extend(t if t is not None else [""] * n)
-                emb_parts.append(emb if emb is not None else at.zeros((n, contract.EMBEDDING_DIM)))
-                have_parts.append(np.full(n, emb is not None))
-                min_parts.append(np.full(n, options.min_tier))
-                max_parts.append(np.full(n, options.max_tier))
-            batch = RowBatch(
-                texts,
-                embeddings=at.xp.concat(emb_parts),
-                have_embedding=np.concatenate(have_parts),
-                embed=self._embed,
-                placement=at,
-            )
-            min_tier = at.asarray(np.concatenate(min_parts), dtype="int64")
-            max_tier = at.asarray(np.concatenate(max_parts), dtype="int64")
-        try:
-            result = run_cascade(
-                batch,
-                self.tiers,
-                self.config.thresholds,
-                len(self.config.labels),
-                min_tier,
-                max_tier,
-                cancelled=lambda: all(r.is_cancelled() for r in requests),
-            )
-        except Cancelled as exc:
-            for i, *_ in parsed:
-                responses[i] = pb_utils.InferenceResponse(error=triton_error(pb_utils, exc))
-            return responses
+        batch = RowBatch(texts, embeddings=embeddings, embed=self._embed, placement=at)
+        run = CascadeRun(
+            batch,
+            self.tiers,
+            self.config.thresholds,
+            len(self.config.labels),
+            at.full((n,), options.min_tier),
+            at.full((n,), options.max_tier),
+            options.on_tier_failure,
+        )
+        sender = []
+
+        def handover(job: Job) -> None:  # on the execute thread, before it returns
+            sender.append(request.get_response_sender())
+            job.cancelled = sender[0].is_cancelled
+            batch.own()
+
+        def done(job: Job) -> None:
+            try:
+                response = self._response(job, wanted)
+            except Exception as exc:  # noqa: BLE001 - the request gets an error, never no answer
+                pb_utils.Logger.log_error(f"{self.config.task}: building a response failed: {exc!r}")
+                response = pb_utils.InferenceResponse(error=triton_error(pb_utils, exc, "the gate failed"))
+            if sender:
+                sender[0].send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            else:
+                responses[i] = response
+
+        return Job(run, on_done=done, on_handover=handover, cancelled=request.is_cancelled)
+
+    def _response(self, job: Job, wanted: set[str]):
+        if job.error is not None:
+            if not isinstance(job.error, Cancelled):
+                pb_utils.Logger.log_warn(f"{self.config.task}: {job.error}")
+            return pb_utils.InferenceResponse(error=triton_error(pb_utils, job.error))
+        result = job.run.finish()
         for stat in result.stats:
             if stat.failed:
                 pb_utils.Logger.log_warn(f"{self.config.task}: tier {stat.tier} failed: {stat.error}")
         with self.metrics_lock:
             self.metrics.add(result)
-
-        start = 0
-        for i, n, _, _, _, wanted in parsed:
-            rows = slice(start, start + n)
-            start += n
-            failed = [e for e in result.errors[rows] if e]
-            if failed:
-                responses[i] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(
-                        f"{len(failed)} row(s) unanswered: {failed[0]}", pb_utils.TritonError.UNAVAILABLE
-                    )
+        failed = [e for e in result.errors if e]
+        if failed:
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(
+                    f"{len(failed)} row(s) unanswered: {failed[0]}", pb_utils.TritonError.UNAVAILABLE
                 )
-                continue
-            # Only the small final outputs leave the device.
-            responses[i] = pb_utils.InferenceResponse(
-                self._outputs(host(result.probs[rows]), host(result.tier[rows]), wanted)
             )
-        return responses
+        # Only the small final outputs leave the device.
+        return pb_utils.InferenceResponse(self._outputs(host(result.probs), host(result.tier), result.degraded, wanted))
 
-    def _outputs(self, probs: np.ndarray, tiers: np.ndarray, wanted: set[str]) -> list:
+    def _outputs(self, probs: np.ndarray, tiers: np.ndarray, degraded: np.ndarray, wanted: set[str]) -> list:
         outputs = []
         if contract.LABEL.name in wanted:
             outputs.append(pb_utils.Tensor(contract.LABEL.name, self.labels[probs.argmax(axis=1)]))
@@ -328,4 +358,6 @@ class TritonPythonModel:
             outputs.append(pb_utils.Tensor(contract.TIER.name, tiers.astype(np.int32)))
         if PROBS in wanted:
             outputs.append(pb_utils.Tensor(PROBS, probs))
+        if contract.DEGRADED.name in wanted:
+            outputs.append(pb_utils.Tensor(contract.DEGRADED.name, degraded.astype(np.bool_)))
         return outputs

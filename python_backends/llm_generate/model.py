@@ -57,11 +57,14 @@ class TritonPythonModel:
         self.runtime = params.get(contract.CFG_RUNTIME, contract.RUNTIME_LLAMA_CPP)
         if self.runtime == contract.RUNTIME_LLAMA_CPP:
             from cascade.llm import gguf_path
+            from cascade.sizing import llm_model_threads
 
+            threads = llm_model_threads(params.get(contract.CFG_NUM_THREADS))
+            pb_utils.Logger.log_info(f"{config['name']}: llama.cpp n_threads={threads}")
             self.llama = LlamaGenerator(
                 gguf_path(params[contract.CFG_LLM_MODEL]),
                 n_ctx=int(params.get(contract.CFG_N_CTX, "1024")),
-                n_threads=int(params.get(contract.CFG_NUM_THREADS, "2")),
+                n_threads=threads,
             )
             workers = 1  # one llama.cpp context: streams run one after the other
         elif self.runtime == contract.RUNTIME_TRTLLM:

@@ -12,16 +12,19 @@ import triton_python_backend_utils as pb_utils
 from cascade import contract
 from cascade.errors import CascadeError, triton_error
 from cascade.llm import LlamaScorer, gguf_path, parse_scorer_inputs, parse_scorer_parameters
+from cascade.sizing import llm_model_threads
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        threads = llm_model_threads(params.get(contract.CFG_NUM_THREADS))
+        pb_utils.Logger.log_info(f"{config['name']}: llama.cpp n_threads={threads}")
         self.scorer = LlamaScorer(
             gguf_path(params[contract.CFG_LLM_MODEL]),
             n_ctx=int(params.get(contract.CFG_N_CTX, "1024")),
-            n_threads=int(params.get(contract.CFG_NUM_THREADS, "2")),
+            n_threads=threads,
             calibrate=params.get(contract.CFG_CALIBRATE, "true").lower() == "true",
         )
 

@@ -14,6 +14,7 @@ from cascade import contract
 from cascade.errors import CascadeError, triton_error
 from cascade.gate import decode_texts
 from cascade.runtime import OnnxRunner
+from cascade.sizing import onnx_threads, resolve_threads
 
 
 class TritonPythonModel:
@@ -23,12 +24,14 @@ class TritonPythonModel:
         model_dir = Path(args["model_repository"]) / args["model_version"]
         self.input = config["input"][0]
         self.output = config["output"][0]
+        self.text_input = self.input["data_type"] == "TYPE_STRING"
+        threads = resolve_threads(params.get(contract.CFG_NUM_THREADS), lambda: onnx_threads(self.text_input))
+        pb_utils.Logger.log_info(f"{config['name']}: ONNX Runtime intra-op threads={threads}")
         self.runner = OnnxRunner(
             model_dir,
             onnx_file=params.get(contract.CFG_ONNX_FILE, "model.onnx"),
-            num_threads=int(params.get(contract.CFG_NUM_THREADS, "1")),
+            num_threads=threads,
         )
-        self.text_input = self.input["data_type"] == "TYPE_STRING"
         if self.text_input != self.runner.text_input:
             raise pb_utils.TritonModelException(
                 f"{config['name']}: input {self.input['name']} is {self.input['data_type']} but the ONNX model "
