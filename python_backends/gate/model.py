@@ -228,9 +228,7 @@ class TritonPythonModel:
                 **({"parameters": parameters} if parameters else {}),
             )
             outputs.append(
-                self.guard.call(
-                    model_name, lambda r=request: self._exec(r, model_name, output_name), queue_s + exec_s
-                )
+                self.guard.call(model_name, lambda r=request: self._exec(r, model_name, output_name), queue_s + exec_s)
             )
         return outputs[0] if len(outputs) == 1 else self.placement.xp.concat(outputs)
 
