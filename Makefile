@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 REPO ?= model_repository/cpu
 TASK ?= sst2
 
-.PHONY: setup demo test lint format build export serve bench bench-llm bench-table loadtest soak clean helm-lint export-gpu gpu-check-prepare gpu-check-dry-run
+.PHONY: setup demo test lint format build export serve bench bench-llm bench-table bench-isolation bench-threads loadtest soak clean helm-lint export-gpu gpu-check-prepare gpu-check-dry-run
 
 setup: $(STAMP)
 
@@ -57,6 +57,14 @@ bench-llm: setup
 BENCH_TASKS ?= sst2 ag_news
 bench-table: setup
 	for task in $(BENCH_TASKS); do $(BIN)/cascade bench table --repo $(REPO) --task $$task || exit 1; done
+
+# Easy rows while the LLM is saturated, idle and with one core busy; exits 1 when a target is missed (issue #15).
+bench-isolation: setup
+	$(BIN)/cascade bench isolation --repo $(REPO) --task $(TASK)
+
+# llama.cpp ms/row at the old 2 threads and at the sized count, idle and with one core busy.
+bench-threads: setup
+	$(BIN)/cascade bench threads
 
 # Every Locust scenario against its latency budgets (cascade/loadtest.py); non-zero exit on a breach.
 loadtest: setup
