@@ -66,8 +66,14 @@ def lane_of(job: Job, tier: Tier) -> str:
 class Lanes:
     """The lane threads of one gate instance."""
 
-    def __init__(self, queue_timeout_s: float, names: tuple[str, ...] = (EMBED, *TEXT_LANES)) -> None:
+    def __init__(
+        self,
+        queue_timeout_s: float,
+        names: tuple[str, ...] = (EMBED, *TEXT_LANES),
+        log_error: Callable[[str], None] = lambda message: None,
+    ) -> None:
         self.queue_timeout_s = queue_timeout_s
+        self._log_error = log_error
         self._queues: dict[str, queue.SimpleQueue] = {name: queue.SimpleQueue() for name in names}
         self._busy: dict[str, int] = dict.fromkeys(names, 0)  # jobs queued or running, per lane
         self._lock = threading.Lock()
@@ -127,6 +133,8 @@ class Lanes:
                 return
             try:
                 self._take(job, lane)
+            except Exception as exc:  # noqa: BLE001 - a failing callback must not end the lane
+                self._log_error(f"lane {lane}: {exc!r}")
             finally:
                 with self._lock:
                     self._busy[lane] -= 1

@@ -140,7 +140,8 @@ class TritonPythonModel:
         self.guard = TierGuard(workers=2 * (len(self.config.tiers) + 1) + 4)
         repository = Path(args["model_repository"]).parent
         self.tiers = [self._tier(repository, tier) for tier in self.config.tiers]
-        self.lanes = Lanes(self.config.queue_timeout_ms / 1000, lane_names(self.config.tiers))
+        queue_timeout_s = self.config.queue_timeout_ms / 1000
+        self.lanes = Lanes(queue_timeout_s, lane_names(self.config.tiers), pb_utils.Logger.log_error)
         self.metrics = MetricsBuffer(self.config.task)
         kinds = {False: pb_utils.MetricFamily.COUNTER, True: pb_utils.MetricFamily.GAUGE}
         self.families = {
@@ -286,8 +287,10 @@ class TritonPythonModel:
         for i, request in enumerate(requests):
             try:
                 job = self._job(request, i, responses)
-            except CascadeError as exc:
-                responses[i] = pb_utils.InferenceResponse(error=triton_error(pb_utils, exc))
+            except Exception as exc:  # noqa: BLE001 - this request's error only, never the whole batch's
+                if not isinstance(exc, CascadeError):
+                    pb_utils.Logger.log_error(f"{self.config.task}: parsing a request failed: {exc!r}")
+                responses[i] = pb_utils.InferenceResponse(error=triton_error(pb_utils, exc, "bad request"))
                 continue
             self.lanes.start(job)
         return responses
@@ -318,10 +321,13 @@ class TritonPythonModel:
             except Exception as exc:  # noqa: BLE001 - the request gets an error, never no answer
                 pb_utils.Logger.log_error(f"{self.config.task}: building a response failed: {exc!r}")
                 response = pb_utils.InferenceResponse(error=triton_error(pb_utils, exc, "the gate failed"))
-            if sender:
-                sender[0].send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-            else:
+            if not sender:
                 responses[i] = response
+                return
+            try:
+                sender[0].send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            except Exception as exc:  # noqa: BLE001 - e.g. the client went away; the lane goes on
+                pb_utils.Logger.log_warn(f"{self.config.task}: sending a response failed: {exc!r}")
 
         return Job(run, on_done=done, on_handover=handover, cancelled=request.is_cancelled)
 
