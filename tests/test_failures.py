@@ -8,12 +8,11 @@ traffic returns to the tier once it is back.
 import json
 import os
 import signal
-import threading
 import time
 import urllib.request
-from collections import Counter
 
 import pytest
+from traffic import Traffic
 
 from cascade import contract, metrics
 from cascade.client import CascadeClient
@@ -52,52 +51,6 @@ def answered_by(client, task: str, tier: str, timeout_s: float = 3 * contract.TI
             time.sleep(0.5)
 
 
-class Traffic:
-    """Client threads that send the same request in a loop until stopped; they record every outcome."""
-
-    def __init__(self, url: str, task: str, workers: int = 3, texts=TEXTS, **options):
-        self.url, self.task, self.texts, self.options = url, task, texts, options
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.tiers: Counter = Counter()
-        self.errors: list[str] = []
-        self.slowest_s = 0.0
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(workers)]
-
-    def _run(self) -> None:
-        with CascadeClient(self.url) as client:
-            while not self.stop.is_set():
-                start = time.monotonic()
-                try:
-                    answers = client.classify(self.task, self.texts, **self.options)
-                except Exception as exc:  # noqa: BLE001 - every failure is recorded and asserted on
-                    with self.lock:
-                        self.errors.append(str(exc))
-                    continue
-                with self.lock:
-                    self.tiers.update(p.tier_name for p in answers)
-                    self.slowest_s = max(self.slowest_s, time.monotonic() - start)
-
-    @property
-    def requests(self) -> int:
-        return sum(self.tiers.values()) // len(self.texts) + len(self.errors)
-
-    def __str__(self) -> str:
-        errors = len(self.errors)
-        return f"{self.requests} requests, tiers {dict(self.tiers)}, {errors} errors, slowest {self.slowest_s:.2f} s"
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=120)
-        assert not any(t.is_alive() for t in self.threads), "a request hung"
-
-
 def stub_pid(server, model: str) -> int:
     """The Python-backend stub process serving ``model`` in ``server`` (other servers may serve the same files)."""
     from cascade.soak import stubs
@@ -114,7 +67,7 @@ def test_an_unloaded_tier_is_skipped_under_load_counted_and_comes_back(explicit_
     task, encoder = sst2_task.name, contract.tier_model_name(sst2_task.name, contract.TIER_ENCODER)
     with CascadeClient(explicit_server.grpc_url) as admin:
         before = tier_failures(explicit_server, task, "encoder")
-        with Traffic(explicit_server.grpc_url, task, min_tier="encoder", max_tier="llm_small") as traffic:
+        with Traffic(explicit_server.grpc_url, task, TEXTS, min_tier="encoder", max_tier="llm_small") as traffic:
             time.sleep(1)
             admin._client.unload_model(encoder)
             time.sleep(3)
@@ -139,7 +92,7 @@ def test_a_tier_past_its_deadline_is_skipped_and_its_rows_go_on(explicit_server,
     with CascadeClient(explicit_server.grpc_url) as client:
         with reconfigure(task, **deadline):
             before = tier_failures(explicit_server, task, "llm_small")
-            with Traffic(explicit_server.grpc_url, task, workers=2, min_tier="llm_small") as traffic:
+            with Traffic(explicit_server.grpc_url, task, TEXTS, workers=2, min_tier="llm_small") as traffic:
                 time.sleep(4)
             print("llm_small past its deadline:", traffic)
             assert traffic.errors == [] and traffic.requests >= 2
@@ -158,7 +111,7 @@ def test_a_killed_tier_process_is_skipped_until_the_tier_is_reloaded(explicit_se
         assert answered_by(admin, task, "encoder") == {"encoder"}
         before = tier_failures(explicit_server, task, "encoder")
         os.kill(stub_pid(explicit_server, encoder), signal.SIGKILL)
-        with Traffic(explicit_server.grpc_url, task, min_tier="encoder", max_tier="llm_small") as traffic:
+        with Traffic(explicit_server.grpc_url, task, TEXTS, min_tier="encoder", max_tier="llm_small") as traffic:
             time.sleep(4)
         print("killed encoder stub:", traffic)
         assert traffic.errors == [] and traffic.requests >= 3

@@ -1,11 +1,11 @@
 """The slow path kept apart, against the real server: easy rows stay fast while the LLM is busy, a busy machine
 makes LLM answers slower but never failed, and a lost tier's rows come back flagged best-effort, not failed."""
 
-import threading
 import time
 
 import numpy as np
 import pytest
+from traffic import Traffic
 
 from cascade import contract, metrics
 from cascade.busy import cpu_hog
@@ -18,53 +18,15 @@ TEXTS = ["a fine film", "dull and far too long", "not bad at all", "a mess"]
 MIXED = TEXTS + ["it is a film about a man", "the second half", "well, it exists", "some scenes, some music"]
 
 
-class Clients:
-    """``n`` client threads sending the same request until stopped; latencies and errors recorded."""
-
-    def __init__(self, url: str, task: str, n: int, texts, embeddings=None, **options):
-        self.url, self.task, self.texts, self.embeddings, self.options = url, task, texts, embeddings, options
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.latencies: list[float] = []
-        self.answers = []
-        self.errors: list[str] = []
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
-
-    def _run(self) -> None:
-        with CascadeClient(self.url) as client:
-            while not self.stop.is_set():
-                start = time.monotonic()
-                try:
-                    answers = client.classify(self.task, self.texts, self.embeddings, **self.options)
-                except Exception as exc:  # noqa: BLE001 - every failure is recorded and asserted on
-                    with self.lock:
-                        self.errors.append(str(exc))
-                    continue
-                with self.lock:
-                    self.latencies.append(time.monotonic() - start)
-                    self.answers.extend(answers)
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=180)
-        assert not any(t.is_alive() for t in self.threads), "a request hung"
-
-
 def test_easy_rows_are_answered_while_the_llm_is_saturated(server, sst2_task):
     """Three clients keep llm_large busy with 4-row requests; meanwhile an easy client (a precomputed embedding,
     max_tier=logreg) is answered without waiting for any LLM call."""
     task = sst2_task.name
     with CascadeClient(server.grpc_url) as client:
         embedding = client.embed(["a fine film"])
-    with Clients(server.grpc_url, task, 3, TEXTS, min_tier="llm_large") as llm:
+    with Traffic(server.grpc_url, task, TEXTS, min_tier="llm_large") as llm:
         time.sleep(2)  # the LLM lane is busy from here on
-        with Clients(server.grpc_url, task, 1, None, embedding, max_tier="logreg") as easy:
+        with Traffic(server.grpc_url, task, None, embedding, workers=1, max_tier="logreg") as easy:
             time.sleep(6)
     print(f"llm: {len(llm.latencies)} requests, median {np.median(llm.latencies):.2f} s; easy: "
           f"{len(easy.latencies)} requests, median {np.median(easy.latencies) * 1000:.1f} ms, "
@@ -80,7 +42,7 @@ def test_a_busy_machine_makes_llm_answers_slower_never_failed(server, sst2_task)
     """One core kept busy by another process (a busy loop started and stopped by its pid): LLM-bound requests
     from two clients are all answered by the LLM, none failed, none degraded."""
     with cpu_hog():
-        with Clients(server.grpc_url, sst2_task.name, 2, TEXTS, min_tier="llm_small") as llm:
+        with Traffic(server.grpc_url, sst2_task.name, TEXTS, workers=2, min_tier="llm_small") as llm:
             time.sleep(10)
     print(f"with a hog: {len(llm.latencies)} requests, slowest {max(llm.latencies):.2f} s")
     assert llm.errors == [] and len(llm.latencies) >= 2
