@@ -70,6 +70,10 @@ bench-threads: setup
 loadtest: setup
 	$(BIN)/cascade loadtest all --repo $(REPO) --task $(TASK)
 
+# 10 minutes of mixed traffic against a fresh server; exits non-zero when memory, stubs or /dev/shm grow.
+soak: setup
+	$(BIN)/cascade soak --repo $(REPO) --task $(TASK)
+
 clean:
 	rm -rf $(REPO) .pytest_cache .ruff_cache
 
