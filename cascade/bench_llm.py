@@ -117,6 +117,26 @@ PROMPTS: dict[str, dict[str, dict]] = {
         },
     },
 }
+# The prompt styles of issue #16, the same for every model:
+# - "plain": what a new user writes with `cascade task create --prompt ... --labels ...` (zero-shot, the label
+#   words as the dataset gives them);
+# - "chatml": the same question in the ChatML chat template of the instruct models (SmolLM2, Qwen2.5), no
+#   system message; the answer is scored right after the assistant tag.
+# The tuned prompts of tasks/*.toml are the "review_terrible+fs8" / "topic+fs4"-style variants above.
+_QUESTIONS = {
+    "sst2": ("Review: {text}\nSentiment:", "Is the sentiment of this movie review positive or negative?", "Review"),
+    "ag_news": ("Article: {text}\nTopic:", "What is the topic of this news article: World, Sports, Business or "
+                "Sci/Tech?", "Article"),
+}  # fmt: skip
+for _task, (_plain, _question, _field) in _QUESTIONS.items():
+    _words = TASKS[_task].labels
+    PROMPTS[_task]["plain"] = {"template": _plain, "verbalizations": _words}
+    PROMPTS[_task]["chatml"] = {
+        "template": f"<|im_start|>user\n{_question}\n\n{_field}: {{text}}<|im_end|>\n<|im_start|>assistant\n",
+        "verbalizations": _words,
+    }
+#: Models with a ChatML chat template (the others skip the chat variants).
+CHATML_MODELS = (MODEL_SMOLLM2, "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 DEFAULT_VARIANTS = {"sst2": ["review", "review+fs8"], "ag_news": ["topic", "topic+fs4"]}
 
 
@@ -207,8 +227,11 @@ def bench_model(
         task = TASKS[task_name]
         texts, gold = eval_rows(task, Path(data_dir), rows, split)
         for variant in variants[task_name]:
-            if "chat" in variant and not model.startswith(MODEL_SMOLLM2):
-                continue
+            base = variant.split("+")[0]
+            if base == "chat" and not model.startswith(MODEL_SMOLLM2):
+                continue  # "chat" carries SmolLM2's own system message
+            if base == "chatml" and not model.startswith(CHATML_MODELS):
+                continue  # a base model (Gemma 3 270M) has no chat template
             template = make_template(task, variant, Path(data_dir))
             prompts = [template.format(x) for x in texts]
             cands = template.verbalizations

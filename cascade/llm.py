@@ -57,12 +57,17 @@ def gguf_path(model: str) -> Path:
     name, _, quant = model.partition(":")
     if quant and quant not in QUANTS:
         raise ConfigError(f"unknown quantization {quant!r} in {model!r}; expected one of {', '.join(QUANTS)}")
+    from cascade.parts import PART_MODELS, assemble
+
     if name == MODEL_SMOLLM2:
         base = _smollm2_path()
     elif name == MODEL_GEMMA3:
         base = _gemma3_path()
+    elif name in PART_MODELS:  # candidates measured for the teacher (issue #16): parts packages, by hash
+        base = assemble(PART_MODELS[name], cache_dir())
     else:
-        raise ConfigError(f"unknown LLM {model!r}; expected one of {', '.join(MODELS)} (optionally ':<quant>')")
+        known = ", ".join([*MODELS, *PART_MODELS])
+        raise ConfigError(f"unknown LLM {model!r}; expected one of {known} (optionally ':<quant>')")
     return _requantized(base, name, quant) if quant else base
 
 
