@@ -3,7 +3,7 @@
 ``python -m cascade.bench_llm [--models ...] [--tasks sst2 ag_news] [--variants zs fs8 ...] [--rows 300]``
 
 Each model runs in its own process, so its peak RSS (``resource.getrusage``) is its own. A "variant" is
-``<prompt>[+fs<k>][+s<seed>]``: a named prompt wording from :data:`PROMPTS` (``+chat`` ones use SmolLM2's
+``<prompt>[+fs<k>][+s<seed>][+prefix]``: a named prompt wording from :data:`PROMPTS` (``+chat`` ones use SmolLM2's
 chat template), optionally with k balanced few-shot examples drawn from the train split with a fixed seed
 (``+s<seed>`` draws other examples: raw few-shot accuracy depends on the draw, calibrated much less).
 Every variant is scored once at batch 16 and reported twice, raw and with contextual calibration (the same
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cascade.llm import MODEL_GEMMA3, MODEL_SMOLLM2, MODELS, PromptTemplate
+from cascade.llm import MODEL_GEMMA3, MODEL_SMOLLM2, MODELS, SCORING_PREFIX, SCORING_WHOLE, PromptTemplate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -190,8 +190,10 @@ def make_template(task: BenchTask, variant: str, data_dir: Path) -> PromptTempla
             shots = int(mod[2:])
         elif mod.startswith("s") and mod[1:].isdigit():  # another draw of the few-shot examples
             seed = int(mod[1:])
+        elif mod == "prefix":  # candidate scoring, set on the scorer (bench_model)
+            continue
         else:
-            raise SystemExit(f"unknown variant modifier {mod!r} in {variant!r} (fs<k> or s<seed>)")
+            raise SystemExit(f"unknown variant modifier {mod!r} in {variant!r} (fs<k>, s<seed> or prefix)")
     if shots:
         kwargs["few_shot"] = few_shot(task, data_dir, shots, seed)
     return PromptTemplate(**kwargs)
@@ -233,6 +235,7 @@ def bench_model(
             if base == "chatml" and not model.startswith(CHATML_MODELS):
                 continue  # a base model (Gemma 3 270M) has no chat template
             template = make_template(task, variant, Path(data_dir))
+            scorer.candidate_scoring = SCORING_PREFIX if "prefix" in variant.split("+") else SCORING_WHOLE
             prompts = [template.format(x) for x in texts]
             cands = template.verbalizations
             scorer.reset()

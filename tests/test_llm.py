@@ -215,6 +215,31 @@ def test_multi_token_candidates_are_teacher_forced(scorer):
     np.testing.assert_allclose(res.probs[0], e / e.sum(), atol=1e-4)
 
 
+def test_prefix_scoring_stops_where_a_candidate_parts_from_the_others(scorer):
+    """candidate_scoring="prefix": each candidate's tokens up to the first one no other candidate shares, the
+    same teacher-forced sum over fewer tokens; single-token candidates score as before."""
+    from cascade.llm import unique_prefixes
+
+    assert unique_prefixes([(1, 2, 3), (4, 5), (1, 7)]) == ((1, 2), (4,), (1, 7))
+    assert unique_prefixes([(1,), (1, 2)]) == ((1,), (1, 2))  # a candidate that starts another stays whole
+    prompt = SST2.format(REVIEWS[0])
+    cands = ["positive", "very positive", "mostly negative"]
+    enc = scorer.encode(prompt, cands)
+    whole = scorer.score([prompt], cands, calibrate=False).raw_probs[0]
+    try:
+        scorer.candidate_scoring = "prefix"
+        prefix = scorer.score([prompt], cands, calibrate=False).raw_probs[0]
+    finally:
+        scorer.candidate_scoring = "whole"
+    scorer.reset()
+    logp = scorer._eval_logprobs(enc.context)
+    expected = np.array([logp[tokens[0]] for tokens in enc.candidates])  # first tokens differ here
+    assert len({tokens[0] for tokens in enc.candidates}) == len(cands)
+    e = np.exp(expected - expected.max())
+    np.testing.assert_allclose(prefix, e / e.sum(), atol=1e-4)
+    assert prefix[0] < whole[0]  # the tails no longer pull the long words down, so the one-token word loses share
+
+
 def test_invalid_candidates_raise(scorer):
     prompt = SST2.format("fine")
     for bad in ([], ["positive", ""], ["positive", "positive"]):
