@@ -135,6 +135,16 @@ for _task, (_plain, _question, _field) in _QUESTIONS.items():
         "template": f"<|im_start|>user\n{_question}\n\n{_field}: {{text}}<|im_end|>\n<|im_start|>assistant\n",
         "verbalizations": _words,
     }
+# "ask": the same, with the allowed answers named in the question before the answer slot (still zero-shot, still
+# the label words as given): a new user's other obvious way to write it.
+PROMPTS["sst2"]["ask"] = {
+    "template": "Review: {text}\nIs this review negative or positive?\nAnswer:",
+    "verbalizations": TASKS["sst2"].labels,
+}
+PROMPTS["ag_news"]["ask"] = {
+    "template": "Article: {text}\nIs this article about World, Sports, Business or Sci/Tech?\nAnswer:",
+    "verbalizations": TASKS["ag_news"].labels,
+}
 #: Models with a ChatML chat template (the others skip the chat variants).
 CHATML_MODELS = (MODEL_SMOLLM2, "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 DEFAULT_VARIANTS = {"sst2": ["review", "review+fs8"], "ag_news": ["topic", "topic+fs4"]}
