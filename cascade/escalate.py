@@ -230,8 +230,9 @@ class CascadeRun:
         self.answered_by[chosen] = tier.tier
         self.pending[chosen] = False
         stat.answered = size(chosen)
-        for i in host(chosen).tolist():  # rows a failed tier passed on are answered after all
-            self.errors[i] = None
+        if any(s.failed for s in self.stats):  # rows a failed tier passed on are answered after all
+            for i in host(chosen).tolist():
+                self.errors[i] = None
         return stat
 
     def finish(self) -> CascadeResult:
