@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 REPO ?= model_repository/cpu
 TASK ?= sst2
 
-.PHONY: setup demo test lint format build export serve bench bench-llm bench-table bench-isolation bench-threads loadtest soak clean helm-lint export-gpu gpu-check-prepare gpu-check-dry-run
+.PHONY: setup demo test lint format build export serve bench bench-llm bench-labels bench-table bench-isolation bench-threads loadtest soak clean helm-lint export-gpu gpu-check-prepare gpu-check-dry-run
 
 setup: $(STAMP)
 
@@ -51,6 +51,10 @@ bench: setup
 # LLM scorers: accuracy (300 SST-2 + 300 AG News rows), ms/row at batch 1 and 16, peak RSS per model.
 bench-llm: setup
 	$(BIN)/python -m cascade.bench_llm
+
+# Many labels: a 77-label task scored by the teacher (trie, beams, the former way) and through a real server.
+bench-labels: setup
+	$(BIN)/python -m cascade.bench_labels --served 154
 
 # The table job against the large tier on every row (needs the tasks built: make demo / cascade build).
 # Writes ~3 GB of synthetic tables per task under bench/work/ (kept for reruns; delete at will).

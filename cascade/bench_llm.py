@@ -30,11 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cascade.llm import MODEL_GEMMA3, MODEL_SMOLLM2, MODELS, SCORING_PREFIX, SCORING_WHOLE, PromptTemplate
+from cascade.gguf import MODEL_GEMMA3, MODEL_SMOLLM2
+from cascade.llm import SCORING_PREFIX, SCORING_WHOLE, PromptTemplate
+from cascade.tasks import DEFAULT_DATA_DIR, dataset_file, prompt_from_question
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
-DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "datasets"
 SEED = 0
 
 
@@ -145,9 +146,25 @@ PROMPTS["ag_news"]["ask"] = {
     "template": "Article: {text}\nIs this article about World, Sports, Business or Sci/Tech?\nAnswer:",
     "verbalizations": TASKS["ag_news"].labels,
 }
+# "create", "create_before", "create_after": what `cascade task create --prompt QUESTION --labels ...` gives the
+# teacher (cascade.tasks.prompt_from_question), with the allowed answers named where its rule puts them, before
+# the row or after it.
+for _task, (_plain, _question, _field) in _QUESTIONS.items():
+    for _place in ("auto", "before", "after"):
+        _instruction, _template = prompt_from_question(_question, TASKS[_task].labels, _place)
+        PROMPTS[_task]["create" + ("" if _place == "auto" else "_" + _place)] = {
+            "template": _template,
+            "instruction": _instruction,
+            "verbalizations": TASKS[_task].labels,
+        }
 #: Models with a ChatML chat template (the others skip the chat variants).
 CHATML_MODELS = (MODEL_SMOLLM2, "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
-DEFAULT_VARIANTS = {"sst2": ["review", "review+fs8"], "ag_news": ["topic", "topic+fs4"]}
+DEFAULT_VARIANTS = {
+    "sst2": ["create+prefix", "review+prefix", "review_terrible+fs8+prefix"],
+    "ag_news": ["create+prefix", "topic+prefix", "topic+fs4+prefix"],
+}
+#: The models the CPU tiers serve (``cascade.export.build.LLM_ROLES``).
+DEFAULT_MODELS = ["smollm2-135m:f16", "qwen2.5-coder-1.5b"]
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -155,7 +172,14 @@ DEFAULT_VARIANTS = {"sst2": ["review", "review+fs8"], "ag_news": ["topic", "topi
 
 def read_csv(path: Path) -> tuple[list[str], np.ndarray]:
     """``text,label`` rows of a dataset file."""
-    with path.open(newline="", encoding="utf-8") as f:
+    import gzip
+
+    path = dataset_file(path)
+    with (
+        gzip.open(path, "rt", newline="", encoding="utf-8")
+        if path.suffix == ".gz"
+        else path.open(newline="", encoding="utf-8")
+    ) as f:
         rows = list(csv.DictReader(f))
     return [r["text"] for r in rows], np.array([int(r["label"]) for r in rows])
 
@@ -228,7 +252,8 @@ def bench_model(
     n_threads: int = 2,
 ) -> dict:
     """All measurements of one model (run in a fresh process: its peak RSS is the model's)."""
-    from cascade.llm import LlamaScorer, gguf_path
+    from cascade.gguf import gguf_path
+    from cascade.llm import LlamaScorer
 
     rss_start = _rss_mb()
     t = time.perf_counter()
@@ -363,7 +388,7 @@ def print_table(result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cascade.bench_llm", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--models", nargs="+", default=list(MODELS), help="model names, optionally ':<quant>' (cascade.llm.gguf_path)"
+        "--models", nargs="+", default=DEFAULT_MODELS, help="model names, optionally :<quant> (cascade.gguf.gguf_path)"
     )
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument(
@@ -374,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=["eval", "dev"], default="eval")
     parser.add_argument("--n-ctx", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--data-dir", default=None, help="datasets folder (default ../shared/datasets)")
+    parser.add_argument("--data-dir", default=None, help="datasets folder (default: the repository's data/)")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
 

@@ -63,7 +63,8 @@ def _prompts(tier: int, rows: int, data_dir: str | None):
 def measure(model: str, threads: int, prompts, cands, calibrate, batch: int, busy: bool) -> tuple[dict, np.ndarray]:
     """ms/row of one (model, threads, load) case, and the probabilities it gave."""
     from cascade.export.build import LLM_N_CTX
-    from cascade.llm import LlamaScorer, gguf_path
+    from cascade.gguf import gguf_path
+    from cascade.llm import LlamaScorer
 
     scorer = LlamaScorer(gguf_path(model), n_ctx=LLM_N_CTX, n_threads=threads)
     try:

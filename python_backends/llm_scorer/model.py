@@ -11,7 +11,8 @@ import triton_python_backend_utils as pb_utils
 
 from cascade import contract
 from cascade.errors import CascadeError, triton_error
-from cascade.llm import LlamaScorer, gguf_path, parse_scorer_inputs, parse_scorer_parameters
+from cascade.gguf import gguf_path
+from cascade.llm import LlamaScorer, parse_scorer_inputs, parse_scorer_parameters
 from cascade.sizing import llm_model_threads
 
 
