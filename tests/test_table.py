@@ -378,7 +378,12 @@ def test_ctrl_c_keeps_finished_chunks_and_the_rerun_resumes(tmp_path, server, ss
         "--max-tier", "logreg", "--chunk-rows", "50", "--batch-size", "25", "--in-flight", "1",
         "--url", server.grpc_url, "--llm-probe-rows", "0",
     ]  # fmt: skip
-    job = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell without job control starts background commands with SIGINT ignored, and Python then installs
+    # no KeyboardInterrupt handler: give the job the default disposition, as a terminal's Ctrl-C finds it.
+    job = subprocess.Popen(
+        args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     parts = tmp_path / "o.csv.parts"
     deadline = time.monotonic() + 120
     while len(list(parts.glob("part-*.arrow"))) < 2 and time.monotonic() < deadline and job.poll() is None:
