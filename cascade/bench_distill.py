@@ -36,28 +36,51 @@ from cascade.calibrate import calibrate_cascade
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
-CHEAP_TIERS = (contract.TIER_LOGREG, contract.TIER_XGBOOST)
+CHEAP_TIERS = (contract.TIER_LOGREG, contract.TIER_XGBOOST, contract.TIER_ENCODER)
 TEACHER_TIER = contract.TIER_LLM_LARGE
 
 
-def tier_probs(task, texts: list[str], train: np.ndarray, labels: np.ndarray, repo: Path, epochs: int, seed: int):
-    """Tiers 0-2 trained on ``labels[train]``, with their probabilities on every row of the pool."""
+def tier_probs(
+    task,
+    texts: list[str],
+    train: np.ndarray,
+    labels: np.ndarray,
+    repo: Path,
+    epochs: int,
+    seed: int,
+    embedder=None,
+    soft: np.ndarray | None = None,
+    encoder: bool = True,
+):
+    """Tiers 0-2 (without the encoder if not ``encoder``) trained on ``labels[train]`` (or the soft labels
+    ``soft[train]``), with their probabilities on every row of the pool."""
     from cascade.export import encoder as enc
     from cascade.export import tabular
-    from cascade.export.build import embed, ensure_embedder
+    from cascade.export.build import embed, ensure_embedder, repository_embedder
 
-    ensure_embedder(repo)
+    ensure_embedder(repo, embedder)
     emb = embed(repo, texts)
     out, timings = {}, {}
     t = time.perf_counter()
-    out[contract.TIER_LOGREG] = tabular.train_logreg(emb[train], labels[train]).predict_proba(emb)
+    x_soft = soft[train] if soft is not None else None
+    out[contract.TIER_LOGREG] = tabular.train_logreg(emb[train], labels[train], probs=x_soft).predict_proba(emb)
     timings["logreg_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    out[contract.TIER_XGBOOST] = tabular.train_xgboost(emb[train], labels[train], seed=seed).predict_proba(emb)
+    model = tabular.train_xgboost(emb[train], labels[train], seed=seed, probs=x_soft)
+    out[contract.TIER_XGBOOST] = model.predict_proba(emb)
     timings["xgboost_s"] = time.perf_counter() - t
+    if not encoder:
+        return out, timings
     t = time.perf_counter()
     model = enc.train_encoder(
-        [texts[i] for i in train], labels[train].tolist(), task.n_labels, epochs=epochs, seed=seed, progress=False
+        [texts[i] for i in train],
+        labels[train].tolist(),
+        task.n_labels,
+        epochs=epochs,
+        seed=seed,
+        progress=False,
+        backbone=repository_embedder(repo).name,
+        soft_labels=x_soft,
     )
     out[contract.TIER_ENCODER] = enc.predict_proba(model, texts)
     timings["encoder_s"] = time.perf_counter() - t
@@ -73,14 +96,16 @@ def evaluate_splits(
     target: float,
     delta: float,
     seed: int,
+    calib_rows: int | None = None,
 ) -> dict:
-    """Calibrate on half of ``rest``, measure on the other half, ``splits`` times."""
+    """Calibrate on ``calib_rows`` of ``rest`` (default: half), measure on the others, ``splits`` times."""
     n_labels = next(iter(probs.values())).shape[1]
     runs = []
     rng = np.random.default_rng(seed)
     for _ in range(splits):
         order = rng.permutation(rest)
-        calib, test = order[: len(order) // 2], order[len(order) // 2 :]
+        cut = calib_rows if calib_rows is not None else len(order) // 2
+        calib, test = order[:cut], order[cut:]
         tiers = {t: p[calib] for t, p in probs.items()}
         tiers[TEACHER_TIER] = np.eye(n_labels)[teacher[calib]]  # the teacher agrees with itself
         cal = calibrate_cascade(tiers, teacher[calib], target, delta)
@@ -124,6 +149,7 @@ def evaluate_splits(
                 "llm_share": float(np.isin(tier_of, list(contract.LLM_TIERS)).mean()),
                 "agreement": float((answered == teacher[test]).mean()),
                 "gold_accuracy": float((answered == gold[test]).mean()),
+                "teacher_gold_accuracy": float((teacher[test] == gold[test]).mean()),
             }
         )
     return {"splits": runs, "summary": summarize(runs)}
@@ -153,6 +179,7 @@ def summarize(runs: list[dict]) -> dict:
         "llm_share": mean([r["llm_share"] for r in runs]),
         "agreement": mean([r["agreement"] for r in runs]),
         "gold_accuracy": mean([r["gold_accuracy"] for r in runs]),
+        "teacher_gold_accuracy": mean([r["teacher_gold_accuracy"] for r in runs]),
         "tiers": tiers,
     }
 
@@ -160,12 +187,15 @@ def summarize(runs: list[dict]) -> dict:
 def run_task(task_name: str, args) -> dict:
     import pandas as pd
 
-    from cascade.export.build import read_labelled
+    from cascade.export.build import read_labelled, read_soft_labels
     from cascade.tasks import load_split, load_task
 
     task = load_task(task_name)
     labelled = Path(args.work_dir) / task.name / "labelled.csv"
     texts, teacher_labels, summary = read_labelled(labelled, task)
+    soft = read_soft_labels(labelled, teacher_labels, task.n_labels) if args.soft_labels else None
+    if args.soft_labels and soft is None:
+        raise SystemExit(f"{labelled}: no teacher probabilities (prob_* columns) for --soft-labels")
     ids = pd.read_csv(labelled, keep_default_na=False)["id"].to_numpy()
     _, gold_all = load_split(task, "train", args.data_dir)
     gold = np.asarray(gold_all)[ids]
@@ -173,27 +203,38 @@ def run_task(task_name: str, args) -> dict:
     if len(order) < args.train + 200:
         raise SystemExit(f"{labelled}: {len(order)} rows; need --train {args.train} + at least 200")
     train, rest = order[: args.train], order[args.train :]
+    calib_rows = args.calib if args.calib is not None else len(rest) // 2
+    if not 50 <= calib_rows <= len(rest) - 100:
+        raise SystemExit(f"--calib {calib_rows}: need >= 50 calibration rows and >= 100 test rows of {len(rest)}")
     out = {
         "task": task.name,
         "teacher": summary.get("teacher"),
         "pool_rows": len(texts),
         "train_rows": len(train),
-        "calib_rows": len(rest) // 2,
-        "test_rows": len(rest) - len(rest) // 2,
+        "calib_rows": calib_rows,
+        "test_rows": len(rest) - calib_rows,
         "teacher_gold_agreement": float((teacher_labels == gold).mean()),
         "results": {},
     }
-    for name, reference in (("teacher", teacher_labels), ("gold_control", gold)):
+    references = [("teacher", teacher_labels, soft)]
+    if not args.no_gold_control:
+        references.append(("gold_control", gold, None))
+    for name, reference, soft_reference in references:
         start = time.perf_counter()
-        probs, timings = tier_probs(task, texts, train, reference, Path(args.repo), args.encoder_epochs, args.seed)
-        result = evaluate_splits(probs, reference, gold, rest, args.splits, args.target, args.delta, args.seed)
+        probs, timings = tier_probs(
+            task, texts, train, reference, Path(args.repo), args.encoder_epochs, args.seed, args.embedder,
+            soft_reference, not args.no_encoder,
+        )  # fmt: skip
+        result = evaluate_splits(
+            probs, reference, gold, rest, args.splits, args.target, args.delta, args.seed, calib_rows
+        )
         result["train_timings"] = timings
         result["wall_s"] = time.perf_counter() - start
         out["results"][name] = result
         s = result["summary"]
         print(
             f"{task.name:8s} {name:12s} guarantee {s['guarantee_held_in']}/{s['splits']} per tier, "
-            f"{s['pooled_held_in']}/{s['splits']} pooled  tiers 0-1 answer "
+            f"{s['pooled_held_in']}/{s['splits']} pooled  tiers 0-2 answer "
             f"{s['cheap_share']:.1%} at agreement {s['cheap_agreement'] or 0:.3f}  LLM share {s['llm_share']:.1%}  "
             f"agreement {s['agreement']:.3f}  gold accuracy {s['gold_accuracy']:.3f}",
             flush=True,
@@ -206,13 +247,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", default=["sst2", "ag_news"])
     parser.add_argument("--splits", type=int, default=20)
     parser.add_argument("--train", type=int, default=1000, help="pool rows the tiers learn from")
+    parser.add_argument("--calib", type=int, default=None, help="calibration rows per split (default: half the rest)")
     parser.add_argument("--target", type=float, default=0.95)
     parser.add_argument("--delta", type=float, default=0.05)
     parser.add_argument("--encoder-epochs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", default=str(REPO_ROOT / "runs"))
     parser.add_argument("--repo", default=str(REPO_ROOT / "model_repository" / "cpu"), help="for the embedder")
+    parser.add_argument("--embedder", default=None, help="the repository's embedder (a new --repo: its default)")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--soft-labels", action="store_true", help="tiers learn from the teacher's probabilities")
+    parser.add_argument("--no-encoder", action="store_true", help="tiers 0-1 only (the encoder's fine-tune is slow)")
+    parser.add_argument("--no-gold-control", action="store_true", help="skip the gold-label control run")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -222,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         "target": args.target,
         "delta": args.delta,
         "splits": args.splits,
+        "embedder": args.embedder,
+        "soft_labels": args.soft_labels,
+        "train": args.train,
+        "command": "python -m cascade.bench_distill " + " ".join(argv if argv is not None else sys.argv[1:]),
         "tasks": [run_task(name, args) for name in args.tasks],
     }
     if not args.no_save:

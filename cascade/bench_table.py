@@ -143,8 +143,9 @@ def bench_table(
         # float16 storage is a cast of the same vectors (what `cascade embed --float16` stores).
         half = pq.read_table(emb32)
         column = half.schema.get_field_index("embedding")
-        half_type = pa.list_(pa.float16(), contract.EMBEDDING_DIM)
-        pq.write_table(half.set_column(column, "embedding", half.column(column).cast(half_type)), emb16)
+        dim = half.schema.field(column).type.list_size  # the served embedder's width
+        field = half.schema.field(column).with_type(pa.list_(pa.float16(), dim))
+        pq.write_table(half.set_column(column, field, half.column(column).cast(field.type)), emb16)
         print(f"[bench] embedded {embed.rows} rows at {embed.rows_per_s:.0f} rows/s ({time.perf_counter() - t:.0f} s)")
 
         # float16 against float32 on the held-out rows.
@@ -157,7 +158,7 @@ def bench_table(
             "label_agreement_with_float32": float(np.mean(l32 == l16)),
             "accuracy_float32": _accuracy(l32, g),
             "accuracy_float16": _accuracy(l16, g),
-            "bytes_per_row": {"float32": 4 * contract.EMBEDDING_DIM, "float16": 2 * contract.EMBEDDING_DIM},
+            "bytes_per_row": {"float32": 4 * dim, "float16": 2 * dim},
         }
 
         # (a) a million rows of precomputed embeddings, Arrow IPC and Parquet.
@@ -232,7 +233,7 @@ def bench_table(
         "a_over_c": acc_a_sample / acc_c if acc_c else None,
         "accuracy_full_cascade_on_sample": result["full_cascade_on_sample"]["accuracy_vs_gold"],
     }
-    wire = 4 * contract.EMBEDDING_DIM
+    wire = 4 * dim  # float32 on the wire
     bandwidth = loopback_bandwidth()
     result["wire"] = {
         "embedding_bytes_per_row": wire,

@@ -27,8 +27,8 @@ class TierCalibration:
     rows: int  # rows that reached this tier on the calibration set
     enabled: bool  # False: the tier cannot reach the target at useful coverage
     threshold: float | None  # None for a disabled tier and for the last tier (it answers all)
-    coverage: float  # share of the reaching rows the tier accepts at that threshold
-    agreement: float  # agreement of the accepted rows with the reference labels
+    coverage: float  # share of the reaching rows the tier accepts at that threshold (0 when it accepts none)
+    agreement: float  # agreement of the accepted rows with the reference labels (disabled: the best it saw)
     lower_bound: float  # Clopper-Pearson lower bound of that agreement
     note: str = ""  # why a tier was disabled or made the fallback, when it is not the plain threshold rule
 
@@ -56,11 +56,13 @@ def choose_threshold(
     Clopper-Pearson bound at level delta; the scan stops at the first cut that fails and keeps the last
     one that passed. Scanning every cut and keeping the largest passing one would pick the luckiest of
     many tests, and the guarantee would no longer hold at 1-delta. If the kept cut accepts fewer than
-    ``min_coverage`` of the rows, or none passes, the tier is disabled (threshold None).
+    ``min_coverage`` of the rows, or none passes, the tier is disabled (threshold None): then
+    ``agreement`` and ``lower_bound`` are those of its most promising cut (or of all its rows when no
+    cut can be tested) and ``note`` says why.
     """
     n = len(confidence)
     if n == 0:
-        return TierCalibration(tier, 0, False, None, 0.0, 0.0, 0.0)
+        return TierCalibration(tier, 0, False, None, 0.0, 0.0, 0.0, "disabled: reached by 0 rows")
     order = np.argsort(-confidence, kind="stable")
     conf = confidence[order]
     hits = np.cumsum(correct[order].astype(int))
@@ -71,19 +73,28 @@ def choose_threshold(
     wanted = np.unique(np.append(wanted[wanted > fewest], fewest)) if fewest <= n else np.array([], int)
     # each wanted count of accepted rows, snapped up to the next valid cut (index = accepted - 1)
     cuts = np.unique(valid[np.minimum(np.searchsorted(valid, wanted - 1), valid.size - 1)])
-    best = None
-    for k in cuts:
-        bound = float(clopper_pearson_lower(hits[k], k + 1, delta))
-        if bound < target:
-            break
-        best = (k, bound)
-    if best is None:
-        return TierCalibration(tier, n, False, None, 0.0, 0.0, 0.0)
-    k, bound = best
+    bounds = clopper_pearson_lower(hits[cuts], cuts + 1, delta)
+    passed = np.cumprod(bounds >= target).astype(bool)  # fixed sequence: nothing after the first failure
+    if not passed.any():
+        if cuts.size == 0:  # too few rows to pass even if all were right: report the agreement of all rows
+            need = f"need >= {fewest}" if target < 1 else "a target of 1 is never certified by a finite sample"
+            bound = float(clopper_pearson_lower(hits[-1], n, delta))
+            why = f"disabled: too few rows ({n}) for any cut to pass: {need}"
+            return TierCalibration(tier, n, False, None, 0.0, float(hits[-1] / n), bound, why)
+        i = int(np.argmax(bounds))  # the most promising cut, for the report only
+        k, best = int(cuts[i]), float(bounds[i])
+        why = f"no cut reaches the target {target} at confidence {1 - delta:.0%}"
+        if best >= target:  # a later cut would pass, but the sequence stops at its first cut
+            why = f"the first cut ({(cuts[0] + 1) / n:.1%} coverage, lower bound {bounds[0]:.3f}) fails the target"
+            why += f" {target} at confidence {1 - delta:.0%} and the fixed sequence stops there"
+        why = f"disabled: {why}; best lower bound {best:.3f} at {(k + 1) / n:.1%} coverage"
+        return TierCalibration(tier, n, False, None, 0.0, float(hits[k] / (k + 1)), best, why)
+    k, bound = int(cuts[passed][-1]), float(bounds[passed][-1])
     coverage = (k + 1) / n
     agreement = hits[k] / (k + 1)
     if coverage < min_coverage:
-        return TierCalibration(tier, n, False, None, float(coverage), float(agreement), bound)
+        why = f"disabled: accepts {coverage:.1%} < min_coverage {min_coverage:.1%}"
+        return TierCalibration(tier, n, False, None, float(coverage), float(agreement), bound, why)
     return TierCalibration(tier, n, True, float(conf[k]), float(coverage), float(agreement), bound)
 
 
@@ -127,7 +138,11 @@ def calibrate_cascade(
     than the fine-tuned encoder on the hard rows, and then the encoder answers them.
     """
     tiers = sorted(tier_probs)
+    if not tiers:
+        raise ConfigError("no tiers to calibrate")
     n = len(reference)
+    if unfit := [t for t in tiers if not callable(tier_probs[t]) and np.shape(tier_probs[t])[:1] != (n,)]:
+        raise ConfigError(f"tiers {unfit}: their probabilities do not have one row per reference label ({n})")
     pending = np.ones(n, bool)
     scored: dict[int, np.ndarray] = {}
     result: dict[int, TierCalibration] = {}
@@ -149,7 +164,7 @@ def calibrate_cascade(
 
     for tier in tiers[:-1]:
         idx = np.flatnonzero(pending)
-        probs = probs_of(tier, idx)
+        probs = probs_of(tier, idx) if idx.size else np.zeros((0, 1))  # reached by no row: nothing to score
         correct = probs.argmax(axis=1) == reference[idx]
         cal = choose_threshold(probs.max(axis=1), correct, target, delta, min_coverage, tier)
         result[tier] = cal
@@ -174,6 +189,7 @@ def calibrate_cascade(
     for t in candidates:
         if t == fallback:
             note = "" if t == tiers[-1] else f"fallback: best agreement on the {idx.size} rows left"
+            note = note if idx.size else "fallback: reached by 0 rows (the earlier tiers accept every row)"
             result[t] = TierCalibration(t, int(idx.size), True, None, 1.0, scores[t], 0.0, note)
         elif t > fallback:
             note = f"after the fallback; agreement {scores[t]:.3f} < {scores[fallback]:.3f} on the rows left"

@@ -11,7 +11,7 @@ from pathlib import Path
 from cascade import contract
 from cascade.client.table import DEFAULT_BATCH_ROWS, DEFAULT_CHUNK_ROWS, DEFAULT_IN_FLIGHT, EMBEDDING_COLUMN
 from cascade.errors import CascadeError, InvalidInput
-from cascade.export.distill import CREATE_TIERS
+from cascade.export.distill import CREATE_TIERS, DEFAULT_BUDGET, STRATEGIES
 from cascade.soak import DEFAULT_WARMUP_S
 from cascade.tasks import DEFAULT_DATA_DIR, REPO_ROOT
 
@@ -34,6 +34,18 @@ def _add_work(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--work-dir", type=Path, default=DEFAULT_WORK, help="distillation files, per task (default: %(default)s)"
     )
+
+
+def _add_sampling(parser: argparse.ArgumentParser) -> None:
+    """``cascade label`` and ``cascade task create``: how many rows the teacher labels, and which."""
+    parser.add_argument(
+        "--budget", "--sample", dest="budget", type=int, default=DEFAULT_BUDGET,
+        help="rows the teacher labels (--sample: the former name; default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--strategy", choices=STRATEGIES, default="uniform",
+        help="uniform sample, or active: a uniform seed (half, >= 200 rows), then the rows tier 0 is least sure of",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,23 +78,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--labels", type=Path, default=None, help="teacher labels (`cascade label`'s labelled.csv)")
     p.add_argument("--calib-fraction", type=float, default=0.3, help="with --labels: rows held out to calibrate")
+    _add_embedder(p)
 
     p = sub.add_parser("label", help="have the teacher label a sample of a table (cached, resumable)")
     _add_task(p)
     p.add_argument("--table", type=Path, default=None, help="CSV or Parquet (default: the task's train split)")
     p.add_argument("--column", default=None, help="text column (default: the task's, else 'text')")
     p.add_argument("--id-column", default=None, help="row id column (default: row positions)")
-    p.add_argument("--sample", type=int, default=1000, help="rows to label (default: %(default)s)")
+    _add_sampling(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--teacher", default="llm_large", help="llm_large (through the server) or column:NAME (labels you hold)"
     )
+    _add_repo(p)  # --strategy active embeds rows with this repository's embedder
     p.add_argument("--url", default=f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}", help="gRPC endpoint of the server")
     _add_work(p)
 
     p = sub.add_parser("train", help="train tiers 0-2 on teacher (or gold) labels into the task's work folder")
     _add_repo(p)
     _add_task(p)
+    _add_embedder(p)
     p.add_argument("--labels", type=Path, default=None, help="teacher labels (`cascade label`'s labelled.csv)")
     p.add_argument("--calib-fraction", type=float, default=0.3, help="with --labels: rows held out to calibrate")
     p.add_argument("--train-rows", type=int, default=2000, help="without --labels: gold rows to train on")
@@ -123,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help="comma-separated label names (also the LLM's answers)")
     p.add_argument("--column", default="text", help="text column (default: %(default)s)")
     p.add_argument("--id-column", default=None)
-    p.add_argument("--sample", type=int, default=1000)
+    _add_sampling(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiers", default=",".join(CREATE_TIERS), help="comma-separated (default: %(default)s)")
     p.add_argument("--target", type=float, default=0.9)
@@ -172,6 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--degraded-retries", type=int, default=2, help="with --on-degraded retry (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="also write the summary as JSON here")
+    p.add_argument("--url", default=f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}", help="gRPC endpoint of the server")
+
+    p = sub.add_parser("eval", help="a labelled table through a served task: accuracy, per tier, LLM share, rows/s")
+    p.add_argument("task", help="the task (gate model) to run")
+    p.add_argument("--table", type=Path, required=True, help="CSV or Parquet with a text and a label column")
+    p.add_argument("--label-column", required=True, help="label names or label indices of the task")
+    p.add_argument("--column", default="text", help="text column (default: %(default)s)")
+    p.add_argument("--max-tier", default=None, help="answer at this tier or cheaper")
+    p.add_argument("--min-tier", default=None, help="skip tiers cheaper than this")
+    p.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     p.add_argument("--url", default=f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}", help="gRPC endpoint of the server")
 
     p = sub.add_parser("embed", help="add the server's embedding of each row to a table (resumable)")
@@ -268,6 +293,25 @@ def cmd_serve(args) -> int:
     )
 
 
+def _add_embedder(p) -> None:
+    from cascade import embedders
+
+    p.add_argument(
+        "--hard-labels",
+        dest="soft_labels",
+        action="store_false",
+        help="with --labels: learn from the teacher's argmax only, not its probabilities (prob_* columns)",
+    )
+
+    p.add_argument(
+        "--embedder",
+        choices=list(embedders.EMBEDDERS),
+        default=None,
+        help=f"a new repository's embedder, shared by all its tasks (default: the repository's, else "
+        f"{embedders.DEFAULT_EMBEDDER}; docs/embedders.md)",
+    )
+
+
 def _build_options(args):
     """``cascade build`` and ``cascade train`` take the same training options."""
     from cascade.export.build import BuildOptions
@@ -280,6 +324,8 @@ def _build_options(args):
         data_dir=args.data_dir,
         labels_file=str(args.labels) if args.labels else None,
         calib_fraction=args.calib_fraction,
+        embedder=args.embedder,
+        soft_labels=args.soft_labels,
     )
 
 
@@ -302,11 +348,13 @@ def cmd_label(args) -> int:
         args.table,
         text_column=args.column,
         id_column=args.id_column,
-        sample=args.sample,
+        budget=args.budget,
         seed=args.seed,
         teacher=args.teacher,
         url=args.url,
         data_dir=args.data_dir,
+        strategy=args.strategy,
+        repo=args.repo,
     )
     rate = summary["teacher_rows_per_s"]
     print(
@@ -314,6 +362,8 @@ def cmd_label(args) -> int:
         f"{summary['cached_rows']} from the cache; teacher {summary['teacher_s']:.1f} s"
         + (f" ({rate:.1f} rows/s)" if rate else "")
     )
+    if summary["strategy"] == "active":
+        print(f"sample: {summary['uniform_rows']} uniform (calibrate), {summary['active_rows']} active (train only)")
     print(f"labels: {summary['label_counts']} -> {args.work_dir / summary['task'] / 'labelled.csv'}")
     return 0
 
@@ -383,7 +433,8 @@ def cmd_task(args) -> int:
         url=args.url,
         text_column=args.column,
         id_column=args.id_column,
-        sample=args.sample,
+        budget=args.budget,
+        strategy=args.strategy,
         seed=args.seed,
         tiers=[x.strip() for x in args.tiers.split(",") if x.strip()],
         target=args.target,
@@ -495,6 +546,18 @@ def cmd_filter(args) -> int:
     )
     _print_summary(summary)
     _save_summary(summary, args.json)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from cascade.evaluate import evaluate_table, print_report, save_report
+
+    report = evaluate_table(
+        args.task, args.table, args.label_column, args.url, _tier_arg(args.max_tier), _tier_arg(args.min_tier),
+        text_column=args.column, quiet=False,
+    )  # fmt: skip
+    print_report(report)
+    save_report(report, args.json)
     return 0
 
 
@@ -641,6 +704,7 @@ COMMANDS = {
     "task": cmd_task,
     "classify": cmd_classify,
     "filter": cmd_filter,
+    "eval": cmd_eval,
     "embed": cmd_embed,
     "make-table": cmd_make_table,
     "loadtest": cmd_loadtest,

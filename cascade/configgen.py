@@ -101,20 +101,31 @@ def threads_parameter(num_threads: int | str) -> str:
     return str(positive_int(num_threads, contract.CFG_NUM_THREADS))
 
 
-def embedder_spec(num_threads: int | str = contract.THREADS_AUTO) -> ModelSpec:
-    """The shared embedder; ``num_threads`` ``auto``: sized at load time (``cascade.sizing``)."""
+def embedder_spec(
+    num_threads: int | str = contract.THREADS_AUTO,
+    embedding_dim: int = contract.EMBEDDING_DIM,
+    embedder: str = "minilm-l6",
+) -> ModelSpec:
+    """The shared embedder (``embedder``, a name of ``cascade.embedders``, recorded for clients); ``num_threads``
+    ``auto``: sized at load time (``cascade.sizing``)."""
     inputs, outputs = contract.EMBEDDER_SIGNATURE
     return ModelSpec(
         name=contract.EMBEDDER_MODEL,
         inputs=inputs,
-        outputs=outputs,
+        outputs=contract.with_embedding_dim(outputs, embedding_dim),
         source=BACKEND_ONNX_RUNNER,
-        parameters={contract.CFG_NUM_THREADS: threads_parameter(num_threads)},
+        parameters={contract.CFG_NUM_THREADS: threads_parameter(num_threads), contract.CFG_EMBEDDER: embedder},
         queue_timeout_us=contract.DEFAULT_BLS_TIMEOUT_MS * 1000,
     )
 
 
-def tier_spec(task: str, tier: int, n_labels: int, num_threads: int | str = contract.THREADS_AUTO) -> ModelSpec:
+def tier_spec(
+    task: str,
+    tier: int,
+    n_labels: int,
+    num_threads: int | str = contract.THREADS_AUTO,
+    embedding_dim: int = contract.EMBEDDING_DIM,
+) -> ModelSpec:
     if tier in contract.EMBEDDING_TIERS:
         inputs, outputs = contract.EMBEDDING_TIER_SIGNATURE
     elif tier == contract.TIER_ENCODER:
@@ -123,7 +134,7 @@ def tier_spec(task: str, tier: int, n_labels: int, num_threads: int | str = cont
         raise ConfigError(f"tier {tier} has no per-task model")
     return ModelSpec(
         name=contract.tier_model_name(task, tier),
-        inputs=inputs,
+        inputs=contract.with_embedding_dim(inputs, embedding_dim),
         outputs=outputs,
         source=BACKEND_ONNX_RUNNER,
         n_labels=n_labels,
@@ -132,11 +143,17 @@ def tier_spec(task: str, tier: int, n_labels: int, num_threads: int | str = cont
     )
 
 
-def gate_spec(gate_parameters: dict[str, str], task: str, n_labels: int, instance_count: int = 2) -> ModelSpec:
+def gate_spec(
+    gate_parameters: dict[str, str],
+    task: str,
+    n_labels: int,
+    instance_count: int = 2,
+    embedding_dim: int = contract.EMBEDDING_DIM,
+) -> ModelSpec:
     inputs, outputs = contract.GATE_SIGNATURE
     return ModelSpec(
         name=contract.gate_model_name(task),
-        inputs=inputs,
+        inputs=contract.with_embedding_dim(inputs, embedding_dim),
         outputs=outputs,
         source=BACKEND_GATE,
         n_labels=n_labels,

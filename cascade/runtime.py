@@ -142,6 +142,14 @@ class OnnxRunner:
         return out
 
 
+def pad_token_id(tokenizer) -> int:
+    """The padding token of a ``tokenizers.Tokenizer``: BERT's ``[PAD]``, RoBERTa/MPNet's ``<pad>``, else 0."""
+    for token in ("[PAD]", "<pad>"):
+        if (found := tokenizer.token_to_id(token)) is not None:
+            return int(found)
+    return 0
+
+
 class TextTokenizer:
     """A ``tokenizer.json`` as the text models' token inputs: int64 ``input_ids``, ``attention_mask`` and
     ``token_type_ids``, each row cut to MAX_SEQ_TOKENS and padded to the longest row of its batch. Used in
@@ -157,7 +165,7 @@ class TextTokenizer:
         padding = tokenizer.padding or {}
         pad_id = padding.get("pad_id")
         if pad_id is None:
-            pad_id = tokenizer.token_to_id("[PAD]") or 0
+            pad_id = pad_token_id(tokenizer)
         self.pad_id, self.pad_type_id = int(pad_id), int(padding.get("pad_type_id") or 0)
         # Padding is done per batch here (to its longest row); the tokenizer only truncates.
         tokenizer.no_padding()

@@ -287,8 +287,26 @@ class CascadeClient:
         except InferenceServerException as exc:
             raise translate(exc, model) from exc
 
+    def model_config(self, model: str) -> dict:
+        """A served model's config as JSON (Triton's model_config)."""
+        try:
+            return self._client.get_model_config(model, headers=self._admin_headers, as_json=True)["config"]
+        except InferenceServerException as exc:
+            raise translate(exc, model) from exc
+
+    def model_parameters(self, model: str) -> dict[str, str]:
+        """A served model's config parameters (e.g. which GGUF an LLM scorer serves)."""
+        return {k: v.get("string_value", "") for k, v in self.model_config(model).get("parameters", {}).items()}
+
+    def embedder(self) -> tuple[str, int]:
+        """The served embedder's name and width, from its config (the repository's choice, cascade.embedders)."""
+        config = self.model_config(contract.EMBEDDER_MODEL)
+        dims = next(int(o["dims"][-1]) for o in config["output"] if o["name"] == contract.EMBEDDING.name)
+        name = config.get("parameters", {}).get(contract.CFG_EMBEDDER, {}).get("string_value", "minilm-l6")
+        return name, dims
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """The server's embedding of each text ([n, 384] float32, the embedder model)."""
+        """The server's embedding of each text ([n, dim] float32, the embedder model)."""
         result = self.infer(contract.EMBEDDER_MODEL, text_inputs(texts))
         return result.as_numpy(contract.EMBEDDING.name)
 

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cascade import contract
+from cascade import contract, embedders
 from cascade.arrays import all_finite
 from cascade.errors import ConfigError, InvalidInput, RowsUnanswered, ServerError, ServerUnavailable
 
@@ -156,16 +156,24 @@ def check_text_column(schema: pa.Schema, column: str, path: Path) -> None:
         raise ConfigError(f"table {path}: column {column!r} holds {kind}, not text")
 
 
-def check_embedding_column(schema: pa.Schema, column: str, path: Path) -> None:
-    kind = schema.field(column).type
+def check_embedding_column(schema: pa.Schema, column: str, path: Path, served: tuple[str, int] | None = None) -> None:
+    """An embedding column: lists of floats; with ``served`` (the server's embedder's name and width), of that
+    width and, where the column records its embedder (``cascade embed`` does), made by that embedder."""
+    field = schema.field(column)
+    kind = field.type
     if not (pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind)):
         raise ConfigError(f"table {path}: column {column!r} holds {kind}, not a list of floats (an embedding)")
     if not pa.types.is_floating(kind.value_type):
         raise ConfigError(f"table {path}: embedding column {column!r} holds lists of {kind.value_type}, not floats")
-    if pa.types.is_fixed_size_list(kind) and kind.list_size != contract.EMBEDDING_DIM:
+    if served is None:
+        return
+    name, dim = served
+    made_by = (field.metadata or {}).get(embedders.TABLE_METADATA_KEY, b"").decode() or None
+    if (made_by and made_by != name) or (pa.types.is_fixed_size_list(kind) and kind.list_size != dim):
         raise ConfigError(
-            f"table {path}: embedding column {column!r} has dimension {kind.list_size}; the server's embedder "
-            f"gives {contract.EMBEDDING_DIM} (embed the table with `cascade embed`)"
+            f"table {path}: embedding column {column!r} was made by "
+            f"{made_by or 'another embedder'} ({kind.list_size if pa.types.is_fixed_size_list(kind) else '?'}-d); "
+            f"the server's embedder is {name} ({dim}-d): embed the table again with `cascade embed`"
         )
 
 
@@ -203,11 +211,16 @@ def _one_array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     return column
 
 
-def embedding_cells(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
-    """``(embeddings [n, D] float32, has [n], errors)``: a null row has none (the server embeds its text);
-    a row of the wrong length or with NaN/Inf is an error. No copy when the column is float32 without nulls."""
+def embedding_cells(
+    column: pa.ChunkedArray | pa.Array, dim: int | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+    """``(embeddings [n, dim] float32, has [n], errors)``: a null row has none (the server embeds its text);
+    a row of the wrong length or with NaN/Inf is an error. No copy when the column is float32 without nulls.
+    ``dim``: the served embedder's width (default: the column's fixed size, else the default embedder's)."""
     array = _one_array(column)
-    n, dim = len(array), contract.EMBEDDING_DIM
+    if dim is None:
+        dim = array.type.list_size if pa.types.is_fixed_size_list(array.type) else contract.EMBEDDING_DIM
+    n = len(array)
     errors: list[str | None] = [None] * n
     has = np.ones(n, bool) if array.null_count == 0 else ~np.asarray(array.is_null())
     good = has
@@ -292,7 +305,7 @@ class ChunkStore:
                 if pa.types.is_fixed_size_list(f.type) and any(
                     self.read(p, [f.name]).column(0).null_count for p in parts
                 ):
-                    schema = schema.set(i, pa.field(f.name, pa.list_(f.type.value_type)))
+                    schema = schema.set(i, f.with_type(pa.list_(f.type.value_type)))  # keeps its metadata
 
         def tables():
             for path in parts:
@@ -489,8 +502,6 @@ def run_filter(
     schema, total = table_schema(table, options.text_column)
     check_text_column(schema, options.text_column, table)
     emb_column = options.embedding_column if options.embedding_column in schema.names else None
-    if emb_column:
-        check_embedding_column(schema, emb_column, table)
     taken = [options.col(c) for c in RESULT_COLUMNS if options.col(c) in schema.names]
     if taken:
         raise ConfigError(
@@ -503,6 +514,9 @@ def run_filter(
         if options.where is not None and options.where not in labels:
             raise ConfigError(f"--where {options.where!r} is not a label of task {options.task} ({labels})")
         before = sync_client.model_stats()
+        served = sync_client.embedder() if emb_column else None
+    if emb_column:
+        check_embedding_column(schema, emb_column, table, served)
     manifest = {
         "job": "filter",
         "input": _input_identity(table),
@@ -521,7 +535,7 @@ def run_filter(
         nonlocal degraded_retried
         n = chunk.num_rows
         if emb_column:
-            emb, has, errors = embedding_cells(chunk.column(emb_column))
+            emb, has, errors = embedding_cells(chunk.column(emb_column), served[1] if served else None)
         else:
             emb, has, errors = None, np.zeros(n, bool), [None] * n
         # Rows sent with an embedding and no text need no usable text; the others do.
@@ -796,7 +810,10 @@ def run_embed(
         raise ConfigError(f"table {table} already has a column {column!r}")
     with CascadeClient(url) as sync_client:
         _first_contact(sync_client.model_stats, url, backoff_s)
+        embedder_name, dim = sync_client.embedder()
     value_type = pa.float16() if float16 else pa.float32()
+    # The column records its embedder, so that a server with another one refuses it (check_embedding_column).
+    field = pa.field(column, pa.list_(value_type, dim), metadata={embedders.TABLE_METADATA_KEY: embedder_name})
     manifest = {
         "job": "embed",
         "input": _input_identity(table),
@@ -809,7 +826,7 @@ def run_embed(
     async def embed_chunk(client, limit, k: int, chunk: pa.Table) -> None:
         texts, errors = text_cells(chunk.column(text_column))
         n = chunk.num_rows
-        out_emb = np.zeros((n, contract.EMBEDDING_DIM), np.float32)
+        out_emb = np.zeros((n, dim), np.float32)
 
         async def call(rows: np.ndarray):
             tensor = aioclient.InferInput(contract.TEXT.name, [rows.size, 1], contract.TEXT.datatype)
@@ -827,10 +844,10 @@ def run_embed(
         valid = np.array([e is None for e in errors], bool)
         values = pa.FixedSizeListArray.from_arrays(
             pa.array(out_emb.astype(value_type.to_pandas_dtype()).reshape(-1), value_type),
-            contract.EMBEDDING_DIM,
+            dim,
             mask=pa.array(~valid),
         )
-        result_table = chunk.append_column(column, values)
+        result_table = chunk.append_column(field, values)
         await asyncio.to_thread(store.commit, k, result_table)
 
     start = time.perf_counter()
@@ -908,12 +925,14 @@ def make_table(
             perturbed = copy > 0
             if perturbed.any() and noise > 0:
                 shape = (int(perturbed.sum()), vectors.shape[1])
-                jitter = rng.normal(scale=noise / np.sqrt(contract.EMBEDDING_DIM), size=shape)
+                jitter = rng.normal(scale=noise / np.sqrt(vectors.shape[1]), size=shape)
                 moved = vectors[perturbed] + jitter.astype(np.float32)
                 vectors[perturbed] = moved / np.linalg.norm(moved, axis=1, keepdims=True)
             part = base.take(pa.array(src)).drop_columns([column])
             flat = pa.array(vectors.reshape(-1).astype(value_type.to_pandas_dtype()), value_type)
-            part = part.append_column(column, pa.FixedSizeListArray.from_arrays(flat, contract.EMBEDDING_DIM))
+            part = part.append_column(
+                base.schema.field(column), pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+            )
             part = part.append_column("source_row", pa.array(src, pa.int64()))
             yield part.append_column("copy", pa.array(copy, pa.int32()))
 

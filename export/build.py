@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cascade import configgen, contract
+from cascade import configgen, contract, embedders
 from cascade.calibrate import (
     DEFAULT_COST_MS,
     calibrate_cascade,
@@ -43,9 +43,15 @@ class BuildOptions:
     #: rows). For tests and debugging: the default disables them, the quality gate of the paper.
     keep_all_tiers: bool = False
     progress: bool = True
+    #: The repository's embedder for a new repository (cascade.embedders); None: the repository's, or the default.
+    embedder: str | None = None
     #: Teacher labels to learn from (``cascade label``'s ``labelled.csv``); None: the dataset's gold labels.
     labels_file: str | None = None
-    #: With ``labels_file``: the share of the labelled rows held out for calibration.
+    #: With ``labels_file``: learn from the teacher's probabilities (its soft labels) where the file has them, not
+    #: only its argmax. On by default: it measured better (docs/embedders.md, "Soft labels").
+    soft_labels: bool = True
+    #: With ``labels_file``: the share of the labelled rows held out for calibration, drawn from the uniform
+    #: rows only (at most all of them; active sampling's rows always train).
     calib_fraction: float = 0.3
 
 
@@ -69,6 +75,39 @@ def read_labelled(path: str | Path, task: TaskSpec) -> tuple[list[str], np.ndarr
     return frame["text"].astype(str).tolist(), labels.astype(np.int64), summary
 
 
+def read_soft_labels(path: str | Path, labels: np.ndarray, n_labels: int) -> np.ndarray | None:
+    """The teacher's probabilities in ``labelled.csv`` (``prob_<j>`` columns), [n, n_labels]; a row without them
+    (a column teacher, an older cache) gets its hard label as a one-hot row. None when the file has none."""
+    import pandas as pd
+
+    from cascade.export.distill import PROB_PREFIX
+
+    columns = [f"{PROB_PREFIX}{j}" for j in range(n_labels)]
+    frame = pd.read_csv(path)
+    if not set(columns) <= set(frame.columns):
+        return None
+    probs = frame[columns].to_numpy(dtype=np.float32)
+    missing = ~np.isfinite(probs).all(axis=1)
+    probs[missing] = np.eye(n_labels, dtype=np.float32)[labels[missing]]
+    return probs
+
+
+def uniform_rows(path: str | Path) -> np.ndarray:
+    """Which rows of ``labelled.csv`` came from its uniform sample (``sample`` column; a file without it
+    predates active sampling: all uniform). Only these may calibrate (README, "cascade label")."""
+    import pandas as pd
+
+    from cascade.export.distill import ACTIVE, SAMPLE_COLUMN, UNIFORM
+
+    frame = pd.read_csv(path, keep_default_na=False)
+    if SAMPLE_COLUMN not in frame.columns:
+        return np.ones(len(frame), dtype=bool)
+    kinds = frame[SAMPLE_COLUMN].astype(str)
+    if not kinds.isin([UNIFORM, ACTIVE]).all():
+        raise ConfigError(f"{path}: column {SAMPLE_COLUMN!r} must hold {UNIFORM!r} or {ACTIVE!r}")
+    return (kinds == UNIFORM).to_numpy()
+
+
 def log(message: str) -> None:
     print(f"[build] {message}", flush=True)
 
@@ -77,18 +116,35 @@ def embedder_dir(repo: Path) -> Path:
     return Path(repo) / contract.EMBEDDER_MODEL / "1"
 
 
-def ensure_embedder(repo: Path, force: bool = False) -> Path:
-    """Export MiniLM-L6 to ONNX into the repository once (shared by every task)."""
+def ensure_embedder(repo: Path, name: str | None = None, force: bool = False) -> Path:
+    """The repository's embedder, exported to ONNX once and shared by every task (``name``, default
+    :data:`cascade.embedders.DEFAULT_EMBEDDER` for a new repository). Asking for another embedder than the one a
+    repository holds is a :class:`ConfigError`: its tasks' models were trained on that one's vectors."""
     from cascade.export.embedder import export_embedder
 
     target = embedder_dir(repo)
-    if not force and all((target / f).is_file() for f in EMBEDDER_FILES):
+    existing = embedders.of_repository(repo) if all((target / f).is_file() for f in EMBEDDER_FILES) else None
+    if existing is not None and name not in (None, existing.name):
+        raise ConfigError(
+            f"{repo} is built with embedder {existing.name!r}, and every task in a repository shares it: "
+            f"build with --embedder {existing.name}, or build the {name!r} tasks into another repository"
+        )
+    if existing is not None and not force:
         return target
+    chosen = embedders.get(name or (existing.name if existing else embedders.DEFAULT_EMBEDDER))
     start = time.perf_counter()
     with RepositoryWriter(repo) as writer:
-        export_embedder(writer.add(configgen.embedder_spec()))
-    log(f"exported the embedder to ONNX in {time.perf_counter() - start:.1f} s")
+        spec = configgen.embedder_spec(embedding_dim=chosen.dim, embedder=chosen.name)
+        export_embedder(writer.add(spec), chosen.name)
+    log(f"exported the embedder {chosen.name} ({chosen.dim}-d) to ONNX in {time.perf_counter() - start:.1f} s")
     return target
+
+
+def repository_embedder(repo: Path) -> embedders.Embedder:
+    found = embedders.of_repository(repo)
+    if found is None:
+        raise ConfigError(f"{repo} has no embedder yet: build a task into it first")
+    return found
 
 
 def embed(repo: Path, texts: list[str]) -> np.ndarray:
@@ -166,6 +222,8 @@ def draw_few_shot(texts: list[str], labels: np.ndarray, k: int, n_labels: int, r
     return [picked[i] for i in order]
 
 
+#: Training rows the int8 encoder is compared on against fp32 (export.encoder.quantize_if_cheap).
+ENCODER_INT8_CHECK_ROWS = 500
 STATE_FILE = "state.json"
 CALIB_FILE = "calib.npz"
 MODELS_DIR = "models"
@@ -184,21 +242,31 @@ def train_task(task: TaskSpec, repo: Path, stage: Path, opts: BuildOptions = Bui
     (stage / MODELS_DIR).mkdir(parents=True)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    ensure_embedder(repo)
+    ensure_embedder(repo, opts.embedder)
+    embedding_dim = repository_embedder(repo).dim
     timings["embedder_export_s"] = time.perf_counter() - t0
 
     rng = np.random.default_rng(opts.seed)
     teacher_prompt = None
+    soft = None
     if opts.labels_file:
         texts, labels, summary = read_labelled(opts.labels_file, task)
+        if opts.soft_labels:
+            soft = read_soft_labels(opts.labels_file, labels, task.n_labels)
+            if soft is None:
+                log("soft labels asked for, but the labels file has no teacher probabilities: hard labels")
         reference = f"teacher labels ({summary.get('teacher', 'unknown teacher')}) from {opts.labels_file}"
         if str(summary.get("teacher", "")).startswith(contract.TIER_NAMES[contract.TIER_LLM_LARGE]):
             teacher_prompt = summary.get("teacher_prompt")  # the large tier keeps the prompt that taught
         order = rng.permutation(len(texts))
-        n_calib = round(len(texts) * opts.calib_fraction)
+        uniform = uniform_rows(opts.labels_file)  # calibration draws from these only; active rows all train
+        n_calib = min(round(len(texts) * opts.calib_fraction), int(uniform.sum()))
         if n_calib < 50 or len(texts) - n_calib < 50:
             raise ConfigError(f"{len(texts)} labelled rows are too few: need >= 50 to train and >= 50 to calibrate")
-        train_idx, calib_idx = order[n_calib:], order[:n_calib]
+        calib_idx = order[uniform[order]][:n_calib]  # all uniform: order[:n_calib], as before active sampling
+        train_idx = order[~np.isin(order, calib_idx)]
+        if not uniform.all():
+            log(f"calibrating on {n_calib} of {uniform.sum()} uniform rows; the {(~uniform).sum()} active rows train")
     else:
         texts, labels = load_split(task, "train", opts.data_dir)
         reference = "gold labels of the dataset"
@@ -211,6 +279,7 @@ def train_task(task: TaskSpec, repo: Path, stage: Path, opts: BuildOptions = Bui
     y = np.array([labels[i] for i in train_idx])
     c_texts = [texts[i] for i in calib_idx]
     c_y = np.array([labels[i] for i in calib_idx])
+    x_soft = soft[train_idx] if soft is not None else None  # calibration always compares hard labels
 
     t = time.perf_counter()
     emb = embed(repo, x_texts + c_texts)
@@ -223,14 +292,14 @@ def train_task(task: TaskSpec, repo: Path, stage: Path, opts: BuildOptions = Bui
         for tier in task.tiers:
             if tier not in contract.PER_TASK_TIERS:
                 continue
-            spec = configgen.tier_spec(task.name, tier, task.n_labels)
+            spec = configgen.tier_spec(task.name, tier, task.n_labels, embedding_dim=embedding_dim)
             t = time.perf_counter()
             if tier == contract.TIER_LOGREG:
-                model = tabular.train_logreg(x_emb, y)
+                model = tabular.train_logreg(x_emb, y, probs=x_soft)
                 tabular.export_logreg(model, writer.add(spec) / "model.onnx")
                 calib_probs[tier] = model.predict_proba(c_emb)
             elif tier == contract.TIER_XGBOOST:
-                model = tabular.train_xgboost(x_emb, y, seed=opts.seed)
+                model = tabular.train_xgboost(x_emb, y, seed=opts.seed, probs=x_soft)
                 tabular.export_xgboost(model, writer.add(spec) / "model.onnx")
                 calib_probs[tier] = model.predict_proba(c_emb)
             else:
@@ -241,9 +310,18 @@ def train_task(task: TaskSpec, repo: Path, stage: Path, opts: BuildOptions = Bui
                     epochs=opts.encoder_epochs,
                     seed=opts.seed,
                     progress=opts.progress,
+                    backbone=repository_embedder(repo).name,  # the encoder starts from the embedder's backbone
+                    soft_labels=x_soft,
                 )
                 version = writer.add(spec)
                 enc.export_encoder(model, version)
+                check = np.random.default_rng(opts.seed).permutation(len(x_texts))[:ENCODER_INT8_CHECK_ROWS]
+                int8 = enc.quantize_if_cheap(version, [x_texts[i] for i in check], y[check])
+                log(
+                    f"encoder {'int8' if int8['int8'] else 'fp32'}: agreement {int8['int8_agreement']:.3f} int8 vs "
+                    f"{int8['fp32_agreement']:.3f} fp32 on {int8['rows']} training rows"
+                )
+                timings["encoder_int8"] = float(int8["int8"])
                 calib_probs[tier] = OnnxRunner(version, num_threads=2).run(c_texts)
             name = contract.TIER_NAMES[tier]
             timings[f"train_{name}_s"] = time.perf_counter() - t
@@ -267,6 +345,7 @@ def train_task(task: TaskSpec, repo: Path, stage: Path, opts: BuildOptions = Bui
         "task": task.name,
         "task_digest": task.digest(),
         "labels": list(task.labels),
+        "embedder": repository_embedder(repo).name,
         "reference": reference,
         "options": asdict(opts),
         "train_rows": len(x_texts),
@@ -286,6 +365,11 @@ def _load_stage(task: TaskSpec, stage: Path, step: str) -> dict:
     if state.get("task_digest") != task.digest():
         raise ConfigError(f"{stage}: trained from another definition of task {task.name}; run `cascade train` again")
     return state
+
+
+def stage_embedder(state: dict) -> embedders.Embedder:
+    """The embedder the staged models were trained on (MiniLM for a stage from before it was recorded)."""
+    return embedders.get(state.get("embedder", embedders.MINILM))
 
 
 def calibrate_task(
@@ -360,7 +444,9 @@ def calibrate_task(
         "curves": {contract.TIER_NAMES[t]: curve for t, curve in curves.items()},
     }
     with RepositoryWriter(stage / MODELS_DIR) as writer:
-        gate_dir = writer.add(configgen.gate_spec(gate.to_parameters(), task.name, task.n_labels)).parent
+        dim = stage_embedder(state).dim
+        gate_dir = writer.add(configgen.gate_spec(gate.to_parameters(), task.name, task.n_labels, embedding_dim=dim))
+        gate_dir = gate_dir.parent
         for folder in (gate_dir, stage):
             (folder / "build_report.json").write_text(json.dumps(report, indent=2))
             (folder / "calibration.json").write_text(json.dumps(calibration_json, indent=2))
@@ -375,9 +461,15 @@ def calibrate_task(
     for c in calibration:
         name = f"tier {c.tier} ({contract.TIER_NAMES[c.tier]})"
         if c.enabled and c.threshold is None:
-            log(f"{name} answers the {c.rows} rows that reach it: agreement {c.agreement:.3f} {c.note}".rstrip())
+            seen = f": agreement {c.agreement:.3f}" if c.rows else ""
+            log(f"{name} answers the {c.rows} rows that reach it{seen}" + (f"; {c.note}" if c.note else ""))
+        elif not c.enabled and c.rows and c.note.startswith("disabled: "):  # the best it saw, and why
+            log(
+                f"{name} DISABLED: reaches {c.rows} rows, best agreement {c.agreement:.3f} "
+                f"(lower bound {c.lower_bound:.3f}, target {target}): {c.note.removeprefix('disabled: ')}"
+            )
         elif c.note:
-            log(f"{name} DISABLED: {c.note}")
+            log(f"{name} DISABLED: {c.note.removeprefix('disabled: ')}")
         else:
             log(
                 f"{name} {'enabled' if c.enabled else 'DISABLED'}: threshold {c.threshold or 0:.3f}, "
@@ -391,11 +483,11 @@ def export_task(task: TaskSpec, repo: Path, stage: Path) -> list[str]:
     """``cascade export``: the staged task models and gate into ``repo`` in one atomic step (each model
     folder is renamed into place); the shared embedder and LLM scorers are written first if missing."""
     stage = Path(stage)
-    _load_stage(task, stage, "cascade export")
+    state = _load_stage(task, stage, "cascade export")
     models = stage / MODELS_DIR
     if not (models / task.name / "config.pbtxt").is_file():
         raise ConfigError(f"{stage}: task {task.name} is not calibrated; run `cascade calibrate` before export")
-    ensure_embedder(repo)
+    ensure_embedder(repo, stage_embedder(state).name)  # the embedder the task's models were trained on
     if any(t in contract.LLM_TIERS for t in task.tiers):
         ensure_llms(repo)
     names = [contract.tier_model_name(task.name, t) for t in task.tiers if t in contract.PER_TASK_TIERS]

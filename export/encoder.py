@@ -1,4 +1,5 @@
-"""Tier 2: fine-tune MiniLM-L6 (mean pooling + linear head) on CPU and export softmax probabilities."""
+"""Tier 2: fine-tune the repository's embedder's backbone (mean pooling + linear head) on CPU and export softmax
+probabilities."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from cascade import embedders
 from cascade.contract import MAX_SEQ_TOKENS, MAX_TEXT_CHARS, PROBS
 from cascade.errors import InvalidInput
 from cascade.export.embedder import (
@@ -17,19 +19,20 @@ from cascade.export.embedder import (
     load_transformer,
     mean_pool,
     model_path,
+    transformer_hidden,
     write_tokenizer,
 )
-from cascade.runtime import TOKENIZER_FILE, OnnxRunner
+from cascade.runtime import TOKENIZER_FILE, OnnxRunner, pad_token_id
 
 #: Training batches are formed inside shuffled pools of this many batches, sorted by length (less padding).
 _POOL_BATCHES = 50
 
 
-def load_tokenizer() -> Any:
-    """The packaged MiniLM tokenizer: truncation at MAX_SEQ_TOKENS, no padding."""
+def load_tokenizer(backbone: str = embedders.DEFAULT_EMBEDDER) -> Any:
+    """The packaged tokenizer of embedder ``backbone``: truncation at MAX_SEQ_TOKENS, no padding."""
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(model_path() / TOKENIZER_FILE))
+    tokenizer = Tokenizer.from_file(str(model_path(backbone) / TOKENIZER_FILE))
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=MAX_SEQ_TOKENS)
     return tokenizer
@@ -57,20 +60,19 @@ def _modules() -> tuple[type, type]:
     import torch
 
     class EncoderClassifier(torch.nn.Module):
-        """MiniLM -> mean pooling -> dropout -> linear head; ``forward`` returns logits."""
+        """Backbone -> mean pooling -> dropout -> linear head; ``forward`` returns logits."""
 
-        def __init__(self, transformer: Any, n_labels: int, dropout: float = 0.1) -> None:
+        def __init__(self, transformer: Any, n_labels: int, backbone: str, dropout: float = 0.1) -> None:
             super().__init__()
             self.transformer = transformer
+            self.backbone = backbone  # the embedder it starts from (its tokenizer too)
             self.n_labels = n_labels
             self.dropout = torch.nn.Dropout(dropout)
             self.head = torch.nn.Linear(transformer.config.hidden_size, n_labels)
             self.train_stats: dict[str, float] = {}
 
         def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            hidden = self.transformer(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            )[0]
+            hidden = transformer_hidden(self.transformer, input_ids, attention_mask, token_type_ids)
             return self.head(self.dropout(mean_pool(hidden, attention_mask)))
 
     class SoftmaxOutput(torch.nn.Module):
@@ -112,8 +114,12 @@ def train_encoder(
     progress: bool = True,
     attn_implementation: str = "sdpa",
     head_lr: float | None = 1e-3,
+    backbone: str = embedders.DEFAULT_EMBEDDER,
+    soft_labels: np.ndarray | None = None,
 ) -> Any:
-    """Fine-tune MiniLM-L6 + a linear head on CPU; returns the model (eval mode, ``train_stats`` set)."""
+    """Fine-tune embedder ``backbone``'s transformer + a linear head on CPU; returns the model (eval mode,
+    ``train_stats`` set). With ``soft_labels`` ([n, n_labels], the teacher's probabilities), the loss is the
+    cross-entropy against them (a KL divergence up to a constant) instead of against ``labels``."""
     import torch
     from tqdm.auto import tqdm
 
@@ -128,13 +134,25 @@ def train_encoder(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     rows = rng.permutation(len(y))[:max_rows] if len(y) > max_rows else np.arange(len(y))
-    tokenizer = load_tokenizer()
+    tokenizer = load_tokenizer(backbone)
+    pad_id = pad_token_id(tokenizer)
     encodings = tokenizer.encode_batch([str(texts[i])[:MAX_TEXT_CHARS] for i in rows])
-    targets = torch.as_tensor(y[rows], dtype=torch.long)
+    if soft_labels is not None:
+        soft = np.asarray(soft_labels, dtype=np.float32)
+        if soft.shape != (len(y), n_labels) or not np.all(np.isfinite(soft)):
+            raise InvalidInput(f"soft labels must be finite [{len(y)}, {n_labels}], got {list(soft.shape)}")
+        targets = torch.as_tensor(soft[rows] / soft[rows].sum(axis=1, keepdims=True))
+    else:
+        targets = torch.as_tensor(y[rows], dtype=torch.long)
     lengths = np.array([len(e.ids) for e in encodings])
 
     encoder_cls, _ = _modules()
-    model = encoder_cls(load_transformer(attn_implementation=attn_implementation), n_labels)
+    source = model_path(backbone)
+    try:
+        transformer = load_transformer(source, attn_implementation=attn_implementation)
+    except ValueError:  # an architecture without that attention kernel (MPNet has no sdpa): the plain one
+        transformer = load_transformer(source, attn_implementation="eager")
+    model = encoder_cls(transformer, n_labels, backbone)
     head = list(model.head.parameters())
     body = [p for p in model.parameters() if all(p is not h for h in head)]
     optimizer = torch.optim.AdamW(
@@ -153,7 +171,7 @@ def train_encoder(
     with tqdm(total=steps, desc="encoder fine-tune", unit="batch", disable=not progress) as bar:
         for epoch in range(epochs):
             for batch in _length_grouped_batches(lengths, batch_size, rng):
-                ids, mask, types = pad_batch([encodings[i] for i in batch])
+                ids, mask, types = pad_batch([encodings[i] for i in batch], pad_id)
                 loss = loss_fn(model(ids, mask, types), targets[batch])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -168,6 +186,7 @@ def train_encoder(
         "epochs": float(epochs),
         "seconds": seconds,
         "rows_per_s": len(rows) * epochs / seconds if seconds > 0 else float("inf"),
+        "soft_labels": float(soft_labels is not None),
     }
     return model.eval()
 
@@ -176,7 +195,7 @@ def export_encoder(model: Any, out_dir: Path) -> Path:
     """Write ``out_dir/model.onnx`` (token inputs -> PROBS [N, n_labels] softmax) and tokenizer.json."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_tokenizer(out_dir)
+    write_tokenizer(out_dir, model_path(model.backbone))
     _, softmax_cls = _modules()
     transformer = model.transformer
     previous = transformer.config._attn_implementation
@@ -193,13 +212,14 @@ def predict_proba(model: Any, texts: Sequence[str], batch_size: int = 64) -> np.
     """Softmax probabilities of the torch model, float32 [N, n_labels]."""
     import torch
 
-    tokenizer = load_tokenizer()
+    tokenizer = load_tokenizer(model.backbone)
+    pad_id = pad_token_id(tokenizer)
     model.eval()
     out = []
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
             chunk = [str(t)[:MAX_TEXT_CHARS] for t in texts[start : start + batch_size]]
-            logits = model(*pad_batch(tokenizer.encode_batch(chunk)))
+            logits = model(*pad_batch(tokenizer.encode_batch(chunk), pad_id))
             out.append(torch.softmax(logits, dim=-1).numpy().astype(np.float32))
     return np.concatenate(out) if out else np.zeros((0, model.n_labels), dtype=np.float32)
 
@@ -209,3 +229,36 @@ def check_encoder(model: Any, out_dir: Path, texts: Sequence[str]) -> float:
     onnx_out = OnnxRunner(out_dir).run(list(texts))
     reference = predict_proba(model, list(texts))
     return float(np.max(np.abs(onnx_out - reference), initial=0.0))
+
+
+#: The encoder ships int8 (ONNX Runtime dynamic quantisation) when that costs at most this much agreement.
+INT8_MAX_DROP = 0.01
+
+
+def quantize_if_cheap(out_dir: Path, texts: Sequence[str], labels: np.ndarray, max_drop: float = INT8_MAX_DROP) -> dict:
+    """Replace ``out_dir/model.onnx`` by its dynamic int8 quantisation when its agreement with ``labels`` on
+    ``texts`` is at most ``max_drop`` below the fp32 graph's. Measured on rows the caller chooses (the build uses
+    training rows, so that the calibration rows stay untouched by the choice). Returns both agreements."""
+    import shutil
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out_dir = Path(out_dir)
+    labels = np.asarray(labels)
+    fp32 = float((OnnxRunner(out_dir, num_threads=2).run(list(texts)).argmax(1) == labels).mean())
+    with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
+        quant = Path(tmp)
+        for f in out_dir.iterdir():
+            if f.is_file() and f.name != "model.onnx":
+                shutil.copy2(f, quant / f.name)
+        quantize_dynamic(str(out_dir / "model.onnx"), str(quant / "model.onnx"), weight_type=QuantType.QInt8)
+        int8 = float((OnnxRunner(quant, num_threads=2).run(list(texts)).argmax(1) == labels).mean())
+        shipped = int8 >= fp32 - max_drop
+        if shipped:
+            size = (quant / "model.onnx").stat().st_size
+            (quant / "model.onnx").replace(out_dir / "model.onnx")
+    info = {"fp32_agreement": fp32, "int8_agreement": int8, "int8": shipped, "rows": len(labels)}
+    if shipped:
+        info["model_bytes"] = size
+    return info

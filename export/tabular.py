@@ -1,6 +1,6 @@
 """Tiers 0 and 1 over sentence embeddings: logistic regression and XGBoost, exported to ONNX.
 
-Both graphs take EMBEDDING (FP32 [N, EMBEDDING_DIM]) and have exactly one output, PROBS
+Both graphs take EMBEDDING (FP32 [N, the embedder's width]) and have exactly one output, PROBS
 (FP32 [N, n_labels]); the converters' label output is removed.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from cascade.contract import EMBEDDING, EMBEDDING_DIM, PROBS
+from cascade.contract import EMBEDDING, PROBS
 from cascade.errors import InvalidInput
 
 #: The booster's own file beside the ONNX graph (the GPU profile's FIL backend reads it).
@@ -34,16 +34,38 @@ def _check_xy(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
     return X, y.astype(np.int64)
 
 
-def train_logreg(X: Any, y: Any) -> Any:
-    """sklearn ``LogisticRegression`` with default settings except ``max_iter=1000``."""
+#: Soft labels: a row's copy for a label whose teacher probability is below this is left out (it weighs nothing).
+SOFT_MIN_WEIGHT = 0.01
+
+
+def soft_rows(X: Any, probs: Any, min_weight: float = SOFT_MIN_WEIGHT) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Soft labels as weighted rows: each row once per label, weighted by the teacher's probability of that label
+    (copies under ``min_weight`` dropped). A weighted fit on them minimises the cross-entropy against the
+    teacher's distribution, which a fit on its argmax does not see."""
+    X = np.asarray(X, dtype=np.float32)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or len(probs) != len(X) or not np.all(np.isfinite(probs)) or (probs < 0).any():
+        raise InvalidInput(f"soft labels must be finite, non-negative [{len(X)}, k], got {list(probs.shape)}")
+    probs = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)
+    rows, labels = np.nonzero(probs >= min_weight)
+    return X[rows], labels.astype(np.int64), probs[rows, labels]
+
+
+def train_logreg(X: Any, y: Any, probs: Any = None) -> Any:
+    """sklearn ``LogisticRegression`` with default settings except ``max_iter=1000``; with ``probs`` (the
+    teacher's probabilities), fitted on the soft labels (:func:`soft_rows`)."""
     from sklearn.linear_model import LogisticRegression
 
     X, y = _check_xy(X, y)
-    return LogisticRegression(max_iter=1000).fit(X, y)
+    if probs is None:
+        return LogisticRegression(max_iter=1000).fit(X, y)
+    Xs, ys, ws = soft_rows(X, probs)
+    return LogisticRegression(max_iter=1000).fit(Xs, ys, sample_weight=ws)
 
 
-def train_xgboost(X: Any, y: Any, seed: int = 0, n_estimators: int = 200, max_depth: int = 4) -> Any:
-    """A modest ``XGBClassifier`` (200 trees of depth 4 by default, hist, 2 threads)."""
+def train_xgboost(X: Any, y: Any, seed: int = 0, n_estimators: int = 200, max_depth: int = 4, probs: Any = None) -> Any:
+    """A modest ``XGBClassifier`` (200 trees of depth 4 by default, hist, 2 threads); with ``probs``, fitted on
+    the soft labels (:func:`soft_rows`)."""
     from xgboost import XGBClassifier
 
     X, y = _check_xy(X, y)
@@ -55,7 +77,10 @@ def train_xgboost(X: Any, y: Any, seed: int = 0, n_estimators: int = 200, max_de
         n_jobs=2,
         random_state=seed,
     )
-    return model.fit(X, y)
+    if probs is None:
+        return model.fit(X, y)
+    Xs, ys, ws = soft_rows(X, probs)
+    return model.fit(Xs, ys, sample_weight=ws)
 
 
 def _single_output(model: Any, source: str) -> Any:
@@ -127,7 +152,7 @@ def export_logreg(model: Any, path: Path) -> Path:
 
     onx = convert_sklearn(
         model,
-        initial_types=[(EMBEDDING.name, FloatTensorType([None, EMBEDDING_DIM]))],
+        initial_types=[(EMBEDDING.name, FloatTensorType([None, int(model.n_features_in_)]))],
         options={id(model): {"zipmap": False}},
         target_opset=TARGET_OPSET,
     )
@@ -143,7 +168,7 @@ def export_xgboost(model: Any, path: Path) -> Path:
 
     onx = convert_xgboost(
         model,
-        initial_types=[(EMBEDDING.name, FloatTensorType([None, EMBEDDING_DIM]))],
+        initial_types=[(EMBEDDING.name, FloatTensorType([None, int(model.n_features_in_)]))],
         target_opset=TARGET_OPSET,
     )
     saved = _save(_single_output(onx, _probability_output(onx)), path)

@@ -43,7 +43,7 @@ def _inputs(i: int) -> list:
         text.set_data_from_numpy(np.array([[TEXTS[i]]], dtype=np.object_))
         inputs.append(text)
     if SCENARIO.send_embedding:
-        emb = grpcclient.InferInput(contract.EMBEDDING.name, [1, contract.EMBEDDING_DIM], contract.EMBEDDING.datatype)
+        emb = grpcclient.InferInput(contract.EMBEDDING.name, [1, EMBEDDINGS.shape[1]], contract.EMBEDDING.datatype)
         emb.set_data_from_numpy(EMBEDDINGS[i : i + 1])
         inputs.append(emb)
     return inputs

@@ -35,7 +35,10 @@ def built_repo(tmp_path_factory, sst2_task):
             return repo, json.loads(report.read_text())
     else:
         repo = tmp_path_factory.mktemp("repository") / "cpu"
-    options = BuildOptions(train_rows=400, calib_rows=400, encoder_epochs=1, progress=False, keep_all_tiers=True)
+    # The small embedder keeps the session's build quick; tests/test_wide_embedder.py serves the default one.
+    options = BuildOptions(
+        train_rows=400, calib_rows=400, encoder_epochs=1, progress=False, keep_all_tiers=True, embedder="minilm-l6"
+    )
     report = build_task(sst2_task, repo, options)
     return repo, report
 

@@ -196,3 +196,151 @@ def test_budget_mode_picks_the_highest_target_that_fits():
     with pytest.raises(ConfigError, match="no cost given"):
         calibrate_for_budget(probs, reference, budget=10, delta=0.05, costs={0: 1.0})
     assert set(DEFAULT_COST_MS) == {0, 1, 2, 3, 4}
+
+
+def source(probs, kind, calls=None):
+    """The tier's probabilities as an array, or as a function of the row indices (as the LLM tiers are)."""
+    if kind == "array":
+        return probs
+
+    def score(idx):
+        if calls is not None:
+            calls.append(idx)
+        return probs[idx]
+
+    return score
+
+
+def teacher(reference, n_labels):
+    return np.eye(n_labels)[reference]
+
+
+def test_disabled_tiers_report_the_best_agreement_they_saw_and_why():
+    conf = np.linspace(0.5, 1.0, 200)
+    coin = choose_threshold(conf, np.arange(200) % 2 == 0, target=0.9, delta=0.05)
+    assert not coin.enabled and coin.threshold is None and coin.coverage == 0.0
+    assert 0.4 < coin.agreement < 0.6 and 0.3 < coin.lower_bound < coin.agreement
+    assert coin.note.startswith("disabled: no cut reaches the target 0.9") and "best lower bound" in coin.note
+    few = choose_threshold(np.linspace(1, 0.9, 50), np.ones(50, bool), target=0.95, delta=0.05)
+    assert few.agreement == 1.0 and few.lower_bound == pytest.approx(0.05 ** (1 / 50))
+    assert few.note == "disabled: too few rows (50) for any cut to pass: need >= 59"
+    narrow = choose_threshold(np.linspace(1, 0.5, 1000), np.arange(1000) < 40, target=0.9, delta=0.05, min_coverage=0.1)
+    assert not narrow.enabled and narrow.agreement == 1.0 and narrow.lower_bound >= 0.9
+    assert narrow.note == f"disabled: accepts {narrow.coverage:.1%} < min_coverage 10.0%"
+    # the first cut of the fixed sequence fails, a later (luckier) one would pass: disabled, and said so
+    correct = np.ones(1000, bool)
+    correct[:30] = False
+    dip = choose_threshold(np.linspace(1, 0.5, 1000), correct, target=0.9, delta=0.05)
+    assert not dip.enabled and dip.agreement == 0.97 and "the fixed sequence stops there" in dip.note
+    assert choose_threshold(np.array([]), np.array([], bool), 0.9, 0.05).note == "disabled: reached by 0 rows"
+
+
+@pytest.mark.parametrize("kind", ["array", "callable"])
+@pytest.mark.parametrize("best_fallback", [True, False])
+def test_when_tier_0_accepts_every_row_the_later_tiers_reach_none(kind, best_fallback):
+    from cascade.calibrate import expected_cost, tier_mix
+
+    reference = np.array([0, 1, 1] * 100)
+    sure = np.eye(2)[reference] * 0.98 + 0.01
+    calls = []
+    probs = {0: sure, 2: source(sure, kind, calls), 4: source(teacher(reference, 2), kind, calls)}
+    curves = {}
+    cal = calibrate_cascade(probs, reference, 0.9, 0.05, best_fallback=best_fallback, curves=curves)
+    cal = {c.tier: c for c in cal}
+    assert cal[0].enabled and cal[0].coverage == 1.0 and cal[0].rows == 300
+    assert cal[2].rows == 0 and not cal[2].enabled and cal[2].note == "disabled: reached by 0 rows"
+    assert cal[4].rows == 0 and cal[4].enabled and cal[4].threshold is None  # still the fallback
+    assert cal[4].note.startswith("fallback: reached by 0 rows")
+    assert calls == [] and curves[2]["coverage"] == []
+    assert tier_mix(list(cal.values())) == {0: 1.0, 4: 0.0}  # the fallback answers none, tier 2 is out
+    assert expected_cost(list(cal.values()), {0: 1.0, 2: 5.0, 4: 100.0}) == 1.0
+
+
+@pytest.mark.parametrize("kind", ["array", "callable"])
+def test_budget_mode_when_tier_0_accepts_every_row(kind):
+    from cascade.calibrate import calibrate_for_budget
+
+    reference = np.array([0, 1, 1] * 200)
+    probs = {0: np.eye(2)[reference] * 0.98 + 0.01, 3: source(teacher(reference, 2), kind)}
+    target, cal = calibrate_for_budget(probs, reference, budget=2.0, delta=0.05, costs={0: 1.0, 3: 99.0})
+    assert target == 0.99 and cal[0].coverage == 1.0 and cal[1].rows == 0 and cal[1].enabled
+
+
+@pytest.mark.parametrize("kind", ["array", "callable"])
+def test_a_label_missing_from_the_calibration_sample(kind):
+    """3 labels, only 0 and 1 among the reference labels: tier 0 predicts the absent label 2 on a third of
+    the rows (wrong there, and unsure) and is right and sure on the rest."""
+    n = 300
+    reference = np.arange(n) % 2
+    odd = np.arange(n) % 3 == 0
+    tier0 = np.where(odd[:, None], [0.2, 0.2, 0.6], np.eye(3)[reference] * 0.97 + 0.01)
+    cal = calibrate_cascade({0: tier0, 4: source(teacher(reference, 3), kind)}, reference, 0.9, 0.05)
+    assert cal[0].enabled and cal[0].threshold == pytest.approx(0.98) and cal[0].coverage == pytest.approx(2 / 3)
+    assert cal[1].enabled and cal[1].rows == odd.sum() and cal[1].agreement == 1.0
+
+
+@pytest.mark.parametrize("kind", ["array", "callable"])
+def test_a_single_class_sample(kind):
+    from cascade.calibrate import tier_mix
+
+    rng = np.random.default_rng(5)
+    n = 400
+    reference = np.ones(n, int)
+    conf = rng.uniform(0.5, 1.0, n)
+    sure = conf > 0.75  # right where sure; wrong (label 0 at 0.55) elsewhere
+    tier0 = np.where(sure[:, None], np.c_[1 - conf, conf], [0.55, 0.45])
+    cal = calibrate_cascade({0: tier0, 2: source(teacher(reference, 2), kind)}, reference, 0.9, 0.05)
+    assert cal[0].enabled and cal[0].threshold > 0.75 and cal[0].agreement == 1.0
+    assert cal[1].enabled and cal[1].rows == (conf < cal[0].threshold).sum() and cal[1].agreement == 1.0
+    assert sum(tier_mix(cal).values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kind", ["array", "callable"])
+def test_two_rows(kind):
+    from cascade.calibrate import calibrate_for_budget
+    from cascade.errors import ConfigError
+
+    reference = np.array([0, 1])
+    sure = np.eye(2)[reference] * 0.98 + 0.01
+    probs = {0: sure, 2: source(sure, kind), 4: source(teacher(reference, 2), kind)}
+    cal = calibrate_cascade(probs, reference, 0.9, 0.05)
+    assert [c.enabled for c in cal] == [False, False, True] and [c.rows for c in cal] == [2, 2, 2]
+    assert cal[0].note == "disabled: too few rows (2) for any cut to pass: need >= 29" and cal[0].agreement == 1.0
+    assert cal[2].threshold is None and cal[2].agreement == 1.0  # the last tier answers both rows
+    costs = {0: 1.0, 2: 5.0, 4: 100.0}
+    target, cal = calibrate_for_budget(probs, reference, budget=100.0, delta=0.05, costs=costs)
+    assert target == 0.99 and cal[2].rows == 2 and cal[2].enabled
+    with pytest.raises(ConfigError, match="the cheapest cascade costs 100.0"):
+        calibrate_for_budget(probs, reference, budget=50.0, delta=0.05, costs=costs)
+
+
+@pytest.mark.parametrize("kind", ["array", "callable"])
+def test_77_labels(kind):
+    """Tier 0 guesses (random Dirichlet probabilities); tier 2 is right and sure on two thirds of the rows."""
+    from cascade.calibrate import calibrate_for_budget, expected_cost, tier_mix
+
+    rng = np.random.default_rng(7)
+    n, labels = 300, 77
+    reference = rng.integers(0, labels, n)
+    guess = rng.dirichlet(np.full(labels, 0.3), n)
+    known = np.arange(n) % 3 != 0
+    tier2 = np.where(known[:, None], np.eye(labels)[reference] * 0.95 + 0.05 / labels, guess[::-1])
+    probs = {0: guess, 2: source(tier2, kind), 4: source(teacher(reference, labels), kind)}
+    cal = calibrate_cascade(probs, reference, 0.9, 0.05)
+    assert not cal[0].enabled and cal[0].note.startswith("disabled: no cut reaches the target 0.9")
+    assert 0 <= cal[0].lower_bound <= cal[0].agreement < 0.2
+    assert cal[1].enabled and cal[1].lower_bound >= 0.9 and cal[1].coverage >= 2 / 3
+    assert cal[2].enabled and cal[2].rows == n - round(cal[1].coverage * n) and cal[2].agreement == 1.0
+    assert tier_mix(cal) == pytest.approx({2: cal[1].coverage, 4: 1 - cal[1].coverage})
+    costs = {0: 1.0, 2: 5.0, 4: 100.0}
+    target, cal = calibrate_for_budget(probs, reference, budget=50.0, delta=0.05, costs=costs)
+    assert target == 0.98 and expected_cost(cal, costs) == pytest.approx(5 + 100 / 3)  # 0.99 needs 299 rows
+
+
+def test_no_tiers_or_misshapen_probabilities_are_config_errors():
+    from cascade.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no tiers"):
+        calibrate_cascade({}, np.array([0, 1]), 0.9, 0.05)
+    with pytest.raises(ConfigError, match=r"tiers \[0\]"):
+        calibrate_cascade({0: np.ones((3, 2)) / 2, 4: np.eye(2)}, np.array([0, 1]), 0.9, 0.05)

@@ -130,7 +130,8 @@ def test_run_label_with_a_label_column(tmp_path):
     )
     assert summary["labelled_rows"] == 20 and summary["cached_rows"] == 0
     frame = pd.read_csv(tmp_path / "runs" / "reviews" / "labelled.csv")
-    assert len(frame) == 20 and set(frame.columns) == {"id", "text", "label"}
+    assert len(frame) == 20 and set(frame.columns) == {"id", "text", "label", "sample"}
+    assert (frame["sample"] == "uniform").all()  # the default strategy
     assert (frame["label"] == frame["id"] % 2).all()
     assert json.loads((tmp_path / "runs" / "reviews" / "labels.json").read_text())["sample"] == 20
     again = run_label(
@@ -165,12 +166,16 @@ def test_the_teacher_keeps_one_request_per_llm_instance_in_flight():
             probs = np.array([[0.0, 1.0] if int(p.content) % 2 == 0 else [1.0, 0.0] for p in prompts])
             return probs, np.zeros(len(prompts), bool)
 
+        def model_parameters(self, model):
+            return {contract.CFG_LLM_MODEL: "some-model"}
+
     client = Client()
     prompt = {"template": "Review: {text}\nSentiment:", "verbalizations": ["negative", "positive"]}
     teacher = ServerTeacher(client, prompt)
     texts = [str(i) for i in range(11)]
-    labels = teacher.label(np.arange(11), texts)
-    assert labels.tolist() == [1 - i % 2 for i in range(11)]
+    probs = teacher.label(np.arange(11), texts)  # the probabilities: the label is their argmax
+    assert probs.argmax(axis=1).tolist() == [1 - i % 2 for i in range(11)]
+    assert teacher.name.startswith("llm_large:some-model:")  # the served model is part of the teacher's identity
     assert client.most == contract.LLM_INSTANCES
 
 
@@ -191,6 +196,10 @@ def test_the_large_tier_labels_through_the_server(server, sst2_task, tmp_path):
     gold_of = dict(zip(texts, gold, strict=False))
     agreement = np.mean([gold_of[t] == y for t, y in zip(frame["text"], frame["label"], strict=True)])
     assert agreement >= 0.75  # Qwen2.5-Coder-1.5B, 8-shot, calibrated: ~0.96 on 100 SST-2 validation rows
+    # The teacher names the model it is, and its probabilities are kept as soft labels.
+    assert summary["teacher"].startswith("llm_large:qwen2.5-coder-1.5b:") and summary["soft_label_rows"] == 24
+    probs = frame[["prob_0", "prob_1"]].to_numpy()
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-4) and (probs.argmax(axis=1) == frame["label"]).all()
     again = run_label(sst2_task, tmp_path, sample=24, url=server.grpc_url, progress=False)
     assert again["cached_rows"] == 24 and again["teacher_s"] == 0
 
@@ -214,7 +223,9 @@ def test_build_learns_from_teacher_labels(tmp_path):
         progress=False,
     )
     labels_file = tmp_path / "runs" / "reviews" / "labelled.csv"
-    options = BuildOptions(labels_file=str(labels_file), calib_fraction=0.3, progress=False, keep_all_tiers=True)
+    options = BuildOptions(
+        labels_file=str(labels_file), calib_fraction=0.3, progress=False, keep_all_tiers=True, embedder="minilm-l6"
+    )  # the small embedder: quick (tests/test_wide_embedder.py builds with the default)
     report = build_task(task, tmp_path / "repo", options)
     assert report["reference"].startswith("teacher labels (column:stars)")
     assert report["train_rows"] == 210 and report["calib_rows"] == 90
@@ -244,7 +255,7 @@ def test_the_cli_verbs_chain_label_train_calibrate_export(tmp_path, capsys):
     table = ["--table", str(tmp_path / "t.csv"), "--column", "sentence"]
     assert main(["label", *common, *table, "--sample", "250", "--teacher", "column:stars"]) == 0
     labels = str(tmp_path / "runs" / "reviews" / "labelled.csv")
-    assert main(["train", *common, "--repo", repo, "--labels", labels]) == 0
+    assert main(["train", *common, "--repo", repo, "--labels", labels, "--embedder", "minilm-l6"]) == 0
     assert main(["export", *common, "--repo", repo]) == 2
     assert "not calibrated" in capsys.readouterr().err
     assert main(["calibrate", *common, "--repo", repo, "--target", "1.5"]) == 2
@@ -404,3 +415,37 @@ def test_label_resumes_after_the_server_is_killed(built_repo, sst2_task, tmp_pat
     got = pd.read_csv(work / sst2_task.name / "labelled.csv")
     want = pd.read_csv(tmp_path / "ref" / sst2_task.name / "labelled.csv")
     assert got["id"].tolist() == want["id"].tolist() and got["label"].tolist() == want["label"].tolist()
+
+
+def test_a_cache_from_before_soft_labels_is_read_and_extended(tmp_path):
+    import sqlite3
+
+    from cascade.export.distill import LabelStore, _text_hash
+
+    path = tmp_path / "labels.sqlite"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE labels (task TEXT, teacher TEXT, row_id TEXT, text_hash TEXT, label INTEGER, "
+        "PRIMARY KEY (task, teacher, row_id))"
+    )
+    db.execute("INSERT INTO labels VALUES ('t', 'x', '0', ?, 1)", (_text_hash("old row"),))
+    db.commit()
+    db.close()
+    with LabelStore(path) as store:
+        assert store.get("t", "x", ["0"], ["old row"]) == {"0": 1}
+        assert store.get_probs("t", "x", ["0"], ["old row"]) == {}  # it has a label, no probabilities
+        store.put("t", "x", ["1"], ["new row"], [0], np.array([[0.75, 0.25]]))
+        assert store.get_probs("t", "x", ["0", "1"], ["old row", "new row"]) == {"1": [0.75, 0.25]}
+
+
+def test_soft_labels_are_read_with_one_hot_rows_where_the_teacher_gave_none(tmp_path):
+    from cascade.export.build import read_soft_labels
+
+    path = tmp_path / "labelled.csv"
+    pd.DataFrame(
+        {"text": ["a", "b", "c"], "label": [0, 1, 1], "prob_0": [0.8, None, 0.4], "prob_1": [0.2, None, 0.6]}
+    ).to_csv(path, index=False)
+    probs = read_soft_labels(path, np.array([0, 1, 1]), 2)
+    assert np.allclose(probs, [[0.8, 0.2], [0.0, 1.0], [0.4, 0.6]])
+    pd.DataFrame({"text": ["a"], "label": [0]}).to_csv(path, index=False)
+    assert read_soft_labels(path, np.array([0]), 2) is None

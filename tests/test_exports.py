@@ -69,7 +69,7 @@ def embedder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from cascade.export.embedder import export_embedder
 
     out_dir = tmp_path_factory.mktemp("embedder")
-    path = export_embedder(out_dir)
+    path = export_embedder(out_dir, "minilm-l6")  # the small one (test_wide_embedder serves mpnet-base)
     assert path == out_dir / "model.onnx"
     return out_dir
 
@@ -240,7 +240,7 @@ def test_encoder_finetune_export_matches_torch(tmp_path: Path) -> None:
 
     texts = TEXTS + [t + " !" for t in TEXTS[:24]]  # 64 rows
     labels = np.concatenate([LABELS, LABELS[:24]])
-    model = train_encoder(texts, labels, 2, epochs=1, batch_size=16, progress=False)
+    model = train_encoder(texts, labels, 2, epochs=1, batch_size=16, progress=False, backbone="minilm-l6")
     assert model.train_stats["rows"] == len(texts)
     path = export_encoder(model, tmp_path)
     graph = onnx.load(str(path)).graph
@@ -252,3 +252,14 @@ def test_encoder_finetune_export_matches_torch(tmp_path: Path) -> None:
     assert probs.shape == (5, 2)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert runner.run([]).shape == (0, 2)
+
+    # int8 ships only where it costs at most the allowed drop in agreement (here: never allowed to cost anything
+    # more than -1, i.e. kept fp32; then any drop allowed: shipped, and smaller).
+    from cascade.export.encoder import quantize_if_cheap
+
+    fp32_bytes = path.stat().st_size
+    kept = quantize_if_cheap(tmp_path, texts, labels, max_drop=-1.0)
+    assert not kept["int8"] and path.stat().st_size == fp32_bytes
+    shipped = quantize_if_cheap(tmp_path, texts, labels, max_drop=1.0)
+    assert shipped["int8"] and path.stat().st_size == shipped["model_bytes"] < fp32_bytes / 2
+    assert OnnxRunner(tmp_path).run(TEXTS[:5]).shape == (5, 2)

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cascade import contract
+from cascade import contract, embedders
 from cascade.client.table import (
     ChunkStore,
     FilterOptions,
@@ -87,10 +87,20 @@ def test_embedding_cells_read_fixed_and_variable_lists():
     assert out.dtype == np.float32 and np.allclose(out, v, atol=1e-3)
 
 
-def test_embedding_column_of_the_wrong_dimension_or_type_is_refused(tmp_path):
+def test_embedding_column_of_the_wrong_dimension_embedder_or_type_is_refused(tmp_path):
+    served = (embedders.MINILM, DIM)
     schema = pa.schema([("embedding", pa.list_(pa.float32(), 128))])
-    with pytest.raises(ConfigError, match=f"dimension 128.*{DIM}"):
-        check_embedding_column(schema, "embedding", tmp_path / "t.parquet")
+    with pytest.raises(ConfigError, match=f"another embedder \\(128-d\\).*minilm-l6 \\({DIM}-d\\)"):
+        check_embedding_column(schema, "embedding", tmp_path / "t.parquet", served)
+    # Same width, another embedder: the column's record tells (Parquet keeps field metadata).
+    made_by = {embedders.TABLE_METADATA_KEY: b"mpnet-base"}
+    other = pa.schema([pa.field("embedding", pa.list_(pa.float32()), metadata=made_by)])
+    with pytest.raises(ConfigError, match="made by mpnet-base"):
+        check_embedding_column(other, "embedding", tmp_path / "t.parquet", served)
+    same = pa.schema(
+        [pa.field("embedding", pa.list_(pa.float32()), metadata={embedders.TABLE_METADATA_KEY: b"minilm-l6"})]
+    )
+    check_embedding_column(same, "embedding", tmp_path / "t.parquet", served)
     with pytest.raises(ConfigError, match="not a list of floats"):
         check_embedding_column(pa.schema([("embedding", pa.string())]), "embedding", tmp_path / "t.parquet")
 
@@ -169,6 +179,9 @@ def test_embed_adds_the_servers_embedding(embedded, client, rows):
     table = pq.read_table(embedded)
     # Parquet cannot hold a null fixed-size list: with rows missing, the column is a variable-size list.
     assert table.schema.field("embedding").type == pa.list_(pa.float32())
+    # The column records the embedder that made it, as the server names it.
+    assert table.schema.field("embedding").metadata[embedders.TABLE_METADATA_KEY] == client.embedder()[0].encode()
+    assert client.embedder()[1] == DIM
     emb, has, _ = embedding_cells(table.column("embedding"))
     assert has.tolist() == [True] * len(texts) + [False, False]  # the null and the blank row have none
     direct = client.embed(texts[:20])
@@ -272,7 +285,9 @@ def test_filter_refuses_bad_arguments_before_sending(tmp_path, server, sst2_task
         run_filter(embedded, tmp_path / "o.csv", FilterOptions(task=sst2_task.name, max_tier="gpt"), url, quiet=True)
     wrong = tmp_path / "wrong.parquet"
     pq.write_table(pa.table({"text": ["a"], "embedding": pa.array([[0.0] * 8], pa.list_(pa.float32(), 8))}), wrong)
-    with pytest.raises(ConfigError, match="dimension 8"):
+    with pytest.raises(
+        ConfigError, match=r"made by another embedder \(8-d\); the server.s embedder is minilm-l6 \(384-d\)"
+    ):
         run_filter(wrong, tmp_path / "o.csv", FilterOptions(task=sst2_task.name), url, quiet=True)
 
 

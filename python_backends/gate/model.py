@@ -121,6 +121,8 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
         # A bad parameter raises ConfigError here and fails the load with its message.
         self.config = GateConfig.from_parameters(params)
+        # The width of EMBEDDING is the repository's embedder's, as the generated config declares it.
+        self.embedding_dim = next(int(i["dims"][-1]) for i in model_config.get("input", []) if i["name"] == EMBEDDING)
         device = self.config.device(
             args.get("model_instance_kind", "CPU"), int(args.get("model_instance_device_id", 0))
         )
@@ -268,10 +270,14 @@ class TritonPythonModel:
             check_text_free(options, self.config.tiers)
             texts = None
             array = self._array(emb_tensor)
-            embeddings = check_embeddings(array, int(array.shape[0]))
+            embeddings = check_embeddings(array, int(array.shape[0]), self.embedding_dim)
         else:
             texts = decode_texts(text_tensor.as_numpy().reshape(-1))
-            embeddings = check_embeddings(self._array(emb_tensor), len(texts)) if emb_tensor is not None else None
+            embeddings = (
+                check_embeddings(self._array(emb_tensor), len(texts), self.embedding_dim)
+                if emb_tensor is not None
+                else None
+            )
         # Only the outputs asked for are built (Triton lists them all when the client names none): a table
         # job that reads PROBS skips serializing LABEL strings.
         wanted = set(request.requested_output_names())
