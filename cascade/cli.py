@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder-epochs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--labels", type=Path, default=None, help="teacher labels (`cascade label`'s labelled.csv)")
-    p.add_argument("--calib-fraction", type=float, default=0.3, help="with --labels: rows held out to calibrate")
+    p.add_argument("--calib-fraction", type=float, default=0.5, help="with --labels: rows held out to calibrate")
     _add_embedder(p)
 
     p = sub.add_parser("label", help="have the teacher label a sample of a table (cached, resumable)")
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task(p)
     _add_embedder(p)
     p.add_argument("--labels", type=Path, default=None, help="teacher labels (`cascade label`'s labelled.csv)")
-    p.add_argument("--calib-fraction", type=float, default=0.3, help="with --labels: rows held out to calibrate")
+    p.add_argument("--calib-fraction", type=float, default=0.5, help="with --labels: rows held out to calibrate")
     p.add_argument("--train-rows", type=int, default=2000, help="without --labels: gold rows to train on")
     p.add_argument("--calib-rows", type=int, default=1000, help="without --labels: gold rows to calibrate on")
     p.add_argument("--encoder-epochs", type=int, default=2)

@@ -52,7 +52,7 @@ class BuildOptions:
     soft_labels: bool = True
     #: With ``labels_file``: the share of the labelled rows held out for calibration, drawn from the uniform
     #: rows only (at most all of them; active sampling's rows always train).
-    calib_fraction: float = 0.3
+    calib_fraction: float = 0.5
 
 
 def read_labelled(path: str | Path, task: TaskSpec) -> tuple[list[str], np.ndarray, dict]:
