@@ -273,7 +273,7 @@ def test_the_cli_verbs_chain_label_train_calibrate_export(tmp_path, capsys):
         "reviews_xgboost",
     }
     report = json.loads((tmp_path / "repo" / "reviews" / "build_report.json").read_text())
-    assert report["train_rows"] == 175 and report["calib_rows"] == 75
+    assert report["train_rows"] == 125 and report["calib_rows"] == 125  # --calib-fraction 0.5 by default
 
 
 @pytest.mark.server
