@@ -100,7 +100,7 @@ helm-lint: setup
 		done; \
 	done
 
-# The GPU profile (unverified on a GPU): generated from the built CPU profile of $(TASK) into model_repository/gpu.
+# The GPU profile (its gate checked on an H200 by scripts/gpu_check.sh; the GPU backends unverified): generated from the built CPU profile of $(TASK) into model_repository/gpu.
 export-gpu: setup
 	$(BIN)/cascade export --repo $(REPO) --task $(TASK) --profile gpu
 

@@ -135,6 +135,11 @@ CFG_BLS_TIMEOUT_MS = "bls_timeout_ms"
 #: path on the CPU with "torch:cpu").
 CFG_PLACEMENT = "placement"
 PLACEMENT_AUTO = "auto"
+#: gate, optional: where a GPU gate's tier calls (BLS) take their inputs and return their outputs. "device"
+#: (default): the gate's GPU, by DLPack, no copies; "host": CPU memory, copied once each way, for a tier backend
+#: that mishandles device tensors. Both served equal answers on an H200 (bench/results/gpu-20261129-215330.json).
+CFG_TIER_MEMORY = "tier_memory"
+TIER_MEMORY_DEVICE, TIER_MEMORY_HOST = "device", "host"
 #: gate, optional: {tier name: ms} deadlines for some tiers (e.g. a tight one on llm_small); others use the above.
 CFG_TIER_TIMEOUTS_MS = "tier_timeouts_ms"
 #: gate, optional: {tier name: ms} more deadline per row of a call (defaults: DEFAULT_ROW_TIMEOUT_MS), so a call's

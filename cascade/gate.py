@@ -46,6 +46,8 @@ class GateConfig:
     queue_timeout_ms: int = contract.DEFAULT_QUEUE_TIMEOUT_MS
     #: The default of the ``on_tier_failure`` request parameter.
     on_tier_failure: str = contract.ON_FAILURE_BEST_EFFORT
+    #: Where a GPU gate's tier calls take inputs and return outputs (``contract.CFG_TIER_MEMORY``).
+    tier_memory: str = contract.TIER_MEMORY_DEVICE
 
     def __post_init__(self) -> None:
         if not self.task:
@@ -94,6 +96,8 @@ class GateConfig:
                 f"gate parameter 'on_tier_failure' must be one of {list(contract.ON_TIER_FAILURE_CHOICES)}, "
                 f"not {self.on_tier_failure!r}"
             )
+        if self.tier_memory not in (contract.TIER_MEMORY_DEVICE, contract.TIER_MEMORY_HOST):
+            raise ConfigError(f"gate parameter 'tier_memory' must be device or host, not {self.tier_memory!r}")
         for tier in self.prompts:
             if tier not in self.tiers or tier not in contract.LLM_TIERS:
                 name = contract.TIER_NAMES.get(tier, tier)
@@ -166,6 +170,7 @@ class GateConfig:
                 if self.on_tier_failure != contract.ON_FAILURE_BEST_EFFORT
                 else {}
             )
+            | ({contract.CFG_TIER_MEMORY: self.tier_memory} if self.tier_memory != contract.TIER_MEMORY_DEVICE else {})
         )
 
     @classmethod
@@ -188,6 +193,7 @@ class GateConfig:
             contract.CFG_QUEUE_TIMEOUT_MS,
             contract.CFG_ON_TIER_FAILURE,
             contract.CFG_PLACEMENT,
+            contract.CFG_TIER_MEMORY,
         }
         unknown = set(params) - expected - optional
         if unknown:
@@ -245,6 +251,7 @@ class GateConfig:
             queue_timeout_ms=integer(contract.CFG_QUEUE_TIMEOUT_MS, contract.DEFAULT_QUEUE_TIMEOUT_MS),
             on_tier_failure=params.get(contract.CFG_ON_TIER_FAILURE, contract.ON_FAILURE_BEST_EFFORT),
             placement=params.get(contract.CFG_PLACEMENT, contract.PLACEMENT_AUTO),
+            tier_memory=params.get(contract.CFG_TIER_MEMORY, contract.TIER_MEMORY_DEVICE),
         )
 
 

@@ -1,6 +1,6 @@
 """The GPU check (issue #9, item 3), run on the GPU machine by ``scripts/gpu_check.sh`` from what
 ``scripts/gpu_check_prepare.py`` left in ``.gpu-check/``. It needs torch with CUDA, numpy and the carried wheels
-(nvidia-pytriton, array-api-compat); no tritonclient, protobuf or onnx: requests go over HTTP/JSON.
+(nvidia-pytriton, array-api-compat, numpy 1.26); no tritonclient, protobuf or onnx: requests go over HTTP/JSON.
 
 1. **The gate's math on the device.** ``cascade.escalate.run_cascade`` over torch tensors on the GPU with the logreg
    tier as torch ops (``cascade.runtime.LinearModel``), timed with CUDA events at batch 1, 64 and 1,024 (the
@@ -20,6 +20,7 @@ import json
 import platform
 import sys
 import time
+import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +39,7 @@ def environment() -> dict:
     info = {
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "numpy": np.__version__,
         "cuda_available": torch.cuda.is_available(),
     }
     if torch.cuda.is_available():
@@ -139,61 +141,94 @@ def infer(url: str, task: str, embeddings: np.ndarray, max_tier: str) -> tuple[n
         data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=120) as response:
-        outputs = {o["name"]: o for o in json.load(response)["outputs"]}
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            outputs = {o["name"]: o for o in json.load(response)["outputs"]}
+    except urllib.error.HTTPError as exc:  # the server's message is in the body
+        raise RuntimeError(f"HTTP {exc.code} at max_tier={max_tier}: {exc.read().decode(errors='replace')}") from None
     probs = np.array(outputs["PROBS"]["data"], np.float32).reshape(outputs["PROBS"]["shape"])
     return probs, np.array(outputs["TIER"]["data"], np.int32).reshape(-1)
 
 
-def served(check: dict, rows: dict, out_dir: Path, dry_run: bool = False) -> dict:
-    """repo-gpu through the real tritonserver, against the CPU profile's answers. ``dry_run``: a CPU machine
-    checks this script itself, with the gate's GPU instance turned into a CPU one that gates on torch:cpu."""
+def served(
+    check: dict, rows: dict, out_dir: Path, dry_run: bool = False, tier_memory: str = "device", kind: str = "GPU"
+) -> dict:
+    """repo-gpu through the real tritonserver, against the CPU profile's answers, with the gate's tier calls in
+    ``tier_memory`` (device: DLPack on the GPU; host: copies). ``dry_run``: a CPU machine checks this script
+    itself, with the gate's GPU instance turned into a CPU one that gates on torch:cpu."""
+    import shutil
+
     from cascade.launcher import ServerOptions, TritonServer, free_ports
 
-    repo = CHECK / "repo-gpu"
+    name = f"{tier_memory}-{kind.lower()}"
+    repo = out_dir / f"repo-{name}"
+    shutil.rmtree(repo, ignore_errors=True)
+    shutil.copytree(CHECK / "repo-gpu", repo)
+    config = repo / check["task"] / "config.pbtxt"
+    text, extra = config.read_text(), {"tier_memory": tier_memory}
     if dry_run:
-        import shutil
-
-        repo = out_dir / "repo-dry-run"
-        shutil.rmtree(repo, ignore_errors=True)
-        shutil.copytree(CHECK / "repo-gpu", repo)
-        config = repo / check["task"] / "config.pbtxt"
-        text = config.read_text().replace("KIND_GPU", "KIND_CPU")
-        config.write_text(text + 'parameters {\n  key: "placement"\n  value {\n    string_value: "torch:cpu"\n  }\n}\n')
+        text, extra = text.replace("KIND_GPU", "KIND_CPU"), extra | {"placement": "torch:cpu"}
+    elif kind == "CPU":  # a CPU instance that gates on the GPU: is it the instance kind, or the device tensors?
+        text, extra = text.replace("KIND_GPU", "KIND_CPU"), extra | {"placement": "torch:cuda:0"}
+    for key, value in extra.items():
+        text += f'parameters {{\n  key: "{key}"\n  value {{\n    string_value: "{value}"\n  }}\n}}\n'
+    config.write_text(text)
     http, grpc, metrics = free_ports(3)
-    log = out_dir / "gpu-check-server.log"
+    log = out_dir / f"gpu-check-server-{name}.log"
     opts = ServerOptions(
-        repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics, gpu=not dry_run, log_file=log
+        repository=repo,
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        gpu=not dry_run,
+        log_file=log,
     )
     result: dict = {"batches": {}}
     started = time.perf_counter()
     with TritonServer(opts):
         result["server_start_s"] = round(time.perf_counter() - started, 1)
         url = f"127.0.0.1:{http}"
-        for batch_size in check["batches"]:
-            n = check["rows"] if batch_size > 1 else 64
-            probs, tiers, latencies = [], [], []
-            for i in range(0, n, batch_size):
-                t = time.perf_counter()
-                p, tier = infer(url, check["task"], rows["embeddings"][i : i + batch_size], check["max_tier"])
-                latencies.append((time.perf_counter() - t) * 1000)
-                probs.append(p)
-                tiers.append(tier)
-            probs, tiers = np.concatenate(probs), np.concatenate(tiers)
-            want_p, want_t = rows[f"probs_b{batch_size}"], rows[f"tier_b{batch_size}"]
-            result["batches"][batch_size] = {
-                "requests": len(latencies),
-                "http_json_p50_ms": float(np.median(latencies)),
-                "tiers_equal": bool(np.array_equal(tiers, want_t)),
-                "max_abs_prob_diff": float(np.abs(probs - want_p).max()),
-                "tier_counts": {int(k): int(v) for k, v in zip(*np.unique(tiers, return_counts=True), strict=True)},
-            }
+        result["probes"] = {}
+        for max_tier in ("logreg", check["max_tier"]):  # the inline tier alone, then the BLS call too
+            try:
+                infer(url, check["task"], rows["embeddings"][:4], max_tier)
+                result["probes"][max_tier] = "ok"
+            except Exception as exc:  # noqa: BLE001 - recorded, the batches below say the rest
+                result["probes"][max_tier] = str(exc)
+        try:
+            result["batches"] = answers(url, check, rows)
+        except Exception as exc:  # noqa: BLE001 - the probes above and the server's log say why
+            result["error"] = f"{type(exc).__name__}: {exc}"
     text = log.read_text(errors="replace") if log.is_file() else ""
     result["gate_logged_gpu_placement"] = ("gating on cpu" if dry_run else "gating on cuda:") in text
-    result["equal_to_cpu_profile"] = all(
+    result["equal_to_cpu_profile"] = bool(result["batches"]) and all(
         b["tiers_equal"] and b["max_abs_prob_diff"] <= 1e-5 for b in result["batches"].values()
     )
     return result
+
+
+def answers(url: str, check: dict, rows: dict) -> dict:
+    """The served answers at each batch size, against the CPU profile's."""
+    out = {}
+    for batch_size in check["batches"]:
+        n = check["rows"] if batch_size > 1 else 64
+        probs, tiers, latencies = [], [], []
+        for i in range(0, n, batch_size):
+            t = time.perf_counter()
+            p, tier = infer(url, check["task"], rows["embeddings"][i : i + batch_size], check["max_tier"])
+            latencies.append((time.perf_counter() - t) * 1000)
+            probs.append(p)
+            tiers.append(tier)
+        probs, tiers = np.concatenate(probs), np.concatenate(tiers)
+        want_p, want_t = rows[f"probs_b{batch_size}"], rows[f"tier_b{batch_size}"]
+        out[batch_size] = {
+            "requests": len(latencies),
+            "http_json_p50_ms": float(np.median(latencies)),
+            "tiers_equal": bool(np.array_equal(tiers, want_t)),
+            "max_abs_prob_diff": float(np.abs(probs - want_p).max()),
+            "tier_counts": {int(k): int(v) for k, v in zip(*np.unique(tiers, return_counts=True), strict=True)},
+        }
+    return out
 
 
 def main() -> int:
@@ -210,7 +245,9 @@ def main() -> int:
     failures = []
     for name, step in (
         ("device_gating", lambda: device_gating(check, rows, device)),
-        ("served", lambda: served(check, rows, args.out, args.dry_run_on_cpu)),
+        ("served", lambda: served(check, rows, args.out, args.dry_run_on_cpu, "device")),
+        ("served_host_memory", lambda: served(check, rows, args.out, args.dry_run_on_cpu, "host")),
+        ("served_cpu_instance", lambda: served(check, rows, args.out, args.dry_run_on_cpu, "device", "CPU")),
     ):
         try:
             report[name] = step()
@@ -219,11 +256,12 @@ def main() -> int:
             failures.append(name)
     if "device_gating" not in failures and not all(report["device_gating"]["torch_equals_numpy"].values()):
         failures.append("device_gating: torch answers differ from NumPy's")
-    if "served" not in failures:
-        if not report["served"]["equal_to_cpu_profile"]:
-            failures.append("served: answers differ from the CPU profile's")
-        if not report["served"]["gate_logged_gpu_placement"]:
-            failures.append("served: the gate did not gate on the GPU")
+    for name in ("served", "served_host_memory", "served_cpu_instance"):
+        if name not in failures:
+            if not report[name]["equal_to_cpu_profile"]:
+                failures.append(f"{name}: answers differ from the CPU profile's")
+            if not report[name]["gate_logged_gpu_placement"]:
+                failures.append(f"{name}: the gate did not gate on the GPU")
     report["failures"] = failures
     report["passed"] = not failures
     report["dry_run_on_cpu"] = args.dry_run_on_cpu

@@ -16,12 +16,17 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OF
 	echo "== machine"
 	nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"
 	python3 --version
+	python3 -c 'import torch, numpy; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "numpy", numpy.__version__)'
+	python3 -c 'import onnxruntime as o; print("onnxruntime", o.__version__, o.get_available_providers())' || echo "no onnxruntime"
 	echo "== wheels"
-	python3 -m pip install -q --no-deps --no-index .whl/*.whl || { echo "pip install of .whl/ failed"; exit 3; }
+	python3 -m pip install -q --no-deps --no-index .whl/*.whl  # numpy: the project's pin (1.26) || { echo "pip install of .whl/ failed"; exit 3; }
 	# The Python-backend stub links against this Python's shared library.
 	libdir=$(python3 -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR") or "")')
 	export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+	# setuptools maps export/ and client/ into cascade.export / cascade.client at install time; this throwaway
+	# copy is not installed, so link them where the import path expects them.
+	for sub in export client; do [ -e "cascade/$sub" ] || ln -s "../$sub" "cascade/$sub"; done
 	echo "== check"
-	timeout 480 python3 scripts/gpu_check.py --out "$out"
+	timeout 420 python3 scripts/gpu_check.py --out "$out"
 } 2>&1 | tee "$out/gpu-check.log"
 exit "${PIPESTATUS[0]}"

@@ -6,7 +6,8 @@ travels in two ignored folders, so the check runs on the GPU machine with no edi
   ``FORCE_CPU_ONLY_INPUT_TENSORS: no``, logreg inline as torch ops); 1,024 held-out rows as embeddings with the
   CPU profile's answers to them, taken here from the real server at batch 1, 64 and 1,024; ``check.json``.
 - ``.whl/``: the wheels the GPU machine lacks, for its Python 3.12: ``nvidia-pytriton`` (the tritonserver
-  binary and the Python backend) and ``array-api-compat``.
+  binary and the Python backend, slimmed to Python 3.12), ``array-api-compat`` and ``numpy`` 1.26 (the project's pin:
+  Triton 2.51's stub miscomputes tensor sizes under the machine's NumPy 2).
 
 The embedder, the encoder and the LLM tiers stay behind: the MiniLM ONNX file alone is larger than what a call
 may carry (64 MiB), and llama.cpp is not installed there. The check sends precomputed embeddings.
@@ -37,11 +38,18 @@ CHECK = ROOT / ".gpu-check"
 WHEELS = ROOT / ".whl"
 WORK = ROOT / "bench" / "work" / "gpu-check-build"
 TASK = "sst2"
+#: The quick embedder: the check sends precomputed embeddings, so only their width reaches the GPU.
+EMBEDDER = "minilm-l6"
 ROWS = 1024
 BATCHES = (1, 64, 1024)
 #: The GPU machine's Python and what it lacks (it has torch, onnxruntime, transformers, numpy).
 DEVICE_PYTHON = "3.12"
-DEVICE_WHEELS = ("nvidia-pytriton==0.7.0", "array-api-compat==1.16.0")
+#: numpy: the project's pin. The Python-backend stub of Triton 2.51 miscomputes the byte size of every tensor a
+#: model makes under NumPy 2 (the GPU machine has 2.5): outputs then fail with "output tensor shape does not
+#: match size of output" (found by this check; reproduced on CPU with NumPy 2.4).
+DEVICE_WHEELS = ("nvidia-pytriton==0.7.0", "array-api-compat==1.16.0", "numpy==1.26.4")
+#: What the wheel carries for other Pythons: dropped, so that the wheels fit the 64 MiB a call may carry.
+SLIM_PREFIXES = ("nvidia_pytriton.libs/libpython3-", "pytriton/tritonserver/python_backend_stubs/")
 MODELS = (
     TASK,
     contract.tier_model_name(TASK, contract.TIER_LOGREG),
@@ -57,7 +65,11 @@ def build(work: Path) -> Path:
     task = replace(load_task(TASK), tiers=(contract.TIER_LOGREG, contract.TIER_XGBOOST), target=0.8)
     repo = work / "cpu"
     if not (repo / TASK / "config.pbtxt").is_file():
-        build_task(task, repo, BuildOptions(train_rows=1000, calib_rows=1000, progress=True, keep_all_tiers=True))
+        build_task(
+            task,
+            repo,
+            BuildOptions(train_rows=1000, calib_rows=1000, progress=True, keep_all_tiers=True, embedder=EMBEDDER),
+        )
     return repo
 
 
@@ -95,6 +107,27 @@ def write_gpu_repo(repo_cpu: Path, repo_gpu: Path) -> dict:
     return {k: v.string_value for k, v in gate.parameters.items()}
 
 
+def slim_pytriton(wheel: Path) -> None:
+    """The pytriton wheel without the libraries and stubs of Pythons other than the device's (RECORD to match)."""
+    import zipfile
+
+    keep_stub = f"python_backend_stubs/{DEVICE_PYTHON}/"
+    slim = wheel.with_suffix(".slim")
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(slim, "w", zipfile.ZIP_DEFLATED) as dst:
+        dropped = {
+            i.filename for i in src.infolist() if i.filename.startswith(SLIM_PREFIXES) and keep_stub not in i.filename
+        }
+        for info in src.infolist():
+            if info.filename in dropped:
+                continue
+            data = src.read(info)
+            if info.filename.endswith(".dist-info/RECORD"):
+                lines = data.decode().splitlines()
+                data = "\n".join(line for line in lines if line.split(",")[0] not in dropped).encode() + b"\n"
+            dst.writestr(info, data)
+    slim.replace(wheel)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip-wheels", action="store_true", help="keep .whl/ as it is")
@@ -127,6 +160,7 @@ def main() -> int:
              "--python-version", DEVICE_PYTHON, "-d", str(WHEELS), *DEVICE_WHEELS],
             check=True,
         )  # fmt: skip
+        slim_pytriton(next(WHEELS.glob("nvidia_pytriton-*.whl")))
     size = sum(p.stat().st_size for d in (CHECK, WHEELS) for p in d.rglob("*") if p.is_file())
     took = time.perf_counter() - start
     print(f"prepared {CHECK.name}/ and {WHEELS.name}/ ({size / 2**20:.1f} MiB to carry) in {took:.0f} s")

@@ -7,7 +7,7 @@ import pytest
 
 from cascade import contract
 from cascade.arrays import Placement, host
-from cascade.errors import ConfigError, InvalidInput, TierFailure
+from cascade.errors import ALLOW_NUMPY2_ENV, ConfigError, InvalidInput, TierFailure, check_numpy
 from cascade.escalate import Cancelled, RowBatch, run_cascade
 from cascade.gate import GateConfig, RequestOptions, check_embeddings, decode_texts
 from cascade.tiercalls import TierGuard
@@ -246,6 +246,24 @@ def test_tier_deadlines_grow_with_the_rows_and_round_trip():
     )
 
 
+def test_tier_memory_round_trips_and_defaults_to_the_device():
+    assert GateConfig.from_parameters(good_params()).tier_memory == contract.TIER_MEMORY_DEVICE
+    config = GateConfig.from_parameters(good_params(tier_memory="host"))
+    assert config.tier_memory == contract.TIER_MEMORY_HOST
+    assert config.to_parameters()[contract.CFG_TIER_MEMORY] == "host"
+    assert GateConfig.from_parameters(config.to_parameters()) == config
+    assert contract.CFG_TIER_MEMORY not in GateConfig("t", LABELS, (0,), {}).to_parameters()
+
+
+def test_numpy_2_is_refused_with_the_fix_named():
+    """Triton 2.51's stub miscomputes tensor sizes under NumPy 2 (bench/results/gpu-dry-run-numpy2-*.json)."""
+    check_numpy("1.26.4", {})
+    with pytest.raises(ConfigError, match=r"numpy 2\.5\.2 .* install numpy==1\.26\.4 .* CASCADE_ALLOW_NUMPY2=1"):
+        check_numpy("2.5.2", {})
+    check_numpy("2.5.2", {ALLOW_NUMPY2_ENV: "1"})
+    check_numpy()  # this environment: the project's pin
+
+
 def test_per_tier_prompts_round_trip():
     small = PROMPT | {"calibrate": True}
     large = PROMPT | {"few_shot": [["a fine film", 1]], "calibrate": False}
@@ -283,6 +301,7 @@ def test_per_tier_prompts_round_trip():
         ({"queue_timeout_ms": "0"}, "'queue_timeout_ms' must be a positive integer"),
         ({"queue_timeout_ms": "later"}, "not an integer"),
         ({"on_tier_failure": "ignore"}, "must be one of ['best_effort', 'error']"),
+        ({"tier_memory": "gpu"}, "'tier_memory' must be device or host"),
         ({"treshold": "0.5"}, "unknown gate parameters"),
         ({"tiers": json.dumps(["logreg", "llm_small"]), "thresholds": json.dumps({"logreg": 0.9})}, "no prompt"),
         (llm_params({"template": "Review: {text}\nSentiment:", "verbalizations": ["a", "b", "c"]}), "3 prompt verb"),

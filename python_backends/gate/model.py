@@ -21,7 +21,7 @@ import triton_python_backend_utils as pb_utils
 
 from cascade import contract
 from cascade.arrays import Placement, host
-from cascade.errors import CascadeError, ConfigError, InvalidInput, TierFailure, triton_error
+from cascade.errors import CascadeError, ConfigError, InvalidInput, TierFailure, check_numpy, triton_error
 from cascade.escalate import Cancelled, CascadeRun, RowBatch
 from cascade.gate import GateConfig, RequestOptions, check_embeddings, check_text_free, decode_texts, prompt_template
 from cascade.lanes import Job, Lanes, lane_names
@@ -117,6 +117,7 @@ def _as_bytes(texts: list[str]) -> np.ndarray:
 
 class TritonPythonModel:
     def initialize(self, args):
+        check_numpy()
         model_config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
         # A bad parameter raises ConfigError here and fails the load with its message.
@@ -129,13 +130,16 @@ class TritonPythonModel:
         self.placement = Placement(device)
         # Tier outputs come back where the gate gates: its GPU, or the host.
         gpu = device is not None and device.startswith("cuda")
+        #: Tier calls in host memory: inputs leave the device before the call, outputs come back to it.
+        self.host_io = gpu and self.config.tier_memory == contract.TIER_MEMORY_HOST
         memory = (
             (pb_utils.TRITONSERVER_MEMORY_GPU, int(device.split(":")[1]))
-            if gpu
+            if gpu and not self.host_io
             else (pb_utils.TRITONSERVER_MEMORY_CPU, 0)
         )
         self.preferred_memory = pb_utils.PreferredMemory(*memory)
-        pb_utils.Logger.log_info(f"{self.config.task}: gating on {device or 'the host (numpy)'}")
+        where = f", tier calls in {self.config.tier_memory} memory" if gpu else ""
+        pb_utils.Logger.log_info(f"{self.config.task}: gating on {device or 'the host (numpy)'}{where}")
         self.labels = np.array([label.encode("utf-8") for label in self.config.labels], dtype=np.object_)
         # The BLS timeout bounds queue time only; the guard bounds each call as a whole (tiers + embedder)
         # and skips a failing tier for a while. Callers: execute and each lane, plus one abandoned call per target.
@@ -245,14 +249,17 @@ class TritonPythonModel:
         """A numeric Triton tensor in the gate's placement: NumPy on the host, or torch on the GPU by DLPack."""
         if self.placement.device is None:
             return tensor.as_numpy()
+        if self.host_io:
+            return self.placement.asarray(tensor.as_numpy())
         import torch
 
         return self.placement.asarray(torch.from_dlpack(tensor.to_dlpack()))
 
-    @staticmethod
-    def _tensor(name: str, array):
+    def _tensor(self, name: str, array):
         if isinstance(array, np.ndarray):
             return pb_utils.Tensor(name, array)
+        if self.host_io:
+            return pb_utils.Tensor(name, host(array))
         return pb_utils.Tensor.from_dlpack(name, array.contiguous())  # a torch tensor on the GPU: no copy
 
     def _embed(self, texts: list[str]) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from cascade import contract
-from cascade.errors import CascadeError, ConfigError, InvalidInput, TierFailure, triton_error
+from cascade.errors import CascadeError, ConfigError, InvalidInput, TierFailure, check_numpy, triton_error
 from cascade.generate import (
     CONTEXT_TOKENS,
     IncrementalDetokenizer,
@@ -48,6 +48,7 @@ def _cancelled_error():
 
 class TritonPythonModel:
     def initialize(self, args):
+        check_numpy()
         config = json.loads(args["model_config"])
         if not pb_utils.using_decoupled_model_transaction_policy(config):
             raise ConfigError("llm_generate must be decoupled (model_transaction_policy { decoupled: true })")

@@ -10,7 +10,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from cascade import contract
-from cascade.errors import CascadeError, triton_error
+from cascade.errors import CascadeError, check_numpy, triton_error
 from cascade.gguf import gguf_path
 from cascade.llm import LlamaScorer, parse_scorer_inputs, parse_scorer_parameters
 from cascade.sizing import llm_model_threads
@@ -18,6 +18,7 @@ from cascade.sizing import llm_model_threads
 
 class TritonPythonModel:
     def initialize(self, args):
+        check_numpy()
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         threads = llm_model_threads(params.get(contract.CFG_NUM_THREADS))

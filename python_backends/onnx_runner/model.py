@@ -11,7 +11,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from cascade import contract
-from cascade.errors import CascadeError, triton_error
+from cascade.errors import CascadeError, check_numpy, triton_error
 from cascade.gate import decode_texts
 from cascade.runtime import OnnxRunner
 from cascade.sizing import onnx_threads, resolve_threads
@@ -19,6 +19,7 @@ from cascade.sizing import onnx_threads, resolve_threads
 
 class TritonPythonModel:
     def initialize(self, args):
+        check_numpy()
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         model_dir = Path(args["model_repository"]) / args["model_version"]

@@ -8,13 +8,14 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from cascade import contract
-from cascade.errors import CascadeError, triton_error
+from cascade.errors import CascadeError, check_numpy, triton_error
 from cascade.gate import decode_texts
 from cascade.runtime import TOKENIZER_FILE, TextTokenizer
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        check_numpy()
         config = json.loads(args["model_config"])
         self.outputs = [output["name"] for output in config["output"]]
         self.tokenizer = TextTokenizer(Path(args["model_repository"]) / args["model_version"] / TOKENIZER_FILE)
