@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from datetime import UTC, datetime
@@ -14,9 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from cascade import contract
-from cascade.tasks import REPO_ROOT, TaskSpec, load_split
+from cascade.results import RESULTS_DIR, save_result
+from cascade.tasks import TaskSpec, load_split
 
-RESULTS_DIR = REPO_ROOT / "bench" / "results"
 console = Console()
 
 
@@ -87,10 +86,7 @@ def _cpus() -> int:
 
 
 def save(result: dict, name: str, folder: Path = RESULTS_DIR) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2))
-    return path
+    return save_result(name, result, folder)
 
 
 def print_gate(result: dict) -> None:

@@ -22,7 +22,6 @@ JSON goes to ``bench/results/distill-<timestamp>.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,6 +32,7 @@ import numpy as np
 
 from cascade import contract
 from cascade.calibrate import calibrate_cascade
+from cascade.results import save_result
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -275,10 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "tasks": [run_task(name, args) for name in args.tasks],
     }
     if not args.no_save:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        path = RESULTS_DIR / f"distill-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-        path.write_text(json.dumps(result, indent=2))
-        print(f"saved {path}")
+        print(f"saved {save_result('distill', result, RESULTS_DIR)}")
     return 0
 
 

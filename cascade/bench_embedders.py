@@ -31,6 +31,7 @@ from cascade import embedders
 from cascade.bench_distill import RESULTS_DIR
 from cascade.calibrate import DEFAULT_COST_MS, choose_threshold
 from cascade.contract import TIER_LLM_LARGE
+from cascade.results import save_result
 from cascade.tasks import load_split, load_task
 
 EVAL_SPLIT = {"sst2": "validation", "ag_news": "test"}
@@ -153,10 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "lowest_cascade_cost": {k: best[k] for k in ("embedder", "int8", "task")},
     }
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"embedders-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(f"saved {path}")
+    print(f"saved {save_result('embedders', result, RESULTS_DIR)}")
     return 0
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import platform
 import time
@@ -33,6 +32,7 @@ import numpy as np
 
 from cascade import contract
 from cascade.bench_llm import RESULTS_DIR
+from cascade.results import save_result
 from cascade.sizing import llm_threads
 
 DATA = Path(__file__).resolve().parent.parent / "bench" / "data" / "intents77.csv"
@@ -184,10 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.served:
         result["served"] = served(args.served)
     if not args.no_save:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        path = RESULTS_DIR / f"labels-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-        path.write_text(json.dumps(result, indent=2))
-        print(f"saved {path}")
+        print(f"saved {save_result('labels', result, RESULTS_DIR)}")
     return 0
 
 

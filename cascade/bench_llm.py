@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import csv
-import json
 import multiprocessing
 import os
 import platform
@@ -32,6 +31,7 @@ import numpy as np
 
 from cascade.gguf import MODEL_GEMMA3, MODEL_SMOLLM2
 from cascade.llm import SCORING_PREFIX, SCORING_WHOLE, PromptTemplate
+from cascade.results import save_result
 from cascade.tasks import DEFAULT_DATA_DIR, dataset_file, prompt_from_question
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -363,10 +363,7 @@ def run(
         "b1: one row per score() call; the KV cache of the shared prefix is reused across calls as well",
     }
     if save:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        path = RESULTS_DIR / f"llm-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-        path.write_text(json.dumps(result, indent=2))
-        result["path"] = str(path)
+        result["path"] = str(save_result("llm", result, RESULTS_DIR))
     return result
 
 

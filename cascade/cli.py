@@ -36,6 +36,30 @@ def _add_work(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_results(parser: argparse.ArgumentParser) -> None:
+    """``cascade build`` and ``cascade demo``: where their figures go (cascade.results)."""
+    parser.add_argument("--results-dir", type=Path, default=None, help="where the JSON goes (default: bench/results)")
+    parser.add_argument("--no-save", action="store_true", help="do not write the JSON")
+
+
+def _command(args) -> str:
+    from cascade.results import command_line
+
+    return command_line(getattr(args, "argv", None))
+
+
+def _save_result(name: str, payload: dict, args) -> None:
+    """Print where ``payload`` went; a results folder that cannot be written (a read-only checkout) only warns."""
+    from cascade.results import save_result
+
+    if args.no_save:
+        return
+    try:
+        print(f"saved {save_result(name, payload, args.results_dir)}")
+    except OSError as exc:
+        print(f"cascade {args.command}: warning: results not saved: {exc}", file=sys.stderr)
+
+
 def _add_sampling(parser: argparse.ArgumentParser) -> None:
     """``cascade label`` and ``cascade task create``: how many rows the teacher labels, and which."""
     parser.add_argument(
@@ -79,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=Path, default=None, help="teacher labels (`cascade label`'s labelled.csv)")
     p.add_argument("--calib-fraction", type=float, default=0.5, help="with --labels: rows held out to calibrate")
     _add_embedder(p)
+    _add_results(p)
 
     p = sub.add_parser("label", help="have the teacher label a sample of a table (cached, resumable)")
     _add_task(p)
@@ -248,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--sample", type=int, default=1000, help="rows the teacher labels (default: %(default)s)")
     _add_work(p)
+    _add_results(p)
 
     p = sub.add_parser("bench", help="benchmarks; results go to bench/results/")
     p.add_argument("which", choices=("gate", "table", "threads", "isolation"))
@@ -330,11 +356,13 @@ def _build_options(args):
 
 
 def cmd_build(args) -> int:
-    from cascade.export.build import build_task
+    from cascade.export.build import build_result, build_task
     from cascade.tasks import load_task
 
     options = _build_options(args)
-    build_task(load_task(args.task), args.repo, options)
+    task = load_task(args.task)
+    report = build_task(task, args.repo, options)
+    _save_result(f"build-{task.name}", build_result(task, args.repo, report, _command(args)), args)
     return 0
 
 
@@ -637,10 +665,10 @@ def cmd_soak(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from cascade.demo import run_demo
+    from cascade.demo import demo_result, run_demo
     from cascade.tasks import load_task
 
-    run_demo(
+    summary = run_demo(
         load_task(args.task),
         args.repo,
         args.rebuild,
@@ -651,6 +679,7 @@ def cmd_demo(args) -> int:
         sample=args.sample,
         work_root=args.work_dir,
     )
+    _save_result("demo", demo_result(summary, _command(args)), args)
     return 0
 
 
@@ -718,6 +747,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the "command" of a result file
     try:
         return COMMANDS[args.command](args)
     except CascadeError as exc:

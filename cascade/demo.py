@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import Counter
@@ -125,6 +126,12 @@ def print_calibration(report: dict) -> None:
     console.print(f"target {report['target']} with confidence {1 - report['delta']:.0%} (Clopper-Pearson)")
 
 
+#: What the demo's results keep of ``cascade label``'s summary (not the prompt: it is in the task's gate).
+LABELLING_KEYS = (
+    "teacher", "sample", "labelled_rows", "cached_rows", "teacher_s", "teacher_rows_per_s", "wall_s", "label_counts"
+)  # fmt: skip
+
+
 def build_with_teacher(task: TaskSpec, repo: Path, client, work_root: Path, sample: int, data_dir) -> dict:
     """label (the large tier, through ``client``'s server) -> train -> calibrate -> export -> load."""
     from cascade.export.build import BuildOptions
@@ -137,6 +144,7 @@ def build_with_teacher(task: TaskSpec, repo: Path, client, work_root: Path, samp
     )
     report, _, seconds = teach_and_load(task, repo, work_root, client, BuildOptions(data_dir=data_dir))
     report["timings"]["train_calibrate_export_load_s"] = seconds
+    report["labelling"] = {k: v for k, v in labelled.items() if k in LABELLING_KEYS}
     console.print(
         f"train + calibrate + export + load: {report['timings']['train_calibrate_export_load_s']:.1f} s "
         f"(the teacher's labelling not included)"
@@ -157,38 +165,82 @@ def run_demo(
     work_root: Path | None = None,
 ) -> dict:
     """Build ``task`` if needed (``teacher="llm_large"``: the large tier labels ``sample`` training rows
-    through the demo's own server; ``"gold"``: the dataset's labels), then classify its validation rows."""
+    through the demo's own server; ``"gold"``: the dataset's labels), then classify its validation rows.
+    The summary (:func:`summarize`) also holds the seconds of each stage (``stages``), the build's figures
+    (``build``: this run's, or those of the build that made the served task when ``built`` is False) and the
+    teacher's (``labelling``, when it labelled in this run): :func:`demo_result` makes it a result file."""
+    from cascade import embedders
     from cascade.client import CascadeClient
-    from cascade.export.build import BuildOptions, build_task, ensure_embedder, ensure_llms
+    from cascade.export.build import BuildOptions, build_figures, build_task, ensure_embedder, ensure_llms
     from cascade.launcher import ServerOptions, TritonServer, free_ports
     from cascade.tasks import REPO_ROOT
 
     repo = Path(repo)
+    begin = time.perf_counter()
+    stages: dict[str, float] = {}
     build = rebuild or not task_is_built(task, repo)
+    built = build
     report = None
     if build and teacher == "gold":
         console.print(f"[bold]Building task {task.name}[/] into {repo} from gold labels")
         report = build_task(task, repo, build_options or BuildOptions(data_dir=data_dir))
+        stages["build_s"] = time.perf_counter() - begin
         build = False
     elif build:
         console.print(f"[bold]Building task {task.name}[/] into {repo}: the large tier teaches")
         ensure_embedder(repo)
         ensure_llms(repo)
+        stages["embedder_and_llms_s"] = time.perf_counter() - begin
     texts, gold = load_split(task, "validation", data_dir, limit=rows)
     http, grpc, metrics = free_ports(3)
     opts = ServerOptions(
         repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics, model_control_mode="explicit"
     )
     console.print(f"[bold]Starting tritonserver[/] on 127.0.0.1 (gRPC {grpc})")
+    t = time.perf_counter()
     with TritonServer(opts) as server, CascadeClient(server.grpc_url, timeout_s=600) as client:
+        stages["server_start_s"] = time.perf_counter() - t
         if build:
             report = build_with_teacher(task, repo, client, work_root or REPO_ROOT / "runs", sample, data_dir)
+            stages["labelling_s"] = report["labelling"]["wall_s"]
+            stages["train_calibrate_export_load_s"] = report["timings"]["train_calibrate_export_load_s"]
         if report is not None:
             print_calibration(report)
+        t = time.perf_counter()
         client.classify(task.name, texts[:4])  # warm-up
+        stages["warmup_s"] = time.perf_counter() - t
         start = time.perf_counter()
         predictions, latencies = classify_rows(client, task, texts, batch_size)
         wall = time.perf_counter() - start
+        stages["classify_s"] = wall
+    stages["total_s"] = time.perf_counter() - begin
     summary = summarize(task, predictions, gold, latencies, wall)
     print_summary(summary, batch_size)
-    return summary
+    embedder = embedders.of_repository(repo)
+    labelling = report.get("labelling") if report is not None else None
+    figures = build_figures(report, repo) if report is not None else None
+    if report is None:  # built before: the figures of the build that made the served task, where readable
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            old = json.loads((repo / contract.gate_model_name(task.name) / "build_report.json").read_text())
+            figures = build_figures(old, repo)
+    return summary | {
+        "embedder": embedder.name if embedder is not None else None,
+        "teacher": labelling["teacher"] if labelling else teacher if built else None,
+        "built": built,  # False: the task was already built (``build`` is then that build's, its reference too)
+        "repo": str(repo),
+        "batch_size": batch_size,
+        "in_flight": IN_FLIGHT,
+        "stages": stages,
+        "teacher_rows_per_s": labelling["teacher_rows_per_s"] if labelling else None,
+        "labelling": labelling,
+        "build": figures,
+    }
+
+
+def demo_result(summary: dict, command: str | None = None) -> dict:
+    """``cascade demo``'s ``bench/results/demo-<time>.json``: what it printed, from :func:`run_demo`'s summary
+    (accuracy against gold, per-tier shares, LLM share, best-effort rows, seconds per stage, the build's figures)."""
+    from cascade.results import command_line, machine, now_iso
+
+    head = {"benchmark": "demo", "when": now_iso(), "command": command or command_line()}
+    return head | summary | {"best_effort_rows": summary["degraded_rows"], "machine": machine()}

@@ -23,9 +23,9 @@ from cascade.client.table import (
     RESULT_COLUMNS,
     TIER_COLUMN,
     FilterOptions,
-    _embedding_tiers_only,
-    _first_contact,
     check_text_column,
+    embedding_tiers_only,
+    first_contact,
     read_batches,
     run_filter,
     table_schema,
@@ -113,13 +113,13 @@ def evaluate_table(
     if len(column) == 0:
         raise InvalidInput(f"table {table} has no rows")
     with CascadeClient(url) as client:
-        gate = _first_contact(lambda: client.gate_config(task), url, backoff_s)
+        gate = first_contact(lambda: client.gate_config(task), url, backoff_s)
     labels = list(gate.labels)
     gold = gold_indices(column, labels, f"table {table}, label column {label_column!r}")
 
     prefix = _free_prefix(schema.names)
     options = FilterOptions(task=task, text_column=text_column, max_tier=max_tier, min_tier=min_tier, prefix=prefix)
-    _embedding_tiers_only(gate, options)  # an unknown --max-tier/--min-tier fails here, not on every row
+    embedding_tiers_only(gate, options)  # an unknown --max-tier/--min-tier fails here, not on every row
     with tempfile.TemporaryDirectory(prefix="cascade-eval-", dir=work_dir) as tmp:
         out = Path(tmp) / "answers.parquet"
         summary = run_filter(table, out, options, url, backoff_s=backoff_s, llm_probe_rows=0, quiet=quiet)

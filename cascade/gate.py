@@ -132,6 +132,13 @@ class GateConfig:
     def embedder_allowance_s(self, rows: int) -> float:
         return (self.bls_timeout_ms + rows * contract.EMBEDDER_ROW_TIMEOUT_MS) / 1000
 
+    def request_allowance_s(self, rows: int, tiers: list[int] | tuple[int, ...], embed: bool = True) -> float:
+        """The longest the gate may take over a request of ``rows`` rows that may reach ``tiers``: the embedder's
+        allowance (``embed``) plus, per tier, its lane wait (``queue_timeout_ms``) and its call allowance. A client
+        deadline shorter than this turns a slow answer into a failed request."""
+        total = sum(self.queue_timeout_ms / 1000 + self.exec_allowance_s(t, rows) for t in tiers)
+        return total + (self.embedder_allowance_s(rows) if embed else 0.0)
+
     @property
     def needs_embedding(self) -> bool:
         return any(t in contract.EMBEDDING_TIERS for t in self.tiers)

@@ -421,14 +421,16 @@ class AsyncCascadeClient:
         max_tier: int | str | None = None,
         min_tier: int | str | None = None,
         on_tier_failure: str | None = None,
+        timeout_s: float | None = None,
     ) -> BatchResult:
+        """``timeout_s``: this call's deadline (default: the client's)."""
         try:
             result = await self._client.infer(
                 contract.gate_model_name(task),
                 _inputs(aioclient, texts, embeddings),
                 outputs=[aioclient.InferRequestedOutput(n) for n in _ARRAY_OUTPUTS],
                 parameters=_parameters(max_tier, min_tier, False, on_tier_failure),
-                client_timeout=self.timeout_s,
+                client_timeout=timeout_s or self.timeout_s,
             )
         except InferenceServerException as exc:
             raise translate(exc, task) from exc

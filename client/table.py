@@ -42,6 +42,8 @@ ON_DEGRADED_KEEP, ON_DEGRADED_RETRY = "keep", "retry"
 EMBEDDING_COLUMN = "embedding"
 DEFAULT_CHUNK_ROWS = 65_536
 DEFAULT_BATCH_ROWS = contract.GATE_MAX_BATCH_SIZE
+#: The client's deadline for a request that needs little time, and the margin over the gate's own allowance.
+DEFAULT_CLIENT_TIMEOUT_S, DEADLINE_MARGIN_S = 120.0, 30.0
 EMBED_BATCH_ROWS = 256
 DEFAULT_IN_FLIGHT = 4
 #: Seconds to wait before each retry of a request the server did not answer.
@@ -477,9 +479,9 @@ class JobSummary:
 
 
 def _progress(total: int | None, initial: int, what: str, quiet: bool):
-    from tqdm import tqdm
+    from cascade.progress import progress
 
-    return tqdm(total=total, initial=initial, unit="rows", unit_scale=True, desc=what, disable=quiet, smoothing=0.1)
+    return progress(total, what, "rows", initial=initial, disable=quiet, unit_scale=True, smoothing=0.1)
 
 
 def run_filter(
@@ -509,7 +511,7 @@ def run_filter(
             "name the results differently with --prefix (e.g. --prefix ai_)"
         )
     with CascadeClient(url) as sync_client:
-        gate = _first_contact(lambda: sync_client.gate_config(options.task), url, backoff_s)
+        gate = first_contact(lambda: sync_client.gate_config(options.task), url, backoff_s)
         labels = list(gate.labels)
         if options.where is not None and options.where not in labels:
             raise ConfigError(f"--where {options.where!r} is not a label of task {options.task} ({labels})")
@@ -526,7 +528,8 @@ def run_filter(
     store = ChunkStore(out, manifest, restart)
     done = store.done()
     # With precomputed embeddings and a max_tier that keeps rows on the embedding tiers, no text is sent.
-    text_free = emb_column is not None and _embedding_tiers_only(gate, options)
+    tiers_reached = reachable_tiers(gate, options)
+    text_free = emb_column is not None and all(t in contract.EMBEDDING_TIERS for t in tiers_reached)
     labels_arr = np.array(labels, dtype=object)
     retry = Retry(backoff_s)
     skipped_rows = degraded_retried = 0
@@ -552,6 +555,8 @@ def run_filter(
 
         def caller(with_embedding: bool):
             async def call(rows: np.ndarray):
+                deadline = request_deadline_s(gate, rows.size, tiers_reached, embed=not with_embedding)
+
                 async def once():
                     return await client.classify_arrays(
                         options.task,
@@ -559,6 +564,7 @@ def run_filter(
                         _take(emb, rows) if with_embedding else None,
                         max_tier=options.max_tier,
                         min_tier=options.min_tier,
+                        timeout_s=deadline,
                     )
 
                 return await retry.call(once, f"task {options.task} at {url}")
@@ -658,7 +664,9 @@ def _run_job(main, store: ChunkStore, progress) -> None:
         progress.close()
 
 
-def _embedding_tiers_only(gate, options: FilterOptions) -> bool:
+def reachable_tiers(gate, options: FilterOptions) -> list[int]:
+    """The gate's tiers that the job's --min-tier/--max-tier let rows reach (a bad tier name fails here, before
+    any row is sent)."""
     from cascade.gate import RequestOptions
 
     params = {}
@@ -666,12 +674,22 @@ def _embedding_tiers_only(gate, options: FilterOptions) -> bool:
         params[contract.PARAM_MAX_TIER] = options.max_tier
     if options.min_tier is not None:
         params[contract.PARAM_MIN_TIER] = options.min_tier
-    request = RequestOptions.parse(params, gate.tiers)  # a bad tier name fails here, before any row is sent
-    reachable = [t for t in gate.tiers if request.min_tier <= t <= request.max_tier]
-    return all(t in contract.EMBEDDING_TIERS for t in reachable)
+    request = RequestOptions.parse(params, gate.tiers)
+    return [t for t in gate.tiers if request.min_tier <= t <= request.max_tier]
 
 
-def _first_contact(fn, url: str, backoff_s: tuple[float, ...]):
+def embedding_tiers_only(gate, options: FilterOptions) -> bool:
+    return all(t in contract.EMBEDDING_TIERS for t in reachable_tiers(gate, options))
+
+
+def request_deadline_s(gate, rows: int, tiers: list[int], embed: bool) -> float:
+    """A request's client deadline: what the gate may take over it (``GateConfig.request_allowance_s``) and a
+    margin, never less than the client's default. A request of 4,096 rows bound for the LLM takes minutes;
+    a fixed deadline would fail it while the server is still answering."""
+    return max(DEFAULT_CLIENT_TIMEOUT_S, gate.request_allowance_s(rows, tiers, embed) + DEADLINE_MARGIN_S)
+
+
+def first_contact(fn, url: str, backoff_s: tuple[float, ...]):
     for attempt in range(len(backoff_s) + 1):
         try:
             return fn()
@@ -809,7 +827,7 @@ def run_embed(
     if column in schema.names:
         raise ConfigError(f"table {table} already has a column {column!r}")
     with CascadeClient(url) as sync_client:
-        _first_contact(sync_client.model_stats, url, backoff_s)
+        first_contact(sync_client.model_stats, url, backoff_s)
         embedder_name, dim = sync_client.embedder()
     value_type = pa.float16() if float16 else pa.float32()
     # The column records its embedder, so that a server with another one refuses it (check_embedding_column).

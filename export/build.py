@@ -176,8 +176,9 @@ def ensure_llms(repo: Path) -> None:
                 writer.add(spec)
 
 
-def llm_scorer_on(tier: int, gate_prompt: dict, texts: list[str]):
-    """Probabilities of an LLM tier on the rows ``idx`` of ``texts``, computed only when asked."""
+def llm_scorer_on(tier: int, gate_prompt: dict, texts: list[str], timings: dict[str, float] | None = None):
+    """Probabilities of an LLM tier on the rows ``idx`` of ``texts``, computed only when asked (the seconds
+    it scored go to ``timings["score_<tier name>_s"]``)."""
     from cascade.gate import prompt_template
     from cascade.gguf import gguf_path
     from cascade.llm import LlamaScorer
@@ -194,7 +195,11 @@ def llm_scorer_on(tier: int, gate_prompt: dict, texts: list[str]):
             scorer = LlamaScorer(gguf_path(LLM_ROLES[tier]), n_ctx=LLM_N_CTX)
         start = time.perf_counter()
         probs = scorer.score([template.format(texts[i]) for i in idx], template.verbalizations, calibrate).probs
-        log(f"tier {tier} ({contract.TIER_NAMES[tier]}): scored {idx.size} rows in {time.perf_counter() - start:.1f} s")
+        seconds = time.perf_counter() - start
+        if timings is not None:
+            key = f"score_{contract.TIER_NAMES[tier]}_s"
+            timings[key] = timings.get(key, 0.0) + seconds
+        log(f"tier {tier} ({contract.TIER_NAMES[tier]}): scored {idx.size} rows in {seconds:.1f} s")
         return probs
 
     return score
@@ -395,10 +400,11 @@ def calibrate_task(
     calib_probs = {t: saved[f"tier{t}"] for t in task.tiers if f"tier{t}" in saved}
     prompts = {contract.TIER_BY_NAME[name]: p for name, p in state["prompts"].items()}
     t = time.perf_counter()
+    scoring: dict[str, float] = {}  # the LLM tiers' seconds on the rows that reach them
     if prompts:
         ensure_llms(repo)
     for tier, prompt in prompts.items():
-        calib_probs[tier] = llm_scorer_on(tier, prompt, c_texts)
+        calib_probs[tier] = llm_scorer_on(tier, prompt, c_texts, scoring)
     curves: dict[int, dict] = {}
     if budget_ms is not None:  # budget mode: the highest target whose expected cost fits
         target, calibration = calibrate_for_budget(
@@ -421,6 +427,7 @@ def calibrate_task(
         inline_tiers=tuple(t for t in enabled if t in contract.EMBEDDING_TIERS),
     )
     timings = dict(state["timings"], calibrate_s=time.perf_counter() - t)
+    timings.update(scoring)  # filled while calibrating (the scorers run lazily): part of calibrate_s
     reference = state["reference"]
     report = {k: state[k] for k in ("task", "task_digest", "labels", "reference", "options", "train_rows")} | {
         "calib_rows": state["calib_rows"],
@@ -515,3 +522,39 @@ def build_task(task: TaskSpec, repo: Path, opts: BuildOptions = BuildOptions()) 
     report["timings"]["total_s"] = time.perf_counter() - t0
     log(f"task {task.name} written to {repo} in {report['timings']['total_s']:.1f} s")
     return report
+
+
+def build_figures(report: dict, repo: Path) -> dict:
+    """What a build measured, from its report: the embedder, the rows used, the seconds of each stage
+    (``timings``: embedder export, embedding, each tier's training, the LLM tiers' scoring, calibration, total)
+    and per tier the calibration (threshold, coverage, agreement, lower bound, enabled, ``note``: why not)."""
+    found = embedders.of_repository(repo)
+    return {
+        "embedder": found.name if found is not None else report["options"].get("embedder"),
+        "reference": report["reference"],
+        "train_rows": report["train_rows"],
+        "calib_rows": report["calib_rows"],
+        "target": report["target"],
+        "delta": report["delta"],
+        "expected_cost_ms": report["expected_cost_ms"],
+        "timings": report["timings"],
+        "tiers": [contract.TIER_NAMES[c["tier"]] for c in report["calibration"] if c["enabled"]],
+        "calibration": [{"tier_name": contract.TIER_NAMES[c["tier"]], **c} for c in report["calibration"]],
+    }
+
+
+def build_result(task: TaskSpec, repo: Path, report: dict, command: str | None = None) -> dict:
+    """``cascade build``'s ``bench/results/build-<task>-<time>.json``: :func:`build_figures` and the options."""
+    from cascade.results import command_line, machine, now_iso
+
+    return {
+        "benchmark": "build",
+        "when": now_iso(),
+        "command": command or command_line(),
+        "task": task.name,
+        "task_digest": report["task_digest"],
+        "repo": str(repo),
+        **build_figures(report, Path(repo)),
+        "options": report["options"],
+        "machine": machine(),
+    }

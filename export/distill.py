@@ -293,7 +293,7 @@ def label_sample(
     each batch committed before the next (an interrupted run loses at most one batch). ``teacher.label`` gives
     label indices ``[n]`` or probabilities ``[n, k]`` (kept as soft labels). ``two_classes``: a sample of one
     label is a :class:`SingleClassError` (off for the active rows, which add to a seed)."""
-    from tqdm import tqdm
+    from cascade.progress import progress as progress_bar
 
     ids = [table.ids[i] for i in positions]
     texts = [table.texts[i] for i in positions]
@@ -302,13 +302,7 @@ def label_sample(
     found = {row_id: label for row_id, label in cached.items()}
     soft = store.get_probs(task, teacher.name, ids, texts)
     spent = 0.0
-    bar = tqdm(
-        total=len(ids),
-        initial=len(ids) - len(todo),
-        unit="row",
-        desc=f"{desc} ({teacher.name})",
-        disable=not progress,
-    )
+    bar = progress_bar(len(ids), f"{desc} ({teacher.name})", "row", initial=len(ids) - len(todo), disable=not progress)
     try:
         for start in range(0, len(todo), batch):
             chunk = todo[start : start + batch]
@@ -489,6 +483,8 @@ def run_label(
 
     import pandas as pd
 
+    from cascade.results import now_iso
+
     if budget is not None and sample is not None and budget != sample:
         raise InvalidInput(f"budget {budget} and sample {sample} are one setting: give one")
     budget = budget if budget is not None else sample if sample is not None else DEFAULT_BUDGET
@@ -562,7 +558,9 @@ def run_label(
         "labelled_rows": fresh,
         "teacher_s": done.teacher_s,
         "teacher_rows_per_s": fresh / done.teacher_s if done.teacher_s > 0 else None,
-        "wall_s": wall,
+        "wall_s": wall,  # the whole labelling step: the teacher, the cache, active sampling's embedding
+        "rows_per_s": len(done.ids) / wall if wall > 0 else None,  # of the sample, cached rows included
+        "when": now_iso(),
         "label_counts": dict(zip(task.labels, done.label_counts(task.n_labels), strict=True)),
         "soft_label_rows": 0 if done.probs is None else int(np.isfinite(done.probs).all(axis=1).sum()),
     }

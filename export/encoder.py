@@ -121,7 +121,8 @@ def train_encoder(
     ``train_stats`` set). With ``soft_labels`` ([n, n_labels], the teacher's probabilities), the loss is the
     cross-entropy against them (a KL divergence up to a constant) instead of against ``labels``."""
     import torch
-    from tqdm.auto import tqdm
+
+    from cascade.progress import progress as progress_bar
 
     texts = list(texts)  # positional indexing, also for a pandas Series
     y = np.asarray(labels)
@@ -168,7 +169,7 @@ def train_encoder(
 
     model.train()
     start = time.perf_counter()
-    with tqdm(total=steps, desc="encoder fine-tune", unit="batch", disable=not progress) as bar:
+    with progress_bar(steps, "encoder fine-tune", "batch", disable=not progress) as bar:
         for epoch in range(epochs):
             for batch in _length_grouped_batches(lengths, batch_size, rng):
                 ids, mask, types = pad_batch([encodings[i] for i in batch], pad_id)

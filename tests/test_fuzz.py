@@ -112,17 +112,36 @@ def scorer_requests(draw):
     return inputs, params
 
 
-def check(server, model: str, inputs, params, valid) -> None:
+def assert_well_formed(model: str, result, inputs, outputs: tuple[contract.Tensor, ...], width) -> None:
+    """Every output of ``outputs`` (the contract's signature) is in the answer with its dtype and shape
+    ``[rows, *dims]``: rows as in the request's first input, a per-row scalar as ``[rows, 1]``, a ``-1`` dim as
+    ``width`` (an int, or a function of the inputs)."""
+    assert inputs, f"{model}: a request without inputs was answered"
+    rows = inputs[0].shape()[0]
+    width = width(inputs) if callable(width) else width
+    assert sorted(o.name for o in result.get_response().outputs) == sorted(t.name for t in outputs), model
+    for tensor in outputs:
+        array = result.as_numpy(tensor.name)
+        shape = (rows, *(width if d == -1 else d for d in tensor.dims)) if tensor.dims else (rows, 1)
+        assert array.dtype == tensor.numpy_dtype and array.shape == shape, (
+            f"{model}.{tensor.name}: {array.dtype} {array.shape}, expected {np.dtype(tensor.numpy_dtype)} {shape}"
+        )
+
+
+def check(server, model: str, inputs, params, valid, outputs: tuple[contract.Tensor, ...], width) -> None:
     CASES[model] = CASES.get(model, 0) + 1
     with grpcclient.InferenceServerClient(server.grpc_url) as c:
         try:
-            c.infer(model, inputs, parameters=params, client_timeout=120)
+            result = c.infer(model, inputs, parameters=params, client_timeout=120)
         except InferenceServerException as exc:
             message = exc.message() or ""
             assert "INVALID_ARG" in str(exc.status()), f"{model}: {exc.status()} {message}"
             assert message.strip() and "Traceback" not in message, message
+        else:
+            assert_well_formed(model, result, inputs, outputs, width)
         # The server still answers a valid request.
-        c.infer(model, valid(), client_timeout=120)
+        request = valid()
+        assert_well_formed(model, c.infer(model, request, client_timeout=120), request, outputs, width)
 
 
 def _text(values=(b"a fine film",)):
@@ -150,7 +169,7 @@ def test_fuzz_the_gate(server, sst2_task, data):
     inputs, params = data.draw(requests(contract.GATE_MAX_BATCH_SIZE, True, True, gate=True))
     if params and params.get(contract.PARAM_MAX_TIER) is None:
         params = params | {contract.PARAM_MAX_TIER: "encoder"}  # keep valid cases off the LLM tiers (time)
-    check(server, sst2_task.name, inputs, params, _text)
+    check(server, sst2_task.name, inputs, params, _text, contract.GATE_SIGNATURE[1], len(sst2_task.labels))
 
 
 @settings(FUZZ, max_examples=40)
@@ -158,7 +177,8 @@ def test_fuzz_the_gate(server, sst2_task, data):
 @pytest.mark.parametrize("tier", [contract.TIER_LOGREG, contract.TIER_XGBOOST])
 def test_fuzz_embedding_tiers(server, sst2_task, tier, data):
     inputs, params = data.draw(requests(contract.DEFAULT_MAX_BATCH_SIZE, False, True, gate=False))
-    check(server, contract.tier_model_name(sst2_task.name, tier), inputs, None, _embedding)
+    model = contract.tier_model_name(sst2_task.name, tier)
+    check(server, model, inputs, None, _embedding, contract.EMBEDDING_TIER_SIGNATURE[1], len(sst2_task.labels))
 
 
 @settings(FUZZ, max_examples=40)
@@ -167,7 +187,15 @@ def test_fuzz_embedding_tiers(server, sst2_task, tier, data):
 def test_fuzz_text_models(server, sst2_task, model, data):
     name = contract.tier_model_name(sst2_task.name, contract.TIER_ENCODER) if model == "encoder" else model
     inputs, _ = data.draw(requests(contract.DEFAULT_MAX_BATCH_SIZE, True, False, gate=False))
-    check(server, name, inputs, None, _text)
+    outputs = contract.TEXT_TIER_SIGNATURE[1] if model == "encoder" else contract.EMBEDDER_SIGNATURE[1]
+    check(server, name, inputs, None, _text, outputs, len(sst2_task.labels))
+
+
+def _candidates(inputs) -> int:
+    """The scorer's PROBS width: the request's candidates per row."""
+    cands = [t for t in inputs if t.name() == contract.CANDIDATES.name]
+    assert cands, "a scorer request without CANDIDATES was answered"
+    return cands[0].shape()[1]
 
 
 def _scorer_request():
@@ -186,7 +214,7 @@ def _scorer_request():
 @pytest.mark.parametrize("model", [contract.TIER_NAMES[t] for t in contract.LLM_TIERS])
 def test_fuzz_llm_scorers(server, model, data):
     inputs, params = data.draw(scorer_requests())
-    check(server, model, inputs, params, _scorer_request)
+    check(server, model, inputs, params, _scorer_request, contract.LLM_SCORER_SIGNATURE[1], _candidates)
 
 
 @pytest.mark.xfail(strict=True, reason="tritonserver 2.51: SIGSEGV in libtriton_python.so on a [0, 1] BYTES input")
@@ -211,4 +239,5 @@ def test_empty_bytes_batch_to_a_python_model_leaves_the_server_up(built_repo):
 def test_report_cases():
     """How many fuzz cases ran (printed with -s; at least the configured examples)."""
     print(f"fuzz cases per model: {CASES} (total {sum(CASES.values())})")
-    assert sum(CASES.values()) >= 120 + 4 * 40 + 2 * 30 or not CASES
+    assert CASES, "no fuzz case ran (run this test with the fuzz tests above)"
+    assert sum(CASES.values()) >= 120 + 4 * 40 + 2 * 30, CASES

@@ -76,7 +76,8 @@ def test_pieces_from_a_recorded_token_stream(byte_bpe):
 
 @pytest.fixture(scope="module")
 def generate_server(tmp_path_factory):
-    pytest.importorskip("llama_cpp")
+    import llama_cpp  # noqa: F401  (a required dependency: missing, these tests fail)
+
     from cascade.gguf import MODEL_SMOLLM2, gguf_path
     from cascade.launcher import ServerOptions, TritonServer, free_ports
     from cascade.trtllm_config import write_cpu_generate_model

@@ -149,8 +149,7 @@ def test_server_env_puts_interpreter_bin_first():
 
 def test_server_env_adds_wheel_libs_only_for_the_wheel_binary(tmp_path):
     libs = launcher.wheel_libs_dir()
-    if libs is None:
-        pytest.skip("nvidia-pytriton wheel not installed")
+    assert libs is not None, "the nvidia-pytriton wheel (a required dependency) or its bundled libraries are missing"
     wheel_env = server_env(find_wheel_binary(), base={"PATH": "/bin", "LD_LIBRARY_PATH": "/x"})
     assert wheel_env["LD_LIBRARY_PATH"].split(os.pathsep) == ["/x", str(libs)]
     other = server_env(_executable(tmp_path / "bin" / "tritonserver"), base={"PATH": "/bin"})

@@ -93,7 +93,8 @@ def test_embedding_alone_answers_on_the_embedding_tiers(client, server, sst2_tas
     assert set(alone.tier.tolist()) <= {contract.TIER_LOGREG, contract.TIER_XGBOOST}
     # Without TEXT, a request that could reach a text tier is refused, naming the way out.
     assert_invalid(lambda: client.classify_arrays(sst2_task.name, None, emb), "TEXT is missing")
-    assert_invalid(lambda: raw_infer(server, sst2_task.name, []), "")
+    # No input at all: Triton refuses the request before the gate sees it.
+    assert_invalid(lambda: raw_infer(server, sst2_task.name, []), "request has 0 inputs")
 
 
 def test_inline_tier_equals_the_served_tier_model(client, server, sst2_task, built_repo, validation):
@@ -209,7 +210,7 @@ def test_server_still_serves_after_bad_input(client, sst2_task, server):
     for bad in (["", "x"], [b"\xff"]):
         with pytest.raises(InvalidInput):
             client.classify(sst2_task.name, bad)
-    assert server.is_running
+    assert server.is_running() and server.is_ready()
     assert client.classify(sst2_task.name, ["a fine film"])[0].label in sst2_task.labels
 
 

@@ -21,13 +21,16 @@ from cascade.client.table import (
     chunks,
     embedding_cells,
     make_table,
+    reachable_tiers,
     read_batches,
+    request_deadline_s,
     run_embed,
     run_filter,
     text_cells,
     write_table_atomic,
 )
 from cascade.errors import ConfigError, InvalidInput, ServerUnavailable
+from cascade.gate import GateConfig
 from cascade.tasks import load_split
 
 DIM = contract.EMBEDDING_DIM
@@ -415,3 +418,19 @@ def test_ctrl_c_keeps_finished_chunks_and_the_rerun_resumes(tmp_path, server, ss
     import pyarrow.csv as pcsv
 
     assert pcsv.read_csv(tmp_path / "o.csv").column("id").to_pylist() == list(range(n))
+
+
+def test_a_request_bound_for_the_llm_gets_the_deadline_the_gate_may_take():
+    """A fixed 120 s deadline failed LLM-heavy requests of 4,096 rows while the server was still answering them."""
+    gate = GateConfig(
+        "t", ("a", "b"), (0, 4), {0: 0.9}, prompts={4: {"template": "{text}", "verbalizations": ["a", "b"]}}
+    )
+    every = reachable_tiers(gate, FilterOptions(task="t"))
+    assert every == [0, 4]
+    assert reachable_tiers(gate, FilterOptions(task="t", max_tier="logreg")) == [0]
+    big = request_deadline_s(gate, 4096, every, embed=True)
+    assert big > 4096 * contract.DEFAULT_ROW_TIMEOUT_MS[4] / 1000  # the LLM's allowance per row, at least
+    assert big > request_deadline_s(gate, 64, every, embed=True) > 120
+    assert request_deadline_s(gate, 4096, [0], embed=False) < big / 10  # the embedding tier alone: minutes
+    with pytest.raises(InvalidInput):
+        reachable_tiers(gate, FilterOptions(task="t", max_tier="gpt"))

