@@ -32,10 +32,9 @@ import numpy as np
 
 from cascade import contract
 from cascade.calibrate import calibrate_cascade
+from cascade.paths import DEFAULT_REPO, RESULTS_DIR, RUNS_DIR
 from cascade.results import save_result
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO_ROOT / "bench" / "results"
 CHEAP_TIERS = (contract.TIER_LOGREG, contract.TIER_XGBOOST, contract.TIER_ENCODER)
 TEACHER_TIER = contract.TIER_LLM_LARGE
 
@@ -252,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delta", type=float, default=0.05)
     parser.add_argument("--encoder-epochs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work-dir", default=str(REPO_ROOT / "runs"))
-    parser.add_argument("--repo", default=str(REPO_ROOT / "model_repository" / "cpu"), help="for the embedder")
+    parser.add_argument("--work-dir", default=str(RUNS_DIR))
+    parser.add_argument("--repo", default=str(DEFAULT_REPO), help="for the embedder")
     parser.add_argument("--embedder", default=None, help="the repository's embedder (a new --repo: its default)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--soft-labels", action="store_true", help="tiers learn from the teacher's probabilities")

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from cascade import embedders
-from cascade.bench_distill import RESULTS_DIR
 from cascade.calibrate import DEFAULT_COST_MS, choose_threshold
 from cascade.contract import TIER_LLM_LARGE
+from cascade.paths import RESULTS_DIR
 from cascade.results import save_result
 from cascade.tasks import load_split, load_task
 

@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from cascade import contract
-from cascade.bench_llm import RESULTS_DIR
+from cascade.paths import REPO_ROOT, RESULTS_DIR
 from cascade.results import save_result
 from cascade.sizing import llm_threads
 
-DATA = Path(__file__).resolve().parent.parent / "bench" / "data" / "intents77.csv"
+DATA = REPO_ROOT / "bench" / "data" / "intents77.csv"
 QUESTION = "Which banking intent is this customer query about?"
 DEFAULT_MODEL = "qwen2.5-coder-1.5b"
 
@@ -103,7 +103,7 @@ def run(model: str, threads: int, modes: list[str], sequential_rows: int, rows: 
         "n_threads": threads,
         "labels": len(labels),
         "rows": len(prompts),
-        "data": str(DATA.relative_to(DATA.parent.parent.parent)),
+        "data": str(DATA.relative_to(REPO_ROOT)),
         "question": QUESTION,
         "prompt": {"instruction": instruction, "template": template},
         "load_average_1m_end": os.getloadavg()[0],

@@ -29,13 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cascade import paths
 from cascade.gguf import MODEL_GEMMA3, MODEL_SMOLLM2
 from cascade.llm import SCORING_PREFIX, SCORING_WHOLE, PromptTemplate
 from cascade.results import save_result
-from cascade.tasks import DEFAULT_DATA_DIR, dataset_file, prompt_from_question
+from cascade.tasks import dataset_file, prompt_from_question
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO_ROOT / "bench" / "results"
 SEED = 0
 
 
@@ -363,7 +362,7 @@ def run(
         "b1: one row per score() call; the KV cache of the shared prefix is reused across calls as well",
     }
     if save:
-        result["path"] = str(save_result("llm", result, RESULTS_DIR))
+        result["path"] = str(save_result("llm", result, paths.RESULTS_DIR))
     return result
 
 
@@ -400,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
 
-    data_dir = Path(args.data_dir or os.environ.get("CASCADE_DATA_DIR") or DEFAULT_DATA_DIR)
+    data_dir = paths.data_dir(args.data_dir)
     variants = {}
     for task in args.tasks:
         if args.variants:

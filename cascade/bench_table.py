@@ -32,9 +32,9 @@ from cascade import contract
 from cascade.bench import RESULTS_DIR, _cpus, save
 from cascade.client.table import FilterOptions, JobSummary, make_table, read_batches, run_embed, run_filter
 from cascade.errors import ConfigError
-from cascade.tasks import REPO_ROOT, TaskSpec, load_split, load_task
+from cascade.paths import BENCH_WORK_DIR, DEFAULT_REPO
+from cascade.tasks import TaskSpec, load_split, load_task
 
-WORK_DIR = REPO_ROOT / "bench" / "work"
 GOLD = "gold"
 
 
@@ -96,7 +96,7 @@ def bench_table(
     text_rows: int = 10_000,
     llm_rows: int = 300,
     data_dir: str | None = None,
-    work: Path = WORK_DIR,
+    work: Path = BENCH_WORK_DIR,
     seed: int = 0,
 ) -> dict:
     from cascade.client import CascadeClient
@@ -300,8 +300,6 @@ def print_table(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cascade.cli import DEFAULT_REPO
-
     parser = argparse.ArgumentParser(prog="cascade bench table", description=__doc__)
     parser.add_argument("--task", default="sst2")
     parser.add_argument("--repo", type=Path, default=DEFAULT_REPO)
@@ -309,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text-rows", type=int, default=10_000)
     parser.add_argument("--llm-rows", type=int, default=300)
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--work-dir", type=Path, default=WORK_DIR)
+    parser.add_argument("--work-dir", type=Path, default=BENCH_WORK_DIR)
     args = parser.parse_args(argv)
     result = bench_table(
         load_task(args.task), args.repo, args.rows, args.text_rows, args.llm_rows, args.data_dir, args.work_dir

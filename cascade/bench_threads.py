@@ -28,6 +28,7 @@ import numpy as np
 from cascade import contract
 from cascade.busy import cpu_hog
 from cascade.errors import CascadeError, InvalidInput
+from cascade.paths import DEFAULT_DATA_DIR
 from cascade.sizing import llm_threads, server_cores
 
 #: The value every llama.cpp model ran with before sizing.
@@ -151,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, nargs="+", default=None, help=f"thread counts (default: {OLD_THREADS} and the sized)"
     )
     parser.add_argument("--batch", type=int, default=1, help="rows per score() call, as in one request (default: 1)")
-    parser.add_argument("--data-dir", default=None, help="datasets folder (default: $CASCADE_DATA_DIR or ../shared)")
+    parser.add_argument(
+        "--data-dir", default=None, help=f"datasets folder (default: $CASCADE_DATA_DIR or {DEFAULT_DATA_DIR})"
+    )
     parser.add_argument("--results-dir", type=Path, default=None, help="where the JSON goes (default: bench/results)")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)

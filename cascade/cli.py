@@ -12,11 +12,8 @@ from cascade import contract
 from cascade.client.table import DEFAULT_BATCH_ROWS, DEFAULT_CHUNK_ROWS, DEFAULT_IN_FLIGHT, EMBEDDING_COLUMN
 from cascade.errors import CascadeError, InvalidInput
 from cascade.export.distill import CREATE_TIERS, DEFAULT_BUDGET, STRATEGIES
+from cascade.paths import DEFAULT_DATA_DIR, DEFAULT_REPO, RUNS_DIR
 from cascade.soak import DEFAULT_WARMUP_S
-from cascade.tasks import DEFAULT_DATA_DIR, REPO_ROOT
-
-DEFAULT_REPO = REPO_ROOT / "model_repository" / "cpu"
-DEFAULT_WORK = REPO_ROOT / "runs"
 
 
 def _add_repo(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +29,7 @@ def _add_task(parser: argparse.ArgumentParser) -> None:
 
 def _add_work(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--work-dir", type=Path, default=DEFAULT_WORK, help="distillation files, per task (default: %(default)s)"
+        "--work-dir", type=Path, default=RUNS_DIR, help="distillation files, per task (default: %(default)s)"
     )
 
 

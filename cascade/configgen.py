@@ -13,12 +13,14 @@ from cascade.contract import Tensor
 from cascade.errors import ConfigError
 from cascade.sizing import positive_int
 
-PROFILES = ("cpu",)
 _DTYPES = {"FP32": mc.TYPE_FP32, "INT32": mc.TYPE_INT32, "BYTES": mc.TYPE_STRING, "BOOL": mc.TYPE_BOOL}
 #: Python-backend sources (under python_backends/) that a model's ``1/model.py`` is copied from.
 BACKEND_GATE = "gate"
 BACKEND_ONNX_RUNNER = "onnx_runner"
 BACKEND_LLM_SCORER = "llm_scorer"
+#: The GPU large tier (BLS over ``tensorrt_llm``) and the streaming text endpoint (cascade.trtllm_config).
+BACKEND_LLM_TRTLLM = "llm_trtllm"
+BACKEND_LLM_GENERATE = "llm_generate"
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,8 @@ class ModelSpec:
         return list(tensor.dims) or [1]
 
     def to_proto(self, profile: str = "cpu") -> mc.ModelConfig:
-        if profile not in PROFILES:
-            raise ConfigError(f"unknown profile {profile!r}; known: {PROFILES}")
+        if profile != "cpu":  # the GPU profile writes its configs whole (cascade.trtllm_config.ProtoSpec)
+            raise ConfigError(f"unknown profile {profile!r} for a ModelSpec: it writes CPU configs (KIND_CPU) only")
         config = mc.ModelConfig(name=self.name, backend=self.backend, max_batch_size=self.max_batch_size)
         for tensor in self.inputs:
             item = config.input.add(

@@ -173,7 +173,7 @@ def run_demo(
     from cascade.client import CascadeClient
     from cascade.export.build import BuildOptions, build_figures, build_task, ensure_embedder, ensure_llms
     from cascade.launcher import ServerOptions, TritonServer, free_ports
-    from cascade.tasks import REPO_ROOT
+    from cascade.paths import RUNS_DIR
 
     repo = Path(repo)
     begin = time.perf_counter()
@@ -201,7 +201,7 @@ def run_demo(
     with TritonServer(opts) as server, CascadeClient(server.grpc_url, timeout_s=600) as client:
         stages["server_start_s"] = time.perf_counter() - t
         if build:
-            report = build_with_teacher(task, repo, client, work_root or REPO_ROOT / "runs", sample, data_dir)
+            report = build_with_teacher(task, repo, client, work_root or RUNS_DIR, sample, data_dir)
             stages["labelling_s"] = report["labelling"]["wall_s"]
             stages["train_calibrate_export_load_s"] = report["timings"]["train_calibrate_export_load_s"]
         if report is not None:

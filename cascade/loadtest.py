@@ -19,7 +19,7 @@ import numpy as np
 
 from cascade import contract
 from cascade.errors import ConfigError
-from cascade.tasks import REPO_ROOT
+from cascade.paths import BENCH_WORK_DIR, REPO_ROOT
 
 LOCUSTFILE = REPO_ROOT / "loadtest" / "locustfile.py"
 #: Environment of the Locust process: where the scenario's rows are, which scenario, which task.
@@ -239,7 +239,7 @@ def run_scenarios(
 
     from cascade.launcher import ServerOptions, TritonServer, free_ports
 
-    work = Path(work or REPO_ROOT / "bench" / "work" / "loadtest")
+    work = Path(work or BENCH_WORK_DIR / "loadtest")
     work.mkdir(parents=True, exist_ok=True)
     results = []
     with contextlib.ExitStack() as stack:

@@ -7,7 +7,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "bench" / "results"
+from cascade.paths import RESULTS_DIR as RESULTS_DIR  # re-exported: bench, the benchmarks and tests import it here
 
 
 def now_iso() -> str:

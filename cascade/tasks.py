@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import tomllib
 from collections.abc import Sequence
@@ -14,18 +13,11 @@ from pathlib import Path
 from cascade import contract
 from cascade.errors import ConfigError
 from cascade.gate import check_prompt
+from cascade.paths import DATA_DIR_ENV, TASKS_DIR, data_dir
+from cascade.paths import DEFAULT_DATA_DIR as DEFAULT_DATA_DIR  # re-exported: the names moved to cascade.paths
+from cascade.paths import REPO_ROOT as REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TASKS_DIR = REPO_ROOT / "tasks"
-DATA_DIR_ENV = "CASCADE_DATA_DIR"
-#: The datasets the shipped tasks, the demo and the tests use, gzipped in the repository (data/README.md).
-DEFAULT_DATA_DIR = REPO_ROOT / "data"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
-
-
-def data_dir(override: str | Path | None = None) -> Path:
-    """The datasets folder: ``override``, else ``$CASCADE_DATA_DIR``, else the repository's ``data/``."""
-    return Path(override or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
 
 
 @dataclass(frozen=True)

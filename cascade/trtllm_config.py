@@ -16,7 +16,6 @@ Every config is round-tripped through ``text_format`` and Triton's protobuf befo
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,19 +24,15 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from cascade import contract
-from cascade.configgen import ModelSpec, parse_config, threads_parameter
+from cascade.configgen import BACKEND_LLM_GENERATE, BACKEND_LLM_TRTLLM, ModelSpec, parse_config, threads_parameter
 from cascade.contract import Tensor
 from cascade.errors import ConfigError
 
-#: python_backends/<source>/model.py of the GPU large tier and of the streaming endpoint.
-BACKEND_LLM_TRTLLM = "llm_trtllm"
-BACKEND_LLM_GENERATE = "llm_generate"
 TRTLLM_BACKEND = "tensorrtllm"
 BATCHING_STRATEGIES = ("inflight_fused_batching", "V1")
 SCHEDULER_POLICIES = ("guaranteed_no_evict", "max_utilization")
 FORCE_CPU_ONLY_INPUT_TENSORS = "FORCE_CPU_ONLY_INPUT_TENSORS"
 DEFAULT_MAX_INPUT_LEN = 2048
-DEFAULT_TRITONSERVER = "/opt/tritonserver/bin/tritonserver"
 
 _DTYPES = {"FP32": mc.TYPE_FP32, "INT32": mc.TYPE_INT32, "BYTES": mc.TYPE_STRING, "BOOL": mc.TYPE_BOOL}
 
@@ -320,54 +315,10 @@ def write_gpu_llm_models(
     return [spec.name for spec in specs]
 
 
-def write_cpu_generate_model(
-    repo: str | Path, llm_model: str, n_ctx: int = 1024, num_threads: int | str = contract.THREADS_AUTO
-) -> list[str]:
-    """Write the CPU profile's ``llm_generate`` (llama.cpp over a packaged GGUF) into ``repo``."""
-    from cascade.export.repository import RepositoryWriter
-
-    spec = ProtoSpec.of(
+def cpu_generate_spec(llm_model: str, n_ctx: int = 1024, num_threads: int | str = contract.THREADS_AUTO) -> ProtoSpec:
+    """The CPU profile's ``llm_generate`` (llama.cpp over a packaged GGUF), for a
+    :class:`cascade.export.repository.RepositoryWriter`; ``cascade.export.build.ensure_llms`` writes it."""
+    return ProtoSpec.of(
         llm_generate_config(contract.RUNTIME_LLAMA_CPP, llm_model=llm_model, n_ctx=n_ctx, num_threads=num_threads),
         BACKEND_LLM_GENERATE,
     )
-    with RepositoryWriter(Path(repo)) as writer:
-        writer.add(spec)
-    return [spec.name]
-
-
-def launch_command(
-    repo: str | Path,
-    world_size: int,
-    tritonserver: str = DEFAULT_TRITONSERVER,
-    http_port: int = contract.DEFAULT_HTTP_PORT,
-    grpc_port: int = contract.DEFAULT_GRPC_PORT,
-    metrics_port: int = contract.DEFAULT_METRICS_PORT,
-) -> list[str]:
-    """``mpirun`` line of the backend's leader mode for a tp x pp engine: one ``tritonserver`` per rank.
-
-    Rank 0 serves the whole repository; the other ranks load only ``tensorrt_llm`` (they block inside it as
-    MPI workers) and open no endpoint. Each rank needs its own Python-backend shared-memory prefix.
-    """
-    if world_size < 1:
-        raise ConfigError(f"world_size must be at least 1, got {world_size}")
-    cmd = ["mpirun", "--allow-run-as-root"]
-    for rank in range(world_size):
-        if rank:
-            cmd.append(":")
-        cmd += ["-n", "1", tritonserver, f"--model-repository={repo}", "--disable-auto-complete-config"]
-        cmd.append(f"--backend-config=python,shm-region-prefix-name=prefix{rank}_")
-        if rank == 0:
-            cmd += [f"--http-port={http_port}", f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}"]
-        else:
-            cmd += [
-                "--model-control-mode=explicit",
-                f"--load-model={contract.TRTLLM_MODEL}",
-                "--allow-http=false",
-                "--allow-grpc=false",
-                "--allow-metrics=false",
-            ]
-    return cmd
-
-
-def launch_line(command: Sequence[str]) -> str:
-    return " ".join(shlex.quote(part) for part in command)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -179,10 +180,14 @@ def _batch_result(result) -> BatchResult:
     return BatchResult(probs=result.as_numpy(contract.PROBS.name), tier=tier, degraded=_degraded(result, len(tier)))
 
 
+def _model_parameters(config: dict) -> dict[str, str]:
+    return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+
+
 def _gate_config(config: dict, task: str):
     from cascade.gate import GateConfig
 
-    params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+    params = _model_parameters(config)
     if contract.CFG_LABELS not in params:
         raise UnknownTask(f"model {task!r} is not a task gate (no {contract.CFG_LABELS!r} parameter)")
     return GateConfig.from_parameters(params)
@@ -205,19 +210,86 @@ def translate(exc: InferenceServerException, task: str) -> CascadeError:
     return ServerError(f"{task}: {message} (status {exc.status()})")
 
 
-class CascadeClient:
-    """Blocking client: ``CascadeClient(url).classify("sst2", ["great film"])``.
+@contextlib.contextmanager
+def _translated(what: str, error=translate):
+    """Inside the block, a Triton error is raised as ``error(exc, what)`` (one of the project's errors)."""
+    try:
+        yield
+    except InferenceServerException as exc:
+        raise error(exc, what) from exc
 
-    ``admin_key`` (default: ``$CASCADE_ADMIN_KEY``) is sent with the admin calls (model load, repository
-    index; model config and statistics too, which a Helm deployment may restrict) to a server that restricts
-    them; inference needs no key."""
+
+def _load_error(exc: InferenceServerException, name: str) -> ServerError:
+    return ServerError(
+        f"loading {name!r} failed: {exc.message()} (is the server in --model-control-mode=explicit, "
+        "serving this repository?)"
+    )
+
+
+def _array_outputs(module) -> list:
+    return [module.InferRequestedOutput(n) for n in _ARRAY_OUTPUTS]
+
+
+def _embedder(config: dict) -> tuple[str, int]:
+    dims = next(int(o["dims"][-1]) for o in config["output"] if o["name"] == contract.EMBEDDING.name)
+    name = config.get("parameters", {}).get(contract.CFG_EMBEDDER, {}).get("string_value", "minilm-l6")
+    return name, dims
+
+
+def _score_inputs(module, prompts: Sequence, candidates: Sequence[str]) -> list:
+    rows = [tuple(p) if not hasattr(p, "prefix") else (p.prefix, p.content, p.suffix) for p in prompts]
+    if not rows:
+        raise InvalidInput("no prompts to score")
+    prompt = np.array([[part.encode("utf-8") for part in row] for row in rows], dtype=np.object_)
+    cands = np.array([[c.encode("utf-8") for c in candidates]] * len(rows), dtype=np.object_)
+    inputs = []
+    for tensor, value in ((contract.PROMPT, prompt), (contract.CANDIDATES, cands)):
+        item = module.InferInput(tensor.name, list(value.shape), tensor.datatype)
+        item.set_data_from_numpy(value)
+        inputs.append(item)
+    return inputs
+
+
+def _score_parameters(calibrate: bool | None) -> dict | None:
+    return {contract.PARAM_CALIBRATE: calibrate} if calibrate is not None else None
+
+
+def _scores(result) -> tuple[np.ndarray, np.ndarray]:
+    return result.as_numpy(contract.PROBS.name), result.as_numpy(contract.TRUNCATED.name).reshape(-1)
+
+
+def _ready_models(index: dict) -> list[str]:
+    return [m["name"] for m in index.get("models", []) if m.get("state") == "READY"]
+
+
+def _is_task(config: dict) -> bool:
+    return contract.CFG_THRESHOLDS in config.get("parameters", {})
+
+
+def _model_stats(raw: dict) -> dict[str, ModelStats]:
+    return {m["name"]: ModelStats.from_json(m) for m in raw.get("model_stats", [])}
+
+
+class _Connection:
+    """What both clients share: the settings, the admin header and ``_module``'s Triton client."""
+
+    _module = grpcclient
 
     def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 120.0, admin_key: str | None = None, **kwargs):
         self.url = url
         self.timeout_s = timeout_s
         key = admin_key if admin_key is not None else os.environ.get(contract.ADMIN_KEY_ENV)
         self._admin_headers = {contract.GRPC_ADMIN_HEADER: key} if key else None
-        self._client = grpcclient.InferenceServerClient(url, **_tls(kwargs))
+        self._client = self._module.InferenceServerClient(url, **_tls(kwargs))
+
+
+class CascadeClient(_Connection):
+    """Blocking client: ``CascadeClient(url).classify("sst2", ["great film"])``.
+
+    ``admin_key`` (default: ``$CASCADE_ADMIN_KEY``) is sent with the admin calls (model load, repository
+    index; model config and statistics too, which a Helm deployment may restrict) to a server that restricts
+    them; inference needs no key. Request building and answer parsing are the module's helpers, which
+    :class:`AsyncCascadeClient` shares: the two differ only in the transport call."""
 
     def classify(
         self,
@@ -230,7 +302,7 @@ class CascadeClient:
         return_probs: bool = False,
         on_tier_failure: str | None = None,
     ) -> list[Prediction]:
-        try:
+        with _translated(task):
             result = self._client.infer(
                 contract.gate_model_name(task),
                 _inputs(grpcclient, texts, embeddings),
@@ -238,8 +310,6 @@ class CascadeClient:
                 parameters=_parameters(max_tier, min_tier, return_probs, on_tier_failure),
                 client_timeout=self.timeout_s,
             )
-        except InferenceServerException as exc:
-            raise translate(exc, task) from exc
         return _predictions(result, return_probs)
 
     def classify_arrays(
@@ -251,18 +321,18 @@ class CascadeClient:
         max_tier: int | str | None = None,
         min_tier: int | str | None = None,
         on_tier_failure: str | None = None,
+        timeout_s: float | None = None,
     ) -> BatchResult:
-        """Like :meth:`classify`, answers as arrays; labels are ``self.labels(task)[result.label_index]``."""
-        try:
+        """Like :meth:`classify`, answers as arrays; labels are ``self.labels(task)[result.label_index]``.
+        ``timeout_s``: this call's deadline (default: the client's)."""
+        with _translated(task):
             result = self._client.infer(
                 contract.gate_model_name(task),
                 _inputs(grpcclient, texts, embeddings),
-                outputs=[grpcclient.InferRequestedOutput(n) for n in _ARRAY_OUTPUTS],
+                outputs=_array_outputs(grpcclient),
                 parameters=_parameters(max_tier, min_tier, False, on_tier_failure),
-                client_timeout=self.timeout_s,
+                client_timeout=timeout_s or self.timeout_s,
             )
-        except InferenceServerException as exc:
-            raise translate(exc, task) from exc
         return _batch_result(result)
 
     def labels(self, task: str) -> list[str]:
@@ -271,91 +341,55 @@ class CascadeClient:
 
     def gate_config(self, task: str):
         """The task gate's configuration (labels, enabled tiers, thresholds), parsed as the gate parses it."""
-        try:
+        with _translated(task):
             name = contract.gate_model_name(task)
             config = self._client.get_model_config(name, headers=self._admin_headers, as_json=True)["config"]
-        except InferenceServerException as exc:
-            raise translate(exc, task) from exc
         return _gate_config(config, task)
 
     def infer(self, model: str, inputs, outputs=None, parameters=None):
         """A raw call of any model (tier models, the embedder), for benchmarks and tests."""
-        try:
+        with _translated(model):
             return self._client.infer(
                 model, inputs, outputs=outputs, parameters=parameters, client_timeout=self.timeout_s
             )
-        except InferenceServerException as exc:
-            raise translate(exc, model) from exc
 
     def model_config(self, model: str) -> dict:
         """A served model's config as JSON (Triton's model_config)."""
-        try:
+        with _translated(model):
             return self._client.get_model_config(model, headers=self._admin_headers, as_json=True)["config"]
-        except InferenceServerException as exc:
-            raise translate(exc, model) from exc
 
     def model_parameters(self, model: str) -> dict[str, str]:
         """A served model's config parameters (e.g. which GGUF an LLM scorer serves)."""
-        return {k: v.get("string_value", "") for k, v in self.model_config(model).get("parameters", {}).items()}
+        return _model_parameters(self.model_config(model))
 
     def embedder(self) -> tuple[str, int]:
         """The served embedder's name and width, from its config (the repository's choice, cascade.embedders)."""
-        config = self.model_config(contract.EMBEDDER_MODEL)
-        dims = next(int(o["dims"][-1]) for o in config["output"] if o["name"] == contract.EMBEDDING.name)
-        name = config.get("parameters", {}).get(contract.CFG_EMBEDDER, {}).get("string_value", "minilm-l6")
-        return name, dims
+        return _embedder(self.model_config(contract.EMBEDDER_MODEL))
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """The server's embedding of each text ([n, dim] float32, the embedder model)."""
-        result = self.infer(contract.EMBEDDER_MODEL, text_inputs(texts))
-        return result.as_numpy(contract.EMBEDDING.name)
+        return self.infer(contract.EMBEDDER_MODEL, text_inputs(texts)).as_numpy(contract.EMBEDDING.name)
 
     def score(
         self, model: str, prompts: Sequence, candidates: Sequence[str], calibrate: bool | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Call an LLM scorer (``llm_small``, ``llm_large``): ``prompts`` are ``cascade.llm.Prompt`` rows
         (or (prefix, content, suffix) triples); returns ``(PROBS [n, k], TRUNCATED [n])``."""
-        rows = [tuple(p) if not hasattr(p, "prefix") else (p.prefix, p.content, p.suffix) for p in prompts]
-        if not rows:
-            raise InvalidInput("no prompts to score")
-        prompt = np.array([[part.encode("utf-8") for part in row] for row in rows], dtype=np.object_)
-        cands = np.array([[c.encode("utf-8") for c in candidates]] * len(rows), dtype=np.object_)
-        inputs = []
-        for tensor, value in ((contract.PROMPT, prompt), (contract.CANDIDATES, cands)):
-            item = grpcclient.InferInput(tensor.name, list(value.shape), tensor.datatype)
-            item.set_data_from_numpy(value)
-            inputs.append(item)
-        parameters = {contract.PARAM_CALIBRATE: calibrate} if calibrate is not None else None
-        result = self.infer(model, inputs, parameters=parameters)
-        return result.as_numpy(contract.PROBS.name), result.as_numpy(contract.TRUNCATED.name).reshape(-1)
+        inputs = _score_inputs(grpcclient, prompts, candidates)
+        return _scores(self.infer(model, inputs, parameters=_score_parameters(calibrate)))
 
     def load_models(self, names: Sequence[str]) -> None:
         """Load (or reload) models into a server started with ``--model-control-mode=explicit``, in order
         (tier models before the gate that calls them)."""
         for name in names:
-            try:
+            with _translated(name, _load_error):
                 self._client.load_model(name, headers=self._admin_headers)
-            except InferenceServerException as exc:
-                raise ServerError(
-                    f"loading {name!r} failed: {exc.message()} (is the server in --model-control-mode=explicit, "
-                    "serving this repository?)"
-                ) from exc
 
     def tasks(self) -> list[str]:
         """Ready gate models (the public tasks) in the repository."""
-        try:
+        with _translated("repository index"):
             index = self._client.get_model_repository_index(headers=self._admin_headers, as_json=True)
-        except InferenceServerException as exc:
-            raise translate(exc, "repository index") from exc
-        index = index.get("models", [])
-        found = []
-        for model in index:
-            if model.get("state") != "READY":
-                continue
-            config = self._client.get_model_config(model["name"], headers=self._admin_headers, as_json=True)["config"]
-            if contract.CFG_THRESHOLDS in config.get("parameters", {}):
-                found.append(model["name"])
-        return sorted(found)
+        return sorted(name for name in _ready_models(index) if _is_task(self.model_config(name)))
 
     def is_ready(self) -> bool:
         try:
@@ -365,11 +399,8 @@ class CascadeClient:
 
     def model_stats(self) -> dict[str, ModelStats]:
         """Per model, what the server counted since it started (``/v2/models/stats``)."""
-        try:
-            raw = self._client.get_inference_statistics(headers=self._admin_headers, as_json=True)
-        except InferenceServerException as exc:
-            raise translate(exc, "statistics") from exc
-        return {m["name"]: ModelStats.from_json(m) for m in raw.get("model_stats", [])}
+        with _translated("statistics"):
+            return _model_stats(self._client.get_inference_statistics(headers=self._admin_headers, as_json=True))
 
     def close(self) -> None:
         self._client.close()
@@ -381,13 +412,11 @@ class CascadeClient:
         self.close()
 
 
-class AsyncCascadeClient:
-    """asyncio client with the same API: ``await client.classify(task, texts)``."""
+class AsyncCascadeClient(_Connection):
+    """asyncio client with the same API as :class:`CascadeClient` (each method awaited):
+    ``await client.classify(task, texts)``; ``async with`` closes it."""
 
-    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 120.0, **kwargs) -> None:
-        self.url = url
-        self.timeout_s = timeout_s
-        self._client = aioclient.InferenceServerClient(url, **_tls(kwargs))
+    _module = aioclient
 
     async def classify(
         self,
@@ -400,7 +429,7 @@ class AsyncCascadeClient:
         return_probs: bool = False,
         on_tier_failure: str | None = None,
     ) -> list[Prediction]:
-        try:
+        with _translated(task):
             result = await self._client.infer(
                 contract.gate_model_name(task),
                 _inputs(aioclient, texts, embeddings),
@@ -408,8 +437,6 @@ class AsyncCascadeClient:
                 parameters=_parameters(max_tier, min_tier, return_probs, on_tier_failure),
                 client_timeout=self.timeout_s,
             )
-        except InferenceServerException as exc:
-            raise translate(exc, task) from exc
         return _predictions(result, return_probs)
 
     async def classify_arrays(
@@ -423,39 +450,70 @@ class AsyncCascadeClient:
         on_tier_failure: str | None = None,
         timeout_s: float | None = None,
     ) -> BatchResult:
-        """``timeout_s``: this call's deadline (default: the client's)."""
-        try:
+        with _translated(task):
             result = await self._client.infer(
                 contract.gate_model_name(task),
                 _inputs(aioclient, texts, embeddings),
-                outputs=[aioclient.InferRequestedOutput(n) for n in _ARRAY_OUTPUTS],
+                outputs=_array_outputs(aioclient),
                 parameters=_parameters(max_tier, min_tier, False, on_tier_failure),
                 client_timeout=timeout_s or self.timeout_s,
             )
-        except InferenceServerException as exc:
-            raise translate(exc, task) from exc
         return _batch_result(result)
 
     async def labels(self, task: str) -> list[str]:
-        try:
-            config = (await self._client.get_model_config(contract.gate_model_name(task), as_json=True))["config"]
-        except InferenceServerException as exc:
-            raise translate(exc, task) from exc
-        return list(_gate_config(config, task).labels)
+        return list((await self.gate_config(task)).labels)
+
+    async def gate_config(self, task: str):
+        with _translated(task):
+            name = contract.gate_model_name(task)
+            config = (await self._client.get_model_config(name, headers=self._admin_headers, as_json=True))["config"]
+        return _gate_config(config, task)
 
     async def infer(self, model: str, inputs, outputs=None, parameters=None):
-        try:
+        with _translated(model):
             return await self._client.infer(
                 model, inputs, outputs=outputs, parameters=parameters, client_timeout=self.timeout_s
             )
-        except InferenceServerException as exc:
-            raise translate(exc, model) from exc
+
+    async def model_config(self, model: str) -> dict:
+        with _translated(model):
+            return (await self._client.get_model_config(model, headers=self._admin_headers, as_json=True))["config"]
+
+    async def model_parameters(self, model: str) -> dict[str, str]:
+        return _model_parameters(await self.model_config(model))
+
+    async def embedder(self) -> tuple[str, int]:
+        return _embedder(await self.model_config(contract.EMBEDDER_MODEL))
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return (await self.infer(contract.EMBEDDER_MODEL, text_inputs(texts))).as_numpy(contract.EMBEDDING.name)
+
+    async def score(
+        self, model: str, prompts: Sequence, candidates: Sequence[str], calibrate: bool | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        inputs = _score_inputs(aioclient, prompts, candidates)
+        return _scores(await self.infer(model, inputs, parameters=_score_parameters(calibrate)))
+
+    async def load_models(self, names: Sequence[str]) -> None:
+        for name in names:
+            with _translated(name, _load_error):
+                await self._client.load_model(name, headers=self._admin_headers)
+
+    async def tasks(self) -> list[str]:
+        with _translated("repository index"):
+            index = await self._client.get_model_repository_index(headers=self._admin_headers, as_json=True)
+        return sorted([name for name in _ready_models(index) if _is_task(await self.model_config(name))])
 
     async def is_ready(self) -> bool:
         try:
             return await self._client.is_server_ready()
         except InferenceServerException:
             return False
+
+    async def model_stats(self) -> dict[str, ModelStats]:
+        with _translated("statistics"):
+            raw = await self._client.get_inference_statistics(headers=self._admin_headers, as_json=True)
+        return _model_stats(raw)
 
     async def close(self) -> None:
         await self._client.close()

@@ -136,20 +136,6 @@ def chunks(batches, chunk_rows: int) -> Iterator[tuple[int, pa.Table]]:
 
 
 # ----------------------------------------------------------------------------------------- cell checks
-@dataclass
-class Cells:
-    """A chunk's cells as the wire wants them, and a message for every row that cannot be sent."""
-
-    texts: np.ndarray  # object array of UTF-8 bytes (None where bad)
-    embeddings: np.ndarray | None  # [n, D] float32, rows without one are zeros
-    has_embedding: np.ndarray  # [n] bool
-    errors: list[str | None]
-
-    @property
-    def ok(self) -> np.ndarray:
-        return np.array([e is None for e in self.errors], bool)
-
-
 def check_text_column(schema: pa.Schema, column: str, path: Path) -> None:
     if column not in schema.names:
         raise ConfigError(f"table {path}: no text column {column!r} (columns: {schema.names})")

@@ -24,9 +24,11 @@ from cascade.calibrate import (
     tier_mix,
 )
 from cascade.errors import ConfigError
+from cascade.export.labelled import ACTIVE, PROB_PREFIX, SAMPLE_COLUMN, UNIFORM
 from cascade.export.repository import RepositoryWriter
 from cascade.gate import GateConfig
 from cascade.tasks import TaskSpec, load_split
+from cascade.trtllm_config import cpu_generate_spec
 
 EMBEDDER_FILES = ("model.onnx", "tokenizer.json")
 
@@ -80,8 +82,6 @@ def read_soft_labels(path: str | Path, labels: np.ndarray, n_labels: int) -> np.
     (a column teacher, an older cache) gets its hard label as a one-hot row. None when the file has none."""
     import pandas as pd
 
-    from cascade.export.distill import PROB_PREFIX
-
     columns = [f"{PROB_PREFIX}{j}" for j in range(n_labels)]
     frame = pd.read_csv(path)
     if not set(columns) <= set(frame.columns):
@@ -96,8 +96,6 @@ def uniform_rows(path: str | Path) -> np.ndarray:
     """Which rows of ``labelled.csv`` came from its uniform sample (``sample`` column; a file without it
     predates active sampling: all uniform). Only these may calibrate (README, "cascade label")."""
     import pandas as pd
-
-    from cascade.export.distill import ACTIVE, SAMPLE_COLUMN, UNIFORM
 
     frame = pd.read_csv(path, keep_default_na=False)
     if SAMPLE_COLUMN not in frame.columns:
@@ -159,12 +157,15 @@ LLM_N_CTX = 1024
 
 
 def llm_specs() -> list[configgen.ModelSpec]:
+    """The LLM tiers' scorers and ``llm_generate``, the streaming text endpoint (on the small tier's model)."""
     # Contextual calibration on by default; a task prompt's ``calibrate`` overrides it per request.
-    return [configgen.llm_spec(t, LLM_ROLES[t], n_ctx=LLM_N_CTX, calibrate=True) for t in LLM_ROLES]
+    scorers = [configgen.llm_spec(t, LLM_ROLES[t], n_ctx=LLM_N_CTX, calibrate=True) for t in LLM_ROLES]
+    return [*scorers, cpu_generate_spec(LLM_ROLES[contract.TIER_LLM_SMALL], n_ctx=LLM_N_CTX)]
 
 
 def ensure_llms(repo: Path) -> None:
-    """Write the shared LLM scorer models (one copy whatever the number of tasks) where missing or stale."""
+    """Write the shared LLM models (scorers and ``llm_generate``: one copy whatever the number of tasks) where
+    missing or stale."""
     stale = []
     for spec in llm_specs():
         config = Path(repo) / spec.name / "config.pbtxt"

@@ -25,6 +25,7 @@ import numpy as np
 
 from cascade import contract
 from cascade.errors import ConfigError, InvalidInput, ServerError
+from cascade.export.labelled import ACTIVE, PROB_PREFIX, SAMPLE_COLUMN, UNIFORM
 
 TEACHER_LLM = contract.TIER_NAMES[contract.TIER_LLM_LARGE]
 COLUMN_PREFIX = "column:"
@@ -33,12 +34,7 @@ DEFAULT_SAMPLE = DEFAULT_BUDGET  # its former name
 LABEL_BATCH = 32  # rows per teacher call; the cache is committed after each
 
 
-STRATEGIES = ("uniform", "active")
-#: ``labelled.csv``'s column saying which sample a row came from; a file without it is all uniform.
-SAMPLE_COLUMN = "sample"
-#: labelled.csv: the teacher's probability of label j is in column ``prob_<j>`` (its soft labels).
-PROB_PREFIX = "prob_"
-UNIFORM, ACTIVE = "uniform", "active"
+STRATEGIES = (UNIFORM, ACTIVE)
 #: Active sampling: the uniform seed is half the budget, at least ACTIVE_MIN_SEED rows (all of a smaller
 #: budget); the active rows are chosen among a uniform pool of at most ACTIVE_POOL_FACTOR x their number.
 ACTIVE_MIN_SEED = 200

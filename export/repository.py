@@ -15,17 +15,18 @@ from pathlib import Path
 from cascade import contract
 from cascade.configgen import (
     BACKEND_GATE,
+    BACKEND_LLM_GENERATE,
     BACKEND_LLM_SCORER,
+    BACKEND_LLM_TRTLLM,
     BACKEND_ONNX_RUNNER,
     ModelSpec,
     parse_config,
     write_config,
 )
 from cascade.export.journal import DONE, JOURNAL, OLD_PREFIX, OWNER, fsync_dir, recover
+from cascade.paths import BACKENDS_DIR
 from cascade.runtime import TOKEN_INPUTS
-from cascade.tasks import REPO_ROOT
 
-BACKENDS_DIR = REPO_ROOT / "python_backends"
 BACKEND_TOKENIZER = "tokenizer"
 VERSION = contract.MODEL_VERSION
 
@@ -93,11 +94,15 @@ class RepositoryWriter:
 
 
 def python_source(model_dir: Path) -> str | None:
-    """Which ``python_backends/<source>`` a built CPU model runs (None: not a Python-backend model)."""
+    """Which ``python_backends/<source>`` a built model runs (None: not a Python-backend model)."""
     config = parse_config((Path(model_dir) / "config.pbtxt").read_text())
     if config.backend != "python":
         return None
     params = set(config.parameters)
+    if config.model_transaction_policy.decoupled:  # the one decoupled Python model, on either runtime
+        return BACKEND_LLM_GENERATE
+    if contract.CFG_TRTLLM_MODEL in params:
+        return BACKEND_LLM_TRTLLM  # the GPU profile's llm_large
     if contract.CFG_LLM_MODEL in params:
         return BACKEND_LLM_SCORER
     if contract.CFG_TASK in params:

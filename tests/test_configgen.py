@@ -62,8 +62,9 @@ def test_llm_tiers_have_no_per_task_model():
 def test_parse_rejects_unknown_fields_and_profiles():
     with pytest.raises(ConfigError, match="invalid config.pbtxt"):
         configgen.parse_config('name: "x"\nmax_batch_sise: 3\n')
-    with pytest.raises(ConfigError, match="unknown profile"):
-        configgen.embedder_spec().to_pbtxt(profile="tpu")
+    for profile in ("tpu", "gpu"):  # the GPU profile's configs are ProtoSpecs, never a ModelSpec's KIND_CPU
+        with pytest.raises(ConfigError, match="unknown profile"):
+            configgen.embedder_spec().to_pbtxt(profile=profile)
 
 
 def test_write_config(tmp_path):
@@ -81,15 +82,46 @@ def test_tiers_reject_requests_queued_past_the_bls_timeout():
 
 def test_refresh_backends_copies_each_models_own_glue(tmp_path):
     from cascade.export.repository import BACKENDS_DIR, RepositoryWriter, refresh_backends
+    from cascade.trtllm_config import ProtoSpec, cpu_generate_spec, llm_large_gpu_config
 
     repo = tmp_path / "cpu"
     with RepositoryWriter(repo) as writer:
         writer.add(configgen.embedder_spec())
         writer.add(configgen.gate_spec(gate_params(), "sst2", n_labels=2))
         writer.add(configgen.llm_spec(contract.TIER_LLM_SMALL, "smollm2-135m"))
+        writer.add(cpu_generate_spec("smollm2-135m"))  # has llm_model too: not the scorer's glue
+        writer.add(ProtoSpec.of(llm_large_gpu_config("/tok"), configgen.BACKEND_LLM_TRTLLM))  # the GPU llm_large
     for model in repo.iterdir():
         (model / "1" / "model.py").write_text("stale")
-    assert refresh_backends(repo) == sorted([contract.EMBEDDER_MODEL, "sst2", contract.TIER_NAMES[3]])
-    expected = {contract.EMBEDDER_MODEL: "onnx_runner", "sst2": "gate", contract.TIER_NAMES[3]: "llm_scorer"}
+    expected = {
+        contract.EMBEDDER_MODEL: "onnx_runner",
+        "sst2": "gate",
+        contract.TIER_NAMES[3]: "llm_scorer",
+        contract.LLM_GENERATE_MODEL: "llm_generate",
+        contract.TIER_NAMES[4]: "llm_trtllm",
+    }
+    assert refresh_backends(repo) == sorted(expected)
     for model, source in expected.items():
         assert (repo / model / "1" / "model.py").read_text() == (BACKENDS_DIR / source / "model.py").read_text()
+
+
+def test_ensure_llms_writes_the_streaming_endpoint(tmp_path):
+    """The CPU build writes ``llm_generate`` beside the LLM scorers (llama.cpp on the small tier's model), once."""
+    from cascade.export.build import LLM_N_CTX, LLM_ROLES, ensure_llms
+    from cascade.export.repository import BACKENDS_DIR
+
+    repo = tmp_path / "cpu"
+    ensure_llms(repo)
+    names = {contract.TIER_NAMES[contract.TIER_LLM_SMALL], contract.TIER_NAMES[contract.TIER_LLM_LARGE]}
+    assert {p.name for p in repo.iterdir()} == names | {contract.LLM_GENERATE_MODEL}
+    model = repo / contract.LLM_GENERATE_MODEL
+    config = configgen.parse_config((model / "config.pbtxt").read_text())
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert config.model_transaction_policy.decoupled and params[contract.CFG_RUNTIME] == contract.RUNTIME_LLAMA_CPP
+    assert params[contract.CFG_LLM_MODEL] == LLM_ROLES[contract.TIER_LLM_SMALL]
+    assert params[contract.CFG_N_CTX] == str(LLM_N_CTX)
+    glue = (BACKENDS_DIR / "llm_generate" / "model.py").read_text()
+    assert (model / contract.MODEL_VERSION / "model.py").read_text() == glue
+    written = (model / "config.pbtxt").stat().st_mtime_ns
+    ensure_llms(repo)  # up to date: nothing rewritten
+    assert (model / "config.pbtxt").stat().st_mtime_ns == written

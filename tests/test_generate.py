@@ -78,13 +78,15 @@ def test_pieces_from_a_recorded_token_stream(byte_bpe):
 def generate_server(tmp_path_factory):
     import llama_cpp  # noqa: F401  (a required dependency: missing, these tests fail)
 
+    from cascade.export.repository import RepositoryWriter
     from cascade.gguf import MODEL_SMOLLM2, gguf_path
     from cascade.launcher import ServerOptions, TritonServer, free_ports
-    from cascade.trtllm_config import write_cpu_generate_model
+    from cascade.trtllm_config import cpu_generate_spec
 
     gguf_path(MODEL_SMOLLM2)  # fails early with a clear message when the model package is missing
     repo = tmp_path_factory.mktemp("generate") / "cpu"
-    write_cpu_generate_model(repo, MODEL_SMOLLM2, n_ctx=512, num_threads=1)  # robust on a busy 2-core box
+    with RepositoryWriter(repo) as writer:  # llm_generate alone (the build writes it with the LLM scorers)
+        writer.add(cpu_generate_spec(MODEL_SMOLLM2, n_ctx=512, num_threads=1))  # robust on a busy 2-core box
     http, grpc, metrics = free_ports(3)
     with TritonServer(ServerOptions(repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics)) as srv:
         yield srv

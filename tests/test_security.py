@@ -1,5 +1,6 @@
 """Admin APIs locked with a key while inference stays open, against the real server (gRPC and HTTP)."""
 
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -58,6 +59,32 @@ def test_inference_is_open_and_admin_calls_need_the_key(locked, sst2_task, monke
     monkeypatch.setenv(contract.ADMIN_KEY_ENV, KEY)  # the key from the environment, as the CLI takes it
     with CascadeClient(locked.grpc_url) as admin:
         assert sst2_task.name in admin.tasks()
+
+
+@pytest.mark.server
+def test_the_async_client_sends_the_admin_key_as_the_sync_one(locked, sst2_task, monkeypatch):
+    import asyncio
+
+    from cascade.client import AsyncCascadeClient
+
+    async def run(**kwargs):
+        async with AsyncCascadeClient(locked.grpc_url, **kwargs) as client:
+            assert (await client.classify(sst2_task.name, ["a fine film"]))[0].label in sst2_task.labels
+            assert await client.labels(sst2_task.name) == list(sst2_task.labels)  # model config stays open here
+            if kwargs.get("admin_key", os.environ.get(contract.ADMIN_KEY_ENV)) != KEY:
+                with pytest.raises(Forbidden, match=f"protocol is restricted.*\\${contract.ADMIN_KEY_ENV}"):
+                    await client.tasks()
+                with pytest.raises(Exception, match="restricted"):
+                    await client.load_models([sst2_task.name])
+                return None
+            await client.load_models([sst2_task.name])  # reload: allowed with the key
+            return await client.tasks()
+
+    monkeypatch.delenv(contract.ADMIN_KEY_ENV, raising=False)
+    assert asyncio.run(run()) is None and asyncio.run(run(admin_key="wrong")) is None
+    assert sst2_task.name in asyncio.run(run(admin_key=KEY))
+    monkeypatch.setenv(contract.ADMIN_KEY_ENV, KEY)  # the key from the environment, as the CLI takes it
+    assert sst2_task.name in asyncio.run(run())
 
 
 @pytest.mark.server

@@ -249,15 +249,6 @@ def test_write_gpu_llm_models_rejects_verbalizations_sharing_a_first_token(tmp_p
         trtllm_config.write_gpu_llm_models(tmp_path / "gpu", tmp_path / "engine", tok_dir, templates=[template])
 
 
-def test_launch_command_runs_one_server_per_rank():
-    cmd = trtllm_config.launch_command("/models/gpu", world_size=2)
-    assert cmd[:2] == ["mpirun", "--allow-run-as-root"] and cmd.count(":") == 1
-    assert "--backend-config=python,shm-region-prefix-name=prefix1_" in cmd
-    assert f"--load-model={contract.TRTLLM_MODEL}" in cmd[cmd.index(":") :]
-    with pytest.raises(ConfigError):
-        trtllm_config.launch_command("/models/gpu", world_size=0)
-
-
 # --------------------------------------------------------------------------------------------- logits -> PROBS
 
 

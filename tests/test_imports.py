@@ -1,0 +1,63 @@
+"""No import cycles among the project's modules, function-level (lazy) imports included: a lazy import that
+closes a circle hides a layering mistake (cascade.cli <-> cascade.bench_table, export.build <-> export.distill)."""
+
+import ast
+
+from cascade.paths import REPO_ROOT
+
+#: Source folder -> package (pyproject's package-dir: export/ is cascade.export, client/ is cascade.client).
+PACKAGES = {"cascade": "cascade", "client": "cascade.client", "export": "cascade.export"}
+
+
+def _modules() -> dict[str, ast.Module]:
+    found = {}
+    for folder, package in PACKAGES.items():
+        for path in sorted((REPO_ROOT / folder).glob("*.py")):
+            name = package if path.stem == "__init__" else f"{package}.{path.stem}"
+            found[name] = ast.parse(path.read_text(), str(path))
+    return found
+
+
+def _imports(tree: ast.Module, known) -> set[str]:
+    """The project modules ``tree`` imports anywhere, with the packages whose ``__init__`` that runs."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        else:
+            continue
+        for target in targets:
+            parts = target.split(".")
+            out |= {".".join(parts[:k]) for k in range(1, len(parts) + 1)} & known
+    return out
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node):
+        state[node] = 1
+        path.append(node)
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                return path[path.index(dep) :] + [dep]
+            if dep not in state and (found := visit(dep)):
+                return found
+        state[node] = 2
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_cycles():
+    modules = _modules()
+    graph = {name: _imports(tree, set(modules)) - {name} for name, tree in modules.items()}
+    assert len(graph) > 40 and "cascade.export.build" in graph["cascade.export.distill"]  # the walk sees imports
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
