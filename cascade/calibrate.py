@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import beta
 
+from cascade.embedders import DEFAULT_EMBEDDER, EMBEDDERS
 from cascade.errors import ConfigError
 
 
@@ -250,11 +251,23 @@ def plot_calibration(
     return path
 
 
-#: Per-row cost of each tier in milliseconds on the CPU profile (2 cores), for the budget mode: tier 0 pays
-#: the embedding (MiniLM ONNX ~240 rows/s), the encoder about the same, the LLM tiers their measured scoring
-#: time on SST-2 at the server's 1 thread per instance (``llm_large``, Qwen2.5-Coder-1.5B: 723 ms/row,
-#: bench/results/llm-20261129-141425.json; docs/llm.md). Override with measured figures of your deployment.
-DEFAULT_COST_MS = {0: 4.2, 1: 0.2, 2: 4.5, 3: 99.0, 4: 723.0}
+#: Per-row CPU cost (ms) of the LLM tiers on the CPU profile (2 cores), at the server's 1 thread per instance, on
+#: SST-2: ``llm_small`` (SmolLM2-135M) 116 ms (bench/results/threads-20261129-130102.json), ``llm_large``
+#: (Qwen2.5-Coder-1.5B) 723 ms (bench/results/llm-20261129-141425.json; docs/llm.md).
+LLM_COST_MS = {3: 116.0, 4: 723.0}
+#: LR and XGBoost over an embedding already made: estimates, well under 1% of the embedding's cost.
+HEAD_COST_MS = {0: 0.1, 1: 0.2}
+
+
+def default_costs(embedding_ms: float) -> dict[int, float]:
+    """Per-row cost of each tier (ms) for the budget mode and the build report: tier 0 pays the repository's
+    embedder (``embedders.Embedder.ms_per_row``), tier 1 reuses that embedding, the encoder runs a copy of the
+    embedder's backbone (about the same cost), the LLM tiers as measured. Override with your deployment's."""
+    return {0: embedding_ms + HEAD_COST_MS[0], 1: HEAD_COST_MS[1], 2: embedding_ms, **LLM_COST_MS}
+
+
+#: The costs with the default embedder.
+DEFAULT_COST_MS = default_costs(EMBEDDERS[DEFAULT_EMBEDDER].ms_per_row)
 
 
 def expected_cost(calibration: list[TierCalibration], costs: dict[int, float]) -> float:

