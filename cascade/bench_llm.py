@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from cascade import paths
+from cascade.contract import TIER_LLM_LARGE, TIER_LLM_SMALL
 from cascade.gguf import MODEL_GEMMA3, MODEL_SMOLLM2
 from cascade.llm import SCORING_PREFIX, SCORING_WHOLE, PromptTemplate
 from cascade.results import save_result
-from cascade.tasks import dataset_file, prompt_from_question
+from cascade.tasks import dataset_file, load_task, prompt_from_question
 
 SEED = 0
 
@@ -48,113 +49,120 @@ class BenchTask:
     shot_words: tuple[int, int]  # few-shot examples are drawn among train rows with this many words
 
 
+# The task definitions (tasks/*.toml) give the dataset folder, the labels and the tuned prompts; the splits and the
+# few-shot example lengths are the benchmark's own.
+_SPECS = {name: load_task(name) for name in ("sst2", "ag_news")}
 TASKS = {
-    "sst2": BenchTask("sst2", "sst2", "validation", "validation", ("negative", "positive"), (8, 30)),
-    "ag_news": BenchTask("ag_news", "ag_news", "test", "train", ("World", "Sports", "Business", "Sci/Tech"), (15, 40)),
+    name: BenchTask(name, _SPECS[name].dataset.dir, eval_split, dev_split, _SPECS[name].labels, shot_words)
+    for name, eval_split, dev_split, shot_words in (
+        ("sst2", "validation", "validation", (8, 30)),
+        ("ag_news", "test", "train", (15, 40)),
+    )
 }
 
-_CHAT_SYS = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
 
-# Prompt wordings per task: keyword arguments of PromptTemplate (few_shot is added by the variant).
+def _either(words: tuple[str, ...]) -> str:
+    """``"A, B or C"``: the answers a question names."""
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _tuned(task: str, tier: int) -> dict:
+    """The prompt ``tasks/<task>.toml`` chose for ``tier`` (the variant named after its wording follows the file)."""
+    prompt = _SPECS[task].llm[tier]
+    out = {"template": prompt.template, "verbalizations": prompt.verbalizations}
+    return out | ({"instruction": prompt.instruction} if prompt.instruction else {})
+
+
+_CHAT_SYS = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+_SENTIMENTS = TASKS["sst2"].labels  # SST-2's label names are its answer words too
+_POS_NEG = _either(_SENTIMENTS[::-1])  # "positive or negative": the usual English order, the labels' reversed
+# AG News answer words: the tuned large-tier prompt's (Technology for the label Sci/Tech), kept for the variants below;
+# "topic_science" deliberately answers Science instead.
+_TOPICS = _SPECS["ag_news"].llm[TIER_LLM_LARGE].verbalizations
+_TOPICS_SCIENCE = tuple("Science" if word == "Technology" else word for word in _TOPICS)
+
+# Prompt wordings per task: keyword arguments of PromptTemplate (few_shot is added by the variant). "review",
+# "review_terrible", "lower" and "topic" are the prompts tasks/*.toml chose for llm_small and llm_large.
 PROMPTS: dict[str, dict[str, dict]] = {
     "sst2": {
-        "review": {"template": "Review: {text}\nSentiment:", "verbalizations": ("negative", "positive")},
+        "review": _tuned("sst2", TIER_LLM_SMALL),
         "review_inst": {
-            "instruction": "Classify the sentiment of each movie review as positive or negative.",
+            "instruction": f"Classify the sentiment of each movie review as {_POS_NEG}.",
             "template": "Review: {text}\nSentiment:",
-            "verbalizations": ("negative", "positive"),
+            "verbalizations": _SENTIMENTS,
         },
+        # Other answer words than the labels, on purpose.
         "review_goodbad": {"template": "Review: {text}\nThe movie was", "verbalizations": ("bad", "good")},
-        "review_terrible": {
-            "template": "Movie review: {text}\nOverall, the movie is",
-            "verbalizations": ("terrible", "great"),
-        },
+        "review_terrible": _tuned("sst2", TIER_LLM_LARGE),
         "question": {
-            "template": "{text}\nQuestion: Is this movie review positive or negative?\nAnswer:",
-            "verbalizations": ("negative", "positive"),
+            "template": f"{{text}}\nQuestion: Is this movie review {_POS_NEG}?\nAnswer:",
+            "verbalizations": _SENTIMENTS,
         },
         "quote": {
-            "template": 'Movie review: "{text}"\nSentiment of the review (positive or negative):',
-            "verbalizations": ("negative", "positive"),
+            "template": f'Movie review: "{{text}}"\nSentiment of the review ({_POS_NEG}):',
+            "verbalizations": _SENTIMENTS,
         },
         "chat": {
-            "template": _CHAT_SYS + "<|im_start|>user\nIs the sentiment of this movie review positive or negative?"
+            "template": _CHAT_SYS + f"<|im_start|>user\nIs the sentiment of this movie review {_POS_NEG}?"
             "\n\nReview: {text}<|im_end|>\n<|im_start|>assistant\nThe sentiment is",
-            "verbalizations": ("negative", "positive"),
+            "verbalizations": _SENTIMENTS,
         },
     },
     "ag_news": {
-        "topic": {
-            "template": "Article: {text}\nTopic:",
-            "verbalizations": ("World", "Sports", "Business", "Technology"),
-        },
+        "topic": _tuned("ag_news", TIER_LLM_LARGE),
         "topic_inst": {
-            "instruction": "Classify each news article as World, Sports, Business or Technology.",
+            "instruction": f"Classify each news article as {_either(_TOPICS)}.",
             "template": "Article: {text}\nTopic:",
-            "verbalizations": ("World", "Sports", "Business", "Technology"),
+            "verbalizations": _TOPICS,
         },
         "topic_science": {
-            "instruction": "Classify each news article as World, Sports, Business or Science.",
+            "instruction": f"Classify each news article as {_either(_TOPICS_SCIENCE)}.",
             "template": "Article: {text}\nTopic:",
-            "verbalizations": ("World", "Sports", "Business", "Science"),
+            "verbalizations": _TOPICS_SCIENCE,
         },
-        "section": {
-            "template": "{text}\nThis news article belongs to the section:",
-            "verbalizations": ("World", "Sports", "Business", "Technology"),
-        },
-        "lower": {
-            "template": "News: {text}\nCategory:",
-            "verbalizations": ("world", "sports", "business", "technology"),
-        },
+        "section": {"template": "{text}\nThis news article belongs to the section:", "verbalizations": _TOPICS},
+        "lower": _tuned("ag_news", TIER_LLM_SMALL),
         "question": {
-            "template": "{text}\nQuestion: Is this news about World, Sports, Business or Technology?\nAnswer:",
-            "verbalizations": ("World", "Sports", "Business", "Technology"),
+            "template": f"{{text}}\nQuestion: Is this news about {_either(_TOPICS)}?\nAnswer:",
+            "verbalizations": _TOPICS,
         },
         "chat": {
-            "template": _CHAT_SYS + "<|im_start|>user\nWhat is the topic of this news article: World, Sports, "
-            "Business or Technology?\n\nArticle: {text}<|im_end|>\n<|im_start|>assistant\nThe topic is",
-            "verbalizations": ("World", "Sports", "Business", "Technology"),
+            "template": _CHAT_SYS + f"<|im_start|>user\nWhat is the topic of this news article: {_either(_TOPICS)}?"
+            "\n\nArticle: {text}<|im_end|>\n<|im_start|>assistant\nThe topic is",
+            "verbalizations": _TOPICS,
         },
     },
 }
-# The prompt styles of issue #16, the same for every model:
-# - "plain": what a new user writes with `cascade task create --prompt ... --labels ...` (zero-shot, the label
-#   words as the dataset gives them);
+# The prompt styles of issue #16, the same for every model, all with the task's label names as the answer words
+# (unlike the tuned prompts above, e.g. Sci/Tech rather than Technology):
+# - "plain": what a new user writes with `cascade task create --prompt ... --labels ...` (zero-shot);
 # - "chatml": the same question in the ChatML chat template of the instruct models (SmolLM2, Qwen2.5), no
-#   system message; the answer is scored right after the assistant tag.
+#   system message; the answer is scored right after the assistant tag;
+# - "ask": the allowed answers named in the question before the answer slot, a new user's other obvious wording;
+# - "create", "create_before", "create_after": what `cascade task create --prompt QUESTION --labels ...` gives the
+#   teacher (cascade.tasks.prompt_from_question), the allowed answers named where its rule puts them.
 # The tuned prompts of tasks/*.toml are the "review_terrible+fs8" / "topic+fs4"-style variants above.
-_QUESTIONS = {
-    "sst2": ("Review: {text}\nSentiment:", "Is the sentiment of this movie review positive or negative?", "Review"),
-    "ag_news": ("Article: {text}\nTopic:", "What is the topic of this news article: World, Sports, Business or "
-                "Sci/Tech?", "Article"),
+_NEWS = TASKS["ag_news"].labels
+_QUESTIONS = {  # (plain template, question, field name, "ask" template)
+    "sst2": ("Review: {text}\nSentiment:", f"Is the sentiment of this movie review {_POS_NEG}?", "Review",
+             f"Review: {{text}}\nIs this review {_either(_SENTIMENTS)}?\nAnswer:"),
+    "ag_news": ("Article: {text}\nTopic:", f"What is the topic of this news article: {_either(_NEWS)}?", "Article",
+                f"Article: {{text}}\nIs this article about {_either(_NEWS)}?\nAnswer:"),
 }  # fmt: skip
-for _task, (_plain, _question, _field) in _QUESTIONS.items():
+for _task, (_plain, _question, _field, _ask) in _QUESTIONS.items():
     _words = TASKS[_task].labels
     PROMPTS[_task]["plain"] = {"template": _plain, "verbalizations": _words}
     PROMPTS[_task]["chatml"] = {
         "template": f"<|im_start|>user\n{_question}\n\n{_field}: {{text}}<|im_end|>\n<|im_start|>assistant\n",
         "verbalizations": _words,
     }
-# "ask": the same, with the allowed answers named in the question before the answer slot (still zero-shot, still
-# the label words as given): a new user's other obvious way to write it.
-PROMPTS["sst2"]["ask"] = {
-    "template": "Review: {text}\nIs this review negative or positive?\nAnswer:",
-    "verbalizations": TASKS["sst2"].labels,
-}
-PROMPTS["ag_news"]["ask"] = {
-    "template": "Article: {text}\nIs this article about World, Sports, Business or Sci/Tech?\nAnswer:",
-    "verbalizations": TASKS["ag_news"].labels,
-}
-# "create", "create_before", "create_after": what `cascade task create --prompt QUESTION --labels ...` gives the
-# teacher (cascade.tasks.prompt_from_question), with the allowed answers named where its rule puts them, before
-# the row or after it.
-for _task, (_plain, _question, _field) in _QUESTIONS.items():
+    PROMPTS[_task]["ask"] = {"template": _ask, "verbalizations": _words}
     for _place in ("auto", "before", "after"):
-        _instruction, _template = prompt_from_question(_question, TASKS[_task].labels, _place)
+        _instruction, _template = prompt_from_question(_question, _words, _place)
         PROMPTS[_task]["create" + ("" if _place == "auto" else "_" + _place)] = {
             "template": _template,
             "instruction": _instruction,
-            "verbalizations": TASKS[_task].labels,
+            "verbalizations": _words,
         }
 #: Models with a ChatML chat template (the others skip the chat variants).
 CHATML_MODELS = (MODEL_SMOLLM2, "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
@@ -407,18 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             variants[task] = DEFAULT_VARIANTS[task]
     b1_rows = args.rows if args.b1_rows is None else args.b1_rows
-    result = run(
-        args.models,
-        args.tasks,
-        variants,
-        data_dir,
-        args.rows,
-        b1_rows,
-        args.split,
-        args.n_ctx,
-        not args.no_save,
-        args.threads,
-    )
+    run_args = (args.models, args.tasks, variants, data_dir, args.rows, b1_rows, args.split, args.n_ctx)
+    result = run(*run_args, save=not args.no_save, n_threads=args.threads)
     print_table(result)
     if "path" in result:
         print(f"saved {result['path']}")

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from cascade.errors import ConfigError, InvalidInput
+from cascade.errors import InvalidInput
 
 REPLACEMENT_CHAR = "\ufffd"
 #: Prompt tokens an :class:`IncrementalDetokenizer` keeps as context.
@@ -85,19 +85,9 @@ class LlamaGenerator:
     """Greedy streaming completion with llama.cpp over a GGUF file; one instance per model instance."""
 
     def __init__(self, model_path: str | Path, n_ctx: int = 1024, n_threads: int = 2) -> None:
-        from llama_cpp import Llama
+        from cascade.gguf import load_llama
 
-        path = Path(model_path)
-        if not path.is_file():
-            raise ConfigError(f"GGUF model file not found: {path}")
-        self._llm: Any = Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            n_batch=min(n_ctx, 512),
-            n_threads=n_threads,
-            n_threads_batch=n_threads,
-            verbose=False,
-        )
+        self._llm: Any = load_llama(model_path, n_ctx, n_threads)
         self.n_ctx = int(self._llm.n_ctx())
 
     def count_tokens(self, prompt: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
+from typing import Any
 
 from cascade.errors import ConfigError
 
@@ -51,6 +52,27 @@ def gguf_path(model: str) -> Path:
         known = ", ".join([*MODELS, *PART_MODELS])
         raise ConfigError(f"unknown LLM {model!r}; expected one of {known} (optionally ':<quant>')")
     return _requantized(base, name, quant) if quant else base
+
+
+def load_llama(model_path: str | Path, n_ctx: int, n_threads: int, **options: Any) -> Any:
+    """A ``llama_cpp.Llama`` over the GGUF file ``model_path``, quiet, with ``n_threads`` for both generation and
+    prompt batches and batches of up to 512 tokens; ``options`` are further ``Llama`` keyword arguments (the
+    scorer's ``logits_all``, ``swa_full``). The one place the CPU tiers (:mod:`cascade.llm`,
+    :mod:`cascade.generate`) load a model."""
+    from llama_cpp import Llama
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise ConfigError(f"GGUF model file not found: {path}")
+    return Llama(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_batch=min(n_ctx, 512),
+        n_threads=n_threads,
+        n_threads_batch=n_threads,
+        **options,
+        verbose=False,
+    )
 
 
 def _requantized(base: Path, name: str, quant: str) -> Path:

@@ -1,29 +1,17 @@
-"""Find, prepare, start and stop a real ``tritonserver`` process.
+"""Start, supervise and stop a real ``tritonserver`` process; ``cascade serve`` runs one in the foreground.
 
-Two layouts are supported:
-
-* the NGC container: ``tritonserver`` on ``PATH`` (``/opt/tritonserver/bin``) with its own
-  ``/opt/tritonserver/backends``;
-* the ``nvidia-pytriton`` wheel: ``pytriton/tritonserver/bin/tritonserver`` with
-  ``pytriton/tritonserver/backends/python/libtriton_python.so``; the Python backend stub for the
-  running interpreter is shipped beside it in ``python_backend_stubs/3.X/`` and is copied next to
-  ``libtriton_python.so`` by :func:`prepare_python_backend`.
-
-The Python backend stub embeds the system ``libpython3.X.so`` and takes its ``sys.prefix`` from the
-first ``python3`` on ``PATH`` (``PYTHONPATH`` is ignored), so :func:`server_env` puts the directory
-of the running interpreter first on ``PATH``: models then import from this virtual environment.
+Where the binary, its backends and the Python backend stub come from, and the environment the server gets, is
+:mod:`cascade.server_binary`; what it is told (:class:`ServerOptions`, its command line, ports) is
+:mod:`cascade.server_options`; the shared-memory cleanup before a start is :mod:`cascade.shm`. Their public
+names are re-exported here, the import path other code uses.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import filecmp
-import importlib.util
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,340 +21,65 @@ import urllib.error
 import urllib.request
 import weakref
 from collections import deque
-from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import TextIO
 
-from cascade.contract import (
-    ADMIN_HEADER,
-    DEFAULT_GRPC_PORT,
-    DEFAULT_HTTP_PORT,
-    DEFAULT_METRICS_PORT,
-    LLM_THREADS_ENV,
-    RESTRICTED_PROTOCOLS,
+from cascade.errors import ServerError
+from cascade.server_binary import (
+    PYTHON_BACKEND_LIB,
+    STUB_NAME,
+    TRITONSERVER_ENV,
+    backend_dir_for,
+    find_tritonserver,
+    has_gpu,
+    prepare_python_backend,
+    server_env,
+    supported_flags,
+    wheel_libs_dir,
 )
-from cascade.errors import InvalidInput, ServerError
+from cascade.server_options import (
+    CPU_ONLY_FLAGS,
+    METRICS_SUMMARY,
+    MODEL_CONTROL_MODES,
+    ServerOptions,
+    free_port,
+    free_ports,
+    server_command,
+)
+from cascade.shm import SHM_DIR, SHM_PREFIX, remove_stale_shm
 
-#: Environment variable naming the ``tritonserver`` binary to use.
-TRITONSERVER_ENV = "TRITONSERVER"
-STUB_NAME = "triton_python_backend_stub"
-PYTHON_BACKEND_LIB = "libtriton_python.so"
-MODEL_CONTROL_MODES = ("none", "explicit")
+#: This module's API and the names it re-exports (``cascade.launcher`` is the import path other code uses).
+__all__ = [
+    "CPU_ONLY_FLAGS",
+    "ERROR_TAIL_LINES",
+    "METRICS_SUMMARY",
+    "MODEL_CONTROL_MODES",
+    "PYTHON_BACKEND_LIB",
+    "SHM_DIR",
+    "SHM_PREFIX",
+    "STUB_NAME",
+    "TRITONSERVER_ENV",
+    "ServerOptions",
+    "TritonServer",
+    "backend_dir_for",
+    "find_tritonserver",
+    "free_port",
+    "free_ports",
+    "has_gpu",
+    "prepare_python_backend",
+    "remove_stale_shm",
+    "serve",
+    "server_command",
+    "server_env",
+    "supported_flags",
+    "wheel_libs_dir",
+]
+
 #: Lines of the server log quoted in a :class:`ServerError`.
 ERROR_TAIL_LINES = 40
-#: Flags that quiet a CPU-only host (pinned memory needs the CUDA driver; GPU metrics need NVML/DCGM).
-CPU_ONLY_FLAGS = ("--pinned-memory-pool-byte-size=0", "--allow-gpu-metrics=false")
-METRICS_SUMMARY = "summary_latencies=true"
 #: Error lines every CPU-only start logs; left out of the error summary of a :class:`ServerError`.
 _BENIGN_ERRORS = ("CudaDriverHelper has not been initialized",)
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-# --- locating the binary -------------------------------------------------------------------------
-def _wheel_root() -> Path | None:
-    """``.../site-packages/pytriton/tritonserver`` of the nvidia-pytriton wheel, if installed."""
-    try:
-        spec = importlib.util.find_spec("pytriton")  # finds the package without importing it
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        root = Path(location) / "tritonserver"
-        if (root / "bin" / "tritonserver").is_file():
-            return root
-    return None
-
-
-def wheel_libs_dir() -> Path | None:
-    """The wheel's bundled shared libraries (``site-packages/nvidia_pytriton.libs``), if any."""
-    root = _wheel_root()
-    if root is None:
-        return None
-    libs = root.parent.parent / "nvidia_pytriton.libs"
-    return libs if libs.is_dir() else None
-
-
-def find_tritonserver() -> Path:
-    """``$TRITONSERVER``, else ``tritonserver`` on ``PATH``, else the nvidia-pytriton wheel's binary."""
-    override = os.environ.get(TRITONSERVER_ENV)
-    if override:
-        path = Path(override).expanduser()
-        if not path.is_file():
-            raise ServerError(f"${TRITONSERVER_ENV}={override} does not exist (or is not a file)")
-        if not os.access(path, os.X_OK):
-            raise ServerError(f"${TRITONSERVER_ENV}={override} is not executable")
-        return path.absolute()
-    on_path = shutil.which("tritonserver")
-    if on_path:
-        return Path(on_path).absolute()
-    root = _wheel_root()
-    if root is not None:
-        return root / "bin" / "tritonserver"
-    raise ServerError(
-        "tritonserver not found: set $TRITONSERVER, put tritonserver on PATH (NGC container) or install nvidia-pytriton"
-    )
-
-
-def backend_dir_for(binary: Path) -> Path | None:
-    """The ``--backend-directory`` for ``binary``: ``<root>/backends`` beside ``<root>/bin``, if present.
-
-    For the wheel this is the wheel's own backends directory (the server's default,
-    ``/opt/tritonserver/backends``, does not exist outside the container); for the NGC container it
-    is that default. ``None`` when the layout is unknown (let the server use its default).
-    """
-    resolved = Path(binary).resolve()
-    if resolved.parent.name != "bin":
-        return None
-    backends = resolved.parent.parent / "backends"
-    return backends if backends.is_dir() else None
-
-
-def _python_version() -> str:
-    return f"{sys.version_info.major}.{sys.version_info.minor}"
-
-
-def prepare_python_backend(backend_dir: Path | None) -> Path | None:
-    """Make sure the Python backend in ``backend_dir`` has a stub for the running Python.
-
-    The wheel ships one stub per Python minor version in ``python_backend_stubs/3.X/``; the right one
-    is copied beside ``libtriton_python.so`` when missing or different (atomic, idempotent). Returns
-    the stub path, or ``None`` when ``backend_dir`` has no Python backend. A container whose backend
-    already carries a stub and no per-version stubs is left alone.
-    """
-    if backend_dir is None:
-        return None
-    python_dir = Path(backend_dir) / "python"
-    if not (python_dir / PYTHON_BACKEND_LIB).is_file():
-        return None
-    target = python_dir / STUB_NAME
-    stubs_dir = Path(backend_dir).parent / "python_backend_stubs"
-    source = stubs_dir / _python_version() / STUB_NAME
-    if not source.is_file():
-        if target.is_file() and not stubs_dir.is_dir():
-            return target  # a container build: its stub matches its own Python
-        available = sorted(p.parent.name for p in stubs_dir.glob(f"*/{STUB_NAME}"))
-        raise ServerError(
-            f"no Python backend stub for Python {_python_version()} (expected {source}); "
-            f"stubs available: {', '.join(available) or 'none'}"
-        )
-    if target.is_file() and filecmp.cmp(source, target, shallow=False):
-        return target
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{STUB_NAME}.", dir=python_dir)
-        os.close(fd)
-        shutil.copy2(source, tmp)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, target)
-    except OSError as exc:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        raise ServerError(f"cannot install the Python backend stub {source} -> {target}: {exc}") from exc
-    return target
-
-
-@lru_cache(maxsize=8)
-def supported_flags(binary: Path) -> frozenset[str]:
-    """The long options ``binary --help`` lists (empty when that cannot be read)."""
-    try:
-        out = subprocess.run(
-            [str(binary), "--help"], capture_output=True, text=True, timeout=60, env=server_env(binary)
-        )
-    except (OSError, subprocess.SubprocessError):
-        return frozenset()
-    flags = set()
-    for line in (out.stdout + out.stderr).splitlines():
-        for word in line.split():
-            if word.startswith("--") and len(word) > 2:
-                flags.add(word.split("=", 1)[0])
-    return frozenset(flags)
-
-
-def has_gpu() -> bool:
-    """Whether an NVIDIA device node is visible (cheap; no CUDA initialization)."""
-    return Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
-
-
-# --- options and command -------------------------------------------------------------------------
-@dataclass
-class ServerOptions:
-    repository: Path
-    http_port: int = DEFAULT_HTTP_PORT
-    grpc_port: int = DEFAULT_GRPC_PORT
-    metrics_port: int = DEFAULT_METRICS_PORT
-    #: Bind address of the HTTP, gRPC and metrics endpoints.
-    host: str = "127.0.0.1"
-    #: "none": load every model at start, no changes later; "explicit": load ``load_models`` at
-    #: start, clients may load/unload more later.
-    model_control_mode: str = "none"
-    #: Models to load at start in explicit mode (``["*"]``: all; ``[]``: none).
-    load_models: list[str] = field(default_factory=lambda: ["*"])
-    log_verbose: int = 0
-    #: Appended last, so they override the flags set here.
-    extra_args: list[str] = field(default_factory=list)
-    #: Server stdout+stderr (also the Python models' prints); ``None``: a temporary file.
-    log_file: Path | None = None
-    #: ``None``: auto-detect; on a CPU-only host :data:`CPU_ONLY_FLAGS` are passed.
-    gpu: bool | None = None
-    #: ``None``: :func:`backend_dir_for` the binary.
-    backend_directory: Path | None = None
-    #: Restrict the admin protocols (``contract.RESTRICTED_PROTOCOLS``) to requests carrying this key in
-    #: ``contract.ADMIN_HEADER``; inference, health and metadata stay open. ``None``: nothing restricted.
-    admin_key: str | None = None
-    #: TLS for gRPC: the server's certificate and private key (PEM); ``None``: plain gRPC.
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    #: Threads of each llama.cpp model, given to the server as ``$CASCADE_LLM_THREADS``; ``None``: the
-    #: models size themselves from the server's cores (``cascade.sizing``), or take the inherited variable.
-    llm_threads: int | None = None
-
-    def __post_init__(self) -> None:
-        self.repository = Path(self.repository).expanduser().absolute()
-        if self.log_file is not None:
-            self.log_file = Path(self.log_file)
-        if self.backend_directory is not None:
-            self.backend_directory = Path(self.backend_directory)
-        if self.model_control_mode not in MODEL_CONTROL_MODES:
-            raise InvalidInput(
-                f"model_control_mode must be one of {MODEL_CONTROL_MODES}, got {self.model_control_mode!r}"
-            )
-        self.load_models = list(self.load_models)
-        if "*" in self.load_models and len(self.load_models) > 1:
-            raise InvalidInput("load_models: '*' (all models) cannot be combined with model names")
-        self.extra_args = list(self.extra_args)
-        for name in ("http_port", "grpc_port", "metrics_port"):
-            port = getattr(self, name)
-            if not 0 < int(port) < 65536:
-                raise InvalidInput(f"{name} must be in 1..65535, got {port}")
-        if self.gpu is None:
-            self.gpu = has_gpu()
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise InvalidInput("TLS needs both a certificate and its key")
-        for name in ("tls_cert", "tls_key"):
-            path = getattr(self, name)
-            if path is not None:
-                setattr(self, name, Path(path).expanduser().absolute())
-                if not getattr(self, name).is_file():
-                    raise InvalidInput(f"{name.replace('_', ' ')} {path} not found")
-        if self.admin_key is not None and (not self.admin_key or any(c in self.admin_key for c in " ,:=")):
-            raise InvalidInput("admin key must be non-empty, without spaces, commas, colons or '='")
-        if self.llm_threads is not None and (
-            isinstance(self.llm_threads, bool) or not isinstance(self.llm_threads, int) or self.llm_threads < 1
-        ):
-            raise InvalidInput(f"llm_threads must be a positive integer, got {self.llm_threads!r}")
-
-    def environment(self) -> dict[str, str]:
-        """Variables the server process gets on top of :func:`server_env`'s."""
-        return {} if self.llm_threads is None else {LLM_THREADS_ENV: str(self.llm_threads)}
-
-    @property
-    def connect_host(self) -> str:
-        """Where a client on this machine reaches the server (a wildcard bind means loopback)."""
-        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
-        return f"[{host}]" if ":" in host else host
-
-    @property
-    def grpc_url(self) -> str:
-        return f"{self.connect_host}:{self.grpc_port}"
-
-    @property
-    def http_url(self) -> str:
-        return f"http://{self.connect_host}:{self.http_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://{self.connect_host}:{self.metrics_port}/metrics"
-
-
-_ADDRESS_FLAGS = ("--http-address", "--grpc-address", "--metrics-address")
-
-
-def server_command(
-    opts: ServerOptions, binary: Path | None = None, supported: frozenset[str] | None = None
-) -> list[str]:
-    """The ``tritonserver`` command line for ``opts``.
-
-    ``binary`` defaults to :func:`find_tritonserver`. ``supported`` (see :func:`supported_flags`)
-    drops the optional flags (bind addresses, CPU-only quieting) a build does not know; ``None``
-    keeps them all.
-    """
-    binary = Path(binary) if binary is not None else find_tritonserver()
-    backend_dir = opts.backend_directory if opts.backend_directory is not None else backend_dir_for(binary)
-
-    def optional(flag: str, value: str) -> list[str]:
-        return [] if supported is not None and flag not in supported else [f"{flag}={value}"]
-
-    cmd = [
-        str(binary),
-        f"--model-repository={opts.repository}",
-        f"--model-control-mode={opts.model_control_mode}",
-    ]
-    if opts.model_control_mode == "explicit":
-        cmd += [f"--load-model={name}" for name in opts.load_models]
-    if backend_dir is not None:
-        cmd.append(f"--backend-directory={backend_dir}")
-    for flag, port in (
-        ("--http", opts.http_port),
-        ("--grpc", opts.grpc_port),
-        ("--metrics", opts.metrics_port),
-    ):
-        cmd += optional(f"{flag}-address", opts.host)
-        cmd.append(f"{flag}-port={int(port)}")
-    if not opts.gpu:
-        for flag_value in CPU_ONLY_FLAGS:
-            flag, value = flag_value.split("=", 1)
-            cmd += optional(flag, value)
-    if opts.tls_cert is not None:
-        cmd += ["--grpc-use-ssl=true", f"--grpc-server-cert={opts.tls_cert}", f"--grpc-server-key={opts.tls_key}"]
-    if opts.admin_key:
-        restriction = f"{','.join(RESTRICTED_PROTOCOLS)}:{ADMIN_HEADER}={opts.admin_key}"
-        cmd += optional("--grpc-restricted-protocol", restriction)
-        cmd += optional("--http-restricted-api", restriction)
-    # p50/p90/p95/p99 latency summaries (nv_inference_request_summary_us etc.) for the Grafana dashboard.
-    cmd += optional("--metrics-config", METRICS_SUMMARY)
-    cmd.append(f"--log-verbose={int(opts.log_verbose)}")
-    cmd += [str(arg) for arg in opts.extra_args]
-    return cmd
-
-
-def server_env(
-    binary: Path | None = None, base: dict[str, str] | None = None, extra: dict[str, str] | None = None
-) -> dict[str, str]:
-    """Environment for the server: the running interpreter's ``bin`` first on ``PATH`` (the Python
-    backend stub runs the first ``python3`` there) and, for the wheel's binary, its bundled libraries
-    appended to ``LD_LIBRARY_PATH`` (as pytriton does; the binaries' RPATH already points there);
-    ``extra`` (:meth:`ServerOptions.environment`) last."""
-    env = dict(os.environ if base is None else base) | dict(extra or {})
-    bin_dir = os.path.dirname(sys.executable)  # not resolved: a venv's bin, not the base install's
-    rest = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != bin_dir]
-    env["PATH"] = os.pathsep.join([bin_dir, *rest])
-    libs = wheel_libs_dir()
-    root = _wheel_root()
-    is_wheel = binary is None or (root is not None and Path(binary).resolve().is_relative_to(root.resolve()))
-    if libs is not None and is_wheel:
-        current = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
-        if str(libs) not in current:
-            env["LD_LIBRARY_PATH"] = os.pathsep.join([*current, str(libs)])
-    return env
-
-
-# --- ports ---------------------------------------------------------------------------------------
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct ports free right now on ``host`` (all sockets held until all are chosen)."""
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(n):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((host, 0))
-            ports.append(sock.getsockname()[1])
-        return ports
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    return free_ports(1, host)[0]
 
 
 # --- the process ---------------------------------------------------------------------------------
@@ -392,46 +105,6 @@ def _error_lines(path: Path, limit: int = 20, max_bytes: int = 4 << 20) -> list[
         and not any(benign in line for benign in _BENIGN_ERRORS)
     ]
     return list(dict.fromkeys(errors))[-limit:]
-
-
-SHM_DIR = Path("/dev/shm")
-#: The Python backend's shared-memory regions (one per stub, 1 MiB or more each).
-SHM_PREFIX = "triton_python_backend_shm_region_"
-
-
-def remove_stale_shm(shm_dir: Path = SHM_DIR, min_age_s: float = 60.0) -> list[str]:
-    """Delete the Python backend's shared-memory regions that no live process maps any more.
-
-    A server killed with SIGKILL (or by the OOM killer) cannot unlink its regions. In a pod, ``/dev/shm`` is a
-    memory volume that outlives container restarts, so each crash would leak a few MiB of its size limit
-    until Triton cannot start. Only regions of this user, older than ``min_age_s`` (a starting server may not
-    have mapped its new ones yet) and mapped by no process are removed."""
-    if not shm_dir.is_dir():
-        return []
-    mapped: set[str] = set()
-    for maps in Path("/proc").glob("[0-9]*/maps"):
-        try:
-            text = maps.read_text()
-        except OSError:  # gone, or another user's process (whose regions are not ours to delete)
-            continue
-        for line in text.splitlines():
-            if SHM_PREFIX in line:
-                mapped.add(line.split(SHM_PREFIX, 1)[1].split()[0])
-    removed = []
-    now = time.time()
-    for region in shm_dir.glob(f"{SHM_PREFIX}*"):
-        try:
-            info = region.stat()
-            if (
-                info.st_uid == os.getuid()
-                and now - info.st_mtime > min_age_s
-                and region.name[len(SHM_PREFIX) :] not in mapped
-            ):
-                region.unlink()
-                removed.append(region.name)
-        except OSError:
-            continue
-    return removed
 
 
 _LIVE: weakref.WeakSet[TritonServer] = weakref.WeakSet()

@@ -196,33 +196,20 @@ class LlamaScorer:
         candidate_scoring: str = SCORING_PREFIX,
         beam: int | None = DEFAULT_BEAM,
     ) -> None:
-        from llama_cpp import Llama
-
+        from cascade.gguf import load_llama
         from cascade.llm_tree import LevelDecoder
 
         if candidate_scoring not in CANDIDATE_SCORINGS:
             raise ConfigError(f"candidate_scoring must be one of {CANDIDATE_SCORINGS}, not {candidate_scoring!r}")
         self.candidate_scoring = candidate_scoring
 
-        path = Path(model_path)
-        if not path.is_file():
-            raise ConfigError(f"GGUF model file not found: {path}")
         if n_ctx < 16:
             raise ConfigError(f"n_ctx={n_ctx} is too small")
         # swa_full: models with sliding-window attention (Gemma 3) otherwise drop the KV cells the prefix
         # cache relies on; costs a little memory for the small n_ctx used here.
-        self._llm: Any = Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            n_batch=min(n_ctx, 512),
-            n_threads=n_threads,
-            n_threads_batch=n_threads,
-            logits_all=False,
-            swa_full=True,
-            verbose=False,
-        )
+        self._llm: Any = load_llama(model_path, n_ctx, n_threads, logits_all=False, swa_full=True)
         self._use_sequences(_MAX_SEQS)
-        self.model_path = path
+        self.model_path = Path(model_path)
         self.n_ctx = min(n_ctx, self._llm.n_ctx())
         self._levels = LevelDecoder(self._llm._ctx, int(self._llm.n_vocab()), _MAX_SEQS)
         if beam is not None and beam < 1:

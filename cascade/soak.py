@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from cascade import contract
-from cascade.launcher import SHM_DIR, SHM_PREFIX
+from cascade.shm import SHM_DIR, SHM_PREFIX
 
 KINDS = ("easy", "text", "table", "bad", "scrape")
 SAMPLE_EVERY_S = 5.0

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -56,11 +56,21 @@ TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary())
 # ----------------------------------------------------------------------------------------------- reading
 #: Table formats by file suffix. Arrow IPC (``.arrow``, ``.feather``) is read memory-mapped with no decoding:
 #: the fastest input for the precomputed-embedding job (Parquet decodes a list column value by value).
-FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".feather": "arrow"}
+#: ``.csv.gz`` is gzipped CSV (the shipped datasets in ``data/`` are), decompressed and compressed on the fly.
+FORMATS = {
+    ".csv": "csv",
+    ".csv.gz": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".arrow": "arrow",
+    ".feather": "arrow",
+}
 
 
 def table_format(path: Path) -> str:
-    kind = FORMATS.get(Path(path).suffix.lower())
+    name = Path(path).name.lower()
+    suffix = ".csv.gz" if name.endswith(".csv.gz") else Path(path).suffix.lower()
+    kind = FORMATS.get(suffix)
     if kind is None:
         raise ConfigError(f"{path}: unsupported format {Path(path).suffix!r} (use {', '.join(FORMATS)})")
     return kind
@@ -85,19 +95,30 @@ def table_schema(path: Path, text_column: str | None = None) -> tuple[pa.Schema,
         return reader.schema, sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
     import pyarrow.csv as pcsv
 
-    reader = pcsv.open_csv(path, convert_options=_csv_convert(text_column))
+    reader = pcsv.open_csv(path, parse_options=_csv_parse(), convert_options=_csv_convert(text_column))
     return reader.schema, None
 
 
-def _csv_convert(text_column: str | None):
+def _csv_convert(text_column: str | None, strings: Sequence[str] = ()):
     import pyarrow.csv as pcsv
 
     # The text column is text whatever it holds (a review "10/10" must not become a number).
-    return pcsv.ConvertOptions(column_types={text_column: pa.string()} if text_column else {})
+    names = ([text_column] if text_column else []) + list(strings)
+    return pcsv.ConvertOptions(column_types={name: pa.string() for name in names})
 
 
-def read_batches(path: Path, text_column: str | None = None, columns: list[str] | None = None):
-    """Record batches of the table, in order."""
+def _csv_parse():
+    import pyarrow.csv as pcsv
+
+    # A quoted text may hold line breaks (a review in paragraphs); without this a block boundary inside one fails.
+    return pcsv.ParseOptions(newlines_in_values=True)
+
+
+def read_batches(
+    path: Path, text_column: str | None = None, columns: list[str] | None = None, *, strings: Sequence[str] = ()
+):
+    """Record batches of the table, in order. CSV (plain or ``.csv.gz``): the text column and the ``strings``
+    columns are read as text (empty cells as ``""``), the others as pyarrow infers them."""
     kind = _check_table_path(path)
     if kind == "parquet":
         import pyarrow.parquet as pq
@@ -113,7 +134,10 @@ def read_batches(path: Path, text_column: str | None = None, columns: list[str] 
     import pyarrow.csv as pcsv
 
     reader = pcsv.open_csv(
-        path, read_options=pcsv.ReadOptions(block_size=1 << 24), convert_options=_csv_convert(text_column)
+        path,
+        read_options=pcsv.ReadOptions(block_size=1 << 24),
+        parse_options=_csv_parse(),
+        convert_options=_csv_convert(text_column, strings),
     )
     for batch in reader:
         yield batch.select(columns) if columns else batch
@@ -320,16 +344,20 @@ def _input_identity(path: Path) -> dict:
 
 
 def write_table_atomic(tables, schema: pa.Schema, out: Path) -> int:
-    """Write record batches/tables to ``out`` (CSV or Parquet by suffix) through a temporary file; rows written."""
+    """Write record batches/tables to ``out`` (CSV, gzipped CSV, Parquet or Arrow IPC by suffix) through a temporary
+    file; rows written."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     rows = 0
     kind = table_format(out)
+    sink = None  # the gzip stream of a .csv.gz, closed after its writer
     if kind == "csv":
         import pyarrow.csv as pcsv
 
-        writer = pcsv.CSVWriter(tmp, schema)
+        if out.name.lower().endswith(".gz"):
+            sink = pa.CompressedOutputStream(str(tmp), "gzip")
+        writer = pcsv.CSVWriter(sink if sink is not None else tmp, schema)
     elif kind == "parquet":
         import pyarrow.parquet as pq
 
@@ -342,6 +370,8 @@ def write_table_atomic(tables, schema: pa.Schema, out: Path) -> int:
             rows += table.num_rows
     finally:
         writer.close()
+        if sink is not None:
+            sink.close()
     os.replace(tmp, out)
     return rows
 
@@ -355,19 +385,26 @@ def _check_output(out: Path, table: Path) -> None:
 # ------------------------------------------------------------------------------------------- requests
 @dataclass
 class Retry:
-    """Backoff between retries of a request the server did not answer."""
+    """Backoff between retries of a request the server did not answer: ``backoff_s[i]`` seconds before retry
+    ``i + 1``. The one retry loop of the table jobs: every request (:meth:`call`) and the first contact with the
+    server (:func:`first_contact`)."""
 
     backoff_s: tuple[float, ...] = DEFAULT_BACKOFF_S
     retried: int = 0
 
-    async def call(self, fn, what: str):
+    async def call(self, fn, what: str, exhausted=None):
+        """``await fn()``, tried again after each pause while it raises :class:`ServerUnavailable`. When the pauses
+        are spent: the error ``exhausted(retries, exc)`` if given, else a :class:`ServerUnavailable` naming ``what``
+        (a :class:`RowsUnanswered` as it is: the server is there, those rows get an error and the job goes on)."""
         for attempt in range(len(self.backoff_s) + 1):
             try:
                 return await fn()
             except ServerUnavailable as exc:
                 if attempt == len(self.backoff_s):
+                    if exhausted is not None:
+                        raise exhausted(attempt, exc) from exc
                     if isinstance(exc, RowsUnanswered):
-                        raise  # the server is there: those rows get an error, the job goes on
+                        raise
                     raise ServerUnavailable(
                         f"{what}: no answer after {attempt} retries over {sum(self.backoff_s):.0f} s ({exc})"
                     ) from exc
@@ -676,16 +713,18 @@ def request_deadline_s(gate, rows: int, tiers: list[int], embed: bool) -> float:
 
 
 def first_contact(fn, url: str, backoff_s: tuple[float, ...]):
-    for attempt in range(len(backoff_s) + 1):
-        try:
-            return fn()
-        except ServerUnavailable as exc:
-            if attempt == len(backoff_s):
-                raise ServerUnavailable(
-                    f"no server answers at {url} after {attempt} retries (start one with `cascade serve`): {exc}"
-                ) from exc
-            time.sleep(backoff_s[attempt])
-    raise AssertionError("unreachable")
+    """``fn()``, a blocking call that opens a job (no event loop runs yet), retried by :class:`Retry` with the
+    same backoff; when no server answers, a :class:`ServerUnavailable` that says to start one."""
+
+    async def once():
+        return fn()
+
+    def exhausted(retries: int, exc: ServerUnavailable) -> ServerUnavailable:
+        return ServerUnavailable(
+            f"no server answers at {url} after {retries} retries (start one with `cascade serve`): {exc}"
+        )
+
+    return asyncio.run(Retry(backoff_s).call(once, url, exhausted))
 
 
 def _finish_filter(
@@ -716,7 +755,8 @@ def _finish_filter(
 
     where = options.where
     store.merge(out, None if where is None else lambda t: pc.equal(t.column(options.col(LABEL_COLUMN)), where))
-    errors_file = out.with_name(out.stem + ".errors.csv")
+    stem = out.name[: -len(".csv.gz")] if out.name.lower().endswith(".csv.gz") else out.stem
+    errors_file = out.with_name(stem + ".errors.csv")
     if error_rows:
         import pyarrow.csv as pcsv
 

@@ -50,38 +50,59 @@ class SingleClassError(ConfigError):
 
 @dataclass(frozen=True)
 class Table:
+    """The rows of a table that have text, read by the table jobs' reader (:mod:`cascade.client.table`): a null
+    or empty text cell is no row here (it is never sent to the teacher); ``skipped`` counts them by reason."""
+
     path: Path
-    ids: list[str]  # row ids: the id column's values, or row positions
+    ids: list[str]  # row ids: the id column's values, or row positions in the file
     texts: list[str]
-    frame: object = field(repr=False)  # the pandas DataFrame (for label columns)
+    frame: object = field(repr=False)  # the pyarrow Table of these rows (for label columns)
+    skipped: dict[str, int] = field(default_factory=dict)  # rows without text: "text is null"/"text is empty" -> n
 
     def __len__(self) -> int:
         return len(self.texts)
 
+    @property
+    def skipped_rows(self) -> int:
+        return sum(self.skipped.values())
+
 
 def read_table(path: str | Path, text_column: str = "text", id_column: str | None = None) -> Table:
-    """A CSV (or gzipped CSV) or Parquet table; a missing file or column is a :class:`ConfigError` naming what
-    exists."""
-    import pandas as pd
+    """A CSV (or gzipped CSV), Parquet or Arrow IPC table; a missing file or column is a :class:`ConfigError`
+    naming what exists. Rows whose text is null, blank or not UTF-8 are left out and counted
+    (:attr:`Table.skipped`); ids stay the id column's values or the row positions in the file."""
+    import pyarrow as pa
+
+    from cascade.client.table import read_batches, table_schema, text_cells
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"table {path} not found")
-    suffix = path.suffix.lower()
-    if suffix == ".csv" or path.name.lower().endswith(".csv.gz"):
-        frame = pd.read_csv(path, keep_default_na=False)
-    elif suffix in (".parquet", ".pq"):
-        frame = pd.read_parquet(path)
-    else:
-        raise ConfigError(f"table {path}: unsupported format {suffix!r} (use .csv, .csv.gz or .parquet)")
+    schema, _ = table_schema(path, text_column)  # a missing file or an unknown format fails here
     for column in (text_column, id_column):
-        if column is not None and column not in frame.columns:
-            raise ConfigError(f"table {path}: no column {column!r} (columns: {list(frame.columns)})")
-    texts = frame[text_column].astype(str).tolist()
-    ids = frame[id_column].astype(str).tolist() if id_column else [str(i) for i in range(len(frame))]
-    if id_column and len(set(ids)) != len(ids):
-        raise ConfigError(f"table {path}: column {id_column!r} has duplicate ids")
-    return Table(path, ids, texts, frame)
+        if column is not None and column not in schema.names:
+            raise ConfigError(f"table {path}: no column {column!r} (columns: {schema.names})")
+    # Every CSV column is text, as the user wrote it (pandas' keep_default_na=False): an id "007" stays "007", a
+    # label column is read as written, and no column's type is guessed from its first block alone.
+    batches = list(read_batches(path, text_column, strings=schema.names))
+    frame = pa.Table.from_batches(batches) if batches else schema.empty_table()
+    raw, errors = text_cells(frame.column(text_column))
+    if id_column:
+        values = frame.column(id_column).to_pylist()
+        if None in values:
+            raise ConfigError(f"table {path}: column {id_column!r} has {values.count(None)} null id(s)")
+        ids = [str(v) for v in values]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"table {path}: column {id_column!r} has duplicate ids")
+    else:
+        ids = [str(i) for i in range(frame.num_rows)]
+    keep = [i for i, e in enumerate(errors) if e is None]
+    skipped: dict[str, int] = {}
+    for e in errors:
+        if e is not None:
+            reason = "text is not valid UTF-8" if e.startswith("text is not valid UTF-8") else e
+            skipped[reason] = skipped.get(reason, 0) + 1
+    if len(keep) < frame.num_rows:
+        frame = frame.take(pa.array(keep, pa.int64()))
+    return Table(path, [ids[i] for i in keep], [raw[i].decode("utf-8") for i in keep], frame, skipped)
 
 
 def sample_rows(n_rows: int, n: int, seed: int = 0) -> np.ndarray:
@@ -178,11 +199,11 @@ class ColumnTeacher:
     """Labels the user already holds, in a column of the table: label indices or label names."""
 
     def __init__(self, table: Table, column: str, labels: Sequence[str]) -> None:
-        if column not in table.frame.columns:
-            raise ConfigError(f"table {table.path}: no label column {column!r} (columns: {list(table.frame.columns)})")
+        if column not in table.frame.column_names:
+            raise ConfigError(f"table {table.path}: no label column {column!r} (columns: {table.frame.column_names})")
         self.name = COLUMN_PREFIX + column
         self.labels = tuple(labels)
-        self._values = table.frame[column].tolist()
+        self._values = table.frame.column(column).to_pylist()
 
     def label(self, positions: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         index = {name: i for i, name in enumerate(self.labels)}
@@ -494,6 +515,19 @@ def run_label(
         table_path = task.dataset.path("train", data_dir)
     column = text_column or (task.dataset.text_column if task.dataset else "text")
     table = read_table(table_path, column, id_column)
+    if table.skipped_rows:  # never sent to the teacher: said here, counted in the summary
+        reasons = ", ".join(f"{n} {why.removeprefix('text is ')}" for why, n in table.skipped.items())
+        if budget > len(table):
+            raise ConfigError(
+                f"table {table.path}: {len(table)} rows have text in column {column!r} ({table.skipped_rows} "
+                f"skipped: {reasons}), fewer than the budget {budget}"
+            )
+        if progress:
+            print(
+                f"[label] {table.skipped_rows} row(s) of {table.path} have no text in column {column!r} ({reasons}): "
+                "skipped, never sent to the teacher",
+                flush=True,
+            )
     positions = sample_rows(len(table), budget, seed)  # the uniform sample; checks the budget either way
     work = work_dir_of(task.name, work_root)
     work.mkdir(parents=True, exist_ok=True)
@@ -540,7 +574,9 @@ def run_label(
     summary = {
         "task": task.name,
         "table": str(table.path),
-        "rows_in_table": len(table),
+        "rows_in_table": len(table) + table.skipped_rows,
+        "skipped_rows": table.skipped_rows,  # null or empty text: never sampled, never sent to the teacher
+        "skipped": table.skipped,
         "sample": budget,  # rows labelled (the budget; the key predates it)
         "budget": budget,
         "strategy": strategy,

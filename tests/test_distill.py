@@ -56,6 +56,71 @@ def test_read_table_errors_name_the_problem(tmp_path):
         read_table(tmp_path / "d.csv", "review", "key")
 
 
+def test_read_table_reads_gzipped_csv_as_the_table_jobs_do(tmp_path):
+    frame = pd.DataFrame({"review": ["a", "two\nlines", "10/10"], "key": ["007", "8", "9"], "gold": [0, 1, 1]})
+    frame.to_csv(tmp_path / "t.csv.gz", index=False)
+    table = read_table(tmp_path / "t.csv.gz", "review", "key")
+    assert table.texts == ["a", "two\nlines", "10/10"] and table.ids == ["007", "8", "9"]  # as written
+    assert table.skipped == {} and table.frame.column("gold").to_pylist() == ["0", "1", "1"]  # CSV cells: text
+
+
+def null_and_empty_table(tmp_path, fmt):
+    """Ten rows; row 3's text is null (Parquet) or missing (CSV), row 6's is blank."""
+    texts = [f"review number {i}" for i in range(10)]
+    texts[3], texts[6] = (None if fmt == "parquet" else ""), "  "
+    frame = pd.DataFrame({"review": texts, "gold": [i % 2 for i in range(10)]})
+    path = tmp_path / f"holes.{fmt}"
+    frame.to_csv(path, index=False) if fmt == "csv" else frame.to_parquet(path)
+    return path
+
+
+class Spy:
+    """A teacher that records the texts it is sent."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.sent = inner, inner.name, []
+
+    def label(self, positions, texts):
+        self.sent += list(texts)
+        return self.inner.label(positions, texts)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_rows_without_text_are_skipped_and_never_sent_to_the_teacher(tmp_path, fmt):
+    path = null_and_empty_table(tmp_path, fmt)
+    table = read_table(path, "review")
+    null = "text is null" if fmt == "parquet" else "text is empty"  # CSV has no null text: an empty cell
+    assert len(table) == 8 and table.skipped_rows == 2
+    assert table.skipped == ({null: 1, "text is empty": 1} if fmt == "parquet" else {"text is empty": 2})
+    assert "3" not in table.ids and "6" not in table.ids and table.ids[3] == "4"  # ids: row positions in the file
+    spy = Spy(ColumnTeacher(table, "gold", LABELS))
+    with LabelStore(tmp_path / "l.sqlite") as store:
+        done = label_sample("t", LABELS, table, np.arange(len(table)), spy, store, progress=False)
+    assert all(text.strip() for text in spy.sent) and len(spy.sent) == 8
+    assert done.labels.tolist() == [int(i) % 2 for i in done.ids]  # each row keeps its own label
+
+    task = TaskSpec(name="reviews", labels=LABELS, tiers=(0,))
+    summary = run_label(task, tmp_path / "runs", path, text_column="review", budget=8, teacher="column:gold")
+    assert summary["rows_in_table"] == 10 and summary["skipped_rows"] == 2 and summary["labelled_rows"] == 8
+    assert summary["skipped"] == table.skipped
+    frame = pd.read_csv(tmp_path / "runs" / "reviews" / "labelled.csv", keep_default_na=False)
+    assert sorted(frame["id"]) == [0, 1, 2, 4, 5, 7, 8, 9] and (frame["text"].str.strip() != "").all()
+    too_many = r"8 rows have text in column 'review' \(2 skipped: .*\), fewer than the budget 9"
+    with pytest.raises(ConfigError, match=too_many):
+        run_label(task, tmp_path / "runs", path, text_column="review", budget=9, teacher="column:gold")
+
+
+def test_a_table_without_any_text_labels_nothing(tmp_path):
+    pd.DataFrame({"review": ["", " "], "gold": [0, 1]}).to_csv(tmp_path / "blank.csv", index=False)
+    table = read_table(tmp_path / "blank.csv", "review")
+    assert len(table) == 0 and table.skipped == {"text is empty": 2}
+    task = TaskSpec(name="reviews", labels=LABELS, tiers=(0,))
+    with pytest.raises(ConfigError, match=r"0 rows have text in column 'review'"):
+        run_label(
+            task, tmp_path / "runs", tmp_path / "blank.csv", text_column="review", budget=1, teacher="column:gold"
+        )
+
+
 def test_sample_is_uniform_seeded_and_bounded():
     a, b = sample_rows(100, 30, seed=1), sample_rows(100, 30, seed=1)
     assert np.array_equal(a, b) and len(set(a.tolist())) == 30 and a.max() < 100

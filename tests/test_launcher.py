@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cascade import launcher
+from cascade import launcher, server_binary
 from cascade.contract import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
 from cascade.errors import InvalidInput, ServerError
 from cascade.launcher import (
@@ -167,7 +167,16 @@ def test_llm_threads_reach_the_server_environment(tmp_path, fake_install, monkey
     # The process itself: a stand-in tritonserver writes its environment and exits.
     dump = tmp_path / "env.txt"
     binary = _executable(tmp_path / "bin" / "tritonserver", f"#!/bin/sh\nenv > {dump}\nexit 3\n")
-    opts = _opts(tmp_path, llm_threads=3, backend_directory=fake_install / "backends", log_file=tmp_path / "log")
+    http, grpc, metrics = free_ports(3)  # not the defaults: a real server on this machine may hold them
+    opts = _opts(
+        tmp_path,
+        llm_threads=3,
+        backend_directory=fake_install / "backends",
+        log_file=tmp_path / "log",
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+    )
     with pytest.raises(ServerError):
         TritonServer(opts, binary).start(timeout_s=10)
     assert f"{LLM_THREADS_ENV}=3" in dump.read_text().splitlines()
@@ -180,7 +189,7 @@ def test_llm_threads_must_be_a_positive_integer(tmp_path, threads):
 
 
 def find_wheel_binary() -> Path:
-    root = launcher._wheel_root()
+    root = server_binary._wheel_root()
     assert root is not None
     return root / "bin" / "tritonserver"
 
@@ -202,7 +211,7 @@ def test_find_tritonserver_env_and_path(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(on_path.parent))
     assert find_tritonserver() == on_path
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    if launcher._wheel_root() is not None:
+    if server_binary._wheel_root() is not None:
         assert find_tritonserver() == find_wheel_binary()
 
 

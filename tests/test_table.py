@@ -1,6 +1,8 @@
 """The table jobs (``cascade filter``, ``embed``, ``make-table``): cell checks and committed chunks directly,
 the jobs against the real server over gRPC, and a resume after the server is killed mid-job."""
 
+import asyncio
+import gzip
 import os
 import signal
 import subprocess
@@ -14,24 +16,28 @@ import pyarrow.parquet as pq
 import pytest
 
 from cascade import contract, embedders
+from cascade.client import table as table_module
 from cascade.client.table import (
     ChunkStore,
     FilterOptions,
+    Retry,
     check_embedding_column,
     chunks,
     embedding_cells,
+    first_contact,
     make_table,
     reachable_tiers,
     read_batches,
     request_deadline_s,
     run_embed,
     run_filter,
+    table_schema,
     text_cells,
     write_table_atomic,
 )
-from cascade.errors import ConfigError, InvalidInput, ServerUnavailable
+from cascade.errors import ConfigError, InvalidInput, RowsUnanswered, ServerUnavailable
 from cascade.gate import GateConfig
-from cascade.tasks import load_split
+from cascade.tasks import load_split, load_task
 
 DIM = contract.EMBEDDING_DIM
 FAST_RETRY = (0.1, 0.2)
@@ -119,7 +125,7 @@ def test_chunk_store_resumes_only_the_same_job(tmp_path):
     assert not list(store.dir.glob(".*.tmp"))  # a commit leaves no temporary behind
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".arrow"])
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz", ".parquet", ".arrow"])
 def test_tables_are_written_atomically_and_read_back(tmp_path, suffix):
     table = pa.table({"text": ["a", "b", "c"], "n": [1, 2, 3]})
     out = tmp_path / f"t{suffix}"
@@ -127,6 +133,82 @@ def test_tables_are_written_atomically_and_read_back(tmp_path, suffix):
     back = pa.Table.from_batches(list(read_batches(out, "text")))
     assert back.column("text").to_pylist() == ["a", "b", "c"]
     assert [p.name for p in tmp_path.iterdir()] == [out.name]
+    if suffix == ".csv.gz":
+        assert gzip.decompress(out.read_bytes()).startswith(b'"text","n"')  # gzipped, not plain text
+
+
+def test_the_shipped_gzipped_datasets_are_read_by_the_jobs_reader(tmp_path):
+    task = load_task("sst2")
+    shipped = task.dataset.path("validation")
+    assert shipped.name.endswith(".csv.gz")
+    schema, _ = table_schema(shipped, "text")
+    assert schema.names == ["text", "label"] and schema.field("text").type == pa.string()
+    got = pa.Table.from_batches(list(read_batches(shipped, "text")))
+    texts, labels = load_split(task, "validation")
+    assert got.column("text").to_pylist() == texts and got.column("label").to_pylist() == labels
+    # A gzipped table of one's own, with a text that holds a line break, and numbers read as text.
+    path = tmp_path / "mine.csv.gz"
+    path.write_bytes(gzip.compress(b'text,n\n"two\nlines",1\n10/10,2\n,3\n'))
+    got = pa.Table.from_batches(list(read_batches(path, "text", strings=["n"])))
+    assert got.column("text").to_pylist() == ["two\nlines", "10/10", ""] and got.column("n").to_pylist() == list("123")
+    assert text_cells(got.column("text"))[1] == [None, None, "text is empty"]
+    (tmp_path / "x.json.gz").write_bytes(b"")
+    with pytest.raises(ConfigError, match="unsupported format '.gz'"):
+        table_schema(tmp_path / "x.json.gz")
+
+
+class Flaky:
+    """A call that fails ``fails`` times (server unavailable), then answers; awaited, or blocking (``sync``)."""
+
+    def __init__(self, fails, error=ServerUnavailable):
+        self.fails, self.calls, self.error = fails, 0, error
+
+    def sync(self):
+        self.calls += 1
+        if self.calls <= self.fails:
+            raise self.error(f"refused #{self.calls}")
+        return "answer"
+
+    async def __call__(self):
+        return self.sync()
+
+
+@pytest.fixture
+def pauses(monkeypatch):
+    """The pauses the retry loop takes, recorded instead of slept."""
+    taken = []
+
+    async def sleep(seconds):
+        taken.append(seconds)
+
+    monkeypatch.setattr(table_module.asyncio, "sleep", sleep)
+    return taken
+
+
+def test_a_request_is_retried_with_backoff_then_answers(pauses):
+    retry, flaky = Retry((0.5, 1.0, 2.0)), Flaky(2)
+    assert asyncio.run(retry.call(flaky, "task t at here")) == "answer"
+    assert flaky.calls == 3 and retry.retried == 2 and pauses == [0.5, 1.0]
+
+
+def test_a_request_no_server_answers_is_an_error_after_the_retries(pauses):
+    retry = Retry((0.5, 1.0, 2.0))
+    with pytest.raises(ServerUnavailable, match=r"^task t at here: no answer after 3 retries over 4 s \(refused #4\)$"):
+        asyncio.run(retry.call(Flaky(9), "task t at here"))
+    assert retry.retried == 3 and pauses == [0.5, 1.0, 2.0]
+    with pytest.raises(RowsUnanswered, match=r"^refused #4$"):  # the server is there: the rows get an error
+        asyncio.run(Retry((0.5, 1.0, 2.0)).call(Flaky(9, RowsUnanswered), "task t"))
+
+
+def test_the_first_contact_is_retried_by_the_same_loop(pauses):
+    flaky = Flaky(2)
+    assert first_contact(flaky.sync, "127.0.0.1:1", (0.5, 1.0, 2.0)) == "answer"
+    assert flaky.calls == 3 and pauses == [0.5, 1.0]
+    pauses.clear()
+    expected = r"^no server answers at 127.0.0.1:1 after 3 retries \(start one with `cascade serve`\): refused #4$"
+    with pytest.raises(ServerUnavailable, match=expected):
+        first_contact(Flaky(9).sync, "127.0.0.1:1", (0.5, 1.0, 2.0))
+    assert pauses == [0.5, 1.0, 2.0]
 
 
 def test_make_table_repeats_rows_with_perturbed_unit_embeddings(tmp_path):

@@ -146,7 +146,7 @@ message naming the values to change. Included by every template, so any render r
 {{- end }}
 {{- end }}
 
-{{/* tritonserver arguments: the order of cascade/launcher.py server_command, then the chart's own. */}}
+{{/* tritonserver arguments: the order of cascade/server_options.py server_command, then the chart's own. */}}
 {{- define "triton-cascade.serverArgs" -}}
 {{- $v := .Values -}}
 - {{ printf "--model-repository=%s" (include "triton-cascade.repositoryPath" .) | quote }}
