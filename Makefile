@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 REPO ?= model_repository/cpu
 TASK ?= sst2
 
-.PHONY: setup demo test lint format build export serve bench bench-llm bench-labels bench-table bench-isolation bench-threads loadtest soak clean helm-lint export-gpu gpu-check-prepare gpu-check-dry-run
+.PHONY: setup demo test test-unit lint format build export serve bench bench-llm bench-labels bench-table bench-isolation bench-threads loadtest soak clean helm-lint export-gpu gpu-check-prepare gpu-check-dry-run
 
 setup: $(STAMP)
 
@@ -28,9 +28,15 @@ demo: setup
 	$(BIN)/cascade demo --repo $(REPO) --task $(TASK)
 
 # pytest exits 5 when it collects no test: a run that tested nothing fails, and says why.
+# All of tests/ (pyproject's testpaths): tests/unit and tests/server.
 test: setup
 	@$(BIN)/pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; fi; exit $$rc
+
+# The fast half: no tritonserver, no model weights loaded (tests/unit; tests/server is the rest).
+test-unit: setup
+	@$(BIN)/pytest tests/unit; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-unit: pytest collected no tests"; fi; exit $$rc
 
 lint: setup
 	$(BIN)/ruff check .
@@ -83,7 +89,7 @@ clean:
 	rm -rf $(REPO) .pytest_cache .ruff_cache
 
 # The Helm chart: helm lint --strict, then helm template and kubernetes-validate --strict for each
-# value set and Kubernetes version (tests/test_helm.py checks the same and more, in `make test`).
+# value set and Kubernetes version (tests/server/test_helm.py checks the same and more, in `make test`).
 CHART := k8s/triton-cascade
 HELM_VALUE_SETS := default gpu cpu autoscaling
 KUBE_VERSIONS := 1.29.0 1.33.0

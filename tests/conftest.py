@@ -9,6 +9,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# OpenMP threads (XGBoost's, torch's) sleep instead of spinning while they wait: on 2 busy cores a spinning
+# thread steals the core its partner needs (a 1.3 s XGBoost fit took 40 s with another job running).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -35,7 +38,7 @@ def built_repo(tmp_path_factory, sst2_task):
             return repo, json.loads(report.read_text())
     else:
         repo = tmp_path_factory.mktemp("repository") / "cpu"
-    # The small embedder keeps the session's build quick; tests/test_wide_embedder.py serves the default one.
+    # The small embedder keeps the session's build quick; tests/server/test_wide_embedder.py serves the default one.
     options = BuildOptions(
         train_rows=400, calib_rows=400, encoder_epochs=1, progress=False, keep_all_tiers=True, embedder="minilm-l6"
     )
@@ -73,7 +76,7 @@ def explicit_server(built_repo, tmp_path_factory):
     opts = ServerOptions(
         repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics_port, model_control_mode="explicit",
         log_file=tmp_path_factory.mktemp("explicit") / "server.log",
-        # A killed stub (tests/test_failures.py) makes Triton 2.51 wait out its whole exit timeout (30 s).
+        # A killed stub (tests/server/test_failures.py) makes Triton 2.51 wait out its whole exit timeout (30 s).
         extra_args=["--exit-timeout-secs=5"],
     )  # fmt: skip
     with TritonServer(opts) as server:

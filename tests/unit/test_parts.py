@@ -10,7 +10,7 @@ import pytest
 from cascade.errors import ConfigError
 from cascade.parts import PART_MODELS, PartModel, assemble
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -41,17 +41,3 @@ def test_a_soft_fit_keeps_the_teachers_doubt(train):
     assert soft.max(1).mean() < hard.max(1).mean()
     # and it still agrees with the teacher's argmax on most rows
     assert (soft.argmax(1) == y).mean() > 0.9
-
-
-def test_the_encoder_takes_soft_targets_of_the_right_shape():
-    from cascade.export.encoder import train_encoder
-
-    texts = ["good film", "bad film", "fine film", "awful film"] * 4
-    labels = np.array([1, 0, 1, 0] * 4)
-    with pytest.raises(InvalidInput, match=r"soft labels must be finite \[16, 2\]"):
-        train_encoder(texts, labels, 2, epochs=1, progress=False, soft_labels=np.ones((16, 3)), backbone="minilm-l6")
-    soft = np.eye(2)[labels] * 0.8 + 0.1
-    model = train_encoder(
-        texts, labels, 2, epochs=1, batch_size=8, progress=False, soft_labels=soft, backbone="minilm-l6"
-    )
-    assert model.train_stats["soft_labels"] == 1.0 and model.backbone == "minilm-l6"

@@ -31,20 +31,6 @@ def test_the_record_round_trips_and_old_folders_are_minilm(tmp_path):
     assert embedders.of_repository(tmp_path / "empty") is None
 
 
-def test_a_repository_keeps_one_embedder(tmp_path):
-    from cascade.export.build import ensure_embedder, repository_embedder
-
-    repo = tmp_path / "repo"
-    folder = ensure_embedder(repo, embedders.MINILM)
-    assert repository_embedder(repo).name == embedders.MINILM
-    config = configgen.parse_config((repo / contract.EMBEDDER_MODEL / "config.pbtxt").read_text())
-    assert config.parameters[contract.CFG_EMBEDDER].string_value == embedders.MINILM
-    assert list(config.output[0].dims) == [384]
-    assert ensure_embedder(repo) == folder and ensure_embedder(repo, embedders.MINILM) == folder
-    with pytest.raises(ConfigError, match="built with embedder 'minilm-l6'.*every task in a repository shares it"):
-        ensure_embedder(repo, embedders.MPNET)
-
-
 def test_the_width_flows_into_every_config_that_carries_embedding():
     gate = configgen.gate_spec({"task": "t"}, "t", 2, embedding_dim=WIDE).to_proto()
     tier = configgen.tier_spec("t", contract.TIER_LOGREG, 2, embedding_dim=WIDE).to_proto()

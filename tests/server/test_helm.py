@@ -40,7 +40,7 @@ from cascade.launcher import (
     supported_flags,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "k8s" / "triton-cascade"
 HELM = Path(sys.executable).parent / "helm"
 HELM_VERSION_PREFIX = "v3."
