@@ -1,8 +1,8 @@
 """The gate's configuration, request options and input checks, with no Triton import.
 
-``python_backends/gate/model.py`` is thin glue: it parses requests with this module, turns each into a
-``cascade.escalate.CascadeRun`` over tiers that are BLS calls, and runs it through ``cascade.lanes``. Everything
-here is unit-tested directly.
+``python_backends/gate/model.py`` is thin glue: ``cascade.gate_io`` parses requests with this module, turns each
+into a ``cascade.escalate.CascadeRun`` over tiers that are BLS calls (``cascade.bls``), and runs it through
+``cascade.lanes``. Everything here is unit-tested directly.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Calls from the gate to a tier model: a deadline the gate enforces, and a circuit breaker that tells busy from dead.
 
-No Triton import: ``python_backends/gate/model.py`` passes the BLS call in as a function.
+No Triton import: ``cascade.bls`` passes the BLS call in as a function.
 
 - **Allowances.** A call may *run* for its execution allowance, which grows with its rows
   (``GateConfig.exec_allowance_s``: a base plus a deadline per row). Before that it may *wait* in Triton's queue
