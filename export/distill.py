@@ -132,10 +132,14 @@ class LabelStore:
         self._db = sqlite3.connect(self.path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS labels (task TEXT, teacher TEXT, row_id TEXT, text_hash TEXT, "
-            "label INTEGER, PRIMARY KEY (task, teacher, row_id))"
+            "label INTEGER, probs TEXT, PRIMARY KEY (task, teacher, row_id))"
         )
         if "probs" not in {row[1] for row in self._db.execute("PRAGMA table_info(labels)")}:
-            self._db.execute("ALTER TABLE labels ADD COLUMN probs TEXT")  # a cache from before soft labels
+            try:  # a cache from before soft labels; another process (a reader of the same cache) may add it first
+                self._db.execute("ALTER TABLE labels ADD COLUMN probs TEXT")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):
+                    raise
         self._db.commit()
 
     def get(self, task: str, teacher: str, ids: Sequence[str], texts: Sequence[str]) -> dict[str, int]:

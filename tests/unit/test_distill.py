@@ -281,3 +281,42 @@ def test_soft_labels_are_read_with_one_hot_rows_where_the_teacher_gave_none(tmp_
     assert np.allclose(probs, [[0.8, 0.2], [0.0, 1.0], [0.4, 0.6]])
     pd.DataFrame({"text": ["a"], "label": [0]}).to_csv(path, index=False)
     assert read_soft_labels(path, np.array([0]), 2) is None
+
+
+def _open_store(path, start, outcomes):
+    from cascade.export.distill import LabelStore
+
+    start.wait()
+    try:
+        with LabelStore(path):
+            outcomes.put(None)
+    except Exception as exc:  # noqa: BLE001 - the test reports any failure
+        outcomes.put(repr(exc))
+
+
+def test_processes_may_open_one_cache_at_once(tmp_path):
+    """The CI failure of 852e426: a reader and the labelling job each saw no `probs` column in a cache and both
+    added it ("duplicate column name: probs"). Six processes open an old cache at once, ten times: none fails.
+    (Before the fix this failed in about half the openings.)"""
+    import multiprocessing
+    import sqlite3
+
+    ctx = multiprocessing.get_context("fork")
+    failures = []
+    for attempt in range(10):
+        path = tmp_path / f"labels-{attempt}.sqlite"
+        db = sqlite3.connect(path)
+        db.execute(
+            "CREATE TABLE labels (task TEXT, teacher TEXT, row_id TEXT, text_hash TEXT, label INTEGER, "
+            "PRIMARY KEY (task, teacher, row_id))"
+        )
+        db.commit()
+        db.close()
+        start, outcomes = ctx.Barrier(6), ctx.Queue()
+        procs = [ctx.Process(target=_open_store, args=(path, start, outcomes)) for _ in range(6)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(timeout=60)
+        failures += [outcome for outcome in (outcomes.get(timeout=10) for _ in procs) if outcome is not None]
+    assert failures == []
