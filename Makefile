@@ -89,7 +89,7 @@ clean:
 	rm -rf $(REPO) .pytest_cache .ruff_cache
 
 # The Helm chart: helm lint --strict, then helm template and kubernetes-validate --strict for each
-# value set and Kubernetes version (tests/server/test_helm.py checks the same and more, in `make test`).
+# value set and Kubernetes version (tests/server/test_helm_*.py checks the same and more, in `make test`).
 CHART := k8s/triton-cascade
 HELM_VALUE_SETS := default gpu cpu autoscaling
 KUBE_VERSIONS := 1.29.0 1.33.0

@@ -16,38 +16,24 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import csv
 import multiprocessing
 import os
 import platform
 import resource
 import sys
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from cascade import paths
+from cascade.bench_llm_data import SEED, BenchTask, eval_rows, few_shot
 from cascade.contract import TIER_LLM_LARGE, TIER_LLM_SMALL
 from cascade.gguf import MODEL_GEMMA3, MODEL_SMOLLM2
 from cascade.llm import SCORING_PREFIX, SCORING_WHOLE, PromptTemplate
 from cascade.results import save_result
-from cascade.tasks import dataset_file, load_task, prompt_from_question
-
-SEED = 0
-
-
-@dataclass(frozen=True)
-class BenchTask:
-    name: str
-    dir: str
-    eval_split: str  # file the evaluation sample comes from
-    dev_split: str  # rows for prompt search; rows of the evaluation sample are excluded
-    labels: tuple[str, ...]
-    shot_words: tuple[int, int]  # few-shot examples are drawn among train rows with this many words
-
+from cascade.tasks import load_task, prompt_from_question
 
 # The task definitions (tasks/*.toml) give the dataset folder, the labels and the tuned prompts; the splits and the
 # few-shot example lengths are the benchmark's own.
@@ -172,53 +158,6 @@ DEFAULT_VARIANTS = {
 }
 #: The models the CPU tiers serve (``cascade.export.build.LLM_ROLES``).
 DEFAULT_MODELS = ["smollm2-135m:f16", "qwen2.5-coder-1.5b"]
-
-
-# --------------------------------------------------------------------------------------------- data
-
-
-def read_csv(path: Path) -> tuple[list[str], np.ndarray]:
-    """``text,label`` rows of a dataset file."""
-    import gzip
-
-    path = dataset_file(path)
-    with (
-        gzip.open(path, "rt", newline="", encoding="utf-8")
-        if path.suffix == ".gz"
-        else path.open(newline="", encoding="utf-8")
-    ) as f:
-        rows = list(csv.DictReader(f))
-    return [r["text"] for r in rows], np.array([int(r["label"]) for r in rows])
-
-
-def eval_rows(task: BenchTask, data_dir: Path, n: int, split: str = "eval") -> tuple[list[str], np.ndarray]:
-    """A fixed random sample (seed 0) of the evaluation split, or for ``dev`` rows outside that sample."""
-    texts, labels = read_csv(data_dir / task.dir / f"{task.eval_split}.csv")
-    order = np.random.default_rng(SEED).permutation(len(texts))
-    if split == "dev":
-        if task.dev_split == task.eval_split:
-            idx = order[::-1][:n]  # from the other end of the permutation: disjoint while n + rows <= len
-        else:
-            dev_texts, dev_labels = read_csv(data_dir / task.dir / f"{task.dev_split}.csv")
-            dev_order = np.random.default_rng(SEED + 1).permutation(len(dev_texts))[::-1][:n]
-            return [dev_texts[i] for i in dev_order], dev_labels[dev_order]
-    else:
-        idx = order[:n]
-    return [texts[i] for i in idx], labels[idx]
-
-
-def few_shot(task: BenchTask, data_dir: Path, k: int, seed: int = SEED) -> tuple[tuple[str, int], ...]:
-    """``k`` train examples, balanced over labels (round-robin), of moderate length, in a seeded order."""
-    texts, labels = read_csv(data_dir / task.dir / "train.csv")
-    rng = np.random.default_rng(seed)
-    lo, hi = task.shot_words
-    per_label = []
-    for label in range(len(task.labels)):
-        pool = [i for i in np.flatnonzero(labels == label) if lo <= len(texts[i].split()) <= hi]
-        per_label.append(list(rng.permutation(pool)))
-    picks = [per_label[j % len(task.labels)][j // len(task.labels)] for j in range(k)]
-    picks = [picks[i] for i in rng.permutation(len(picks))]
-    return tuple((texts[i], int(labels[i])) for i in picks)
 
 
 def make_template(task: BenchTask, variant: str, data_dir: Path) -> PromptTemplate:

@@ -19,7 +19,8 @@ from cascade import contract
 from cascade.arrays import Placement, host
 from cascade.errors import InvalidInput, triton_error
 from cascade.escalate import Cancelled, CascadeRun, RowBatch
-from cascade.gate import GateConfig, RequestOptions, check_embeddings, check_text_free, decode_texts
+from cascade.gate import GateConfig
+from cascade.gate_inputs import RequestOptions, check_embeddings, check_text_free, decode_texts
 from cascade.lanes import Job
 from cascade.metrics import MetricsBuffer
 

@@ -6,12 +6,13 @@ sampling), reuses the KV cache of the longest token prefix shared with what it e
 instruction and few-shot examples are evaluated once, not once per row), optionally divides out the
 content-free label prior (contextual calibration, Zhao et al. 2021), and cuts over-long content from its end.
 
+The prompts and the parsing of scorer requests live in :mod:`cascade.llm_prompts` (importable from here too).
+
 No Triton import here: the Python-backend ``model.py`` wraps this module.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +20,35 @@ from typing import Any
 
 import numpy as np
 
-from cascade import contract
 from cascade.errors import ConfigError, InvalidInput
+from cascade.llm_prompts import (
+    TEXT_FIELD,
+    Prompt,
+    PromptTemplate,
+    answer_text,
+    parse_scorer_inputs,
+    parse_scorer_parameters,
+    validate_candidates,
+)
+
+__all__ = [
+    "CANDIDATE_SCORINGS",
+    "CONTENT_FREE",
+    "DEFAULT_BEAM",
+    "SCORING_PREFIX",
+    "SCORING_WHOLE",
+    "TEXT_FIELD",
+    "Encoded",
+    "LlamaScorer",
+    "Prompt",
+    "PromptTemplate",
+    "ScoreResult",
+    "answer_text",
+    "parse_scorer_inputs",
+    "parse_scorer_parameters",
+    "unique_prefixes",
+    "validate_candidates",
+]
 
 #: How a candidate of several tokens is scored: all its tokens (teacher-forced, summed log-probs), or (the
 #: default) its tokens up to the first one no other candidate shares: the tokens after it add no evidence, only
@@ -28,138 +56,12 @@ from cascade.errors import ConfigError, InvalidInput
 #: bench_llm "+prefix" variants; a 77-label task 0.38 -> 0.87 rows/s at the same accuracy: bench_labels).
 SCORING_WHOLE, SCORING_PREFIX = "whole", "prefix"
 CANDIDATE_SCORINGS = (SCORING_WHOLE, SCORING_PREFIX)
-TEXT_FIELD = "{text}"
 #: Trie nodes evaluated per level at most (:mod:`cascade.llm_tree`): a level of up to this many nodes is scored
 #: exactly; a wider one keeps its most probable prefixes. On the 77-label benchmark a beam of 4 chose the exact
 #: answer on every row at 1.6x the exact trie's speed (bench/results/labels-20261129-153949.json).
 DEFAULT_BEAM = 4
 _MAX_SEQS = 256  # llama.cpp's LLAMA_MAX_SEQ: sequence 0 holds the row, the rest the trie's nodes
 CONTENT_FREE = ("N/A", "")  # content-free inputs whose label distributions are averaged for calibration
-
-
-# --------------------------------------------------------------------------------------------- prompts
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One row's prompt; the label is predicted right after ``suffix``. Only ``content`` is ever truncated."""
-
-    prefix: str
-    content: str
-    suffix: str
-
-
-def answer_text(suffix: str, candidate: str) -> tuple[str, str]:
-    """Split ``suffix + candidate`` the way the scorer tokenizes it: ``(suffix without trailing spaces, answer)``.
-
-    The answer carries the leading space ("Sentiment:" + " positive"), as a model saw it in training, unless
-    the suffix ends in a newline or tab, where the answer starts the line.
-    """
-    stripped = suffix.rstrip(" ")
-    if stripped and stripped[-1] in "\n\t\r":
-        return stripped, candidate
-    return stripped, " " + candidate
-
-
-@dataclass(frozen=True)
-class PromptTemplate:
-    """A task's prompt: ``template`` holds exactly one ``{text}``; few-shot rows render before the input row."""
-
-    template: str
-    verbalizations: tuple[str, ...]
-    few_shot: tuple[tuple[str, int], ...] = ()
-    instruction: str = ""
-    separator: str = "\n\n"  # between the instruction, each few-shot example and the input row
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "verbalizations", tuple(self.verbalizations))
-        object.__setattr__(self, "few_shot", tuple((str(t), int(i)) for t, i in self.few_shot))
-        if self.template.count(TEXT_FIELD) != 1:
-            raise ConfigError(f"prompt template must contain {TEXT_FIELD} exactly once: {self.template!r}")
-        validate_candidates(self.verbalizations, error=ConfigError)
-        for text, label in self.few_shot:
-            if not 0 <= label < len(self.verbalizations):
-                raise ConfigError(f"few-shot label {label} out of range for {len(self.verbalizations)} labels")
-            if not text.strip():
-                raise ConfigError("few-shot example with empty text")
-
-    @property
-    def parts(self) -> tuple[str, str]:
-        """The template before and after ``{text}``."""
-        before, after = self.template.split(TEXT_FIELD)
-        return before, after
-
-    def render_example(self, text: str, label: int) -> str:
-        """One solved example: the template filled with ``text`` and followed by the label's verbalization."""
-        before, after = self.parts
-        suffix, answer = answer_text(after, self.verbalizations[label])
-        return before + text + suffix + answer
-
-    def format(self, text: str) -> Prompt:
-        """The prompt of one row: instruction and few-shot examples go to the (shared, cached) prefix."""
-        before, after = self.parts
-        head = [self.instruction] if self.instruction else []
-        head += [self.render_example(t, label) for t, label in self.few_shot]
-        prefix = "".join(part + self.separator for part in head) + before
-        return Prompt(prefix=prefix, content=text, suffix=after)
-
-
-def validate_candidates(candidates: Sequence[str], error: type[Exception] = InvalidInput) -> tuple[str, ...]:
-    """At least one candidate, none empty or blank, no duplicates."""
-    if isinstance(candidates, str | bytes):
-        raise error("candidates must be a sequence of strings, not a single string")
-    cands = tuple(candidates)
-    if not cands:
-        raise error("empty candidate list: give at least one label verbalization")
-    for c in cands:
-        if not isinstance(c, str):
-            raise error(f"candidate {c!r} is not a string")
-        if not c.strip():
-            raise error(f"empty candidate {c!r}: every label needs a non-blank verbalization")
-    dupes = sorted({c for c in cands if cands.count(c) > 1})
-    if dupes:
-        raise error(f"duplicate candidates {dupes}: verbalizations must be distinct")
-    return cands
-
-
-def _decode(value: Any, what: str) -> str:
-    if isinstance(value, str):
-        return value
-    try:
-        return bytes(value).decode("utf-8")
-    except (UnicodeDecodeError, TypeError) as exc:
-        raise InvalidInput(f"{what} is not valid UTF-8") from exc
-
-
-def parse_scorer_inputs(prompt: np.ndarray, candidates: np.ndarray) -> tuple[list[Prompt], tuple[str, ...]]:
-    """A scorer request's ``PROMPT`` [n, 3] (prefix, content, suffix) and ``CANDIDATES`` [n, k] (equal rows).
-
-    Shared by every scorer backend (llama.cpp on CPU, TensorRT-LLM on GPU), so both reject the same input.
-    """
-    prompt = np.asarray(prompt, dtype=np.object_)
-    cands = np.asarray(candidates, dtype=np.object_)
-    if prompt.ndim != 2 or prompt.shape[1] != 3:
-        raise InvalidInput(f"PROMPT must be [n, 3] (prefix, content, suffix), got {list(prompt.shape)}")
-    if cands.ndim != 2 or cands.shape[0] != prompt.shape[0]:
-        raise InvalidInput(f"CANDIDATES must be [n, k] with n = {prompt.shape[0]}, got {list(cands.shape)}")
-    if (cands != cands[:1]).any():
-        raise InvalidInput("all rows of one request must share the same CANDIDATES")
-    prompts = [Prompt(*(_decode(part, f"PROMPT[{i}]") for part in row)) for i, row in enumerate(prompt)]
-    names = validate_candidates([_decode(c, "CANDIDATES") for c in cands[0]]) if len(cands) else ()
-    return prompts, names
-
-
-def parse_scorer_parameters(raw: str | dict | None) -> bool | None:
-    """A scorer request's parameters (JSON text, as ``request.parameters()`` gives them): the ``calibrate``
-    override, or None for the model's default. Unknown keys and non-boolean values are :class:`InvalidInput`."""
-    params = json.loads(raw) if isinstance(raw, str) and raw else (raw or {})
-    unknown = set(params) - {contract.PARAM_CALIBRATE}
-    if unknown:
-        raise InvalidInput(f"unknown scorer parameters {sorted(unknown)}; expected {contract.PARAM_CALIBRATE!r}")
-    value = params.get(contract.PARAM_CALIBRATE)
-    if value is not None and not isinstance(value, bool):
-        raise InvalidInput(f"scorer parameter {contract.PARAM_CALIBRATE!r} must be a boolean, got {value!r}")
-    return value
 
 
 # --------------------------------------------------------------------------------------------- scorer

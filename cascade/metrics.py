@@ -1,5 +1,5 @@
 """The gate's Prometheus metrics: names, labels and buckets, and a buffer that turns cascade results into
-counter increments. No Triton import; ``python_backends/gate/model.py`` applies the increments with
+counter increments. No Triton import; :mod:`cascade.gate_metrics` applies the increments with
 ``pb_utils.MetricFamily`` and Triton exports them at ``:8002/metrics`` next to its ``nv_inference_*``.
 
 Every metric API call of the Python backend is a round trip to the server process, so the gate adds up

@@ -23,7 +23,7 @@ DEFAULT_REPO = REPO_ROOT / "model_repository" / "cpu"
 #: The Triton glue a model's ``1/model.py`` is copied from: ``python_backends/<source>/model.py``.
 BACKENDS_DIR = REPO_ROOT / "python_backends"
 DATA_DIR_ENV = "CASCADE_DATA_DIR"
-#: The datasets the shipped tasks, the demo and the tests use, gzipped in the repository (data/README.md).
+#: The datasets the shipped tasks, the demo and the tests use, Parquet in the repository (data/README.md).
 DEFAULT_DATA_DIR = REPO_ROOT / "data"
 
 

@@ -37,10 +37,65 @@ class DatasetSpec:
         return dataset_file(data_dir(root) / self.dir / file)
 
 
+#: The formats a dataset split may be stored in, in the order :func:`dataset_file` tries them (the repository
+#: ships Parquet: data/README.md; CSV and gzipped CSV are read as well).
+SPLIT_SUFFIXES = (".parquet", ".csv", ".csv.gz")
+
+
 def dataset_file(path: Path) -> Path:
-    """``path``, or its gzipped copy ``path.gz`` when only that exists (the repository ships them gzipped)."""
-    gz = path.with_name(path.name + ".gz")
-    return gz if not path.exists() and gz.exists() else path
+    """``path``, or where it is absent the same split beside it in another of :data:`SPLIT_SUFFIXES`: a task
+    naming ``train.csv`` reads ``train.parquet`` (or ``train.csv.gz``), one naming ``train.parquet`` reads a
+    ``--data-dir`` that holds ``train.csv``. A name with another suffix is returned as it is."""
+    if path.exists():
+        return path
+    name = path.name.lower()
+    suffix = max((s for s in SPLIT_SUFFIXES if name.endswith(s)), key=len, default=None)
+    if suffix is None:
+        return path
+    stem = path.name[: -len(suffix)]
+    return next((c for c in (path.with_name(stem + s) for s in SPLIT_SUFFIXES) if c.exists()), path)
+
+
+def read_rows(
+    path: Path,
+    text_column: str = "text",
+    label_column: str = "label",
+    limit: int | None = None,
+    *,
+    labels_as_text: bool = False,
+) -> tuple[list[str], list]:
+    """The text and label cells of the first ``limit`` rows (all by default) of a dataset file, Parquet or CSV
+    (plain or gzipped), read by the table jobs' reader (:func:`cascade.client.table_io.read_batches`). Texts are
+    ``str`` (a null text is ``""``); labels are as stored, or ``str`` with ``labels_as_text``."""
+    import pyarrow as pa
+
+    from cascade.client.table_io import read_batches, table_schema
+
+    if not path.is_file():
+        raise ConfigError(f"dataset file {path} not found (set --data-dir or ${DATA_DIR_ENV})")
+    schema, _ = table_schema(path, text_column)  # an unknown format fails here
+    for column in (text_column, label_column):
+        if column not in schema.names:
+            raise ConfigError(f"{path}: no column {column!r} (columns: {schema.names})")
+    columns = [text_column, label_column]
+    batches, rows = [], 0
+    for batch in read_batches(path, text_column, columns, strings=[label_column] if labels_as_text else ()):
+        batches.append(batch)
+        rows += batch.num_rows
+        if limit is not None and rows >= limit:
+            break
+    if not batches:
+        return [], []
+    table = pa.Table.from_batches(batches).slice(0, limit)
+    try:
+        text = table.column(text_column).cast(pa.string())
+        label = table.column(label_column)
+        label = label.cast(pa.string()) if labels_as_text else label
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise ConfigError(f"{path}: column {text_column!r} or {label_column!r} is not text: {exc}") from exc
+    if label.null_count:
+        raise ConfigError(f"{path}: {label.null_count} rows have no {label_column!r}")
+    return ["" if t is None else t for t in text.to_pylist()], label.to_pylist()
 
 
 @dataclass(frozen=True)
@@ -223,28 +278,23 @@ def load_task(path_or_name: str | Path) -> TaskSpec:
 
 def load_split(task: TaskSpec, split: str, root: str | Path | None = None, limit: int | None = None):
     """Rows of a dataset split as ``(texts, label_indices)``; label names are mapped to indices."""
-    import pandas as pd
-
     if task.dataset is None:
         raise ConfigError(f"task {task.name!r} has no dataset section")
-    path = task.dataset.path(split, root)
-    if not path.is_file():
-        raise ConfigError(f"dataset file {path} not found (set --data-dir or ${DATA_DIR_ENV})")
-    frame = pd.read_csv(path, nrows=limit, keep_default_na=False)
     ds = task.dataset
-    for column in (ds.text_column, ds.label_column):
-        if column not in frame.columns:
-            raise ConfigError(f"{path}: no column {column!r} (columns: {list(frame.columns)})")
-    texts = frame[ds.text_column].astype(str).tolist()
-    raw = frame[ds.label_column]
-    if ds.label_encoding == "name":
+    path = ds.path(split, root)
+    by_name = ds.label_encoding == "name"
+    texts, raw = read_rows(path, ds.text_column, ds.label_column, limit, labels_as_text=by_name)
+    if by_name:
         index = {label: i for i, label in enumerate(task.labels)}
         unknown = set(raw) - set(index)
         if unknown:
             raise ConfigError(f"{path}: labels {sorted(unknown)[:5]} not in task labels {task.labels}")
         labels = [index[v] for v in raw]
     else:
-        labels = [int(v) for v in raw]
+        try:
+            labels = [int(v) for v in raw]
+        except ValueError as exc:
+            raise ConfigError(f"{path}: column {ds.label_column!r} holds a label that is no index: {exc}") from exc
         if labels and (min(labels) < 0 or max(labels) >= task.n_labels):
             raise ConfigError(f"{path}: label index out of range 0..{task.n_labels - 1}")
     return texts, labels

@@ -1,6 +1,7 @@
 """Triton glue for the gate (the public ``<task>`` model): the logic lives in plain modules, unit-tested directly:
-cascade.bls (the tiers and the BLS calls), cascade.gate_io (requests and responses), cascade.gate,
-cascade.escalate and cascade.lanes. They import no Triton module: this file passes ``pb_utils`` in.
+cascade.bls (the tiers and the BLS calls), cascade.gate_io (requests and responses), cascade.gate_metrics (the
+metrics flush), cascade.gate, cascade.gate_inputs, cascade.escalate and cascade.lanes. They import no Triton
+module: this file passes ``pb_utils`` in.
 
 ``execute`` parses each request and runs its cheap steps inline; a request with rows left for a costly tier is
 handed to that tier's lane and answered later through its response sender (Triton >= 24.06 allows that in the
@@ -24,8 +25,9 @@ from cascade.bls import BlsCalls
 from cascade.errors import CascadeError, check_numpy, triton_error
 from cascade.gate import GateConfig
 from cascade.gate_io import GateIO
+from cascade.gate_metrics import MetricsFlusher
 from cascade.lanes import Lanes, lane_names
-from cascade.metrics import FLUSH_INTERVAL_S, MetricsBuffer, families
+from cascade.metrics import MetricsBuffer
 
 
 class TritonPythonModel:
@@ -51,7 +53,6 @@ class TritonPythonModel:
         queue_timeout_s = self.config.queue_timeout_ms / 1000
         self.lanes = Lanes(queue_timeout_s, lane_names(self.config.tiers), pb_utils.Logger.log_error)
         self.metrics = MetricsBuffer(self.config.task)
-        # Buffered increments are flushed once a second by this thread (never per request).
         self.metrics_lock = threading.Lock()
         self.io = GateIO(
             pb_utils,
@@ -64,46 +65,14 @@ class TritonPythonModel:
             self.metrics,
             self.metrics_lock,
         )
-        kinds = {False: pb_utils.MetricFamily.COUNTER, True: pb_utils.MetricFamily.GAUGE}
-        self.families = {
-            f.name: pb_utils.MetricFamily(name=f.name, description=f.description, kind=kinds[f.gauge])
-            for f in families()
-        }
-        self.counters = {}
-        self.metrics.touch(self.config.tiers)
-        self.metrics.force()
-        self.flush_metrics()
-        self.stopping = threading.Event()
-        self.flusher = threading.Thread(target=self._flush_loop, name="metrics-flush", daemon=True)
-        self.flusher.start()
-
-    def _flush_loop(self) -> None:
-        while not self.stopping.wait(FLUSH_INTERVAL_S):
-            self.flush_metrics()
-
-    def flush_metrics(self) -> None:
-        """Apply the buffered increments and the lanes' in-flight gauges (each metric call is a round trip: at
-        most once a second)."""
-        with self.metrics_lock:
-            self.metrics.set_in_flight(self.lanes.in_flight())
-            drained = self.metrics.drain() if self.metrics.due() else []
-            gauges = self.metrics.gauges()
-        for name, labels, value, gauge in [(*d, False) for d in drained] + [(*g, True) for g in gauges]:
-            key = (name, tuple(sorted(labels.items())))
-            metric = self.counters.get(key)
-            if metric is None:
-                metric = self.counters[key] = self.families[name].Metric(labels=labels)
-            if gauge:
-                metric.set(value)
-            else:
-                metric.increment(value)
+        # Buffered increments are flushed once a second by the flusher's thread (never per request).
+        self.flusher = MetricsFlusher(
+            pb_utils, self.metrics, self.metrics_lock, self.lanes.in_flight, self.config.tiers
+        )
 
     def finalize(self):
         self.lanes.close()
-        self.stopping.set()
-        self.flusher.join(timeout=5)
-        self.metrics.force()
-        self.flush_metrics()
+        self.flusher.close()
         self.calls.close()
 
     def execute(self, requests):

@@ -9,7 +9,7 @@ import triton_python_backend_utils as pb_utils
 
 from cascade import contract
 from cascade.errors import CascadeError, check_numpy, triton_error
-from cascade.gate import decode_texts
+from cascade.gate_inputs import decode_texts
 from cascade.runtime import TOKENIZER_FILE, TextTokenizer
 
 

@@ -14,15 +14,11 @@ import pandas as pd
 import pytest
 
 from cascade.errors import ConfigError, InvalidInput
-from cascade.export.distill import (
-    ACTIVE_POOL_FACTOR,
-    ColumnTeacher,
-    LabelStore,
-    active_sizes,
-    label_active,
-    read_table,
-    run_label,
-)
+from cascade.export.active import ACTIVE_POOL_FACTOR, active_sizes, label_active
+from cascade.export.distill import run_label
+from cascade.export.label_store import LabelStore
+from cascade.export.table_rows import read_table
+from cascade.export.teachers import ColumnTeacher
 from cascade.tasks import TaskSpec
 
 LABELS = ("negative", "positive")
@@ -32,7 +28,7 @@ ROWS, BUDGET = 1500, 260  # a seed of 200 uniform rows, 60 active ones chosen am
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    from cascade.export.build import ensure_embedder
+    from cascade.export.repo_embedder import ensure_embedder
 
     reuse = os.environ.get("CASCADE_TEST_REPO")
     repo = Path(reuse) if reuse else tmp_path_factory.mktemp("repository") / "cpu"
@@ -93,7 +89,7 @@ def test_the_budget_is_spent_exactly(active_run):
 
 
 def test_active_rows_are_the_ones_tier0_is_least_sure_of(active_run, table_file, repo):
-    from cascade.export.build import embed
+    from cascade.export.repo_embedder import embed
     from cascade.export.tabular import train_logreg
 
     work, summary = active_run
@@ -151,7 +147,7 @@ class Counting:
 def test_an_interrupted_active_run_resumes(tmp_path, table_file, repo):
     """Interrupted midway through the active rows: the rerun takes the seed and the first active batch from the
     cache, picks the same active rows, and asks the teacher only for those still missing."""
-    from cascade.export.build import embed
+    from cascade.export.repo_embedder import embed
 
     table = read_table(table_file, "sentence")
     gold = ColumnTeacher(table, "stars", LABELS)
@@ -177,7 +173,8 @@ def test_an_interrupted_active_run_resumes(tmp_path, table_file, repo):
 
 
 def test_calibration_uses_only_uniform_rows(active_run, repo, tmp_path):
-    from cascade.export.build import CALIB_FILE, BuildOptions, train_task
+    from cascade.export.stage import CALIB_FILE, BuildOptions
+    from cascade.export.train import train_task
 
     work, _ = active_run
     frame = labelled_of(work)
@@ -193,7 +190,7 @@ def test_calibration_uses_only_uniform_rows(active_run, repo, tmp_path):
 
 
 def test_old_labelled_files_are_all_uniform(tmp_path):
-    from cascade.export.build import uniform_rows
+    from cascade.export.labels_file import uniform_rows
 
     pd.DataFrame({"id": [0, 1], "text": ["a", "b"], "label": [0, 1]}).to_csv(tmp_path / "old.csv", index=False)
     assert uniform_rows(tmp_path / "old.csv").tolist() == [True, True]

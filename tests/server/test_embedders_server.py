@@ -7,7 +7,7 @@ from cascade.errors import ConfigError
 
 
 def test_a_repository_keeps_one_embedder(tmp_path):
-    from cascade.export.build import ensure_embedder, repository_embedder
+    from cascade.export.repo_embedder import ensure_embedder, repository_embedder
 
     repo = tmp_path / "repo"
     folder = ensure_embedder(repo, embedders.MINILM)

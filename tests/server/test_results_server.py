@@ -18,7 +18,7 @@ CALIBRATION_KEYS = {"tier", "tier_name", "rows", "enabled", "threshold", "covera
 
 def embedder_into(repo: Path) -> None:
     """The small embedder into ``repo``: copied from $CASCADE_TEST_REPO's where it has one, else exported."""
-    from cascade.export.build import ensure_embedder
+    from cascade.export.repo_embedder import ensure_embedder
 
     reuse = Path(os.environ.get("CASCADE_TEST_REPO", "/nonexistent")) / "embedder"
     if (reuse / "1" / "model.onnx").is_file() and "384" in (reuse / "config.pbtxt").read_text():

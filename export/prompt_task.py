@@ -1,0 +1,52 @@
+"""A task from a question and its labels (``cascade task create``'s first step): its
+:class:`~cascade.tasks.TaskSpec` and the ``task.toml`` that defines it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cascade import contract
+
+CREATE_TIERS = ("logreg", "xgboost", "encoder", "llm_small", "llm_large")
+
+
+def task_from_prompt(name: str, labels: Sequence[str], prompt: str, tiers: Sequence[str] = CREATE_TIERS):
+    """A task from a question and its labels, in the prompt form measured best for the teacher
+    (:func:`cascade.tasks.prompt_from_question`: the allowed answers named; the labels are the verbalizations)."""
+    from cascade.tasks import LlmPrompt, TaskSpec, parse_tiers, prompt_from_question
+
+    labels = tuple(label.strip() for label in labels)
+    instruction, template = prompt_from_question(prompt, labels)
+    llm = LlmPrompt(template=template, verbalizations=labels, instruction=instruction, calibrate=True)
+    spec = TaskSpec(
+        name=name,
+        labels=labels,
+        tiers=parse_tiers(list(tiers)),
+        description=prompt.strip(),
+        llm={t: llm for t in contract.LLM_TIERS},
+    )
+    toml = "\n".join(
+        [
+            "# Written by `cascade task create`.",
+            f"name = {json_str(name)}",
+            f"description = {json_str(spec.description)}",
+            f"labels = [{', '.join(json_str(x) for x in labels)}]",
+            f"tiers = [{', '.join(json_str(contract.TIER_NAMES[t]) for t in spec.tiers)}]",
+            "",
+            "[llm]",
+            f"instruction = {json_str(instruction)}",
+            f"template = {json_str(template)}",
+            f"verbalizations = [{', '.join(json_str(x) for x in labels)}]",
+            "few_shot = 0",
+            "calibrate = true",
+            "",
+        ]
+    )
+    return spec, toml
+
+
+def json_str(value: str) -> str:
+    """A TOML basic string (JSON's escapes are valid TOML escapes)."""
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
