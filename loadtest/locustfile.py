@@ -1,6 +1,6 @@
 """Locust load test of a task's gate over gRPC (tritonclient). Run it with ``cascade loadtest SCENARIO``
 (which prepares the rows and the environment) or ``make loadtest``; scenarios and budgets live in
-``cascade/loadtest.py``.
+``cascade/ops/loadtest.py``.
 
 gRPC needs ``init_gevent()`` before tritonclient is imported: without it the users run one at a time.
 """
@@ -20,7 +20,7 @@ import tritonclient.grpc as grpcclient  # noqa: E402
 from locust import LoadTestShape, User, constant, constant_throughput, events, task  # noqa: E402
 
 from cascade import contract  # noqa: E402
-from cascade import loadtest as lt  # noqa: E402
+from cascade.ops import loadtest as lt  # noqa: E402
 
 SCENARIO = lt.scenario(os.environ[lt.ENV_SCENARIO])
 TASK = os.environ[lt.ENV_TASK]

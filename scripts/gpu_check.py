@@ -2,8 +2,9 @@
 ``scripts/gpu_check_prepare.py`` left in ``.gpu-check/``. It needs torch with CUDA, numpy and the carried wheels
 (nvidia-pytriton, array-api-compat, numpy 1.26); no tritonclient, protobuf or onnx: requests go over HTTP/JSON.
 
-1. **The gate's math on the device.** ``cascade.escalate.run_cascade`` over torch tensors on the GPU with the logreg
-   tier as torch ops (``cascade.runtime.LinearModel``), timed with CUDA events at batch 1, 64 and 1,024 (the
+1. **The gate's math on the device.** ``cascade.serving.escalate.run_cascade`` over torch tensors on the GPU with the
+logreg
+   tier as torch ops (``cascade.serving.runtime.LinearModel``), timed with CUDA events at batch 1, 64 and 1,024 (the
    host copies of the outputs included), beside the same code on NumPy on this machine's CPU; the answers of
    the two must agree.
 2. **The real server.** ``tritonserver`` from the wheel serves ``repo-gpu`` (the gate on a GPU instance,
@@ -67,10 +68,10 @@ def device_gating(check: dict, rows: dict, device: str = "cuda:0") -> dict:
     """run_cascade on the GPU vs NumPy: equal answers, and the time per batch (CUDA events / perf_counter)."""
     import torch
 
-    from cascade.arrays import Placement, host
-    from cascade.escalate import RowBatch, run_cascade
-    from cascade.gate import GateConfig
-    from cascade.runtime import LinearModel
+    from cascade.serving.arrays import Placement, host
+    from cascade.serving.escalate import RowBatch, run_cascade
+    from cascade.serving.gate import GateConfig
+    from cascade.serving.runtime import LinearModel
 
     gate = GateConfig.from_parameters(check["gate_parameters"])
     model = LinearModel.load(CHECK / "repo-gpu" / "sst2_logreg" / "1")
@@ -158,7 +159,7 @@ def served(
     itself, with the gate's GPU instance turned into a CPU one that gates on torch:cpu."""
     import shutil
 
-    from cascade.launcher import ServerOptions, TritonServer, free_ports
+    from cascade.server.launcher import ServerOptions, TritonServer, free_ports
 
     name = f"{tier_memory}-{kind.lower()}"
     repo = out_dir / f"repo-{name}"

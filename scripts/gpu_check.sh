@@ -11,7 +11,8 @@ mkdir -p "$out"
 for need in .gpu-check/check.json .gpu-check/rows.npz; do
 	[ -f "$need" ] || { echo "missing $need: run scripts/gpu_check_prepare.py first and carry .gpu-check"; exit 2; }
 done
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+# Not installed here: the three package roots (cascade/, client/cascade_client/, export/cascade_export/) go on the path.
+export PYTHONPATH="$PWD:$PWD/client:$PWD/export${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 {
 	echo "== machine"
 	nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"
@@ -23,9 +24,6 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OF
 	# The Python-backend stub links against this Python's shared library.
 	libdir=$(python3 -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR") or "")')
 	export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-	# setuptools maps export/ and client/ into cascade.export / cascade.client at install time; this throwaway
-	# copy is not installed, so link them where the import path expects them.
-	for sub in export client; do [ -e "cascade/$sub" ] || ln -s "../$sub" "cascade/$sub"; done
 	echo "== check"
 	timeout 420 python3 scripts/gpu_check.py --out "$out"
 } 2>&1 | tee "$out/gpu-check.log"

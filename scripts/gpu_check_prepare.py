@@ -59,8 +59,8 @@ MODELS = (
 
 def build(work: Path) -> Path:
     """A fresh logreg + xgboost SST-2 task (and the embedder, which stays here) under ``work``."""
-    from cascade.export.build import BuildOptions, build_task
     from cascade.tasks import load_task
+    from cascade_export.build import BuildOptions, build_task
 
     task = replace(load_task(TASK), tiers=(contract.TIER_LOGREG, contract.TIER_XGBOOST), target=0.8)
     repo = work / "cpu"
@@ -75,8 +75,8 @@ def build(work: Path) -> Path:
 
 def reference(repo_cpu: Path, embeddings: np.ndarray) -> dict[str, np.ndarray]:
     """The CPU profile's answers, from the real server, at each batch size the check sends."""
-    from cascade.client import CascadeClient
-    from cascade.launcher import ServerOptions, TritonServer, free_ports
+    from cascade.server.launcher import ServerOptions, TritonServer, free_ports
+    from cascade_client import CascadeClient
 
     http, grpc, metrics = free_ports(3)
     out = {}
@@ -93,9 +93,10 @@ def reference(repo_cpu: Path, embeddings: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def write_gpu_repo(repo_cpu: Path, repo_gpu: Path) -> dict:
-    """``repo_cpu`` with the gate on a GPU instance (cascade.gpu_profile.gate_gpu_config); returns its parameters."""
-    from cascade.configgen import parse_config
-    from cascade.gpu_profile import gate_gpu_config
+    """``repo_cpu`` with the gate on a GPU instance (cascade.repository.gpu_profile.gate_gpu_config); returns its
+    parameters."""
+    from cascade.repository.configgen import parse_config
+    from cascade.repository.gpu_profile import gate_gpu_config
 
     shutil.rmtree(repo_gpu, ignore_errors=True)
     shutil.copytree(repo_cpu, repo_gpu)
@@ -138,8 +139,8 @@ def main() -> int:
     repo_cpu = CHECK / "repo-cpu"
     for name in MODELS:
         shutil.copytree(built / name, repo_cpu / name, ignore=shutil.ignore_patterns("__pycache__"))
-    from cascade.export.build import embed
     from cascade.tasks import load_split, load_task
+    from cascade_export.build import embed
 
     texts, gold = load_split(load_task(TASK), "validation", limit=ROWS)
     texts = (texts * (ROWS // len(texts) + 1))[:ROWS]  # SST-2 validation has 872 rows: wrap around

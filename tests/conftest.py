@@ -25,14 +25,14 @@ def sst2_task():
 
 @pytest.fixture(scope="session")
 def built_repo(tmp_path_factory, sst2_task):
-    from cascade.export.build import BuildOptions, build_task
+    from cascade_export.build import BuildOptions, build_task
 
     reuse = os.environ.get("CASCADE_TEST_REPO")
     if reuse:  # developers: build once into this folder, then reuse it (skips the build of a few minutes)
         repo = Path(reuse)
         report = repo / "sst2" / "build_report.json"
         if report.is_file() and json.loads(report.read_text()).get("task_digest") == sst2_task.digest():
-            from cascade.export.repository import refresh_backends
+            from cascade_export.repository import refresh_backends
 
             refresh_backends(repo)
             return repo, json.loads(report.read_text())
@@ -48,7 +48,7 @@ def built_repo(tmp_path_factory, sst2_task):
 
 @pytest.fixture(scope="session")
 def server(built_repo):
-    from cascade.launcher import ServerOptions, TritonServer, free_ports
+    from cascade.server.launcher import ServerOptions, TritonServer, free_ports
 
     repo, _ = built_repo
     http, grpc, metrics = free_ports(3)
@@ -59,7 +59,7 @@ def server(built_repo):
 
 @pytest.fixture
 def client(server):
-    from cascade.client import CascadeClient
+    from cascade_client import CascadeClient
 
     with CascadeClient(server.grpc_url) as c:
         yield c
@@ -69,7 +69,7 @@ def client(server):
 def explicit_server(built_repo, tmp_path_factory):
     """A second server, in explicit model-control mode: tests may unload, reload and reconfigure its models
     (each test leaves them as it found them)."""
-    from cascade.launcher import ServerOptions, TritonServer, free_ports
+    from cascade.server.launcher import ServerOptions, TritonServer, free_ports
 
     repo, _ = built_repo
     http, grpc, metrics_port = free_ports(3)
@@ -89,7 +89,7 @@ def reconfigure(explicit_server):
     override through the load API; ``None`` removes one), and its repository config restored afterwards."""
     import contextlib
 
-    from cascade.client import CascadeClient
+    from cascade_client import CascadeClient
 
     @contextlib.contextmanager
     def change(task: str, **parameters):

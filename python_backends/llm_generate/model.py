@@ -5,7 +5,7 @@ streaming BLS over the ``tensorrt_llm`` model; **unverified**, docs/gpu-llm.md).
 input and hands the request to a worker thread, so streams do not wait for each other on GPU; llama.cpp has
 one context, so the CPU profile has one worker. Every response carries one ``TEXT_OUTPUT`` piece, the last
 one has the COMPLETE_FINAL flag; bad input gets one INVALID_ARG response that closes the stream.
-The logic lives in ``cascade.generate_io`` (the runtimes, ``pb_utils`` passed in) and ``cascade.generate``.
+The logic lives in ``cascade.llm.generate_io`` (the runtimes, ``pb_utils`` passed in) and ``cascade.llm.generate``.
 """
 
 import json
@@ -16,8 +16,8 @@ import triton_python_backend_utils as pb_utils
 
 from cascade import contract
 from cascade.errors import CascadeError, ConfigError, check_numpy, triton_error
-from cascade.generate import with_last
-from cascade.generate_io import GenerateIO
+from cascade.llm.generate import with_last
+from cascade.llm.generate_io import GenerateIO
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 

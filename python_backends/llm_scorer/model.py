@@ -1,7 +1,7 @@
 """Triton glue for an LLM label scorer on CPU (llama.cpp): PROMPT + CANDIDATES -> PROBS.
 
 The logic (prompt tokenization, prefix KV reuse, contextual calibration, truncation) lives in
-``cascade.llm``. One copy of each LLM serves every task.
+``cascade.llm.scorer``. One copy of each LLM serves every task.
 """
 
 import json
@@ -11,9 +11,9 @@ import triton_python_backend_utils as pb_utils
 
 from cascade import contract
 from cascade.errors import CascadeError, check_numpy, triton_error
-from cascade.gguf import gguf_path
-from cascade.llm import LlamaScorer, parse_scorer_inputs, parse_scorer_parameters
-from cascade.sizing import llm_model_threads
+from cascade.llm.gguf import gguf_path
+from cascade.llm.scorer import LlamaScorer, parse_scorer_inputs, parse_scorer_parameters
+from cascade.serving.sizing import llm_model_threads
 
 
 class TritonPythonModel:

@@ -3,8 +3,8 @@
 Same contract as the CPU scorer (``python_backends/llm_scorer``). Each row is tokenized with the engine's
 Hugging Face tokenizer and sent to ``tensorrt_llm`` as its own request (``request_output_len=1``,
 ``return_generation_logits=true``), all rows at once (the engine batches them in flight); the first step's
-logits become PROBS over the candidates' first tokens. The logic lives in ``cascade.trtllm_bls`` (the BLS calls,
-``pb_utils`` passed in) and ``cascade.trtllm``.
+logits become PROBS over the candidates' first tokens. The logic lives in ``cascade.llm.trtllm_bls`` (the BLS calls,
+``pb_utils`` passed in) and ``cascade.llm.trtllm``.
 
 **Unverified**: written to tensorrtllm_backend's conventions, not yet run on a GPU (docs/gpu-llm.md).
 """
@@ -16,8 +16,8 @@ import triton_python_backend_utils as pb_utils
 
 from cascade import contract
 from cascade.errors import CascadeError, triton_error
-from cascade.llm import parse_scorer_inputs, parse_scorer_parameters
-from cascade.trtllm_bls import TrtllmScorer
+from cascade.llm.scorer import parse_scorer_inputs, parse_scorer_parameters
+from cascade.llm.trtllm_bls import TrtllmScorer
 
 
 class TritonPythonModel:

@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from cascade.contract import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
+from cascade.paths import CHART_DIR
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CHART = REPO_ROOT / "k8s" / "triton-cascade"
+CHART = CHART_DIR
 HELM = Path(sys.executable).parent / "helm"
 HELM_VERSION_PREFIX = "v3."
 #: Kubernetes versions the manifests are validated against (kubernetes-validate ships their schemas).

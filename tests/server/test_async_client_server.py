@@ -7,8 +7,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from cascade import contract
-from cascade.client import AsyncCascadeClient
 from cascade.errors import CascadeError, InvalidInput, ServerError, ServerUnavailable, UnknownTask
+from cascade_client import AsyncCascadeClient
 
 TEXTS = ["a gripping, beautifully shot film", "dull and far too long", "ok"]
 

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from cascade.errors import ConfigError, ServerError
-from cascade.export.distill import LabelStore, run_label
 from cascade.tasks import TaskSpec
+from cascade_export.distill import LabelStore, run_label
 
 LABELS = ("negative", "positive")
 
@@ -36,9 +36,9 @@ def test_the_large_tier_labels_through_the_server(server, sst2_task, tmp_path):
 
 def test_build_learns_from_teacher_labels(tmp_path):
     """label (a label column as teacher) -> build --labels: tiers trained and calibrated on those labels."""
-    from cascade.export.build import BuildOptions, build_task
-    from cascade.gate import GateConfig
+    from cascade.serving.gate import GateConfig
     from cascade.tasks import load_split, load_task
+    from cascade_export.build import BuildOptions, build_task
 
     texts, gold = load_split(load_task("sst2"), "train", limit=400)
     pd.DataFrame({"sentence": texts, "stars": [LABELS[g] for g in gold]}).to_csv(tmp_path / "t.csv", index=False)
@@ -69,7 +69,7 @@ def test_build_learns_from_teacher_labels(tmp_path):
 
 
 def test_the_cli_verbs_chain_label_train_calibrate_export(tmp_path, capsys):
-    from cascade.cli import main
+    from cascade.cli.main import main
     from cascade.tasks import load_split, load_task
 
     texts, gold = load_split(load_task("sst2"), "train", limit=300)
@@ -112,10 +112,10 @@ def test_task_create_loads_a_new_task_into_a_running_server(built_repo, tmp_path
     import shutil
 
     from cascade import contract
-    from cascade.client import CascadeClient
-    from cascade.export.distill import create_task
-    from cascade.launcher import ServerOptions, TritonServer, free_ports
+    from cascade.server.launcher import ServerOptions, TritonServer, free_ports
     from cascade.tasks import load_split, load_task
+    from cascade_client import CascadeClient
+    from cascade_export.distill import create_task
 
     repo = tmp_path / "repo"
     for model in (contract.EMBEDDER_MODEL, *(contract.TIER_NAMES[t] for t in contract.LLM_TIERS)):
@@ -186,7 +186,7 @@ def test_label_killed_mid_run_resumes_from_the_cache(server, sst2_task, tmp_path
     import sys
 
     work = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "cascade.cli", "label", "--task", sst2_task.name, "--sample", "64"]
+    cmd = [sys.executable, "-m", "cascade.cli.main", "label", "--task", sst2_task.name, "--sample", "64"]
     cmd += ["--url", server.grpc_url, "--work-dir", str(work)]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -211,7 +211,7 @@ def test_label_resumes_after_the_server_is_killed(built_repo, sst2_task, tmp_pat
     import signal
     import threading
 
-    from cascade.launcher import ServerOptions, TritonServer, free_ports
+    from cascade.server.launcher import ServerOptions, TritonServer, free_ports
 
     repo, _ = built_repo
     http, grpc, metrics = free_ports(3)

@@ -2,12 +2,13 @@
 
 import pytest
 
-from cascade import configgen, contract, embedders
+from cascade import contract, embedders
 from cascade.errors import ConfigError
+from cascade.repository import configgen
 
 
 def test_a_repository_keeps_one_embedder(tmp_path):
-    from cascade.export.repo_embedder import ensure_embedder, repository_embedder
+    from cascade_export.repo_embedder import ensure_embedder, repository_embedder
 
     repo = tmp_path / "repo"
     folder = ensure_embedder(repo, embedders.MINILM)

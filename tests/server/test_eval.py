@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from cascade import contract
+from cascade.cli.evaluate import REQUIRED_KEYS, evaluate_table, gold_indices
 from cascade.errors import InvalidInput
-from cascade.evaluate import REQUIRED_KEYS, evaluate_table, gold_indices
 from cascade.tasks import load_split
 
 FAST_RETRY = (0.1, 0.2)
@@ -20,7 +20,7 @@ FAST_RETRY = (0.1, 0.2)
 
 def cli(cwd, *args):
     return subprocess.run(
-        [sys.executable, "-m", "cascade.cli", "eval", *args], capture_output=True, text=True, timeout=300, cwd=cwd
+        [sys.executable, "-m", "cascade.cli.main", "eval", *args], capture_output=True, text=True, timeout=300, cwd=cwd
     )
 
 

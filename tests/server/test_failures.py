@@ -14,8 +14,9 @@ import urllib.request
 import pytest
 from traffic import Traffic
 
-from cascade import contract, metrics
-from cascade.client import CascadeClient
+from cascade import contract
+from cascade.serving import metrics
+from cascade_client import CascadeClient
 
 pytestmark = pytest.mark.server
 
@@ -53,7 +54,7 @@ def answered_by(client, task: str, tier: str, timeout_s: float = 3 * contract.TI
 
 def stub_pid(server, model: str) -> int:
     """The Python-backend stub process serving ``model`` in ``server`` (other servers may serve the same files)."""
-    from cascade.soak import stubs
+    from cascade.ops.soak import stubs
 
     pids = [pid for pid, name in stubs(server.pid).items() if name == model]
     if len(pids) != 1:

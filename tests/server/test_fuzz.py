@@ -222,7 +222,7 @@ def test_empty_bytes_batch_to_a_python_model_leaves_the_server_up(built_repo):
     """Found by this fuzzer: a BYTES input with batch size 0 kills the whole server (Triton's Python
     backend, before any model code runs), so no model of ours can refuse it. Strict xfail: when a Triton
     upgrade fixes it, this test fails and the guard in ``requests`` above can go."""
-    from cascade.launcher import ServerOptions, TritonServer, free_ports
+    from cascade.server.launcher import ServerOptions, TritonServer, free_ports
 
     repo, _ = built_repo
     http, grpc, metrics = free_ports(3)

@@ -16,10 +16,10 @@ from cascade import contract
 def generate_server(tmp_path_factory):
     import llama_cpp  # noqa: F401  (a required dependency: missing, these tests fail)
 
-    from cascade.export.repository import RepositoryWriter
-    from cascade.gguf import MODEL_SMOLLM2, gguf_path
-    from cascade.launcher import ServerOptions, TritonServer, free_ports
-    from cascade.trtllm_config import cpu_generate_spec
+    from cascade.llm.gguf import MODEL_SMOLLM2, gguf_path
+    from cascade.repository.trtllm_config import cpu_generate_spec
+    from cascade.server.launcher import ServerOptions, TritonServer, free_ports
+    from cascade_export.repository import RepositoryWriter
 
     gguf_path(MODEL_SMOLLM2)  # fails early with a clear message when the model package is missing
     repo = tmp_path_factory.mktemp("generate") / "cpu"

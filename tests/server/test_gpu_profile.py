@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cascade import contract
-from cascade.client import CascadeClient
+from cascade_client import CascadeClient
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_the_gate_on_torch_arrays_answers_as_the_numpy_gate(explicit_server, rec
 # --- the GPU profile's repository (item 1): generated from the built CPU one, checked without a GPU -----------
 @pytest.fixture(scope="module")
 def gpu_repo(built_repo, tmp_path_factory):
-    from cascade.gpu_profile import write_gpu_repository
+    from cascade.repository.gpu_profile import write_gpu_repository
 
     repo, _ = built_repo
     out = tmp_path_factory.mktemp("profiles") / "gpu"
@@ -66,7 +66,7 @@ def gpu_repo(built_repo, tmp_path_factory):
 
 
 def _configs(repo):
-    from cascade.configgen import parse_config
+    from cascade.repository.configgen import parse_config
 
     return {p.parent.name: parse_config(p.read_text()) for p in sorted(repo.glob("*/config.pbtxt"))}
 
@@ -93,8 +93,8 @@ def test_every_gpu_config_parses_and_every_ensemble_is_wired(gpu_repo):
 def test_gpu_models_run_where_they_should_with_tensorrt_and_fil(gpu_repo, built_repo):
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from cascade.gate import GateConfig
-    from cascade.gpu_profile import FIL_INPUT, TRT_PARAMETERS, onnx_graph_io
+    from cascade.repository.gpu_profile import FIL_INPUT, TRT_PARAMETERS, onnx_graph_io
+    from cascade.serving.gate import GateConfig
 
     repo, _ = gpu_repo
     configs = _configs(repo)
@@ -138,14 +138,15 @@ def test_the_tokenizer_step_runs_in_the_real_server(gpu_repo, tmp_path):
 
     import tritonclient.grpc as grpcclient
 
-    from cascade.client.grpc_client import text_inputs
-    from cascade.export.repository import refresh_backends
-    from cascade.launcher import ServerOptions, TritonServer, free_ports
-    from cascade.runtime import TextTokenizer
+    from cascade.server.launcher import ServerOptions, TritonServer, free_ports
+    from cascade.serving.runtime import TextTokenizer
+    from cascade_client.grpc_client import text_inputs
+    from cascade_export.repository import refresh_backends
 
     repo, _ = gpu_repo
     solo = tmp_path / "solo"
     shutil.copytree(repo / "embedder_tokenize", solo / "embedder_tokenize")
+    (solo / "embedder_tokenize" / "1" / "model.py").write_text("stale")
     assert refresh_backends(solo) == ["embedder_tokenize"]  # recognised as the tokenizer's glue
     assert (solo / "embedder_tokenize" / "1" / "model.py").read_text().startswith('"""Triton glue for the GPU profile')
     http, grpc, metrics = free_ports(3)
@@ -161,7 +162,7 @@ def test_the_tokenizer_step_runs_in_the_real_server(gpu_repo, tmp_path):
 
 def test_a_cpu_repository_without_tasks_is_refused(tmp_path):
     from cascade.errors import ConfigError
-    from cascade.gpu_profile import write_gpu_repository
+    from cascade.repository.gpu_profile import write_gpu_repository
 
     with pytest.raises(ConfigError, match="holds no task"):
         write_gpu_repository(tmp_path, tmp_path / "gpu")

@@ -1,4 +1,4 @@
-"""The Helm chart's server container: its arguments against ``cascade.launcher.server_command`` and the
+"""The Helm chart's server container: its arguments against ``cascade.server.launcher.server_command`` and the
 model repository's profile, each value set's repository, GPUs, credentials and secrets, and a real
 ``tritonserver`` (the nvidia-pytriton wheel's) run with the rendered arguments against an empty repository.
 """
@@ -29,7 +29,7 @@ from helm_chart import (
 )
 
 from cascade.contract import LLM_THREADS_ENV
-from cascade.launcher import (
+from cascade.server.launcher import (
     CPU_ONLY_FLAGS,
     METRICS_SUMMARY,
     SHM_PREFIX,
@@ -167,9 +167,10 @@ def test_gcs_credentials_are_a_mounted_file():
 
 @pytest.mark.parametrize("name", [n for n in VALUE_SETS if values(n)["profile"] == "gpu"])
 def test_the_tensorrt_engine_cache_is_on_a_writable_mount(name):
-    """The GPU profile's ONNX models cache their TensorRT engines (cascade.gpu_profile); the root filesystem is
+    """The GPU profile's ONNX models cache their TensorRT engines (cascade.repository.gpu_profile); the root filesystem
+    is
     read-only, so the cache path must lie on a writable mount of the server container."""
-    from cascade.gpu_profile import TRT_PARAMETERS
+    from cascade.repository.gpu_profile import TRT_PARAMETERS
 
     container = server_container(rendered(name))
     assert container["securityContext"]["readOnlyRootFilesystem"] is True

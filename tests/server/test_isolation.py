@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from traffic import Traffic
 
-from cascade import contract, metrics
-from cascade.busy import cpu_hog
-from cascade.client import CascadeClient
+from cascade import contract
+from cascade.bench.busy import cpu_hog
 from cascade.errors import RowsUnanswered
+from cascade.serving import metrics
+from cascade_client import CascadeClient
 
 pytestmark = pytest.mark.server
 

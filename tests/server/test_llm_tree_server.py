@@ -1,4 +1,4 @@
-"""The candidate trie (cascade.llm_tree) with the real model's decodes (SmolLM2)."""
+"""The candidate trie (cascade.llm.trie) with the real model's decodes (SmolLM2)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 @pytest.fixture(scope="module")
 def scorer():
-    from cascade.gguf import MODEL_SMOLLM2, gguf_path
-    from cascade.llm import LlamaScorer
+    from cascade.llm.gguf import MODEL_SMOLLM2, gguf_path
+    from cascade.llm.scorer import LlamaScorer
 
     return LlamaScorer(
         gguf_path(MODEL_SMOLLM2 + ":f16"), n_ctx=512, n_threads=1, calibrate=False, candidate_scoring="whole", beam=None
@@ -24,8 +24,8 @@ LABELS = ["card_arrival", "card_linking", "exchange_rate", "card_payment_wrong_e
 
 def test_trie_decodes_match_one_token_at_a_time(scorer):
     """Batched trie levels give the log-probs of single-token decodes (up to the kernels' rounding)."""
-    from cascade.bench_labels import sequential_logprobs
-    from cascade.llm import PromptTemplate
+    from cascade.bench.labels import sequential_logprobs
+    from cascade.llm.scorer import PromptTemplate
 
     template = PromptTemplate(template="Query: {text}\nIntent:", verbalizations=tuple(LABELS))
     for text in ("I still haven't received my new card", "my phone was stolen"):
@@ -47,7 +47,7 @@ def test_cache_holds_only_the_row_after_scoring(scorer):
     """The trie's sequences are gone after a row: the next row reuses sequence 0's cells, nothing else."""
     import llama_cpp
 
-    from cascade.llm import Prompt
+    from cascade.llm.scorer import Prompt
 
     scorer.beam = None
     scorer.score([Prompt("Query: ", "where is my card", "\nIntent:")], LABELS)

@@ -9,10 +9,10 @@ import urllib.request
 
 import pytest
 
-from cascade import metrics
-from cascade.tasks import REPO_ROOT
+from cascade.paths import CHART_DIR
+from cascade.serving import metrics
 
-DASHBOARD = REPO_ROOT / "k8s" / "triton-cascade" / "dashboards" / "cascade.json"
+DASHBOARD = CHART_DIR / "dashboards" / "cascade.json"
 #: Triton's own per-model metrics (counts, cumulative durations, and the latency summaries that the launcher's
 #: ``summary_latencies=true`` turns on) that a dashboard panel may query. Spelt out here, not taken from the
 #: dashboard, so that a misspelt Triton metric in a panel fails the check below.
@@ -82,7 +82,7 @@ def test_locust_smoke_and_every_dashboard_metric_is_exported(server, sst2_task, 
     works; then every metric the Grafana dashboard queries is one the server exports."""
     run = subprocess.run(
         [
-            sys.executable, "-m", "cascade.cli", "loadtest", "easy", "--url", server.grpc_url, "--task",
+            sys.executable, "-m", "cascade.cli.main", "loadtest", "easy", "--url", server.grpc_url, "--task",
             sst2_task.name, "--duration", "15", "--users", "4", "--budget-scale", "50", "--results-dir", str(tmp_path),
         ],
         capture_output=True, text=True, timeout=300,

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from cascade import contract
-from cascade.client import CascadeClient
 from cascade.errors import Forbidden, InvalidInput
-from cascade.launcher import ServerOptions, server_command
+from cascade.server.launcher import ServerOptions, server_command
+from cascade_client import CascadeClient
 
 KEY = "s3cret-key"
 
@@ -30,7 +30,7 @@ def test_admin_key_restricts_the_admin_protocols_only():
 
 @pytest.fixture(scope="module")
 def locked(built_repo):
-    from cascade.launcher import TritonServer, free_ports
+    from cascade.server.launcher import TritonServer, free_ports
 
     repo, _ = built_repo
     http, grpc, metrics = free_ports(3)
@@ -65,7 +65,7 @@ def test_inference_is_open_and_admin_calls_need_the_key(locked, sst2_task, monke
 def test_the_async_client_sends_the_admin_key_as_the_sync_one(locked, sst2_task, monkeypatch):
     import asyncio
 
-    from cascade.client import AsyncCascadeClient
+    from cascade_client import AsyncCascadeClient
 
     async def run(**kwargs):
         async with AsyncCascadeClient(locked.grpc_url, **kwargs) as client:
@@ -143,7 +143,7 @@ def test_grpc_over_tls_with_a_self_signed_certificate(built_repo, sst2_task, tmp
     import sys
 
     from cascade.errors import ServerError
-    from cascade.launcher import TritonServer, free_ports
+    from cascade.server.launcher import TritonServer, free_ports
 
     cert, key = self_signed(tmp_path)
     repo, _ = built_repo
@@ -162,7 +162,7 @@ def test_grpc_over_tls_with_a_self_signed_certificate(built_repo, sst2_task, tmp
         env = {contract.GRPC_CA_ENV: str(cert)}
         monkeypatch.setenv(contract.GRPC_CA_ENV, str(cert))
         run = subprocess.run(
-            [sys.executable, "-m", "cascade.cli", "loadtest", "easy", "--url", server.grpc_url, "--task",
+            [sys.executable, "-m", "cascade.cli.main", "loadtest", "easy", "--url", server.grpc_url, "--task",
              sst2_task.name, "--duration", "5", "--users", "2", "--budget-scale", "50", "--results-dir", str(tmp_path)],
             capture_output=True, text=True, timeout=240, env={**os.environ, **env},
         )  # fmt: skip

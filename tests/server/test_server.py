@@ -11,9 +11,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from cascade import contract
-from cascade.client import AsyncCascadeClient
 from cascade.errors import InvalidInput, UnknownTask
 from cascade.tasks import load_split
+from cascade_client import AsyncCascadeClient
 
 pytestmark = pytest.mark.server
 
@@ -220,7 +220,9 @@ def test_tasks_lists_the_gate(client, sst2_task):
 
 # --- the CLI ---------------------------------------------------------------------------------------------
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "cascade.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cascade.cli.main", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_classify_texts_and_file(server, sst2_task, tmp_path):

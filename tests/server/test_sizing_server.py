@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from cascade import configgen, contract
-
-
 # --- served: the count reaches the model, a bad value fails its load ----------------------------
+from cascade import contract
+from cascade.repository import configgen
+
+
 @pytest.mark.server
 def test_served_llm_takes_the_launcher_threads_and_rejects_a_bad_environment(tmp_path, monkeypatch):
     from cascade.errors import ServerError
-    from cascade.export.repository import RepositoryWriter
-    from cascade.launcher import ServerOptions, TritonServer, free_ports
+    from cascade.server.launcher import ServerOptions, TritonServer, free_ports
+    from cascade_export.repository import RepositoryWriter
 
     repo = tmp_path / "repo"
     with RepositoryWriter(repo) as writer:

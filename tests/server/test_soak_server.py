@@ -1,4 +1,5 @@
-"""The soak test (cascade/soak.py): a short real run in CI (its judgement on made-up samples: tests/unit/test_soak.py).
+"""The soak test (cascade/ops/soak.py): a short real run in CI (its judgement on made-up samples:
+tests/unit/test_soak.py).
 
 The 10-minute run is ``make soak``; here 25 s of the same mixed traffic against a real server check that the
 traffic, the sampler and the judgement work, and that no request fails and no stub or shared-memory region
@@ -7,7 +8,7 @@ appears or disappears. Memory and region sizes are not judged over so short a ru
 
 import pytest
 
-from cascade.soak import KINDS, run_soak
+from cascade.ops.soak import KINDS, run_soak
 
 
 @pytest.mark.server

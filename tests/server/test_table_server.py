@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from cascade import contract, embedders
-from cascade.client.table import FilterOptions, embedding_cells, run_embed, run_filter
 from cascade.errors import ConfigError, InvalidInput, ServerUnavailable
 from cascade.tasks import load_split
+from cascade_client.table import FilterOptions, embedding_cells, run_embed, run_filter
 
 DIM = contract.EMBEDDING_DIM
 FAST_RETRY = (0.1, 0.2)
@@ -104,7 +104,7 @@ def test_filter_flags_best_effort_rows_and_can_retry_them(tmp_path, explicit_ser
     import pyarrow.csv as pcsv
 
     pcsv.write_csv(pa.table({"text": texts[:24]}), table)
-    from cascade.client import CascadeClient
+    from cascade_client import CascadeClient
 
     large = contract.TIER_NAMES[contract.TIER_LLM_LARGE]
     with CascadeClient(explicit_server.grpc_url) as admin:
@@ -164,7 +164,7 @@ def test_filter_refuses_bad_arguments_before_sending(tmp_path, server, sst2_task
 def test_filter_resumes_after_the_server_is_killed(tmp_path, built_repo, sst2_task, rows):
     """kill -9 the server mid-job: the job stops with its progress kept; after a restart the rerun skips
     the committed chunks, and the output equals an uninterrupted run's, row for row."""
-    from cascade.launcher import ServerOptions, TritonServer, free_ports
+    from cascade.server.launcher import ServerOptions, TritonServer, free_ports
 
     texts, _ = rows
     table = tmp_path / "t.parquet"
@@ -218,7 +218,7 @@ def test_cli_embed_make_table_filter(tmp_path, server, sst2_task, rows):
 
     def cli(*args):
         return subprocess.run(
-            [sys.executable, "-m", "cascade.cli", *args], capture_output=True, text=True, timeout=300, cwd=tmp_path
+            [sys.executable, "-m", "cascade.cli.main", *args], capture_output=True, text=True, timeout=300, cwd=tmp_path
         )
 
     run = cli("embed", "t.csv", "--out", "t.parquet", "--url", server.grpc_url)
@@ -246,7 +246,7 @@ def test_ctrl_c_keeps_finished_chunks_and_the_rerun_resumes(tmp_path, server, ss
         pa.table({"text": [texts[i % len(texts)] for i in range(n)], "id": list(range(n))}), tmp_path / "t.parquet"
     )
     args = [
-        sys.executable, "-m", "cascade.cli", "filter", "t.parquet", "--task", sst2_task.name, "--out", "o.csv",
+        sys.executable, "-m", "cascade.cli.main", "filter", "t.parquet", "--task", sst2_task.name, "--out", "o.csv",
         "--max-tier", "logreg", "--chunk-rows", "50", "--batch-size", "25", "--in-flight", "1",
         "--url", server.grpc_url, "--llm-probe-rows", "0",
     ]  # fmt: skip

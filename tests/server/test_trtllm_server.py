@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cascade import contract, trtllm_config
-from cascade.llm import Prompt
-from cascade.trtllm import calibrate, candidate_first_tokens, encode_prompt, load_tokenizer
+from cascade import contract
+from cascade.llm.scorer import Prompt
+from cascade.llm.trtllm import calibrate, candidate_first_tokens, encode_prompt, load_tokenizer
+from cascade.repository import trtllm_config
 
 
 def softmax(x):
@@ -107,7 +108,7 @@ def http_generate(server, prompt: str, max_tokens: int):
 
 @pytest.fixture(scope="module")
 def fake_gpu_server(tmp_path_factory, minilm_dir):
-    from cascade.launcher import ServerOptions, TritonServer, free_ports
+    from cascade.server.launcher import ServerOptions, TritonServer, free_ports
 
     repo = tmp_path_factory.mktemp("gpu") / "gpu"
     trtllm_config.write_gpu_llm_models(repo, repo.parent / "no-engine", minilm_dir, max_input_len=MAX_INPUT_LEN)
@@ -126,7 +127,7 @@ def test_llm_large_bls_glue_against_a_stand_in_engine(fake_gpu_server, minilm_di
     """llm_large (GPU glue) over gRPC: PROBS = first-step logits over first tokens, calibrated, as computed here."""
     import tritonclient.grpc as grpcclient
 
-    from cascade.llm import CONTENT_FREE
+    from cascade.llm.scorer import CONTENT_FREE
 
     namespace = {"np": np}
     exec(FAKE_LOGITS, namespace)
@@ -170,7 +171,7 @@ def test_llm_generate_streams_through_the_stand_in_engine(fake_gpu_server, minil
 
     import tritonclient.grpc as grpcclient
 
-    from cascade.generate import CONTEXT_TOKENS, IncrementalDetokenizer, pieces_from_token_stream
+    from cascade.llm.generate import CONTEXT_TOKENS, IncrementalDetokenizer, pieces_from_token_stream
 
     namespace = {"np": np}
     exec(FAKE_LOGITS, namespace)

@@ -18,8 +18,8 @@ WIDE = embedders.get(embedders.MPNET)
 
 @pytest.fixture(scope="module")
 def wide_server(tmp_path_factory, sst2_task):
-    from cascade.export.build import BuildOptions, build_task
-    from cascade.launcher import ServerOptions, TritonServer, free_ports
+    from cascade.server.launcher import ServerOptions, TritonServer, free_ports
+    from cascade_export.build import BuildOptions, build_task
 
     repo = tmp_path_factory.mktemp("wide") / "cpu"
     # The encoder fine-tunes mpnet's own transformer (no LLM tiers: quick).
@@ -35,7 +35,7 @@ def wide_server(tmp_path_factory, sst2_task):
 
 @pytest.fixture(scope="module")
 def wide_client(wide_server):
-    from cascade.client import CascadeClient
+    from cascade_client import CascadeClient
 
     with CascadeClient(wide_server[0].grpc_url) as c:
         yield c
@@ -80,7 +80,7 @@ def test_the_gate_takes_the_wide_vectors_and_refuses_narrow_ones(wide_server, wi
 
 
 def test_table_jobs_use_the_wide_embedder_and_refuse_another_ones_vectors(wide_server, wide_client, tmp_path):
-    from cascade.client.table import FilterOptions, run_embed, run_filter
+    from cascade_client.table import FilterOptions, run_embed, run_filter
 
     server, task, _ = wide_server
     texts = ["a gripping, beautifully shot film", "dull and lifeless", "fine", "an utter mess"]

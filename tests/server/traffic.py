@@ -4,7 +4,7 @@ import threading
 import time
 from collections import Counter
 
-from cascade.client import CascadeClient
+from cascade_client import CascadeClient
 
 
 class Traffic:

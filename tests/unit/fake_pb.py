@@ -7,11 +7,11 @@ from types import SimpleNamespace
 import numpy as np
 
 from cascade import contract
-from cascade.arrays import Placement
-from cascade.bls import BlsCalls
-from cascade.gate import GateConfig
-from cascade.gate_io import GateIO
-from cascade.metrics import MetricsBuffer
+from cascade.serving.arrays import Placement
+from cascade.serving.bls import BlsCalls
+from cascade.serving.gate import GateConfig
+from cascade.serving.gate_io import GateIO
+from cascade.serving.metrics import MetricsBuffer
 
 TEXT, EMBEDDING, PROBS = contract.TEXT.name, contract.EMBEDDING.name, contract.PROBS.name
 LABEL, CONFIDENCE, TIER, DEGRADED = (

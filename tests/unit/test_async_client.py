@@ -5,7 +5,7 @@ import asyncio
 import inspect
 
 from cascade import contract
-from cascade.client import AsyncCascadeClient, CascadeClient
+from cascade_client import AsyncCascadeClient, CascadeClient
 
 #: Context-manager and closing methods differ by nature (``with``/``close()`` vs ``async with``/``await close()``).
 LIFECYCLE = {"close", "__enter__", "__exit__", "__aenter__", "__aexit__"}
@@ -51,7 +51,7 @@ def test_both_clients_send_the_same_admin_header(monkeypatch):
 
 
 def test_async_is_ready_is_false_without_a_server():
-    from cascade.launcher import free_ports
+    from cascade.server.launcher import free_ports
 
     (port,) = free_ports(1)
 

@@ -1,12 +1,12 @@
-"""cascade.bench_llm takes its tasks' labels and tuned prompts from tasks/*.toml (no model, no data)."""
+"""cascade.bench.llm takes its tasks' labels and tuned prompts from tasks/*.toml (no model, no data)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from cascade import bench_llm
+from cascade.bench import llm as bench_llm
 from cascade.contract import TIER_LLM_LARGE, TIER_LLM_SMALL
-from cascade.llm import PromptTemplate
+from cascade.llm.scorer import PromptTemplate
 from cascade.tasks import load_task
 
 #: Variants named after the prompt a task file chose for a tier.

@@ -158,7 +158,7 @@ def test_curves_mix_and_plot(tmp_path):
 
 
 def test_resampled_splits_check_the_guarantee_on_unseen_rows():
-    from cascade.bench_distill import evaluate_splits
+    from cascade.bench.distill import evaluate_splits
 
     rng = np.random.default_rng(3)
     n = 2000

@@ -1,5 +1,6 @@
-"""config.pbtxt generation from the typed spec (``cascade.configgen``), checked with Triton's model_config protobuf:
-each config follows its spec, takes what the gate sends it (``cascade.bls``) and refuses bad input."""
+"""config.pbtxt generation from the typed spec (``cascade.repository.configgen``), checked with Triton's model_config
+protobuf:
+each config follows its spec, takes what the gate sends it (``cascade.serving.bls``) and refuses bad input."""
 
 import inspect
 from types import SimpleNamespace
@@ -8,10 +9,11 @@ import numpy as np
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from cascade import configgen, contract
-from cascade.bls import BlsCalls, BlsTier
+from cascade import contract
 from cascade.errors import ConfigError
-from cascade.gate import GateConfig
+from cascade.repository import configgen
+from cascade.serving.bls import BlsCalls, BlsTier
+from cascade.serving.gate import GateConfig
 
 TEXT, EMBEDDING, PROBS = contract.TEXT.name, contract.EMBEDDING.name, contract.PROBS.name
 NEWS_LABELS = ("world", "sports", "business")
@@ -142,7 +144,7 @@ def test_write_config(tmp_path):
 def test_bls_targets_reject_requests_queued_past_the_gates_timeout():
     """Every model the gate calls by BLS rejects a request that waited in its queue longer than the gate's BLS
     timeout (the gate then treats the tier as busy), and lets the gate's per-call timeout shorten that."""
-    from cascade.trtllm_config import llm_large_gpu_config
+    from cascade.repository.trtllm_config import llm_large_gpu_config
 
     targets = [
         read(configgen.embedder_spec()),
@@ -159,8 +161,8 @@ def test_bls_targets_reject_requests_queued_past_the_gates_timeout():
 
 
 def test_refresh_backends_copies_each_models_own_glue(tmp_path):
-    from cascade.export.repository import BACKENDS_DIR, RepositoryWriter, refresh_backends
-    from cascade.trtllm_config import ProtoSpec, cpu_generate_spec, llm_large_gpu_config
+    from cascade.repository.trtllm_config import ProtoSpec, cpu_generate_spec, llm_large_gpu_config
+    from cascade_export.repository import BACKENDS_DIR, RepositoryWriter, refresh_backends
 
     repo = tmp_path / "cpu"
     with RepositoryWriter(repo) as writer:
@@ -181,12 +183,13 @@ def test_refresh_backends_copies_each_models_own_glue(tmp_path):
     assert refresh_backends(repo) == sorted(expected)
     for model, source in expected.items():
         assert (repo / model / "1" / "model.py").read_text() == (BACKENDS_DIR / source / "model.py").read_text()
+    assert refresh_backends(repo) == []  # only a copy that differs is written
 
 
 def test_ensure_llms_writes_the_streaming_endpoint(tmp_path):
     """The CPU build writes ``llm_generate`` beside the LLM scorers (llama.cpp on the small tier's model), once."""
-    from cascade.export.llm_tiers import ensure_llms
-    from cascade.export.repository import BACKENDS_DIR
+    from cascade_export.llm_tiers import ensure_llms
+    from cascade_export.repository import BACKENDS_DIR
 
     repo = tmp_path / "cpu"
     ensure_llms(repo)

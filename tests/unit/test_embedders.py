@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from cascade import configgen, contract, embedders
+from cascade import contract, embedders
 from cascade.errors import ConfigError, InvalidInput, TierFailure
-from cascade.escalate import RowBatch
-from cascade.gate_inputs import check_embeddings
+from cascade.repository import configgen
+from cascade.serving.escalate import RowBatch
+from cascade.serving.gate_inputs import check_embeddings
 
 WIDE = embedders.get(embedders.MPNET).dim
 

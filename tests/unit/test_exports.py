@@ -11,7 +11,7 @@ import pytest
 
 from cascade.contract import EMBEDDING, EMBEDDING_DIM, PROBS
 from cascade.errors import ConfigError, InvalidInput
-from cascade.runtime import OnnxRunner
+from cascade.serving.runtime import OnnxRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -31,7 +31,7 @@ def _embeddings(n_labels: int, rows: int = 160, seed: int = 0) -> tuple[np.ndarr
 def test_logreg_export_matches_predict_proba(tmp_path: Path, n_labels: int) -> None:
     import onnx
 
-    from cascade.export.tabular import check_tabular, export_logreg, train_logreg
+    from cascade_export.tabular import check_tabular, export_logreg, train_logreg
 
     X, y = _embeddings(n_labels)
     model = train_logreg(X, y)
@@ -52,7 +52,7 @@ def test_logreg_export_matches_predict_proba(tmp_path: Path, n_labels: int) -> N
 def test_xgboost_export_matches_predict_proba(tmp_path: Path, n_labels: int) -> None:
     import onnx
 
-    from cascade.export.tabular import check_tabular, export_xgboost, train_xgboost
+    from cascade_export.tabular import check_tabular, export_xgboost, train_xgboost
 
     X, y = _embeddings(n_labels, seed=1)
     model = train_xgboost(X, y, n_estimators=20)
@@ -68,7 +68,7 @@ def test_xgboost_export_matches_predict_proba(tmp_path: Path, n_labels: int) -> 
     # The booster's JSON beside it (what the GPU profile's FIL backend serves) is the same model.
     import xgboost
 
-    from cascade.export.tabular import XGBOOST_JSON
+    from cascade_export.tabular import XGBOOST_JSON
 
     booster = xgboost.Booster(model_file=str(tmp_path / XGBOOST_JSON))
     margin = booster.predict(xgboost.DMatrix(X[:5]))
@@ -80,9 +80,9 @@ def test_xgboost_export_matches_predict_proba(tmp_path: Path, n_labels: int) -> 
 @pytest.mark.parametrize("device", [None, "cpu"], ids=["numpy", "torch"])
 def test_linear_model_matches_onnx_runtime_on_numpy_and_torch(tmp_path: Path, n_labels: int, device) -> None:
     """The logreg tier as array-API ops (the gate runs it on its GPU in the GPU profile) equals ONNX Runtime."""
-    from cascade.arrays import Placement, host
-    from cascade.export.tabular import export_logreg, train_logreg
-    from cascade.runtime import LinearModel
+    from cascade.serving.arrays import Placement, host
+    from cascade.serving.runtime import LinearModel
+    from cascade_export.tabular import export_logreg, train_logreg
 
     X, y = _embeddings(n_labels, seed=2)
     path = export_logreg(train_logreg(X, y), tmp_path / "model.onnx")
@@ -95,8 +95,8 @@ def test_linear_model_matches_onnx_runtime_on_numpy_and_torch(tmp_path: Path, n_
 
 
 def test_linear_model_refuses_other_graphs(tmp_path: Path) -> None:
-    from cascade.export.tabular import export_xgboost, train_xgboost
-    from cascade.runtime import LinearModel
+    from cascade.serving.runtime import LinearModel
+    from cascade_export.tabular import export_xgboost, train_xgboost
 
     X, y = _embeddings(2, seed=3)
     path = export_xgboost(train_xgboost(X, y, n_estimators=5), tmp_path / "model.onnx")
@@ -105,7 +105,7 @@ def test_linear_model_refuses_other_graphs(tmp_path: Path) -> None:
 
 
 def test_tabular_rejects_labels_outside_0_to_n(tmp_path: Path) -> None:
-    from cascade.export.tabular import train_logreg
+    from cascade_export.tabular import train_logreg
 
     X, y = _embeddings(2)
     with pytest.raises(InvalidInput):

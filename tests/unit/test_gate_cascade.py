@@ -1,13 +1,14 @@
-"""The gate's cascade (cascade.escalate), tested directly with plain Python tiers: which rows escalate, failures,
+"""The gate's cascade (cascade.serving.escalate), tested directly with plain Python tiers: which rows escalate,
+failures,
 cancellation, and embedding on demand, in every placement (``at``)."""
 
 import numpy as np
 import pytest
 
 from cascade import contract
-from cascade.arrays import Placement, host
 from cascade.errors import TierFailure
-from cascade.escalate import Cancelled, RowBatch, run_cascade
+from cascade.serving.arrays import Placement, host
+from cascade.serving.escalate import Cancelled, RowBatch, run_cascade
 
 
 class FixedTier:

@@ -1,4 +1,5 @@
-"""The gate's Triton glue itself (python_backends/gate/model.py) and its metrics flush (cascade.gate_metrics) over
+"""The gate's Triton glue itself (python_backends/gate/model.py) and its metrics flush (cascade.serving.gate_metrics)
+over
 the fake ``pb_utils``."""
 
 import importlib.util
@@ -23,10 +24,10 @@ from fake_pb import (
     texts,
 )
 
-from cascade.gate import GateConfig
-from cascade.gate_metrics import MetricsFlusher
-from cascade.metrics import IN_FLIGHT, ROWS, MetricsBuffer
 from cascade.paths import BACKENDS_DIR
+from cascade.serving.gate import GateConfig
+from cascade.serving.gate_metrics import MetricsFlusher
+from cascade.serving.metrics import IN_FLIGHT, ROWS, MetricsBuffer
 
 
 def test_the_model_glue_answers_requests(monkeypatch, tmp_path):

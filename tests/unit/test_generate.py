@@ -6,7 +6,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from cascade.errors import InvalidInput
-from cascade.generate import IncrementalDetokenizer, new_tokens, parse_request, pieces_from_token_stream, with_last
+from cascade.llm.generate import IncrementalDetokenizer, new_tokens, parse_request, pieces_from_token_stream, with_last
 
 # --------------------------------------------------------------------------------------------- unit
 

@@ -1,4 +1,4 @@
-"""cascade.launcher: command line and environment, without a server (a real tritonserver:
+"""cascade.server.launcher: command line and environment, without a server (a real tritonserver:
 tests/server/test_launcher_server.py)."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from cascade import launcher, server_binary
 from cascade.contract import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
 from cascade.errors import InvalidInput, ServerError
-from cascade.launcher import (
+from cascade.server import binary as server_binary
+from cascade.server import launcher
+from cascade.server.launcher import (
     CPU_ONLY_FLAGS,
     ServerOptions,
     TritonServer,

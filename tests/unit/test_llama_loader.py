@@ -1,4 +1,5 @@
-"""Both CPU LLM callers load their GGUF file through cascade.gguf.load_llama: the exact llama.cpp options of each."""
+"""Both CPU LLM callers load their GGUF file through cascade.llm.gguf.load_llama: the exact llama.cpp options of
+each."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def _common(path, n_ctx, n_batch, threads) -> dict:
 
 @pytest.mark.parametrize(("n_ctx", "threads", "n_batch"), [(1024, 2, 512), (256, 3, 256)])
 def test_generator_llama_options(tmp_path, llama_calls, n_ctx, threads, n_batch):
-    from cascade.generate import LlamaGenerator
+    from cascade.llm.generate import LlamaGenerator
 
     model = tmp_path / "m.gguf"
     model.write_bytes(b"")
@@ -49,19 +50,19 @@ def test_generator_llama_options(tmp_path, llama_calls, n_ctx, threads, n_batch)
 
 @pytest.mark.parametrize(("n_ctx", "threads", "n_batch"), [(1024, 2, 512), (256, 3, 256)])
 def test_scorer_llama_options(tmp_path, llama_calls, n_ctx, threads, n_batch):
-    from cascade.llm import LlamaScorer
+    from cascade.llm.scorer import LlamaScorer
 
     model = tmp_path / "m.gguf"
     model.write_bytes(b"")
     with pytest.raises(_Loaded):
         LlamaScorer(model, n_ctx=n_ctx, n_threads=threads)
-    # swa_full keeps a sliding-window model's KV cells for the prefix cache (cascade.llm).
+    # swa_full keeps a sliding-window model's KV cells for the prefix cache (cascade.llm.scorer).
     assert llama_calls == [_common(model, n_ctx, n_batch, threads) | {"logits_all": False, "swa_full": True}]
 
 
 def test_missing_file_is_a_config_error(tmp_path, llama_calls):
-    from cascade.generate import LlamaGenerator
-    from cascade.llm import LlamaScorer
+    from cascade.llm.generate import LlamaGenerator
+    from cascade.llm.scorer import LlamaScorer
 
     for load in (LlamaGenerator, LlamaScorer):
         with pytest.raises(ConfigError, match="GGUF model file not found"):

@@ -1,4 +1,4 @@
-"""The CPU LLM scorer (cascade.llm): prompt rendering without a model (scoring with the real SmolLM2:
+"""The CPU LLM scorer (cascade.llm.scorer): prompt rendering without a model (scoring with the real SmolLM2:
 tests/server/test_llm_server.py)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cascade.errors import ConfigError, InvalidInput
-from cascade.llm import (
+from cascade.llm.scorer import (
     Prompt,
     PromptTemplate,
     answer_text,
@@ -16,7 +16,7 @@ from cascade.llm import (
     validate_candidates,
 )
 
-# The SST-2 prompt chosen by cascade.bench_llm for llm_small (as in tasks/sst2.toml).
+# The SST-2 prompt chosen by cascade.bench.llm for llm_small (as in tasks/sst2.toml).
 SST2 = PromptTemplate(template="Review: {text}\nSentiment:", verbalizations=("negative", "positive"))
 
 
@@ -110,7 +110,7 @@ def test_invalid_candidates(candidates, match):
 
 
 def test_gguf_path_rejects_unknown_names():
-    from cascade.gguf import gguf_path
+    from cascade.llm.gguf import gguf_path
 
     with pytest.raises(ConfigError, match="unknown LLM"):
         gguf_path("gpt-5")

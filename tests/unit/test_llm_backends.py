@@ -1,4 +1,5 @@
-"""The LLM Python backends' logic below Triton (cascade.generate_io for ``llm_generate``, cascade.trtllm_bls for the
+"""The LLM Python backends' logic below Triton (cascade.llm.generate_io for ``llm_generate``, cascade.llm.trtllm_bls
+for the
 GPU ``llm_large``) and their Triton glue (python_backends/llm_generate, python_backends/llm_trtllm), with a fake
 ``pb_utils`` and a fake ``tensorrt_llm`` model: no GPU, no engine, no model file."""
 
@@ -13,13 +14,14 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from cascade import contract, trtllm, trtllm_bls
+from cascade import contract
 from cascade.errors import ConfigError, InvalidInput, TierFailure
-from cascade.generate_io import GenerateIO
-from cascade.llm import Prompt
+from cascade.llm import trtllm, trtllm_bls
+from cascade.llm.generate_io import GenerateIO
+from cascade.llm.scorer import Prompt
+from cascade.llm.trtllm import HFTokenizer, calibrate
+from cascade.llm.trtllm_bls import TrtllmScorer, cpu_memory, host
 from cascade.paths import BACKENDS_DIR
-from cascade.trtllm import HFTokenizer, calibrate
-from cascade.trtllm_bls import TrtllmScorer, cpu_memory, host
 
 WORDS = ["<eos>", "[UNK]", "Review:", "great", "dull", "film", "Sentiment:", "positive", "negative", "N/A", "hello"]
 VOCAB = {w: i for i, w in enumerate(WORDS)}
@@ -194,7 +196,7 @@ def softmax(x):
     return e / e.sum()
 
 
-# --- cascade.trtllm_bls -------------------------------------------------------------------------------------------
+# --- cascade.llm.trtllm_bls -------------------------------------------------------------------------------------------
 def test_cpu_memory_and_host():
     pb = fake_pb(scoring_engine)
     assert cpu_memory(pb) == {"preferred_memory": ("CPU", 0)}
@@ -251,7 +253,7 @@ def test_scorer_warns_once_when_the_logits_are_not_the_first_step(tokenizer):
     assert scorer.warned
 
 
-# --- cascade.generate_io ------------------------------------------------------------------------------------------
+# --- cascade.llm.generate_io ------------------------------------------------------------------------------------------
 def generate_config(**params):
     defaults = {
         contract.CFG_RUNTIME: contract.RUNTIME_TRTLLM,

@@ -1,11 +1,11 @@
-"""The candidate trie (cascade.llm_tree): exact against a brute-force sum, and beams (the real model's decodes:
+"""The candidate trie (cascade.llm.trie): exact against a brute-force sum, and beams (the real model's decodes:
 tests/server/test_llm_tree_server.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from cascade.llm_tree import trie_logprobs
+from cascade.llm.trie import trie_logprobs
 
 VOCAB = 12
 

@@ -4,8 +4,9 @@ load test against the real server: tests/server/test_loadtest_server.py)."""
 import numpy as np
 import pytest
 
-from cascade import loadtest, metrics
-from cascade.escalate import RowBatch, run_cascade
+from cascade.ops import loadtest
+from cascade.serving import metrics
+from cascade.serving.escalate import RowBatch, run_cascade
 
 
 class FixedTier:

@@ -1,4 +1,4 @@
-"""GGUFs assembled from part packages (cascade.parts): joined in order, checked by size and sha256, cached."""
+"""GGUFs assembled from part packages (cascade.llm.parts): joined in order, checked by size and sha256, cached."""
 
 import hashlib
 import sys
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cascade.errors import ConfigError
-from cascade.parts import PART_MODELS, PartModel, assemble
+from cascade.llm.parts import PART_MODELS, PartModel, assemble
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,8 +56,8 @@ def test_setup_installs_the_parts_of_every_served_model():
     """`make setup` (pyproject) pins exactly the part packages of the models the CPU tiers serve."""
     import tomllib
 
-    from cascade.export.llm_tiers import LLM_ROLES
-    from cascade.parts import PART_MODELS
+    from cascade.llm.parts import PART_MODELS
+    from cascade_export.llm_tiers import LLM_ROLES
 
     pinned = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
     for model in LLM_ROLES.values():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cascade.export.repository import RepositoryWriter, recover
+from cascade_export.repository import RepositoryWriter, recover
 
 OLD = ("sst2", "sst2_logreg", "sst2_xgboost")
 NEW = (*OLD, "sst2_encoder")  # the new version adds a model that had no previous version
@@ -49,7 +49,7 @@ def export_killed(tmp_path: Path, repo: Path, after_renames: int | None = None, 
     script = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
-        from cascade.export import repository
+        from cascade_export import repository
 
         renames, staged = [0], [0]
         real_rename, real_add_dir = os.rename, repository.RepositoryWriter.add_dir
@@ -116,7 +116,7 @@ def test_an_export_killed_while_staging_leaves_the_repository_untouched(tmp_path
 def test_a_recovery_killed_midway_is_finished_by_the_next(tmp_path, previous, monkeypatch):
     repo, before = previous
     assert export_killed(tmp_path, repo, after_renames=5) == -signal.SIGKILL
-    from cascade.export import repository
+    from cascade_export import repository
 
     real, calls = os.rename, []
 
@@ -152,7 +152,7 @@ def test_a_live_writers_staging_folder_is_left_alone(tmp_path, previous):
 def test_stale_shared_memory_regions_are_removed_and_live_ones_kept(tmp_path):
     import mmap
 
-    from cascade.launcher import SHM_PREFIX, remove_stale_shm
+    from cascade.server.launcher import SHM_PREFIX, remove_stale_shm
 
     shm = tmp_path / "shm"
     shm.mkdir()

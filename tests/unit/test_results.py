@@ -32,7 +32,7 @@ def only_file(folder: Path, prefix: str) -> dict:
 
 
 def test_save_result_names_the_file_by_name_and_local_time(tmp_path):
-    from cascade import bench
+    from cascade.bench import gate as bench
 
     path = save_result("demo", {"benchmark": "demo", "rows": 3}, tmp_path / "new")
     assert path.parent == tmp_path / "new" and json.loads(path.read_text()) == {"benchmark": "demo", "rows": 3}
@@ -42,8 +42,8 @@ def test_save_result_names_the_file_by_name_and_local_time(tmp_path):
 
 
 def fake_report(task) -> dict:
-    """The shape of :func:`cascade.export.build.calibrate_task`'s report, with the build's total."""
-    from cascade.export.build import BuildOptions
+    """The shape of :func:`cascade_export.build.calibrate_task`'s report, with the build's total."""
+    from cascade_export.build import BuildOptions
 
     calibration = [
         TierCalibration(0, 500, True, 0.609, 0.726, 0.931, 0.905),
@@ -69,8 +69,8 @@ def fake_report(task) -> dict:
 
 
 def test_cascade_build_saves_its_figures(tmp_path, monkeypatch, capsys):
-    from cascade.cli import main
-    from cascade.export import build
+    from cascade.cli.main import main
+    from cascade_export import build
 
     def fake_build(task, repo, opts):
         assert opts.train_rows == 100
@@ -93,8 +93,8 @@ def test_cascade_build_saves_its_figures(tmp_path, monkeypatch, capsys):
 
 
 def test_an_unwritable_results_folder_only_warns(tmp_path, monkeypatch, capsys):
-    from cascade.cli import main
-    from cascade.export import build
+    from cascade.cli.main import main
+    from cascade_export import build
 
     monkeypatch.setattr(build, "build_task", lambda task, repo, opts: fake_report(task))
     (tmp_path / "file").write_text("")
@@ -126,7 +126,7 @@ class FakeClient:
         pass
 
     def classify(self, task, texts):
-        from cascade.client import Prediction
+        from cascade_client import Prediction
 
         cheap, large = Prediction("positive", 0.9, 0), Prediction("negative", 0.6, 4)
         answers = [cheap if i % 2 == 0 else large for i in range(len(texts))]
@@ -134,8 +134,10 @@ class FakeClient:
 
 
 def test_cascade_demo_saves_what_it_printed(tmp_path, monkeypatch, capsys):
-    from cascade import client, demo, launcher
-    from cascade.cli import main
+    import cascade_client as client
+    from cascade.cli import demo
+    from cascade.cli.main import main
+    from cascade.server import launcher
     from cascade.tasks import load_task
 
     task = load_task("sst2")
@@ -165,9 +167,11 @@ def test_cascade_demo_saves_what_it_printed(tmp_path, monkeypatch, capsys):
 
 def test_a_demo_that_builds_keeps_the_teachers_figures(tmp_path, monkeypatch):
     """The large tier teaches (faked here): its rows/s and each stage's seconds go into the summary."""
-    from cascade import client, demo, launcher
-    from cascade.export import build, distill
+    import cascade_client as client
+    from cascade.cli import demo
+    from cascade.server import launcher
     from cascade.tasks import load_task
+    from cascade_export import build, distill
 
     labelled = {
         "teacher": "llm_large:qwen", "sample": 1000, "labelled_rows": 1000, "cached_rows": 0, "teacher_s": 300.0,
@@ -192,8 +196,8 @@ def test_a_demo_that_builds_keeps_the_teachers_figures(tmp_path, monkeypatch):
 
 
 def test_the_label_summary_has_its_seconds_and_rate(tmp_path):
-    from cascade.export.distill import run_label
     from cascade.tasks import TaskSpec
+    from cascade_export.distill import run_label
 
     path = tmp_path / "t.csv"
     pd.DataFrame({"review": [f"review {i}" for i in range(30)], "gold": [i % 2 for i in range(30)]}).to_csv(path)

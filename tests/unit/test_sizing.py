@@ -1,12 +1,14 @@
-"""Thread counts sized to the machine (cascade.sizing) and the ``auto`` the generated configs carry."""
+"""Thread counts sized to the machine (cascade.serving.sizing) and the ``auto`` the generated configs carry."""
 
 from __future__ import annotations
 
 import pytest
 
-from cascade import configgen, contract, sizing
+from cascade import contract
 from cascade.errors import ConfigError
-from cascade.sizing import llm_threads, onnx_threads, resolve_threads, server_cores
+from cascade.repository import configgen
+from cascade.serving import sizing
+from cascade.serving.sizing import llm_threads, onnx_threads, resolve_threads, server_cores
 
 
 # --- cores ---------------------------------------------------------------------------------------
@@ -94,7 +96,7 @@ def _threads(spec) -> str:
 
 
 def test_configgen_writes_auto_by_default():
-    from cascade.trtllm_config import llm_generate_config
+    from cascade.repository.trtllm_config import llm_generate_config
 
     assert _threads(configgen.embedder_spec()) == contract.THREADS_AUTO
     for tier in (contract.TIER_LOGREG, contract.TIER_XGBOOST, contract.TIER_ENCODER):
@@ -114,7 +116,7 @@ def test_configgen_keeps_an_explicit_count_and_rejects_a_bad_one():
 
 
 def test_the_servers_llm_threads_win_over_the_repositorys_count():
-    from cascade.sizing import llm_model_threads
+    from cascade.serving.sizing import llm_model_threads
 
     env = {contract.LLM_THREADS_ENV: "1"}
     assert llm_model_threads("2", env) == 1 and llm_model_threads("auto", env) == 1

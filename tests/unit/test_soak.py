@@ -1,11 +1,11 @@
-"""The soak test (cascade/soak.py): its judgement on made-up samples (a short real run in CI:
+"""The soak test (cascade/ops/soak.py): its judgement on made-up samples (a short real run in CI:
 tests/server/test_soak_server.py)."""
 
 from dataclasses import replace
 
 import pytest
 
-from cascade.soak import GROWTH_FLOOR_MB, Sample, judge, stubs
+from cascade.ops.soak import GROWTH_FLOOR_MB, Sample, judge, stubs
 
 FLAT = [Sample(t, 200.0, 1500.0, 8, 8, 22.0, 70, 300) for t in (0.0, 30.0, 60.0, 90.0, 120.0)]
 

@@ -11,17 +11,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from cascade import contract, embedders
-from cascade.client import table as table_module
-from cascade.client.cells import check_embedding_column, embedding_cells, text_cells
-from cascade.client.chunk_store import ChunkStore
-from cascade.client.embed_jobs import make_table
-from cascade.client.job import FilterOptions, reachable_tiers
-from cascade.client.row_requests import Retry, first_contact, request_deadline_s
-from cascade.client.table import run_filter
-from cascade.client.table_io import chunks, read_batches, table_schema, write_table_atomic
 from cascade.errors import ConfigError, InvalidInput, RowsUnanswered, ServerUnavailable
-from cascade.gate import GateConfig
+from cascade.serving.gate import GateConfig
 from cascade.tasks import load_split, load_task
+from cascade_client import table as table_module
+from cascade_client.cells import check_embedding_column, embedding_cells, text_cells
+from cascade_client.chunk_store import ChunkStore
+from cascade_client.embed_jobs import make_table
+from cascade_client.job import FilterOptions, reachable_tiers
+from cascade_client.row_requests import Retry, first_contact, request_deadline_s
+from cascade_client.table import run_filter
+from cascade_client.table_io import chunks, read_batches, table_schema, write_table_atomic
 
 DIM = contract.EMBEDDING_DIM
 FAST_RETRY = (0.1, 0.2)
@@ -223,7 +223,7 @@ def test_filter_options_are_checked():
 
 
 def test_filter_against_no_server_retries_then_says_so(tmp_path):
-    from cascade.launcher import free_ports
+    from cascade.server.launcher import free_ports
 
     table = tmp_path / "t.csv"
     table.write_text("text\nhello\n")

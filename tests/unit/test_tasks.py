@@ -72,7 +72,7 @@ def test_unknown_task_names_the_shipped_ones():
 def test_few_shot_draw_is_balanced_and_prefers_moderate_rows():
     import numpy as np
 
-    from cascade.export.llm_tiers import FEW_SHOT_WORDS, draw_few_shot
+    from cascade_export.llm_tiers import FEW_SHOT_WORDS, draw_few_shot
 
     lo, _ = FEW_SHOT_WORDS
     moderate = " ".join(["word"] * lo)
@@ -88,7 +88,7 @@ def test_few_shot_draw_is_balanced_and_prefers_moderate_rows():
 
 
 def test_a_plain_question_reaches_the_teacher_with_its_answers_named():
-    from cascade.llm import PromptTemplate
+    from cascade.llm.scorer import PromptTemplate
     from cascade.tasks import ANSWERS_AFTER_MAX_CHARS, prompt_from_question
 
     few = ["World", "Sports", "Business", "Sci/Tech"]

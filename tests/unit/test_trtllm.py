@@ -1,4 +1,4 @@
-"""The large tier's scoring logic on GPU (``cascade.trtllm``), checked without a GPU: logits -> PROBS with
+"""The large tier's scoring logic on GPU (``cascade.llm.trtllm``), checked without a GPU: logits -> PROBS with
 recorded arrays, prompt assembly and candidate tokens with real tokenizers."""
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 from trtllm_shared import bpe, minilm, minilm_dir
 
 from cascade.errors import ConfigError, InvalidInput
-from cascade.llm import Prompt, PromptTemplate
-from cascade.trtllm import (
+from cascade.llm.scorer import Prompt, PromptTemplate
+from cascade.llm.trtllm import (
     HFTokenizer,
     LogitsError,
     calibrate,

@@ -1,4 +1,5 @@
-"""GPU-profile configs of the LLM tiers (``cascade.trtllm_config``), checked without a GPU: each config survives its
+"""GPU-profile configs of the LLM tiers (``cascade.repository.trtllm_config``), checked without a GPU: each config
+survives its
 config.pbtxt text and Triton's protobuf, carries its arguments, refuses bad ones, and agrees with the glue that sends
 to and reads from it; the GPU repository is written only for an engine that it matches."""
 
@@ -12,12 +13,13 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 from trtllm_shared import bpe, minilm, minilm_dir, write_engine_config
 
-from cascade import configgen, contract, trtllm_config
+from cascade import contract
 from cascade.errors import ConfigError, InvalidInput
-from cascade.generate_io import GenerateIO
-from cascade.llm import PromptTemplate
-from cascade.trtllm import generate_inputs, greedy_mismatch, probs_from_generation_logits, scoring_inputs
-from cascade.trtllm_bls import REQUESTED, TrtllmScorer
+from cascade.llm.generate_io import GenerateIO
+from cascade.llm.scorer import PromptTemplate
+from cascade.llm.trtllm import generate_inputs, greedy_mismatch, probs_from_generation_logits, scoring_inputs
+from cascade.llm.trtllm_bls import REQUESTED, TrtllmScorer
+from cascade.repository import configgen, trtllm_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from cascade.trtllm import HFTokenizer
+from cascade.llm.trtllm import HFTokenizer
 
 
 @cache

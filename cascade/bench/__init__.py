@@ -1,0 +1,1 @@
+"""Benchmarks: each prints its figures and saves them as JSON in bench/results/."""

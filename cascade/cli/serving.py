@@ -1,0 +1,189 @@
+"""``cascade serve``, and the commands that send data through a running server: ``classify``, ``filter``,
+``eval``, ``embed``; and ``make-table``, which scales up ``embed``'s output. Heavy modules are imported inside each
+command (the CLI must start fast)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from cascade import contract
+from cascade.errors import CascadeError
+
+
+def _tier_arg(value: str | None):
+    if value is None:
+        return None
+    return int(value) if value.isdigit() else value
+
+
+def refresh_glue(repo) -> None:
+    """Bring a built repository's ``model.py`` copies to this version (one built by an older version may import
+    modules that have moved since); says which changed."""
+    from cascade_export.repository import refresh_backends
+
+    if Path(repo).is_dir() and (changed := refresh_backends(repo)):
+        print(f"updated the Triton glue (model.py) of {len(changed)} models to this version: {', '.join(changed)}")
+
+
+def cmd_serve(args) -> int:
+    from cascade.server.launcher import ServerOptions, serve
+
+    refresh_glue(args.repo)
+
+    return serve(
+        ServerOptions(
+            repository=args.repo,
+            host=args.host,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            model_control_mode=args.model_control_mode,
+            log_verbose=args.log_verbose,
+            admin_key=os.environ.get(contract.ADMIN_KEY_ENV) or None,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            llm_threads=args.llm_threads,
+        )
+    )
+
+
+def cmd_classify(args) -> int:
+    from cascade_client import CascadeClient
+
+    texts = list(args.texts)
+    if args.file:
+        import pandas as pd
+
+        if not args.file.is_file():
+            raise CascadeError(f"--file {args.file}: no such file")
+        frame = pd.read_csv(args.file, keep_default_na=False)
+        if args.column not in frame.columns:
+            raise CascadeError(f"--file {args.file}: no column {args.column!r} (columns: {list(frame.columns)})")
+        texts.extend(frame[args.column].astype(str))
+    if not texts:
+        raise CascadeError("nothing to classify: give texts or --file")
+    with CascadeClient(args.url) as client:
+        if not client.is_ready():
+            raise CascadeError(f"no ready Triton server at {args.url} (start one with `cascade serve`)")
+        print("label\tconfidence\ttier\ttext")
+        for start in range(0, len(texts), args.batch_size):
+            chunk = texts[start : start + args.batch_size]
+            predictions = client.classify(
+                args.task, chunk, max_tier=_tier_arg(args.max_tier), min_tier=_tier_arg(args.min_tier)
+            )
+            for text, p in zip(chunk, predictions, strict=True):
+                short = text if len(text) <= 60 else text[:57] + "..."
+                flag = ", best effort" if p.degraded else ""
+                print(f"{p.label}\t{p.confidence:.3f}\t{p.tier} ({p.tier_name}{flag})\t{short}")
+    return 0
+
+
+def _print_summary(summary) -> None:
+    from rich.console import Console
+
+    console = Console(stderr=False)
+    s = summary
+    console.print(
+        f"{s.job}: {s.rows:,} rows -> {s.out} in {s.wall_s:.1f} s ({s.rows_per_s:,.0f} rows/s"
+        + (f"; {s.resumed_chunks} chunk(s) resumed" if s.resumed_chunks else "")
+        + (f"; {s.retries} request(s) retried" if s.retries else "")
+        + ")"
+    )
+    if s.tiers:
+        mix = ", ".join(f"{name} {n:,} ({n / max(1, sum(s.tiers.values())):.1%})" for name, n in s.tiers.items())
+        console.print(f"answered by: {mix}" + (f"; LLM share {s.llm_share:.1%}" if s.llm_share is not None else ""))
+    if s.where is not None:
+        console.print(f"where label = {s.where!r}: {s.matching_rows:,} rows kept")
+    if getattr(s, "degraded_rows", 0) or getattr(s, "degraded_retried", 0):
+        console.print(
+            f"[yellow]{s.degraded_rows:,} row(s) answered best-effort[/] (a tier was too slow or failed: "
+            "column 'degraded')" + (f"; {s.degraded_retried:,} row(s) sent again" if s.degraded_retried else "")
+        )
+    if s.error_rows:
+        console.print(
+            f"[yellow]{s.error_rows:,} row(s) could not be processed[/]"
+            + (f": see {s.errors_file}" if s.errors_file else " (null embedding in the output)")
+        )
+    cost = s.cost or {}
+    if "llm_large_s_per_row" in cost:
+        console.print(
+            f"cost: the large tier takes {cost['llm_large_s_per_row'] * 1000:.0f} ms/row (measured on "
+            f"{cost['measured_on']}); on every row it would take {cost['llm_every_row_s']:,.0f} s, "
+            f"{cost['speedup']:,.0f}x this job's {cost['cascade_s']:.1f} s"
+        )
+    elif cost:
+        console.print(f"cost: {cost['note']}")
+
+
+def _save_summary(summary, path: Path | None) -> None:
+    if path is not None:
+        path.write_text(json.dumps(summary.to_dict(), indent=2))
+
+
+def cmd_filter(args) -> int:
+    from cascade_client.table import FilterOptions, run_filter
+
+    options = FilterOptions(
+        task=args.task,
+        text_column=args.column,
+        embedding_column=args.embedding_column,
+        where=args.where,
+        max_tier=_tier_arg(args.max_tier),
+        min_tier=_tier_arg(args.min_tier),
+        chunk_rows=args.chunk_rows,
+        batch_rows=args.batch_size,
+        in_flight=args.in_flight,
+        keep_embedding=args.keep_embedding,
+        on_degraded=args.on_degraded,
+        degraded_retries=args.degraded_retries,
+        prefix=args.prefix,
+    )
+    summary = run_filter(
+        args.table, args.out, options, args.url, restart=args.restart, llm_probe_rows=args.llm_probe_rows
+    )
+    _print_summary(summary)
+    _save_summary(summary, args.json)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from cascade.cli.evaluate import evaluate_table, print_report, save_report
+
+    report = evaluate_table(
+        args.task, args.table, args.label_column, args.url, _tier_arg(args.max_tier), _tier_arg(args.min_tier),
+        text_column=args.column, quiet=False,
+    )  # fmt: skip
+    print_report(report)
+    save_report(report, args.json)
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from cascade_client.table import run_embed
+
+    summary = run_embed(
+        args.table,
+        args.out,
+        args.url,
+        text_column=args.column,
+        column=args.embedding_column,
+        float16=args.float16,
+        restart=args.restart,
+    )
+    _print_summary(summary)
+    return 0
+
+
+def cmd_make_table(args) -> int:
+    from cascade_client.table import make_table
+
+    result = make_table(
+        args.source, args.out, args.rows, column=args.embedding_column, noise=args.noise, seed=args.seed
+    )
+    print(
+        f"{result['rows']:,} rows from {result['source_rows']:,} source rows (noise {result['noise']}) "
+        f"-> {result['out']} in {result['seconds']:.1f} s"
+    )
+    return 0

@@ -1,0 +1,150 @@
+"""``cascade build``, ``label``, ``train``, ``calibrate``, ``export`` and ``task create``: a task from data to
+the model repository. Heavy modules are imported inside each command (the CLI must start fast)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cascade import contract
+from cascade.cli.common import result_command, save_result
+
+
+def _build_options(args):
+    """``cascade build`` and ``cascade train`` take the same training options."""
+    from cascade_export.build import BuildOptions
+
+    return BuildOptions(
+        train_rows=args.train_rows,
+        calib_rows=args.calib_rows,
+        encoder_epochs=args.encoder_epochs,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        labels_file=str(args.labels) if args.labels else None,
+        calib_fraction=args.calib_fraction,
+        embedder=args.embedder,
+        soft_labels=args.soft_labels,
+    )
+
+
+def cmd_build(args) -> int:
+    from cascade.tasks import load_task
+    from cascade_export.build import build_result, build_task
+
+    options = _build_options(args)
+    task = load_task(args.task)
+    report = build_task(task, args.repo, options)
+    save_result(f"build-{task.name}", build_result(task, args.repo, report, result_command(args)), args)
+    return 0
+
+
+def cmd_label(args) -> int:
+    from cascade.tasks import load_task
+    from cascade_export.distill import run_label
+
+    summary = run_label(
+        load_task(args.task),
+        args.work_dir,
+        args.table,
+        text_column=args.column,
+        id_column=args.id_column,
+        budget=args.budget,
+        seed=args.seed,
+        teacher=args.teacher,
+        url=args.url,
+        data_dir=args.data_dir,
+        strategy=args.strategy,
+        repo=args.repo,
+    )
+    rate = summary["teacher_rows_per_s"]
+    print(
+        f"{summary['sample']} rows labelled by {summary['teacher']}: {summary['labelled_rows']} new, "
+        f"{summary['cached_rows']} from the cache; teacher {summary['teacher_s']:.1f} s"
+        + (f" ({rate:.1f} rows/s)" if rate else "")
+    )
+    if summary["strategy"] == "active":
+        print(f"sample: {summary['uniform_rows']} uniform (calibrate), {summary['active_rows']} active (train only)")
+    print(f"labels: {summary['label_counts']} -> {args.work_dir / summary['task'] / 'labelled.csv'}")
+    return 0
+
+
+def _stage(args) -> Path:
+    from cascade.tasks import load_task
+
+    return args.work_dir / load_task(args.task).name / "stage"
+
+
+def cmd_train(args) -> int:
+    from cascade.tasks import load_task
+    from cascade_export.build import train_task
+
+    options = _build_options(args)
+    state = train_task(load_task(args.task), args.repo, _stage(args), options)
+    print(
+        f"trained on {state['train_rows']} rows ({state['reference']}); "
+        f"{state['calib_rows']} held out -> {_stage(args)}"
+    )
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from cascade.tasks import load_task
+    from cascade_export.build import calibrate_task
+
+    calibrate_task(
+        load_task(args.task),
+        args.repo,
+        _stage(args),
+        args.target,
+        args.delta,
+        keep_all_tiers=args.keep_all_tiers,
+        budget_ms=args.budget_ms,
+    )
+    print(f"wrote {_stage(args) / 'calibration.json'} and calibration.png; next: cascade export")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from cascade.tasks import load_task
+    from cascade_export.build import export_task
+
+    task = load_task(args.task)
+    export_task(task, args.repo, _stage(args))
+    if args.profile == "gpu":
+        from cascade.repository.gpu_profile import write_gpu_repository
+
+        target = args.gpu_repo or Path(args.repo).parent / "gpu"
+        names = write_gpu_repository(args.repo, target, [task.name], args.trtllm_engine, args.trtllm_tokenizer)
+        print(f"GPU profile of {task.name} written to {target}: {', '.join(names)} (unverified on a GPU)")
+    return 0
+
+
+def cmd_task(args) -> int:
+    from cascade_export.distill import create_task
+
+    labels = [x for x in args.labels.split(",") if x.strip()]
+    result = create_task(
+        args.name,
+        args.table,
+        args.prompt,
+        labels,
+        repo=args.repo,
+        work_root=args.work_dir,
+        url=args.url,
+        text_column=args.column,
+        id_column=args.id_column,
+        budget=args.budget,
+        strategy=args.strategy,
+        seed=args.seed,
+        tiers=[x.strip() for x in args.tiers.split(",") if x.strip()],
+        target=args.target,
+        delta=args.delta,
+        encoder_epochs=args.encoder_epochs,
+    )
+    enabled = json.loads(result["gate"][contract.CFG_TIERS])
+    print(
+        f"task {result['task']} is served: tiers {enabled}; teacher labelling "
+        f"{result['teacher_labelling_s']:.1f} s, train + calibrate + export + load "
+        f"{result['train_calibrate_export_load_s']:.1f} s (definition: {result['task_file']})"
+    )
+    return 0

@@ -1,0 +1,143 @@
+"""LLM prompts and scorer requests: a row's :class:`Prompt`, a task's :class:`PromptTemplate` (instruction, few-shot
+examples, verbalizations), and the parsing of a scorer request's ``PROMPT``/``CANDIDATES`` tensors and parameters,
+shared by every scorer backend (llama.cpp on CPU, :mod:`cascade.llm.scorer`; TensorRT-LLM on GPU,
+:mod:`cascade.llm.trtllm`).
+
+No model and no Triton import here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cascade import contract
+from cascade.errors import ConfigError, InvalidInput
+
+TEXT_FIELD = "{text}"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One row's prompt; the label is predicted right after ``suffix``. Only ``content`` is ever truncated."""
+
+    prefix: str
+    content: str
+    suffix: str
+
+
+def answer_text(suffix: str, candidate: str) -> tuple[str, str]:
+    """Split ``suffix + candidate`` the way the scorer tokenizes it: ``(suffix without trailing spaces, answer)``.
+
+    The answer carries the leading space ("Sentiment:" + " positive"), as a model saw it in training, unless
+    the suffix ends in a newline or tab, where the answer starts the line.
+    """
+    stripped = suffix.rstrip(" ")
+    if stripped and stripped[-1] in "\n\t\r":
+        return stripped, candidate
+    return stripped, " " + candidate
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A task's prompt: ``template`` holds exactly one ``{text}``; few-shot rows render before the input row."""
+
+    template: str
+    verbalizations: tuple[str, ...]
+    few_shot: tuple[tuple[str, int], ...] = ()
+    instruction: str = ""
+    separator: str = "\n\n"  # between the instruction, each few-shot example and the input row
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "verbalizations", tuple(self.verbalizations))
+        object.__setattr__(self, "few_shot", tuple((str(t), int(i)) for t, i in self.few_shot))
+        if self.template.count(TEXT_FIELD) != 1:
+            raise ConfigError(f"prompt template must contain {TEXT_FIELD} exactly once: {self.template!r}")
+        validate_candidates(self.verbalizations, error=ConfigError)
+        for text, label in self.few_shot:
+            if not 0 <= label < len(self.verbalizations):
+                raise ConfigError(f"few-shot label {label} out of range for {len(self.verbalizations)} labels")
+            if not text.strip():
+                raise ConfigError("few-shot example with empty text")
+
+    @property
+    def parts(self) -> tuple[str, str]:
+        """The template before and after ``{text}``."""
+        before, after = self.template.split(TEXT_FIELD)
+        return before, after
+
+    def render_example(self, text: str, label: int) -> str:
+        """One solved example: the template filled with ``text`` and followed by the label's verbalization."""
+        before, after = self.parts
+        suffix, answer = answer_text(after, self.verbalizations[label])
+        return before + text + suffix + answer
+
+    def format(self, text: str) -> Prompt:
+        """The prompt of one row: instruction and few-shot examples go to the (shared, cached) prefix."""
+        before, after = self.parts
+        head = [self.instruction] if self.instruction else []
+        head += [self.render_example(t, label) for t, label in self.few_shot]
+        prefix = "".join(part + self.separator for part in head) + before
+        return Prompt(prefix=prefix, content=text, suffix=after)
+
+
+def validate_candidates(candidates: Sequence[str], error: type[Exception] = InvalidInput) -> tuple[str, ...]:
+    """At least one candidate, none empty or blank, no duplicates."""
+    if isinstance(candidates, str | bytes):
+        raise error("candidates must be a sequence of strings, not a single string")
+    cands = tuple(candidates)
+    if not cands:
+        raise error("empty candidate list: give at least one label verbalization")
+    for c in cands:
+        if not isinstance(c, str):
+            raise error(f"candidate {c!r} is not a string")
+        if not c.strip():
+            raise error(f"empty candidate {c!r}: every label needs a non-blank verbalization")
+    dupes = sorted({c for c in cands if cands.count(c) > 1})
+    if dupes:
+        raise error(f"duplicate candidates {dupes}: verbalizations must be distinct")
+    return cands
+
+
+def _decode(value: Any, what: str) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return bytes(value).decode("utf-8")
+    except (UnicodeDecodeError, TypeError) as exc:
+        raise InvalidInput(f"{what} is not valid UTF-8") from exc
+
+
+def parse_scorer_inputs(prompt: np.ndarray, candidates: np.ndarray) -> tuple[list[Prompt], tuple[str, ...]]:
+    """A scorer request's ``PROMPT`` [n, 3] (prefix, content, suffix) and ``CANDIDATES`` [n, k] (equal rows).
+
+    Shared by every scorer backend (llama.cpp on CPU, TensorRT-LLM on GPU), so both reject the same input.
+    """
+    prompt = np.asarray(prompt, dtype=np.object_)
+    cands = np.asarray(candidates, dtype=np.object_)
+    if prompt.ndim != 2 or prompt.shape[1] != 3:
+        raise InvalidInput(f"PROMPT must be [n, 3] (prefix, content, suffix), got {list(prompt.shape)}")
+    if cands.ndim != 2 or cands.shape[0] != prompt.shape[0]:
+        raise InvalidInput(f"CANDIDATES must be [n, k] with n = {prompt.shape[0]}, got {list(cands.shape)}")
+    if (cands != cands[:1]).any():
+        raise InvalidInput("all rows of one request must share the same CANDIDATES")
+    prompts = [Prompt(*(_decode(part, f"PROMPT[{i}]") for part in row)) for i, row in enumerate(prompt)]
+    names = validate_candidates([_decode(c, "CANDIDATES") for c in cands[0]]) if len(cands) else ()
+    return prompts, names
+
+
+def parse_scorer_parameters(raw: str | dict | None) -> bool | None:
+    """A scorer request's parameters (JSON text, as ``request.parameters()`` gives them): the ``calibrate``
+    override, or None for the model's default. Unknown keys and non-boolean values are :class:`InvalidInput`."""
+    params = json.loads(raw) if isinstance(raw, str) and raw else (raw or {})
+    unknown = set(params) - {contract.PARAM_CALIBRATE}
+    if unknown:
+        raise InvalidInput(f"unknown scorer parameters {sorted(unknown)}; expected {contract.PARAM_CALIBRATE!r}")
+    value = params.get(contract.PARAM_CALIBRATE)
+    if value is not None and not isinstance(value, bool):
+        raise InvalidInput(f"scorer parameter {contract.PARAM_CALIBRATE!r} must be a boolean, got {value!r}")
+    return value

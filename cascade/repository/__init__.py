@@ -1,0 +1,1 @@
+"""Model-repository generation: config.pbtxt from typed specs, the GPU profile, TensorRT-LLM configs."""

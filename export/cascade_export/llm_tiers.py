@@ -1,0 +1,92 @@
+"""The LLM tiers in a build: which packaged GGUF serves each and their shared models in the repository
+(:func:`ensure_llms`), their probabilities on held-out rows (:func:`llm_scorer_on`) and the few-shot examples
+of their prompts (:func:`draw_few_shot`)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cascade import contract
+from cascade.repository import configgen
+from cascade.repository.trtllm_config import cpu_generate_spec
+from cascade_export.repository import RepositoryWriter
+from cascade_export.stage import log
+
+#: Which packaged GGUF serves each LLM tier on CPU (chosen by measurement: docs/llm.md, "Roles").
+LLM_ROLES = {contract.TIER_LLM_SMALL: "smollm2-135m:f16", contract.TIER_LLM_LARGE: "qwen2.5-coder-1.5b"}
+LLM_N_CTX = 1024
+
+
+def llm_specs() -> list[configgen.ModelSpec]:
+    """The LLM tiers' scorers and ``llm_generate``, the streaming text endpoint (on the small tier's model)."""
+    # Contextual calibration on by default; a task prompt's ``calibrate`` overrides it per request.
+    scorers = [configgen.llm_spec(t, LLM_ROLES[t], n_ctx=LLM_N_CTX, calibrate=True) for t in LLM_ROLES]
+    return [*scorers, cpu_generate_spec(LLM_ROLES[contract.TIER_LLM_SMALL], n_ctx=LLM_N_CTX)]
+
+
+def ensure_llms(repo: Path) -> None:
+    """Write the shared LLM models (scorers and ``llm_generate``: one copy whatever the number of tasks) where
+    missing or stale."""
+    stale = []
+    for spec in llm_specs():
+        config = Path(repo) / spec.name / "config.pbtxt"
+        if not config.is_file() or config.read_text() != spec.to_pbtxt():
+            stale.append(spec)
+    if stale:
+        with RepositoryWriter(repo) as writer:
+            for spec in stale:
+                writer.add(spec)
+
+
+def llm_scorer_on(tier: int, gate_prompt: dict, texts: list[str], timings: dict[str, float] | None = None):
+    """Probabilities of an LLM tier on the rows ``idx`` of ``texts``, computed only when asked (the seconds
+    it scored go to ``timings["score_<tier name>_s"]``)."""
+    from cascade.llm.gguf import gguf_path
+    from cascade.llm.scorer import LlamaScorer
+    from cascade.serving.gate import prompt_template
+
+    template = prompt_template(gate_prompt)
+    calibrate = gate_prompt.get("calibrate")
+    scorer = None
+
+    def score(idx: np.ndarray) -> np.ndarray:
+        nonlocal scorer
+        if idx.size == 0:
+            return np.zeros((0, len(template.verbalizations)), np.float32)
+        if scorer is None:
+            scorer = LlamaScorer(gguf_path(LLM_ROLES[tier]), n_ctx=LLM_N_CTX)
+        start = time.perf_counter()
+        probs = scorer.score([template.format(texts[i]) for i in idx], template.verbalizations, calibrate).probs
+        seconds = time.perf_counter() - start
+        if timings is not None:
+            key = f"score_{contract.TIER_NAMES[tier]}_s"
+            timings[key] = timings.get(key, 0.0) + seconds
+        log(f"tier {tier} ({contract.TIER_NAMES[tier]}): scored {idx.size} rows in {seconds:.1f} s")
+        return probs
+
+    return score
+
+
+#: Few-shot examples are drawn among training rows of this many words where enough exist: very short rows
+#: ("a bore") teach little and long ones lengthen every prompt (cascade.bench.llm draws the same way).
+FEW_SHOT_WORDS = (8, 40)
+
+
+def draw_few_shot(texts: list[str], labels: np.ndarray, k: int, n_labels: int, rng) -> list[tuple[str, int]]:
+    """``k`` labelled examples, as balanced over the labels as ``k`` allows, in a shuffled order."""
+    if k <= 0:
+        return []
+    lo, hi = FEW_SHOT_WORDS
+    words = np.array([len(t.split()) for t in texts])
+    picked = []
+    for label in range(n_labels):
+        take = k // n_labels + (1 if label < k % n_labels else 0)
+        idx = np.flatnonzero(labels == label)
+        moderate = idx[(words[idx] >= lo) & (words[idx] <= hi)]
+        pool = moderate if moderate.size >= take else idx
+        picked += [(texts[i], label) for i in rng.choice(pool, size=min(take, pool.size), replace=False)]
+    order = rng.permutation(len(picked))
+    return [picked[i] for i in order]
