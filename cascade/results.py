@@ -7,7 +7,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cascade.paths import RESULTS_DIR as RESULTS_DIR  # re-exported: bench, the benchmarks and tests import it here
+from cascade.paths import RESULTS_DIR
 
 
 def now_iso() -> str:

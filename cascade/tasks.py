@@ -13,7 +13,6 @@ from pathlib import Path
 from cascade import contract
 from cascade.errors import ConfigError
 from cascade.paths import DATA_DIR_ENV, TASKS_DIR, data_dir
-from cascade.paths import DEFAULT_DATA_DIR as DEFAULT_DATA_DIR  # re-exported: the names moved to cascade.paths
 from cascade.serving.gate import check_prompt
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")

@@ -25,7 +25,8 @@ def sst2_task():
 
 @pytest.fixture(scope="session")
 def built_repo(tmp_path_factory, sst2_task):
-    from cascade_export.build import BuildOptions, build_task
+    from cascade_export.build import build_task
+    from cascade_export.stage import BuildOptions
 
     reuse = os.environ.get("CASCADE_TEST_REPO")
     if reuse:  # developers: build once into this folder, then reuse it (skips the build of a few minutes)

@@ -55,7 +55,7 @@ def tier_probs(
     ``soft[train]``), with their probabilities on every row of the pool."""
     from cascade_export import encoder as enc
     from cascade_export import tabular
-    from cascade_export.build import embed, ensure_embedder, repository_embedder
+    from cascade_export.repo_embedder import embed, ensure_embedder, repository_embedder
 
     ensure_embedder(repo, embedder)
     emb = embed(repo, texts)
@@ -187,7 +187,7 @@ def run_task(task_name: str, args) -> dict:
     import pandas as pd
 
     from cascade.tasks import load_split, load_task
-    from cascade_export.build import read_labelled, read_soft_labels
+    from cascade_export.labels_file import read_labelled, read_soft_labels
 
     task = load_task(task_name)
     labelled = Path(args.work_dir) / task.name / "labelled.csv"

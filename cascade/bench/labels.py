@@ -63,7 +63,8 @@ def sequential_logprobs(scorer, enc) -> np.ndarray:
 
 def run(model: str, threads: int, modes: list[str], sequential_rows: int, rows: int | None) -> dict:
     from cascade.llm.gguf import gguf_path
-    from cascade.llm.scorer import LlamaScorer, PromptTemplate
+    from cascade.llm.prompts import PromptTemplate
+    from cascade.llm.scorer import LlamaScorer
     from cascade.tasks import prompt_from_question
 
     texts, gold = load_rows()
@@ -118,8 +119,8 @@ def served(model_rows: int) -> dict:
     from cascade.server.launcher import ServerOptions, TritonServer, free_ports
     from cascade.tasks import prompt_from_question
     from cascade_client import CascadeClient
-    from cascade_export.build import LLM_ROLES, ensure_llms
-    from cascade_export.distill import ServerTeacher
+    from cascade_export.llm_tiers import LLM_ROLES, ensure_llms
+    from cascade_export.teachers import ServerTeacher
 
     texts, gold = load_rows()
     labels = sorted(set(gold), key=gold.index)

@@ -31,7 +31,8 @@ from cascade import paths
 from cascade.bench.llm_data import SEED, BenchTask, eval_rows, few_shot
 from cascade.contract import TIER_LLM_LARGE, TIER_LLM_SMALL
 from cascade.llm.gguf import MODEL_GEMMA3, MODEL_SMOLLM2
-from cascade.llm.scorer import SCORING_PREFIX, SCORING_WHOLE, PromptTemplate
+from cascade.llm.prompts import PromptTemplate
+from cascade.llm.scorer import SCORING_PREFIX, SCORING_WHOLE
 from cascade.results import save_result
 from cascade.tasks import load_task, prompt_from_question
 

@@ -40,9 +40,9 @@ LOADS = ("idle", "busy")
 def _prompts(tier: int, rows: int, data_dir: str | None):
     """The tier's served prompt (few-shot examples drawn from train rows as the build does) over
     ``rows + 1`` validation rows (the first one is the warm-up)."""
-    from cascade.llm.scorer import PromptTemplate
+    from cascade.llm.prompts import PromptTemplate
     from cascade.tasks import load_split, load_task
-    from cascade_export.build import draw_few_shot
+    from cascade_export.llm_tiers import draw_few_shot
 
     task = load_task(TASK)
     prompt = task.llm[tier]
@@ -65,7 +65,7 @@ def measure(model: str, threads: int, prompts, cands, calibrate, batch: int, bus
     """ms/row of one (model, threads, load) case, and the probabilities it gave."""
     from cascade.llm.gguf import gguf_path
     from cascade.llm.scorer import LlamaScorer
-    from cascade_export.build import LLM_N_CTX
+    from cascade_export.llm_tiers import LLM_N_CTX
 
     scorer = LlamaScorer(gguf_path(model), n_ctx=LLM_N_CTX, n_threads=threads)
     try:
@@ -101,7 +101,7 @@ def run(
     data_dir: str | None = None,
     command: str = "python -m cascade.bench.threads",
 ) -> dict:
-    from cascade_export.build import LLM_ROLES
+    from cascade_export.llm_tiers import LLM_ROLES
 
     if rows < 1 or batch < 1 or any(n < 1 for n in threads or []):
         raise InvalidInput("rows, batch and thread counts must be positive")

@@ -134,8 +134,8 @@ LABELLING_KEYS = (
 
 def build_with_teacher(task: TaskSpec, repo: Path, client, work_root: Path, sample: int, data_dir) -> dict:
     """label (the large tier, through ``client``'s server) -> train -> calibrate -> export -> load."""
-    from cascade_export.build import BuildOptions
     from cascade_export.distill import run_label, teach_and_load
+    from cascade_export.stage import BuildOptions
 
     labelled = run_label(task, work_root, sample=sample, url=client.url, data_dir=data_dir)
     console.print(
@@ -173,8 +173,11 @@ def run_demo(
     from cascade.paths import RUNS_DIR
     from cascade.server.launcher import ServerOptions, TritonServer, free_ports
     from cascade_client import CascadeClient
-    from cascade_export.build import BuildOptions, build_figures, build_task, ensure_embedder, ensure_llms
+    from cascade_export.build import build_figures, build_task
+    from cascade_export.llm_tiers import ensure_llms
+    from cascade_export.repo_embedder import ensure_embedder
     from cascade_export.repository import refresh_backends
+    from cascade_export.stage import BuildOptions
 
     repo = Path(repo)
     begin = time.perf_counter()

@@ -17,20 +17,18 @@ import pyarrow.compute as pc
 
 from cascade import contract
 from cascade.errors import ConfigError, InvalidInput
-from cascade_client.table import (
-    DEFAULT_BACKOFF_S,
+from cascade_client.cells import check_text_column
+from cascade_client.job import (
     ERROR_COLUMN,
     LABEL_COLUMN,
     RESULT_COLUMNS,
     TIER_COLUMN,
     FilterOptions,
-    check_text_column,
     embedding_tiers_only,
-    first_contact,
-    read_batches,
-    run_filter,
-    table_schema,
 )
+from cascade_client.row_requests import DEFAULT_BACKOFF_S, first_contact
+from cascade_client.table import run_filter
+from cascade_client.table_io import read_batches, table_schema
 
 #: Keys every report has (the benchmarks read them).
 REQUIRED_KEYS = ("rows", "accuracy", "llm_share", "tiers", "wall_s")

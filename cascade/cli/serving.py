@@ -123,7 +123,8 @@ def _save_summary(summary, path: Path | None) -> None:
 
 
 def cmd_filter(args) -> int:
-    from cascade_client.table import FilterOptions, run_filter
+    from cascade_client.job import FilterOptions
+    from cascade_client.table import run_filter
 
     options = FilterOptions(
         task=args.task,
@@ -161,7 +162,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_embed(args) -> int:
-    from cascade_client.table import run_embed
+    from cascade_client.embed_jobs import run_embed
 
     summary = run_embed(
         args.table,
@@ -177,7 +178,7 @@ def cmd_embed(args) -> int:
 
 
 def cmd_make_table(args) -> int:
-    from cascade_client.table import make_table
+    from cascade_client.embed_jobs import make_table
 
     result = make_table(
         args.source, args.out, args.rows, column=args.embedding_column, noise=args.noise, seed=args.seed

@@ -12,7 +12,7 @@ from cascade.cli.common import result_command, save_result
 
 def _build_options(args):
     """``cascade build`` and ``cascade train`` take the same training options."""
-    from cascade_export.build import BuildOptions
+    from cascade_export.stage import BuildOptions
 
     return BuildOptions(
         train_rows=args.train_rows,
@@ -76,7 +76,7 @@ def _stage(args) -> Path:
 
 def cmd_train(args) -> int:
     from cascade.tasks import load_task
-    from cascade_export.build import train_task
+    from cascade_export.train import train_task
 
     options = _build_options(args)
     state = train_task(load_task(args.task), args.repo, _stage(args), options)
@@ -89,7 +89,7 @@ def cmd_train(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from cascade.tasks import load_task
-    from cascade_export.build import calibrate_task
+    from cascade_export.calibration import calibrate_task
 
     calibrate_task(
         load_task(args.task),

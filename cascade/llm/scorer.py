@@ -22,33 +22,10 @@ import numpy as np
 
 from cascade.errors import ConfigError, InvalidInput
 from cascade.llm.prompts import (
-    TEXT_FIELD,
     Prompt,
-    PromptTemplate,
     answer_text,
-    parse_scorer_inputs,
-    parse_scorer_parameters,
     validate_candidates,
 )
-
-__all__ = [
-    "CANDIDATE_SCORINGS",
-    "CONTENT_FREE",
-    "DEFAULT_BEAM",
-    "SCORING_PREFIX",
-    "SCORING_WHOLE",
-    "TEXT_FIELD",
-    "Encoded",
-    "LlamaScorer",
-    "Prompt",
-    "PromptTemplate",
-    "ScoreResult",
-    "answer_text",
-    "parse_scorer_inputs",
-    "parse_scorer_parameters",
-    "unique_prefixes",
-    "validate_candidates",
-]
 
 #: How a candidate of several tokens is scored: all its tokens (teacher-forced, summed log-probs), or (the
 #: default) its tokens up to the first one no other candidate shares: the tokens after it add no evidence, only

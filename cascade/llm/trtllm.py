@@ -35,7 +35,8 @@ import numpy as np
 
 from cascade import contract
 from cascade.errors import CascadeError, ConfigError, InvalidInput
-from cascade.llm.scorer import CONTENT_FREE, Prompt, PromptTemplate, answer_text, validate_candidates
+from cascade.llm.prompts import Prompt, PromptTemplate, answer_text, validate_candidates
+from cascade.llm.scorer import CONTENT_FREE
 
 __all__ = [
     "CONTENT_FREE",

@@ -1,8 +1,7 @@
 """The gate's configuration (from its config.pbtxt parameters) and its LLM tiers' prompts, with no Triton import.
 
 ``python_backends/gate/model.py`` is thin glue: ``cascade.serving.gate_io`` parses requests with
-``cascade.serving.gate_inputs``
-(re-exported here), turns each into a ``cascade.serving.escalate.CascadeRun`` over tiers that are BLS calls
+``cascade.serving.gate_inputs``, turns each into a ``cascade.serving.escalate.CascadeRun`` over tiers that are BLS calls
 (``cascade.serving.bls``), and runs it through ``cascade.serving.lanes``. Everything here is unit-tested directly.
 """
 
@@ -13,19 +12,7 @@ from dataclasses import dataclass, field
 
 from cascade import contract
 from cascade.errors import ConfigError
-
-# Re-exported: code and built repositories' model.py copies import these from cascade.serving.gate.
-from cascade.serving.gate_inputs import RequestOptions, check_embeddings, check_text_free, decode_texts, tier_from_name
-
-__all__ = [
-    "GateConfig",
-    "RequestOptions",
-    "check_embeddings",
-    "check_prompt",
-    "check_text_free",
-    "decode_texts",
-    "prompt_template",
-]
+from cascade.serving.gate_inputs import tier_from_name
 
 
 # --- configuration (from config.pbtxt parameters) ------------------------------------------------
@@ -305,7 +292,7 @@ def check_prompt(prompt: dict, n_labels: int) -> None:
 
 def prompt_template(prompt: dict):
     """The ``cascade.llm.scorer.PromptTemplate`` of a gate's ``prompt`` parameter."""
-    from cascade.llm.scorer import PromptTemplate
+    from cascade.llm.prompts import PromptTemplate
 
     return PromptTemplate(
         template=prompt["template"],

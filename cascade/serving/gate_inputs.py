@@ -2,8 +2,7 @@
 and the checks of its TEXT and EMBEDDING tensors.
 
 ``cascade.serving.gate_io`` parses each request with this module; ``cascade.serving.gate`` holds the gate's own
-configuration
-(and re-exports these names for the code that imports them from there).
+configuration.
 """
 
 from __future__ import annotations

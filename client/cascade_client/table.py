@@ -31,14 +31,10 @@ from cascade import contract
 from cascade.errors import ConfigError
 from cascade_client.cells import check_embedding_column, check_text_column, embedding_cells, text_cells
 from cascade_client.chunk_store import ChunkStore, input_identity
-from cascade_client.embed_jobs import make_table, run_embed
 from cascade_client.filter_summary import filter_cost, finish_filter
 from cascade_client.job import (
     CONFIDENCE_COLUMN,
-    DEFAULT_BATCH_ROWS,
-    DEFAULT_IN_FLIGHT,
     DEGRADED_COLUMN,
-    EMBEDDING_COLUMN,
     ERROR_COLUMN,
     LABEL_COLUMN,
     ON_DEGRADED_RETRY,
@@ -46,38 +42,12 @@ from cascade_client.job import (
     TIER_COLUMN,
     FilterOptions,
     JobSummary,
-    embedding_tiers_only,
     job_progress,
     reachable_tiers,
     run_job,
 )
 from cascade_client.row_requests import DEFAULT_BACKOFF_S, Retry, first_contact, request_deadline_s, send_rows
-from cascade_client.table_io import DEFAULT_CHUNK_ROWS, check_output, chunks, read_batches, table_schema
-
-#: The table jobs' entry points and the names the CLI and other code take from here.
-__all__ = [
-    "DEFAULT_BACKOFF_S",
-    "DEFAULT_BATCH_ROWS",
-    "DEFAULT_CHUNK_ROWS",
-    "DEFAULT_IN_FLIGHT",
-    "EMBEDDING_COLUMN",
-    "ERROR_COLUMN",
-    "LABEL_COLUMN",
-    "RESULT_COLUMNS",
-    "TIER_COLUMN",
-    "FilterOptions",
-    "JobSummary",
-    "check_text_column",
-    "embedding_cells",
-    "embedding_tiers_only",
-    "first_contact",
-    "make_table",
-    "read_batches",
-    "run_embed",
-    "run_filter",
-    "table_schema",
-    "text_cells",
-]
+from cascade_client.table_io import check_output, chunks, read_batches, table_schema
 
 
 def run_filter(

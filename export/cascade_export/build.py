@@ -17,35 +17,11 @@ from cascade import contract, embedders
 from cascade.errors import ConfigError
 from cascade.tasks import TaskSpec
 from cascade_export.calibration import calibrate_task
-from cascade_export.labels_file import read_labelled, read_soft_labels, uniform_rows
-from cascade_export.llm_tiers import FEW_SHOT_WORDS, LLM_N_CTX, LLM_ROLES, draw_few_shot, ensure_llms
-from cascade_export.repo_embedder import embed, ensure_embedder, repository_embedder
+from cascade_export.llm_tiers import ensure_llms
+from cascade_export.repo_embedder import ensure_embedder
 from cascade_export.repository import RepositoryWriter
-from cascade_export.stage import CALIB_FILE, MODELS_DIR, BuildOptions, load_stage, log, stage_embedder
+from cascade_export.stage import MODELS_DIR, BuildOptions, load_stage, log, stage_embedder
 from cascade_export.train import train_task
-
-#: What the rest of the project imports from here, the build's entry module (defined in the modules above).
-__all__ = [
-    "CALIB_FILE",
-    "FEW_SHOT_WORDS",
-    "LLM_N_CTX",
-    "LLM_ROLES",
-    "BuildOptions",
-    "build_figures",
-    "build_result",
-    "build_task",
-    "calibrate_task",
-    "draw_few_shot",
-    "embed",
-    "ensure_embedder",
-    "ensure_llms",
-    "export_task",
-    "read_labelled",
-    "read_soft_labels",
-    "repository_embedder",
-    "train_task",
-    "uniform_rows",
-]
 
 
 def export_task(task: TaskSpec, repo: Path, stage: Path) -> list[str]:

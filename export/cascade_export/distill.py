@@ -119,7 +119,7 @@ def run_label(
             if strategy == ACTIVE:
 
                 def embed_rows(texts: list[str]) -> np.ndarray:
-                    from cascade_export.build import embed, ensure_embedder
+                    from cascade_export.repo_embedder import embed, ensure_embedder
 
                     ensure_embedder(Path(repo))
                     return embed(Path(repo), texts)
@@ -176,7 +176,9 @@ def teach_and_load(task, repo: str | Path, work_root: str | Path, client, option
     here): the report, the models loaded and the seconds it took (the teacher's labelling is not in them)."""
     from dataclasses import replace
 
-    from cascade_export.build import calibrate_task, export_task, train_task
+    from cascade_export.build import export_task
+    from cascade_export.calibration import calibrate_task
+    from cascade_export.train import train_task
 
     start = time.perf_counter()
     work = work_dir_of(task.name, work_root)
@@ -213,7 +215,7 @@ def create_task(
     (``--model-control-mode=explicit``) without a restart. The teacher's time is reported apart.
     ``budget`` and ``strategy`` as in :func:`run_label` (active sampling embeds with ``repo``'s embedder)."""
     from cascade.tasks import load_task
-    from cascade_export.build import BuildOptions
+    from cascade_export.stage import BuildOptions
 
     repo = Path(repo)
     if (repo / name).exists():

@@ -36,7 +36,8 @@ def read_table(path: str | Path, text_column: str = "text", id_column: str | Non
     (:attr:`Table.skipped`); ids stay the id column's values or the row positions in the file."""
     import pyarrow as pa
 
-    from cascade_client.table import read_batches, table_schema, text_cells
+    from cascade_client.cells import text_cells
+    from cascade_client.table_io import read_batches, table_schema
 
     path = Path(path)
     schema, _ = table_schema(path, text_column)  # a missing file or an unknown format fails here
@@ -69,9 +70,11 @@ def read_table(path: str | Path, text_column: str = "text", id_column: str | Non
 
 
 def sample_rows(n_rows: int, n: int, seed: int = 0) -> np.ndarray:
-    """``n`` row positions drawn uniformly without replacement (no labels yet: no stratification)."""
+    """``n`` row positions drawn uniformly without replacement (no labels yet: no stratification): the first ``n`` of
+    one seeded permutation, so that a larger budget with the same seed labels a superset and the label cache answers
+    the rows a smaller one labelled."""
     if n <= 0:
         raise InvalidInput(f"sample size must be positive, got {n}")
     if n > n_rows:
         raise ConfigError(f"the table has {n_rows} rows, fewer than the sample size {n}")
-    return np.sort(np.random.default_rng(seed).choice(n_rows, size=n, replace=False))
+    return np.sort(np.random.default_rng(seed).permutation(n_rows)[:n])

@@ -12,7 +12,8 @@ import triton_python_backend_utils as pb_utils
 from cascade import contract
 from cascade.errors import CascadeError, check_numpy, triton_error
 from cascade.llm.gguf import gguf_path
-from cascade.llm.scorer import LlamaScorer, parse_scorer_inputs, parse_scorer_parameters
+from cascade.llm.prompts import parse_scorer_inputs, parse_scorer_parameters
+from cascade.llm.scorer import LlamaScorer
 from cascade.serving.sizing import llm_model_threads
 
 

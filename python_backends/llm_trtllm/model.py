@@ -16,7 +16,7 @@ import triton_python_backend_utils as pb_utils
 
 from cascade import contract
 from cascade.errors import CascadeError, triton_error
-from cascade.llm.scorer import parse_scorer_inputs, parse_scorer_parameters
+from cascade.llm.prompts import parse_scorer_inputs, parse_scorer_parameters
 from cascade.llm.trtllm_bls import TrtllmScorer
 
 

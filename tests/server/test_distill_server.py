@@ -9,7 +9,8 @@ import pytest
 
 from cascade.errors import ConfigError, ServerError
 from cascade.tasks import TaskSpec
-from cascade_export.distill import LabelStore, run_label
+from cascade_export.distill import run_label
+from cascade_export.label_store import LabelStore
 
 LABELS = ("negative", "positive")
 
@@ -38,7 +39,8 @@ def test_build_learns_from_teacher_labels(tmp_path):
     """label (a label column as teacher) -> build --labels: tiers trained and calibrated on those labels."""
     from cascade.serving.gate import GateConfig
     from cascade.tasks import load_split, load_task
-    from cascade_export.build import BuildOptions, build_task
+    from cascade_export.build import build_task
+    from cascade_export.stage import BuildOptions
 
     texts, gold = load_split(load_task("sst2"), "train", limit=400)
     pd.DataFrame({"sentence": texts, "stars": [LABELS[g] for g in gold]}).to_csv(tmp_path / "t.csv", index=False)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cascade.errors import InvalidInput
-from cascade.llm.scorer import PromptTemplate
+from cascade.llm.prompts import PromptTemplate
 
 # The SST-2 prompt chosen by cascade.bench.llm for llm_small (as in tasks/sst2.toml).
 SST2 = PromptTemplate(template="Review: {text}\nSentiment:", verbalizations=("negative", "positive"))

@@ -25,7 +25,7 @@ LABELS = ["card_arrival", "card_linking", "exchange_rate", "card_payment_wrong_e
 def test_trie_decodes_match_one_token_at_a_time(scorer):
     """Batched trie levels give the log-probs of single-token decodes (up to the kernels' rounding)."""
     from cascade.bench.labels import sequential_logprobs
-    from cascade.llm.scorer import PromptTemplate
+    from cascade.llm.prompts import PromptTemplate
 
     template = PromptTemplate(template="Query: {text}\nIntent:", verbalizations=tuple(LABELS))
     for text in ("I still haven't received my new card", "my phone was stolen"):
@@ -47,7 +47,7 @@ def test_cache_holds_only_the_row_after_scoring(scorer):
     """The trie's sequences are gone after a row: the next row reuses sequence 0's cells, nothing else."""
     import llama_cpp
 
-    from cascade.llm.scorer import Prompt
+    from cascade.llm.prompts import Prompt
 
     scorer.beam = None
     scorer.score([Prompt("Query: ", "where is my card", "\nIntent:")], LABELS)

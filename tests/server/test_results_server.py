@@ -29,7 +29,8 @@ def embedder_into(repo: Path) -> None:
 def test_a_real_build_has_every_figure(tmp_path):
     """A tier-0 build from 100 + 100 gold rows: the report holds what build_result reads."""
     from cascade.tasks import load_task
-    from cascade_export.build import BuildOptions, build_result, build_task
+    from cascade_export.build import build_result, build_task
+    from cascade_export.stage import BuildOptions
 
     task = replace(load_task("sst2"), tiers=(0,), target=0.6)
     repo = tmp_path / "repo"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cascade import contract
-from cascade.llm.scorer import Prompt
+from cascade.llm.prompts import Prompt
 from cascade.llm.trtllm import calibrate, candidate_first_tokens, encode_prompt, load_tokenizer
 from cascade.repository import trtllm_config
 

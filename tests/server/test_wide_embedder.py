@@ -19,7 +19,8 @@ WIDE = embedders.get(embedders.MPNET)
 @pytest.fixture(scope="module")
 def wide_server(tmp_path_factory, sst2_task):
     from cascade.server.launcher import ServerOptions, TritonServer, free_ports
-    from cascade_export.build import BuildOptions, build_task
+    from cascade_export.build import build_task
+    from cascade_export.stage import BuildOptions
 
     repo = tmp_path_factory.mktemp("wide") / "cpu"
     # The encoder fine-tunes mpnet's own transformer (no LLM tiers: quick).
@@ -80,7 +81,9 @@ def test_the_gate_takes_the_wide_vectors_and_refuses_narrow_ones(wide_server, wi
 
 
 def test_table_jobs_use_the_wide_embedder_and_refuse_another_ones_vectors(wide_server, wide_client, tmp_path):
-    from cascade_client.table import FilterOptions, run_embed, run_filter
+    from cascade_client.embed_jobs import run_embed
+    from cascade_client.job import FilterOptions
+    from cascade_client.table import run_filter
 
     server, task, _ = wide_server
     texts = ["a gripping, beautifully shot film", "dull and lifeless", "fine", "an utter mess"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cascade.bench import llm as bench_llm
 from cascade.contract import TIER_LLM_LARGE, TIER_LLM_SMALL
-from cascade.llm.scorer import PromptTemplate
+from cascade.llm.prompts import PromptTemplate
 from cascade.tasks import load_task
 
 #: Variants named after the prompt a task file chose for a tier.

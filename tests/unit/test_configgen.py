@@ -161,8 +161,9 @@ def test_bls_targets_reject_requests_queued_past_the_gates_timeout():
 
 
 def test_refresh_backends_copies_each_models_own_glue(tmp_path):
+    from cascade.paths import BACKENDS_DIR
     from cascade.repository.trtllm_config import ProtoSpec, cpu_generate_spec, llm_large_gpu_config
-    from cascade_export.repository import BACKENDS_DIR, RepositoryWriter, refresh_backends
+    from cascade_export.repository import RepositoryWriter, refresh_backends
 
     repo = tmp_path / "cpu"
     with RepositoryWriter(repo) as writer:
@@ -188,8 +189,8 @@ def test_refresh_backends_copies_each_models_own_glue(tmp_path):
 
 def test_ensure_llms_writes_the_streaming_endpoint(tmp_path):
     """The CPU build writes ``llm_generate`` beside the LLM scorers (llama.cpp on the small tier's model), once."""
+    from cascade.paths import BACKENDS_DIR
     from cascade_export.llm_tiers import ensure_llms
-    from cascade_export.repository import BACKENDS_DIR
 
     repo = tmp_path / "cpu"
     ensure_llms(repo)

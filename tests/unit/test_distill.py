@@ -120,6 +120,7 @@ def test_sample_is_uniform_seeded_and_bounded():
     a, b = sample_rows(100, 30, seed=1), sample_rows(100, 30, seed=1)
     assert np.array_equal(a, b) and len(set(a.tolist())) == 30 and a.max() < 100
     assert not np.array_equal(a, sample_rows(100, 30, seed=2))
+    assert set(a) < set(sample_rows(100, 60, seed=1))  # a larger budget labels a superset: the cache is reused
     with pytest.raises(ConfigError, match="has 10 rows, fewer than the sample size 11"):
         sample_rows(10, 11)
     with pytest.raises(InvalidInput):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cascade.errors import ConfigError, InvalidInput
-from cascade.llm.scorer import (
+from cascade.llm.prompts import (
     Prompt,
     PromptTemplate,
     answer_text,

@@ -18,7 +18,7 @@ from cascade import contract
 from cascade.errors import ConfigError, InvalidInput, TierFailure
 from cascade.llm import trtllm, trtllm_bls
 from cascade.llm.generate_io import GenerateIO
-from cascade.llm.scorer import Prompt
+from cascade.llm.prompts import Prompt
 from cascade.llm.trtllm import HFTokenizer, calibrate
 from cascade.llm.trtllm_bls import TrtllmScorer, cpu_memory, host
 from cascade.paths import BACKENDS_DIR

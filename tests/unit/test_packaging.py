@@ -3,6 +3,7 @@ checkout."""
 
 import ast
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -41,7 +42,12 @@ def test_the_wheel_runs_without_the_checkout(tmp_path):
     wheels, target, cwd = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
     cwd.mkdir()
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", wheels, CHECKOUT], check=True)
+    source = tmp_path / "source"  # a copy: building in the checkout would leave build/ and *.egg-info there
+    source.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md", "cascade", "client", "export", *RESOURCES):
+        copy = shutil.copytree if (CHECKOUT / name).is_dir() else shutil.copy
+        copy(CHECKOUT / name, source / name, **({"dirs_exist_ok": True} if copy is shutil.copytree else {}))
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", wheels, source], check=True)
     (wheel,) = wheels.glob("triton_cascade-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "cascade/_resources/tasks/sst2.toml" in names

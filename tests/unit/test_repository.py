@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cascade_export.repository import RepositoryWriter, recover
+from cascade_export.journal import recover
+from cascade_export.repository import RepositoryWriter
 
 OLD = ("sst2", "sst2_logreg", "sst2_xgboost")
 NEW = (*OLD, "sst2_encoder")  # the new version adds a model that had no previous version

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from cascade.calibrate import TierCalibration
-from cascade.results import RESULTS_DIR, save_result
+from cascade.paths import RESULTS_DIR
+from cascade.results import save_result
 
 BUILD_KEYS = {
     "benchmark", "when", "command", "task", "task_digest", "repo", "embedder", "reference", "train_rows", "calib_rows",
@@ -43,7 +44,7 @@ def test_save_result_names_the_file_by_name_and_local_time(tmp_path):
 
 def fake_report(task) -> dict:
     """The shape of :func:`cascade_export.build.calibrate_task`'s report, with the build's total."""
-    from cascade_export.build import BuildOptions
+    from cascade_export.stage import BuildOptions
 
     calibration = [
         TierCalibration(0, 500, True, 0.609, 0.726, 0.931, 0.905),

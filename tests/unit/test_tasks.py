@@ -88,7 +88,7 @@ def test_few_shot_draw_is_balanced_and_prefers_moderate_rows():
 
 
 def test_a_plain_question_reaches_the_teacher_with_its_answers_named():
-    from cascade.llm.scorer import PromptTemplate
+    from cascade.llm.prompts import PromptTemplate
     from cascade.tasks import ANSWERS_AFTER_MAX_CHARS, prompt_from_question
 
     few = ["World", "Sports", "Business", "Sci/Tech"]

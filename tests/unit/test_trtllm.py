@@ -6,7 +6,7 @@ import pytest
 from trtllm_shared import bpe, minilm, minilm_dir
 
 from cascade.errors import ConfigError, InvalidInput
-from cascade.llm.scorer import Prompt, PromptTemplate
+from cascade.llm.prompts import Prompt, PromptTemplate
 from cascade.llm.trtllm import (
     HFTokenizer,
     LogitsError,

@@ -16,7 +16,7 @@ from trtllm_shared import bpe, minilm, minilm_dir, write_engine_config
 from cascade import contract
 from cascade.errors import ConfigError, InvalidInput
 from cascade.llm.generate_io import GenerateIO
-from cascade.llm.scorer import PromptTemplate
+from cascade.llm.prompts import PromptTemplate
 from cascade.llm.trtllm import generate_inputs, greedy_mismatch, probs_from_generation_logits, scoring_inputs
 from cascade.llm.trtllm_bls import REQUESTED, TrtllmScorer
 from cascade.repository import configgen, trtllm_config
