@@ -47,18 +47,16 @@ def tier_probs(
     repo: Path,
     epochs: int,
     seed: int,
-    embedder=None,
+    emb: np.ndarray,
     soft: np.ndarray | None = None,
     encoder: bool = True,
 ):
     """Tiers 0-2 (without the encoder if not ``encoder``) trained on ``labels[train]`` (or the soft labels
-    ``soft[train]``), with their probabilities on every row of the pool."""
+    ``soft[train]``), with their probabilities on every row of the pool (``emb``: its embeddings)."""
     from cascade_export import encoder as enc
     from cascade_export import tabular
-    from cascade_export.repo_embedder import embed, ensure_embedder, repository_embedder
+    from cascade_export.repo_embedder import repository_embedder
 
-    ensure_embedder(repo, embedder)
-    emb = embed(repo, texts)
     out, timings = {}, {}
     t = time.perf_counter()
     x_soft = soft[train] if soft is not None else None
@@ -187,7 +185,8 @@ def run_task(task_name: str, args) -> dict:
     import pandas as pd
 
     from cascade.tasks import load_split, load_task
-    from cascade_export.labels_file import read_labelled, read_soft_labels
+    from cascade_export.labels_file import read_labelled, read_soft_labels, uniform_rows
+    from cascade_export.repo_embedder import embed, ensure_embedder
 
     task = load_task(task_name)
     labelled = Path(args.work_dir) / task.name / "labelled.csv"
@@ -199,9 +198,7 @@ def run_task(task_name: str, args) -> dict:
     _, gold_all = load_split(task, "train", args.data_dir)
     gold = np.asarray(gold_all)[ids]
     order = np.random.default_rng(args.seed).permutation(len(texts))
-    if len(order) < args.train + 200:
-        raise SystemExit(f"{labelled}: {len(order)} rows; need --train {args.train} + at least 200")
-    train, rest = order[: args.train], order[args.train :]
+    candidates, rest = split_pool(order, uniform_rows(labelled), args.train, args.heldout, labelled)
     calib_rows = args.calib if args.calib is not None else len(rest) // 2
     if not 50 <= calib_rows <= len(rest) - 100:
         raise SystemExit(f"--calib {calib_rows}: need >= 50 calibration rows and >= 100 test rows of {len(rest)}")
@@ -209,36 +206,73 @@ def run_task(task_name: str, args) -> dict:
         "task": task.name,
         "teacher": summary.get("teacher"),
         "pool_rows": len(texts),
-        "train_rows": len(train),
+        "train_rows": args.train,
         "calib_rows": calib_rows,
         "test_rows": len(rest) - calib_rows,
         "teacher_gold_agreement": float((teacher_labels == gold).mean()),
+        "candidate_rows": len(candidates),
         "results": {},
     }
+    ensure_embedder(Path(args.repo), args.embedder)
+    emb = embed(Path(args.repo), texts)
     references = [("teacher", teacher_labels, soft)]
     if not args.no_gold_control:
         references.append(("gold_control", gold, None))
-    for name, reference, soft_reference in references:
-        start = time.perf_counter()
-        probs, timings = tier_probs(
-            task, texts, train, reference, Path(args.repo), args.encoder_epochs, args.seed, args.embedder,
-            soft_reference, not args.no_encoder,
-        )  # fmt: skip
-        result = evaluate_splits(
-            probs, reference, gold, rest, args.splits, args.target, args.delta, args.seed, calib_rows
-        )
-        result["train_timings"] = timings
-        result["wall_s"] = time.perf_counter() - start
-        out["results"][name] = result
-        s = result["summary"]
-        print(
-            f"{task.name:8s} {name:12s} guarantee {s['guarantee_held_in']}/{s['splits']} per tier, "
-            f"{s['pooled_held_in']}/{s['splits']} pooled  tiers 0-2 answer "
-            f"{s['cheap_share']:.1%} at agreement {s['cheap_agreement'] or 0:.3f}  LLM share {s['llm_share']:.1%}  "
-            f"agreement {s['agreement']:.3f}  gold accuracy {s['gold_accuracy']:.3f}",
-            flush=True,
-        )
+    for strategy in args.strategies:
+        train = training_rows(strategy, candidates, args.train, emb, teacher_labels)
+        for name, reference, soft_reference in references:
+            start = time.perf_counter()
+            probs, timings = tier_probs(
+                task, texts, train, reference, Path(args.repo), args.encoder_epochs, args.seed, emb,
+                soft_reference, not args.no_encoder,
+            )  # fmt: skip
+            result = evaluate_splits(
+                probs, reference, gold, rest, args.splits, args.target, args.delta, args.seed, calib_rows
+            )
+            result["train_timings"] = timings
+            result["wall_s"] = time.perf_counter() - start
+            key = name if args.strategies == ["uniform"] else f"{name}_{strategy}"
+            out["results"][key] = result
+            s = result["summary"]
+            print(
+                f"{task.name:8s} {key:12s} guarantee {s['guarantee_held_in']}/{s['splits']} per tier, "
+                f"{s['pooled_held_in']}/{s['splits']} pooled  tiers 0-2 answer "
+                f"{s['cheap_share']:.1%} at agreement {s['cheap_agreement'] or 0:.3f}  "
+                f"LLM share {s['llm_share']:.1%}  agreement {s['agreement']:.3f}  "
+                f"gold accuracy {s['gold_accuracy']:.3f}",
+                flush=True,
+            )
     return out
+
+
+def split_pool(order: np.ndarray, uniform: np.ndarray, train: int, heldout: int | None, where="pool"):
+    """``(candidates, held)`` of a shuffled pool: ``heldout`` rows (default: all but ``train``) for calibration and
+    test, taken from the **uniform** rows only and the same for every strategy (the guarantee is about the rows a
+    cascade will see; rows chosen for being hard are not those), and the other rows, in ``order``, to train on."""
+    uniform_order = order[uniform[order]]
+    held_n = heldout if heldout is not None else len(order) - train
+    if held_n < 200 or held_n > len(uniform_order) or len(order) - held_n < train:
+        raise SystemExit(
+            f"{where}: {len(order)} rows ({len(uniform_order)} uniform); need --train {train} + --heldout "
+            f"{held_n} (>= 200 uniform rows)"
+        )
+    held = uniform_order[len(uniform_order) - held_n :]
+    return order[~np.isin(order, held)], held
+
+
+def training_rows(strategy: str, candidates: np.ndarray, n: int, emb: np.ndarray, teacher: np.ndarray) -> np.ndarray:
+    """The ``n`` pool rows the tiers learn from. ``uniform``: the first ``n`` candidates (a uniform sample).
+    ``active``, simulated on the labelled pool as ``cascade label --strategy active`` chooses: the first half as
+    the uniform seed, then the candidates tier 0 fitted on the seed's teacher labels is least sure of. The
+    candidates are the labelled rows outside the held-out ones, a far smaller pool than the table ``cascade
+    label`` picks from, so this understates what active sampling can gain."""
+    from cascade_export.active import least_confident
+
+    if strategy == "uniform":
+        return candidates[:n]
+    seed, others = candidates[: n // 2], candidates[n // 2 :]
+    picked, _ = least_confident(emb[seed], teacher[seed], emb[others], n - len(seed))
+    return np.concatenate([seed, others[picked]])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,6 +281,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", type=int, default=20)
     parser.add_argument("--train", type=int, default=1000, help="pool rows the tiers learn from")
     parser.add_argument("--calib", type=int, default=None, help="calibration rows per split (default: half the rest)")
+    parser.add_argument(
+        "--heldout", type=int, default=None, help="uniform rows held out for calibration + test (default: the rest)"
+    )
+    parser.add_argument(
+        "--strategies", nargs="+", choices=["uniform", "active"], default=["uniform"],
+        help="how the --train rows are chosen from the pool (active: simulated, see training_rows)",
+    )  # fmt: skip
     parser.add_argument("--target", type=float, default=0.95)
     parser.add_argument("--delta", type=float, default=0.05)
     parser.add_argument("--encoder-epochs", type=int, default=2)

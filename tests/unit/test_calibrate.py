@@ -344,3 +344,27 @@ def test_no_tiers_or_misshapen_probabilities_are_config_errors():
         calibrate_cascade({}, np.array([0, 1]), 0.9, 0.05)
     with pytest.raises(ConfigError, match=r"tiers \[0\]"):
         calibrate_cascade({0: np.ones((3, 2)) / 2, 4: np.eye(2)}, np.array([0, 1]), 0.9, 0.05)
+
+
+def test_bench_distill_holds_out_uniform_rows_and_simulates_active_sampling():
+    from cascade.bench.distill import split_pool, training_rows
+
+    rng = np.random.default_rng(0)
+    n = 1000
+    uniform = np.ones(n, bool)
+    uniform[::4] = False  # a quarter of the pool came from active sampling
+    order = rng.permutation(n)
+    candidates, held = split_pool(order, uniform, train=300, heldout=400)
+    assert len(held) == 400 and uniform[held].all()  # calibration and test rows are uniform rows only
+    assert not np.isin(candidates, held).any() and len(candidates) + len(held) == n
+    with pytest.raises(SystemExit, match="--heldout 800"):
+        split_pool(order, uniform, train=300, heldout=800)  # only 750 uniform rows
+    # 1-d embeddings: tier 0 is least sure near 0, so active picks rows near the boundary; uniform takes a prefix
+    emb = rng.normal(size=(n, 1))
+    teacher = (emb[:, 0] > 0).astype(int)
+    assert np.array_equal(training_rows("uniform", candidates, 200, emb, teacher), candidates[:200])
+    active = training_rows("active", candidates, 200, emb, teacher)
+    assert len(set(active)) == 200 and np.array_equal(active[:100], candidates[:100])
+    picked = active[100:]
+    rest = np.setdiff1d(candidates[100:], picked)
+    assert np.abs(emb[picked, 0]).max() < np.median(np.abs(emb[rest, 0]))  # the rows closest to tier 0's boundary
