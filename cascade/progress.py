@@ -83,7 +83,7 @@ class PlainProgress:
         self._step = self._tenth(initial)
         if not disable:
             done = f", {self._count()} done" if initial else ""
-            size = f"{_fmt(total)} {unit}" if total is not None else f"? {unit}"
+            size = f"{_fmt(total)} {unit}" if total is not None else f"{unit} not counted ahead"
             self._write(f"{desc}: start, {size}{done}")
 
     def _tenth(self, n: float) -> int:

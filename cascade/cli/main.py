@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("classify", help="classify texts through a running server")
     p.add_argument("texts", nargs="*", help="texts to classify")
-    p.add_argument("--file", type=Path, help="a CSV with a text column")
+    p.add_argument("--file", type=Path, help="a table (CSV, .csv.gz, Parquet or Arrow) with a text column")
     p.add_argument("--column", default="text", help="text column of --file (default: %(default)s)")
     p.add_argument("--task", default="sst2")
     p.add_argument("--url", default=f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}", help="gRPC endpoint")

@@ -54,14 +54,15 @@ def cmd_classify(args) -> int:
 
     texts = list(args.texts)
     if args.file:
-        import pandas as pd
+        from cascade_client.table_io import read_batches, table_schema
 
         if not args.file.is_file():
             raise CascadeError(f"--file {args.file}: no such file")
-        frame = pd.read_csv(args.file, keep_default_na=False)
-        if args.column not in frame.columns:
-            raise CascadeError(f"--file {args.file}: no column {args.column!r} (columns: {list(frame.columns)})")
-        texts.extend(frame[args.column].astype(str))
+        schema, _ = table_schema(args.file, args.column)  # CSV (plain or gzipped), Parquet or Arrow
+        if args.column not in schema.names:
+            raise CascadeError(f"--file {args.file}: no column {args.column!r} (columns: {schema.names})")
+        for batch in read_batches(args.file, args.column, [args.column]):
+            texts.extend("" if text is None else str(text) for text in batch.column(0).to_pylist())
     if not texts:
         raise CascadeError("nothing to classify: give texts or --file")
     with CascadeClient(args.url) as client:

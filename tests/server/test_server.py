@@ -235,6 +235,16 @@ def test_cli_classify_texts_and_file(server, sst2_task, tmp_path):
     run = cli("classify", "--url", server.grpc_url, "--task", sst2_task.name, "--file", str(table))
     assert run.returncode == 0, run.stderr
     assert len(run.stdout.strip().splitlines()) == 4
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"review": ["10/10", "dull"]}), tmp_path / "rows.parquet")
+    run = cli("classify", "--url", server.grpc_url, "--task", sst2_task.name, "--file", str(tmp_path / "rows.parquet"))
+    assert run.returncode == 2 and "no column 'text' (columns: ['review'])" in run.stderr
+    args = ["--file", str(tmp_path / "rows.parquet"), "--column", "review"]
+    run = cli("classify", "--url", server.grpc_url, "--task", sst2_task.name, *args)
+    assert run.returncode == 0, run.stderr
+    assert [line.split("\t")[-1] for line in run.stdout.strip().splitlines()[1:]] == ["10/10", "dull"]
 
 
 def test_cli_errors_name_the_problem(server, tmp_path):
