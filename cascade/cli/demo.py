@@ -176,7 +176,6 @@ def run_demo(
     from cascade_export.build import build_figures, build_task
     from cascade_export.llm_tiers import ensure_llms
     from cascade_export.repo_embedder import ensure_embedder
-    from cascade_export.repository import refresh_backends
     from cascade_export.stage import BuildOptions
 
     repo = Path(repo)
@@ -195,8 +194,6 @@ def run_demo(
         ensure_embedder(repo)
         ensure_llms(repo)
         stages["embedder_and_llms_s"] = time.perf_counter() - begin
-    if Path(repo).is_dir():  # a repository built by another version runs this version's glue
-        refresh_backends(repo)
     texts, gold = load_split(task, "validation", data_dir, limit=rows)
     http, grpc, metrics = free_ports(3)
     opts = ServerOptions(

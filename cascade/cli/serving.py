@@ -18,19 +18,8 @@ def _tier_arg(value: str | None):
     return int(value) if value.isdigit() else value
 
 
-def refresh_glue(repo) -> None:
-    """Bring a built repository's ``model.py`` copies to this version (one built by an older version may import
-    modules that have moved since); says which changed."""
-    from cascade_export.repository import refresh_backends
-
-    if Path(repo).is_dir() and (changed := refresh_backends(repo)):
-        print(f"updated the Triton glue (model.py) of {len(changed)} models to this version: {', '.join(changed)}")
-
-
 def cmd_serve(args) -> int:
     from cascade.server.launcher import ServerOptions, serve
-
-    refresh_glue(args.repo)
 
     return serve(
         ServerOptions(

@@ -184,6 +184,10 @@ class TritonServer:
 
         for done in recover(self.opts.repository):
             print(f"cascade: {done}", file=sys.stderr)
+        from cascade_export.repository import refresh_backends  # a repository built by another version
+
+        if changed := refresh_backends(self.opts.repository):
+            print(f"cascade: updated the model.py glue of {len(changed)} models to this version", file=sys.stderr)
         removed = remove_stale_shm()
         if removed:
             print(f"cascade: removed {len(removed)} shared-memory regions left by killed servers", file=sys.stderr)

@@ -115,8 +115,8 @@ def python_source(model_dir: Path) -> str | None:
 def refresh_backends(repo: Path) -> list[str]:
     """Copy this version's ``model.py`` glue into every Python model of a built repository whose copy differs:
     the glue is code, not a trained artefact, and a copy from another version may import modules that moved
-    (``cascade serve`` and the demo call this; so do developers who edit ``python_backends/``). Returns the
-    models whose glue changed."""
+    (every server :class:`cascade.server.launcher.TritonServer` starts calls this; so do developers who edit
+    ``python_backends/``). Returns the models whose glue changed."""
     refreshed = []
     for model_dir in sorted(p for p in Path(repo).iterdir() if (p / "config.pbtxt").is_file()):
         source = python_source(model_dir)
