@@ -112,18 +112,26 @@ def python_source(model_dir: Path) -> str | None:
     return BACKEND_ONNX_RUNNER
 
 
+#: How every ``python_backends/*/model.py`` begins, in every version: only copies that begin so are the project's
+#: glue and are refreshed; a Python model of the user's own in the same repository is left alone.
+GLUE_MARKER = '"""Triton glue for'
+
+
 def refresh_backends(repo: Path) -> list[str]:
     """Copy this version's ``model.py`` glue into every Python model of a built repository whose copy differs:
     the glue is code, not a trained artefact, and a copy from another version may import modules that moved
     (every server :class:`cascade.server.launcher.TritonServer` starts calls this; so do developers who edit
-    ``python_backends/``). Returns the models whose glue changed."""
+    ``python_backends/``). A copy that does not begin with :data:`GLUE_MARKER` is a model of the user's own and
+    is left alone. Returns the models whose glue changed."""
     refreshed = []
     for model_dir in sorted(p for p in Path(repo).iterdir() if (p / "config.pbtxt").is_file()):
         source = python_source(model_dir)
         if source is None:
             continue
         glue, copy = BACKENDS_DIR / source / "model.py", model_dir / VERSION / "model.py"
-        if not copy.is_file() or copy.read_bytes() != glue.read_bytes():
+        if not copy.is_file() or not copy.read_text(errors="replace").startswith(GLUE_MARKER):
+            continue
+        if copy.read_bytes() != glue.read_bytes():
             shutil.copy2(glue, copy)
             refreshed.append(model_dir.name)
     return refreshed

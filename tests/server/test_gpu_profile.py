@@ -141,12 +141,12 @@ def test_the_tokenizer_step_runs_in_the_real_server(gpu_repo, tmp_path):
     from cascade.server.launcher import ServerOptions, TritonServer, free_ports
     from cascade.serving.runtime import TextTokenizer
     from cascade_client.grpc_client import text_inputs
-    from cascade_export.repository import refresh_backends
+    from cascade_export.repository import GLUE_MARKER, refresh_backends
 
     repo, _ = gpu_repo
     solo = tmp_path / "solo"
     shutil.copytree(repo / "embedder_tokenize", solo / "embedder_tokenize")
-    (solo / "embedder_tokenize" / "1" / "model.py").write_text("stale")
+    (solo / "embedder_tokenize" / "1" / "model.py").write_text(f"{GLUE_MARKER} an older version\n")
     assert refresh_backends(solo) == ["embedder_tokenize"]  # recognised as the tokenizer's glue
     assert (solo / "embedder_tokenize" / "1" / "model.py").read_text().startswith('"""Triton glue for the GPU profile')
     http, grpc, metrics = free_ports(3)

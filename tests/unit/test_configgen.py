@@ -163,7 +163,7 @@ def test_bls_targets_reject_requests_queued_past_the_gates_timeout():
 def test_refresh_backends_copies_each_models_own_glue(tmp_path):
     from cascade.paths import BACKENDS_DIR
     from cascade.repository.trtllm_config import ProtoSpec, cpu_generate_spec, llm_large_gpu_config
-    from cascade_export.repository import RepositoryWriter, refresh_backends
+    from cascade_export.repository import GLUE_MARKER, RepositoryWriter, refresh_backends
 
     repo = tmp_path / "cpu"
     with RepositoryWriter(repo) as writer:
@@ -173,7 +173,9 @@ def test_refresh_backends_copies_each_models_own_glue(tmp_path):
         writer.add(cpu_generate_spec("smollm2-135m"))  # has llm_model too: not the scorer's glue
         writer.add(ProtoSpec.of(llm_large_gpu_config("/tok"), configgen.BACKEND_LLM_TRTLLM))  # the GPU llm_large
     for model in repo.iterdir():
-        (model / "1" / "model.py").write_text("stale")
+        (model / "1" / "model.py").write_text(
+            f"{GLUE_MARKER} an older version\nfrom cascade.gate import decode_texts\n"
+        )
     expected = {
         contract.EMBEDDER_MODEL: "onnx_runner",
         "sst2": "gate",
@@ -185,6 +187,10 @@ def test_refresh_backends_copies_each_models_own_glue(tmp_path):
     for model, source in expected.items():
         assert (repo / model / "1" / "model.py").read_text() == (BACKENDS_DIR / source / "model.py").read_text()
     assert refresh_backends(repo) == []  # only a copy that differs is written
+    own = repo / contract.EMBEDDER_MODEL / "1" / "model.py"
+    own.write_text('"""A Python model of the user\'s own, in the same repository."""\n')
+    assert refresh_backends(repo) == [] and own.read_text().startswith('"""A Python model of the user')
+    assert all(p.read_text().startswith(GLUE_MARKER) for p in BACKENDS_DIR.glob("*/model.py"))
 
 
 def test_ensure_llms_writes_the_streaming_endpoint(tmp_path):
