@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from fake_pb import InferenceResponse, TritonError  # the gate tests' fake pb_utils: the same error and response
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from cascade import contract
@@ -62,30 +63,6 @@ class Tensor:
 
     def is_cpu(self):
         return True
-
-
-class TritonError:
-    INTERNAL, INVALID_ARG, UNAVAILABLE, CANCELLED = "INTERNAL", "INVALID_ARG", "UNAVAILABLE", "CANCELLED"
-
-    def __init__(self, message, code=INTERNAL):
-        self._message, self._code = message, code
-
-    def message(self):
-        return self._message
-
-    def code(self):
-        return self._code
-
-
-class InferenceResponse:
-    def __init__(self, output_tensors=(), error=None):
-        self.outputs, self._error = list(output_tensors), error
-
-    def has_error(self):
-        return self._error is not None
-
-    def error(self):
-        return self._error
 
 
 class Responses(list):
