@@ -55,7 +55,8 @@ def calibrate_task(
     if prompts:
         ensure_llms(repo)
     for tier, prompt in prompts.items():
-        calib_probs[tier] = llm_scorer_on(tier, prompt, c_texts, scoring)
+        if tier not in calib_probs:  # the large tier that taught has its probabilities in the stage already
+            calib_probs[tier] = llm_scorer_on(tier, prompt, c_texts, scoring)
     curves: dict[int, dict] = {}
     costs = default_costs(stage_embedder(state).ms_per_row)
     if budget_ms is not None:  # budget mode: the highest target whose expected cost fits
@@ -82,6 +83,7 @@ def calibrate_task(
     timings.update(scoring)  # filled while calibrating (the scorers run lazily): part of calibrate_s
     reference = state["reference"]
     report = {k: state[k] for k in ("task", "task_digest", "labels", "reference", "options", "train_rows")} | {
+        "teacher_scored": state.get("teacher_scored", []),
         "calib_rows": state["calib_rows"],
         "target": target,
         "delta": delta,

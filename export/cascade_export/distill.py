@@ -253,6 +253,7 @@ def create_task(
         "labels": labelled,
         "calibration": report["calibration"],
         "gate": report["gate"],
+        "teacher_scored": report["teacher_scored"],  # LLM tiers calibrated on the teacher's own probabilities
         "teacher_labelling_s": labelled["teacher_s"],
         "label_step_s": labelled["wall_s"],
         "train_calibrate_export_load_s": pipeline_s,

@@ -33,9 +33,12 @@ def read_labelled(path: str | Path, task: TaskSpec) -> tuple[list[str], np.ndarr
     return frame["text"].astype(str).tolist(), labels.astype(np.int64), summary
 
 
-def read_soft_labels(path: str | Path, labels: np.ndarray, n_labels: int) -> np.ndarray | None:
+def read_soft_labels(
+    path: str | Path, labels: np.ndarray, n_labels: int, fill_missing: bool = True
+) -> np.ndarray | None:
     """The teacher's probabilities in ``labelled.csv`` (``prob_<j>`` columns), [n, n_labels]; a row without them
-    (a column teacher, an older cache) gets its hard label as a one-hot row. None when the file has none."""
+    (a column teacher, an older cache) gets its hard label as a one-hot row (NaN with ``fill_missing=False``).
+    None when the file has none."""
     import pandas as pd
 
     columns = [f"{PROB_PREFIX}{j}" for j in range(n_labels)]
@@ -44,6 +47,9 @@ def read_soft_labels(path: str | Path, labels: np.ndarray, n_labels: int) -> np.
         return None
     probs = frame[columns].to_numpy(dtype=np.float32)
     missing = ~np.isfinite(probs).all(axis=1)
+    if not fill_missing:
+        probs[missing] = np.nan
+        return probs
     probs[missing] = np.eye(n_labels, dtype=np.float32)[labels[missing]]
     return probs
 

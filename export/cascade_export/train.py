@@ -16,7 +16,7 @@ from cascade.errors import ConfigError
 from cascade.repository import configgen
 from cascade.tasks import TaskSpec, load_split
 from cascade_export.labels_file import read_labelled, read_soft_labels, uniform_rows
-from cascade_export.llm_tiers import draw_few_shot
+from cascade_export.llm_tiers import LLM_ROLES, draw_few_shot
 from cascade_export.repo_embedder import embed, ensure_embedder, repository_embedder
 from cascade_export.repository import RepositoryWriter
 from cascade_export.stage import CALIB_FILE, MODELS_DIR, STATE_FILE, BuildOptions, log
@@ -45,6 +45,7 @@ def train_task(task: TaskSpec, repo: Path, stage: Path, opts: BuildOptions = Bui
     rng = np.random.default_rng(opts.seed)
     teacher_prompt = None
     soft = None
+    teacher_probs = None  # the large tier's own probabilities, where it was the teacher (same model, same prompt)
     if opts.labels_file:
         texts, labels, summary = read_labelled(opts.labels_file, task)
         if opts.soft_labels:
@@ -54,6 +55,8 @@ def train_task(task: TaskSpec, repo: Path, stage: Path, opts: BuildOptions = Bui
         reference = f"teacher labels ({summary.get('teacher', 'unknown teacher')}) from {opts.labels_file}"
         if str(summary.get("teacher", "")).startswith(contract.TIER_NAMES[contract.TIER_LLM_LARGE]):
             teacher_prompt = summary.get("teacher_prompt")  # the large tier keeps the prompt that taught
+            if teacher_prompt is not None and _teacher_model(summary) == LLM_ROLES[contract.TIER_LLM_LARGE]:
+                teacher_probs = read_soft_labels(opts.labels_file, labels, task.n_labels, fill_missing=False)
         order = rng.permutation(len(texts))
         uniform = uniform_rows(opts.labels_file)  # calibration draws from these only; active rows all train
         n_calib = min(round(len(texts) * opts.calib_fraction), int(uniform.sum()))
@@ -76,6 +79,16 @@ def train_task(task: TaskSpec, repo: Path, stage: Path, opts: BuildOptions = Bui
     c_texts = [texts[i] for i in calib_idx]
     c_y = np.array([labels[i] for i in calib_idx])
     x_soft = soft[train_idx] if soft is not None else None  # calibration always compares hard labels
+    calib_probs: dict[int, np.ndarray] = {}
+    if (
+        contract.TIER_LLM_LARGE in task.tiers
+        and teacher_probs is not None
+        and np.isfinite(teacher_probs[calib_idx]).all()
+    ):
+        # The served large tier is the teacher: its probabilities on the calibration rows are the ones it labelled
+        # them with, so calibration reads them instead of scoring the rows again (minutes of LLM time).
+        calib_probs[contract.TIER_LLM_LARGE] = teacher_probs[calib_idx]
+        log(f"tier 4 (llm_large): the teacher's own probabilities on the {len(calib_idx)} calibration rows")
 
     t = time.perf_counter()
     emb = embed(repo, x_texts + c_texts)
@@ -83,7 +96,6 @@ def train_task(task: TaskSpec, repo: Path, stage: Path, opts: BuildOptions = Bui
     timings["embed_s"] = time.perf_counter() - t
     log(f"embedded {len(emb)} rows in {timings['embed_s']:.1f} s")
 
-    calib_probs: dict[int, np.ndarray] = {}
     with RepositoryWriter(stage / MODELS_DIR) as writer:
         for tier in task.tiers:
             if tier not in contract.PER_TASK_TIERS:
@@ -147,7 +159,15 @@ def train_task(task: TaskSpec, repo: Path, stage: Path, opts: BuildOptions = Bui
         "train_rows": len(x_texts),
         "calib_rows": len(c_texts),
         "prompts": {contract.TIER_NAMES[t]: p for t, p in prompts.items()},
+        # LLM tiers whose calibration probabilities are the teacher's own (not scored again by cascade calibrate)
+        "teacher_scored": [contract.TIER_NAMES[t] for t in calib_probs if t in contract.LLM_TIERS],
         "timings": timings,
     }
     (stage / STATE_FILE).write_text(json.dumps(state, indent=2))
     return state
+
+
+def _teacher_model(summary: dict) -> str | None:
+    """The model behind an ``llm_large`` teacher (its name is ``llm_large:<served model>:<prompt digest>``)."""
+    parts = str(summary.get("teacher", "")).split(":")
+    return parts[1] if len(parts) == 3 else None

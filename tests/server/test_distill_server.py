@@ -145,6 +145,10 @@ def test_task_create_loads_a_new_task_into_a_running_server(built_repo, tmp_path
         )
         assert result["models"] == ["moviesent_logreg", "moviesent_xgboost", "moviesent"]
         assert result["labels"]["labelled_rows"] == 200
+        # The served large tier taught: calibration read its probabilities from the labels, it did not score again.
+        assert result["teacher_scored"] == ["llm_large"]
+        large = next(c for c in result["calibration"] if c["tier"] == contract.TIER_LLM_LARGE)
+        assert large["rows"] > 0 and large["agreement"] == 1.0
         with CascadeClient(server.grpc_url) as client:
             assert "moviesent" in client.tasks()
             got = client.classify("moviesent", ["a gorgeous , moving film .", "a dull , lifeless mess ."])
