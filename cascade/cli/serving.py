@@ -79,6 +79,9 @@ def _print_summary(summary) -> None:
         f"{s.job}: {s.rows:,} rows -> {s.out} in {s.wall_s:.1f} s ({s.rows_per_s:,.0f} rows/s"
         + (f"; {s.resumed_chunks} chunk(s) resumed" if s.resumed_chunks else "")
         + (f"; {s.retries} request(s) retried" if s.retries else "")
+        + (f" ({s.retried_rows:,} rows)" if s.retries and s.retried_rows else "")
+        + (f"; {s.failovers} failover(s) to another server" if s.failovers else "")
+        + (f"; engine {s.engine}" if s.engine != "local" else "")
         + ")"
     )
     if s.tiers:
@@ -112,6 +115,24 @@ def _save_summary(summary, path: Path | None) -> None:
         path.write_text(json.dumps(summary.to_dict(), indent=2))
 
 
+def _urls(args) -> list[str]:
+    from cascade.distributed.chunk_worker import split_urls
+
+    return split_urls(args.url)
+
+
+def _local_url(args) -> str:
+    """The local engine's one server; the Ray engine's options refused, rather than ignored."""
+    from cascade.errors import ConfigError
+
+    urls = [u.strip() for u in args.url.split(",") if u.strip()]
+    if len(urls) != 1:
+        raise ConfigError(f"--url {args.url!r}: the local engine sends to one server (several need --engine ray)")
+    if args.address is not None or args.concurrency is not None:
+        raise ConfigError("--address and --concurrency are options of --engine ray")
+    return urls[0]
+
+
 def cmd_filter(args) -> int:
     from cascade_client.job import FilterOptions
     from cascade_client.table import run_filter
@@ -131,9 +152,20 @@ def cmd_filter(args) -> int:
         degraded_retries=args.degraded_retries,
         prefix=args.prefix,
     )
-    summary = run_filter(
-        args.table, args.out, options, args.url, restart=args.restart, llm_probe_rows=args.llm_probe_rows
-    )
+    if args.engine == "ray":
+        from cascade.distributed import require_ray
+
+        require_ray()
+        from cascade.distributed.ray_engine import run_filter_ray
+
+        summary = run_filter_ray(
+            args.table, args.out, options, _urls(args), address=args.address, concurrency=args.concurrency,
+            restart=args.restart, llm_probe_rows=args.llm_probe_rows,
+        )  # fmt: skip
+    else:
+        summary = run_filter(
+            args.table, args.out, options, _local_url(args), restart=args.restart, llm_probe_rows=args.llm_probe_rows
+        )
     _print_summary(summary)
     _save_summary(summary, args.json)
     return 0
@@ -154,15 +186,20 @@ def cmd_eval(args) -> int:
 def cmd_embed(args) -> int:
     from cascade_client.embed_jobs import run_embed
 
-    summary = run_embed(
-        args.table,
-        args.out,
-        args.url,
-        text_column=args.column,
-        column=args.embedding_column,
-        float16=args.float16,
-        restart=args.restart,
-    )
+    kwargs = {
+        "text_column": args.column, "column": args.embedding_column, "float16": args.float16, "restart": args.restart
+    }  # fmt: skip
+    if args.engine == "ray":
+        from cascade.distributed import require_ray
+
+        require_ray()
+        from cascade.distributed.ray_engine import run_embed_ray
+
+        summary = run_embed_ray(
+            args.table, args.out, _urls(args), address=args.address, concurrency=args.concurrency, **kwargs
+        )
+    else:
+        summary = run_embed(args.table, args.out, _local_url(args), **kwargs)
     _print_summary(summary)
     return 0
 

@@ -46,8 +46,9 @@ class ChunkStore:
         return {int(p.stem.split("-")[1]) for p in self.dir.glob("part-*.arrow")}
 
     def commit(self, k: int, table: pa.Table) -> None:
-        """Arrow IPC: no encoding on the way in, memory-mapped on the way out."""
-        tmp = self.dir / f".part-{k:06d}.tmp"
+        """Arrow IPC: no encoding on the way in, memory-mapped on the way out. The temporary name is the writer's own
+        (its process id): two workers committing the same chunk (a Ray task run again) never share one."""
+        tmp = self.dir / f".part-{k:06d}.{os.getpid()}.tmp"
         with pa.ipc.new_file(str(tmp), table.schema) as writer:
             writer.write_table(table)
         os.replace(tmp, self.part(k))
@@ -81,12 +82,37 @@ class ChunkStore:
                 table = self.read(path)
                 if keep is not None:
                     table = table.filter(keep(table))
-                yield table.cast(schema)
+                yield _cast(table, schema)
 
         return write_table_atomic(tables(), schema, out)
 
     def remove(self) -> None:
         shutil.rmtree(self.dir)
+
+
+def _cast(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table.cast(schema)``, where a fixed-size list column becomes a variable-size list with its null rows empty:
+    a plain cast leaves each null row spanning the list's size, and Parquet refuses that ("Lists with non-zero length
+    null components") unless the nulls happen to end the chunk."""
+    columns = []
+    for name, f in zip(table.column_names, schema, strict=True):
+        column = table.column(name)
+        if pa.types.is_fixed_size_list(column.type) and pa.types.is_list(f.type) and column.null_count:
+            column = pa.chunked_array([_to_list(chunk, f.type) for chunk in column.chunks], f.type)
+        elif column.type != f.type:
+            column = column.cast(f.type)
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _to_list(array: pa.FixedSizeListArray, kind: pa.DataType) -> pa.Array:
+    import numpy as np
+
+    valid = np.asarray(array.is_valid())
+    offsets = np.zeros(len(array) + 1, np.int32)
+    np.cumsum(np.where(valid, array.type.list_size, 0), out=offsets[1:])
+    values = array.filter(pa.array(valid)).flatten().cast(kind.value_type)
+    return pa.ListArray.from_arrays(pa.array(offsets), values, type=kind, mask=pa.array(~valid))
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

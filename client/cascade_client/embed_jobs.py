@@ -11,12 +11,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cascade import contract, embedders
 from cascade.errors import ConfigError
-from cascade_client.cells import check_embedding_column, check_text_column, embedding_cells, text_cells
+from cascade_client.cells import check_embedding_column, embedding_cells
 from cascade_client.chunk_store import ChunkStore, input_identity
+from cascade_client.embed_chunk import EMBED_BATCH_ROWS, embed_chunk, embed_manifest, plan_embed
 from cascade_client.job import EMBEDDING_COLUMN, JobSummary, job_progress, run_job
-from cascade_client.row_requests import DEFAULT_BACKOFF_S, Retry, first_contact, send_rows
+from cascade_client.row_requests import DEFAULT_BACKOFF_S, Retry
 from cascade_client.table_io import (
     check_output,
     check_table_path,
@@ -27,7 +27,7 @@ from cascade_client.table_io import (
     write_table_atomic,
 )
 
-EMBED_BATCH_ROWS = 256
+__all__ = ["EMBED_BATCH_ROWS", "make_table", "run_embed"]
 
 
 def run_embed(
@@ -45,78 +45,49 @@ def run_embed(
     backoff_s: tuple[float, ...] = DEFAULT_BACKOFF_S,
     quiet: bool = False,
 ) -> JobSummary:
-    """Add ``column`` (the server's ``embedder`` output, a fixed-size list per row) to ``table``."""
-    import tritonclient.grpc.aio as aioclient
-
-    from cascade_client import AsyncCascadeClient, CascadeClient
+    """Add ``column`` (the server's ``embedder`` output, a fixed-size list per row) to ``table``. The per-chunk work
+    is :func:`cascade_client.embed_chunk.embed_chunk`, which the Ray engine (``cascade.distributed``) shares."""
+    from cascade_client import AsyncCascadeClient
 
     table, out = Path(table), Path(out)
     check_output(out, table)
     schema, total = table_schema(table, text_column)
-    check_text_column(schema, text_column, table)
-    if column in schema.names:
-        raise ConfigError(f"table {table} already has a column {column!r}")
-    with CascadeClient(url) as sync_client:
-        first_contact(sync_client.model_stats, url, backoff_s)
-        embedder_name, dim = sync_client.embedder()
-    value_type = pa.float16() if float16 else pa.float32()
-    # The column records its embedder, so that a server with another one refuses it (check_embedding_column).
-    field = pa.field(column, pa.list_(value_type, dim), metadata={embedders.TABLE_METADATA_KEY: embedder_name})
-    manifest = {
-        "job": "embed",
-        "input": input_identity(table),
-        "options": {"text_column": text_column, "column": column, "float16": float16, "chunk_rows": chunk_rows},
-    }
-    store = ChunkStore(out, manifest, restart)
+    plan = plan_embed(
+        schema, table, [url], text_column=text_column, column=column, float16=float16, batch_rows=batch_rows,
+        backoff_s=backoff_s,
+    )  # fmt: skip
+    store = ChunkStore(out, embed_manifest(plan, input_identity(table), chunk_rows), restart)
     done = store.done()
     retry = Retry(backoff_s)
-
-    async def embed_chunk(client, limit, k: int, chunk: pa.Table) -> None:
-        texts, errors = text_cells(chunk.column(text_column))
-        n = chunk.num_rows
-        out_emb = np.zeros((n, dim), np.float32)
-
-        async def call(rows: np.ndarray):
-            tensor = aioclient.InferInput(contract.TEXT.name, [rows.size, 1], contract.TEXT.datatype)
-            tensor.set_data_from_numpy(texts[rows].reshape(-1, 1))
-            outputs = [aioclient.InferRequestedOutput(contract.EMBEDDING.name)]
-
-            async def once():
-                return await client.infer(contract.EMBEDDER_MODEL, [tensor], outputs=outputs)
-
-            return (await retry.call(once, f"{contract.EMBEDDER_MODEL} at {url}")).as_numpy(contract.EMBEDDING.name)
-
-        ok = np.flatnonzero([e is None for e in errors])
-        for part, result in (await send_rows(call, ok, batch_rows, errors, limit)).values():
-            out_emb[part] = result
-        valid = np.array([e is None for e in errors], bool)
-        values = pa.FixedSizeListArray.from_arrays(
-            pa.array(out_emb.astype(value_type.to_pandas_dtype()).reshape(-1), value_type),
-            dim,
-            mask=pa.array(~valid),
-        )
-        result_table = chunk.append_column(field, values)
-        await asyncio.to_thread(store.commit, k, result_table)
-
+    retried_rows = 0
     start = time.perf_counter()
     progress = job_progress(total, 0, "embed", quiet)
     skipped = 0
 
     async def main() -> None:
-        nonlocal skipped
+        nonlocal skipped, retried_rows
         limit = asyncio.Semaphore(in_flight)
         async with AsyncCascadeClient(url) as client:
             for k, chunk in chunks(read_batches(table, text_column), chunk_rows):
                 if k not in done:
-                    await embed_chunk(client, limit, k, chunk)
+                    result_table, counts = await embed_chunk(plan, client, limit, retry, url, chunk)
+                    retried_rows += counts.retried_rows
+                    await asyncio.to_thread(store.commit, k, result_table)
                 else:
                     skipped += chunk.num_rows
                 progress.update(chunk.num_rows)
 
     run_job(main, store, progress)
     wall = time.perf_counter() - start
-    rows = store.merge(out)
+    return finish_embed(store, out, column, wall, len(done), skipped, retry.retried, retried_rows)
+
+
+def finish_embed(
+    store: ChunkStore, out: Path, column: str, wall: float, resumed: int, skipped: int, retries: int, retried_rows: int
+) -> JobSummary:
+    """The end of an embed job (either engine): the parts merged into ``out``, and its summary."""
     error_rows = sum(store.read(p, [column]).column(0).null_count for p in store.parts())
+    rows = store.merge(out)
     store.remove()
     return JobSummary(
         job="embed",
@@ -124,9 +95,10 @@ def run_embed(
         out=str(out),
         wall_s=wall,
         rows_per_s=(rows - skipped) / wall if wall > 0 else 0.0,
-        resumed_chunks=len(done),
+        resumed_chunks=resumed,
         error_rows=error_rows,
-        retries=retry.retried,
+        retries=retries,
+        retried_rows=retried_rows,
     )
 
 

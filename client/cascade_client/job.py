@@ -72,6 +72,13 @@ class JobSummary:
     #: Rows whose answer is best-effort (``degraded`` column), and rows sent again because they were.
     degraded_rows: int = 0
     degraded_retried: int = 0
+    #: Rows of the requests retried (``retries`` counts the requests); the Ray engine's switches to another server.
+    retried_rows: int = 0
+    failovers: int = 0
+    #: ``local`` (one process, one server) or ``ray`` (cascade.distributed: many workers, many servers).
+    engine: str = "local"
+    #: CPU seconds the client side spent: the job's process (local), or the driver and its workers (ray).
+    client_cpu_s: float | None = None
     tiers: dict[str, int] = field(default_factory=dict)
     llm_share: float | None = None
     where: str | None = None

@@ -248,3 +248,19 @@ def test_a_request_bound_for_the_llm_gets_the_deadline_the_gate_may_take():
     assert request_deadline_s(gate, 4096, [0], embed=False) < big / 10  # the embedding tier alone: minutes
     with pytest.raises(InvalidInput):
         reachable_tiers(gate, FilterOptions(task="t", max_tier="gpt"))
+
+
+def test_null_embeddings_anywhere_in_a_chunk_merge_into_parquet(tmp_path):
+    """A fixed-size list column with null rows becomes a variable-size list in Parquet; a null row before the end of
+    a chunk once failed the merge ("Lists with non-zero length null components")."""
+    store = ChunkStore(tmp_path / "o.parquet", {"job": "embed"})
+    want = []
+    for k, nulls in enumerate(([1], [], [0, 3])):
+        valid = np.array([i not in nulls for i in range(4)])
+        column = emb_array(unit_rows(4, seed=k), mask=pa.array(~valid))
+        store.commit(k, pa.table({"id": list(range(4 * k, 4 * k + 4)), "embedding": column}))
+        want += column.to_pylist()
+    assert store.merge(tmp_path / "o.parquet") == 12
+    got = pq.read_table(tmp_path / "o.parquet")
+    assert got.schema.field("embedding").type == pa.list_(pa.float32())
+    assert got.column("embedding").to_pylist() == want and got.column("id").to_pylist() == list(range(12))
