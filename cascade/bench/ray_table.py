@@ -42,9 +42,47 @@ def _labels(out: Path) -> list:
     return pa.Table.from_batches(list(read_batches(out))).column(PREFIX + "label").to_pylist()
 
 
-def _figures(summary: JobSummary) -> dict:
+def _server_cpu_s(servers) -> float:
+    """CPU seconds (user + system) the servers' process trees have used so far: tritonserver and its backend stubs."""
+    import psutil
+
+    total = 0.0
+    for server in servers:
+        try:
+            root = psutil.Process(server.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+    return total
+
+
+def _scale_estimate(block: dict) -> dict:
+    """What N machines would give, from the per-row CPU of the 2-server Ray run: client (driver and workers) plus
+    server. The rows are independent, so the work spreads linearly while the table reads and the parts folder keep
+    up; Ray's fixed start is left out."""
+    run = block["ray_2_servers"]
+    per_row = (run["client_cpu_s_per_row"] or 0.0) + (run["server_cpu_s_per_row"] or 0.0)
+    if per_row <= 0:
+        return {}
+    return {
+        "cpu_s_per_row": per_row,
+        "rows_per_s_per_core": 1 / per_row,
+        "rows_per_s_10_machines_16_cores": 160 / per_row,
+        "how": "N machines x C cores, each a server and its workers: about N * C / cpu_s_per_row rows/s",
+    }
+
+
+def _figures(summary: JobSummary, server_cpu: float) -> dict:
     cpu = summary.client_cpu_s or 0.0
     return {
+        "server_cpu_s": round(server_cpu, 3),
+        "server_cpu_s_per_row": server_cpu / summary.rows if summary.rows else None,
         "rows": summary.rows,
         "wall_s": round(summary.wall_s, 3),
         "rows_per_s": round(summary.rows_per_s, 1),
@@ -134,9 +172,12 @@ def bench_ray_table(
         runs = {"precomputed_arrow": (big, chunk_rows), "text": (text, text_chunk_rows)}
         kw = {"restart": True, "llm_probe_rows": 0, "quiet": True}
         summaries: dict[str, dict[str, JobSummary]] = {name: {} for name in runs}
+        server_cpu: dict[str, dict[str, float]] = {name: {} for name in runs}
         for name, (table, chunk) in runs.items():  # the local engine first, before Ray runs in this process
             options = FilterOptions(task=task.name, max_tier=cap, prefix=PREFIX, chunk_rows=chunk)
+            cpu0 = _server_cpu_s(servers)
             summaries[name]["local"] = run_filter(table, work / f"ray-{name}-local.parquet", options, urls[0], **kw)
+            server_cpu[name]["local"] = _server_cpu_s(servers) - cpu0
             print(f"[bench] {name}: local {summaries[name]['local'].rows_per_s:,.0f} rows/s")
         t = time.perf_counter()
         init_ray(num_cpus=max(os.cpu_count() or 1, workers(concurrency, urls) + 1))
@@ -150,15 +191,18 @@ def bench_ray_table(
             options = FilterOptions(task=task.name, max_tier=cap, prefix=PREFIX, chunk_rows=chunk)
             for key, some in (("ray_1_server", urls[:1]), ("ray_2_servers", urls)):
                 out = work / f"ray-{name}-{key}.parquet"
+                cpu0 = _server_cpu_s(servers)
                 summaries[name][key] = run_filter_ray(table, out, options, some, concurrency=concurrency, **kw)
+                server_cpu[name][key] = _server_cpu_s(servers) - cpu0
                 print(f"[bench] {name}: {key} {summaries[name][key].rows_per_s:,.0f} rows/s")
             local, ray1, ray2 = (summaries[name][k] for k in ("local", "ray_1_server", "ray_2_servers"))
             labels = {k: _labels(work / f"ray-{name}-{k}.parquet") for k in summaries[name]}
-            result[name] = {k: _figures(s) for k, s in summaries[name].items()} | {
+            result[name] = {k: _figures(s, server_cpu[name][k]) for k, s in summaries[name].items()} | {
                 "ray_overhead_us_per_row": (ray1.wall_s - local.wall_s) / local.rows * 1e6,
                 "ray_2_over_1_server": ray2.rows_per_s / ray1.rows_per_s if ray1.rows_per_s else None,
                 "labels_equal_local": labels["ray_1_server"] == labels["local"] == labels["ray_2_servers"],
             }
+            result[name]["estimate"] = _scale_estimate(result[name])
             for key in summaries[name]:
                 (work / f"ray-{name}-{key}.parquet").unlink(missing_ok=True)
     finally:
@@ -175,15 +219,17 @@ def print_result(result: dict) -> None:
     table = Table(
         title=f"filter job, local vs Ray engine, task {result['task']} (max tier {result['settings']['max_tier']})"
     )
-    for column in ("table", "engine", "rows", "rows/s", "client CPU µs/row", "Ray overhead µs/row"):
+    columns = ("table", "engine", "rows", "rows/s", "client CPU µs/row", "server CPU µs/row", "Ray overhead µs/row")
+    for column in columns:
         table.add_column(column, justify="right")
     for name in ("precomputed_arrow", "text"):
         block = result[name]
         for engine in ("local", "ray_1_server", "ray_2_servers"):
             f = block[engine]
             cpu = "" if f["client_cpu_s_per_row"] is None else f"{f['client_cpu_s_per_row'] * 1e6:,.1f}"
+            server = "" if f["server_cpu_s_per_row"] is None else f"{f['server_cpu_s_per_row'] * 1e6:,.1f}"
             over = f"{block['ray_overhead_us_per_row']:,.1f}" if engine == "ray_1_server" else ""
-            table.add_row(name, engine, f"{f['rows']:,}", f"{f['rows_per_s']:,.1f}", cpu, over)
+            table.add_row(name, engine, f"{f['rows']:,}", f"{f['rows_per_s']:,.1f}", cpu, server, over)
     console.print(table)
     console.print(f"ray.init: {result['ray_init_s']} s; labels equal to the local engine's: "
                   f"{all(result[n]['labels_equal_local'] for n in ('precomputed_arrow', 'text'))}")  # fmt: skip
