@@ -125,6 +125,8 @@ def test_ray_is_imported_only_when_the_ray_engine_is_asked_for(tmp_path):
     probe = f"""
 import json, sys
 import cascade, cascade.cli.main, cascade.distributed, cascade.distributed.ray_engine, cascade.distributed.api
+import cascade.ray
+assert cascade.ray.classify_dataset is cascade.distributed.classify_dataset
 from cascade.errors import ServerUnavailable
 from cascade.server.launcher import free_ports
 from cascade_client.job import FilterOptions
