@@ -113,13 +113,14 @@ def print_calibration(report: dict) -> None:
         table.add_column(column, justify="right")
     for c in report["calibration"]:
         threshold = "-" if c["threshold"] is None else f"{c['threshold']:.3f}"
+        fallback = c["enabled"] and c["threshold"] is None  # answers every row that reaches it: no bound is tested
         table.add_row(
             contract.TIER_NAMES[c["tier"]],
             str(c["rows"]),
             threshold,
             f"{c['coverage']:.1%}",
             f"{c['agreement']:.3f}",
-            f"{c['lower_bound']:.3f}",
+            "-" if fallback else f"{c['lower_bound']:.3f}",
             "yes" if c["enabled"] else "no",
         )
     console.print(table)
