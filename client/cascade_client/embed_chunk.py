@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -99,16 +100,12 @@ async def embed_chunk(
         tensor = aioclient.InferInput(contract.TEXT.name, [rows.size, 1], contract.TEXT.datatype)
         tensor.set_data_from_numpy(texts[rows].reshape(-1, 1))
         outputs = [aioclient.InferRequestedOutput(contract.EMBEDDING.name)]
-        tries = 0
-
-        async def once():
-            nonlocal tries
-            tries += 1
-            if tries == 2:  # the first retry of these rows
-                counts.retried_rows += int(rows.size)
-            return await client.infer(contract.EMBEDDER_MODEL, [tensor], outputs=outputs)
-
-        return (await retry.call(once, f"{contract.EMBEDDER_MODEL} at {url}")).as_numpy(contract.EMBEDDING.name)
+        result = await retry.call(
+            lambda: client.infer(contract.EMBEDDER_MODEL, [tensor], outputs=outputs),
+            f"{contract.EMBEDDER_MODEL} at {url}",
+            first_retry=partial(counts.add_retried, int(rows.size)),
+        )
+        return result.as_numpy(contract.EMBEDDING.name)
 
     ok = np.flatnonzero([e is None for e in errors])
     for part, result in (await send_rows(call, ok, plan.batch_rows, errors, limit)).values():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +42,10 @@ class ChunkCounts:
     retried_rows: int = 0
     degraded_retried: int = 0
     tiers: dict[int, int] = field(default_factory=dict)
+
+    def add_retried(self, rows: int) -> None:
+        """Rows sent again (:meth:`Retry.call`'s ``first_retry``)."""
+        self.retried_rows += rows
 
     def add(self, other: ChunkCounts) -> None:
         for name in ("rows", "error_rows", "degraded_rows", "retried_rows", "degraded_retried"):
@@ -159,14 +164,9 @@ async def classify_chunk(
     def caller(with_embedding: bool):
         async def call(rows: np.ndarray):
             deadline = request_deadline_s(plan.gate, rows.size, list(plan.tiers_reached), embed=not with_embedding)
-            tries = 0
 
-            async def once():
-                nonlocal tries
-                tries += 1
-                if tries == 2:  # the first retry of these rows
-                    counts.retried_rows += int(rows.size)
-                return await client.classify_arrays(
+            def once():
+                return client.classify_arrays(
                     options.task,
                     None if with_embedding and plan.text_free else texts[rows],
                     _take(emb, rows) if with_embedding else None,
@@ -175,7 +175,8 @@ async def classify_chunk(
                     timeout_s=deadline,
                 )
 
-            return await retry.call(once, f"task {options.task} at {url}")
+            count = partial(counts.add_retried, int(rows.size))
+            return await retry.call(once, f"task {options.task} at {url}", first_retry=count)
 
         return call
 

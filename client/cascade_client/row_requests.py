@@ -25,10 +25,11 @@ class Retry:
     backoff_s: tuple[float, ...] = DEFAULT_BACKOFF_S
     retried: int = 0
 
-    async def call(self, fn, what: str, exhausted=None):
-        """``await fn()``, tried again after each pause while it raises :class:`ServerUnavailable`. When the pauses
-        are spent: the error ``exhausted(retries, exc)`` if given, else a :class:`ServerUnavailable` naming ``what``
-        (a :class:`RowsUnanswered` as it is: the server is there, those rows get an error and the job goes on)."""
+    async def call(self, fn, what: str, exhausted=None, first_retry=None):
+        """``await fn()``, tried again after each pause while it raises :class:`ServerUnavailable`
+        (``first_retry()``, if given, is called once, before the first retry). When the pauses are spent: the error
+        ``exhausted(retries, exc)`` if given, else a :class:`ServerUnavailable` naming ``what`` (a
+        :class:`RowsUnanswered` as it is: the server is there, those rows get an error and the job goes on)."""
         for attempt in range(len(self.backoff_s) + 1):
             try:
                 return await fn()
@@ -41,6 +42,8 @@ class Retry:
                     raise ServerUnavailable(
                         f"{what}: no answer after {attempt} retries over {sum(self.backoff_s):.0f} s ({exc})"
                     ) from exc
+                if attempt == 0 and first_retry is not None:
+                    first_retry()
                 self.retried += 1
                 await asyncio.sleep(self.backoff_s[attempt])
         raise AssertionError("unreachable")
