@@ -6,7 +6,7 @@ For each task, a pool of training-split rows labelled by a teacher (``cascade la
 ``runs/<task>/labelled.csv``; the rows' ids are their positions in the dataset's train split, so gold is
 known) and, as a clearly labelled control, the same rows with their **gold** labels as the teacher:
 
-1. the first ``--train`` rows of the pool (seeded shuffle) train tier 0 (LR, sklearn defaults), tier 1
+1. the first ``--train`` rows of the pool (seeded shuffle) train tier 0 (LR, its C cross-validated), tier 1
    (XGBoost) and tier 2 (the encoder) on the teacher's labels, once;
 2. the other rows are split ``--splits`` times at random into a calibration half and a test half that
    calibration never sees; thresholds are calibrated on the first (target, delta; Clopper-Pearson) with
@@ -60,8 +60,10 @@ def tier_probs(
     out, timings = {}, {}
     t = time.perf_counter()
     x_soft = soft[train] if soft is not None else None
-    out[contract.TIER_LOGREG] = tabular.train_logreg(emb[train], labels[train], probs=x_soft).predict_proba(emb)
+    model = tabular.train_logreg(emb[train], labels[train], probs=x_soft)
+    out[contract.TIER_LOGREG] = model.predict_proba(emb)
     timings["logreg_s"] = time.perf_counter() - t
+    timings["logreg_C"] = float(model.C)  # chosen by cross-validation (tabular.choose_c)
     t = time.perf_counter()
     model = tabular.train_xgboost(emb[train], labels[train], seed=seed, probs=x_soft)
     out[contract.TIER_XGBOOST] = model.predict_proba(emb)

@@ -64,14 +64,16 @@ def build_task(task: TaskSpec, repo: Path, opts: BuildOptions = BuildOptions()) 
 
 def build_figures(report: dict, repo: Path) -> dict:
     """What a build measured, from its report: the embedder, the rows used, the seconds of each stage
-    (``timings``: embedder export, embedding, each tier's training, the LLM tiers' scoring, calibration, total)
-    and per tier the calibration (threshold, coverage, agreement, lower bound, enabled, ``note``: why not)."""
+    (``timings``: embedder export, embedding, each tier's training, the LLM tiers' scoring, calibration, total),
+    tier 0's cross-validated C and per tier the calibration (threshold, coverage, agreement, lower bound, enabled,
+    ``note``: why not)."""
     found = embedders.of_repository(repo)
     return {
         "embedder": found.name if found is not None else report["options"].get("embedder"),
         "reference": report["reference"],
         "train_rows": report["train_rows"],
         "calib_rows": report["calib_rows"],
+        "logreg_C": report.get("logreg_C"),  # tier 0's C, chosen by cross-validation (None without tier 0)
         "target": report["target"],
         "delta": report["delta"],
         "expected_cost_ms": report["expected_cost_ms"],

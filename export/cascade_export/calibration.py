@@ -84,6 +84,7 @@ def calibrate_task(
     reference = state["reference"]
     report = {k: state[k] for k in ("task", "task_digest", "labels", "reference", "options", "train_rows")} | {
         "teacher_scored": state.get("teacher_scored", []),
+        "logreg_C": state.get("logreg_C"),
         "calib_rows": state["calib_rows"],
         "target": target,
         "delta": delta,

@@ -51,16 +51,52 @@ def soft_rows(X: Any, probs: Any, min_weight: float = SOFT_MIN_WEIGHT) -> tuple[
     return X[rows], labels.astype(np.int64), probs[rows, labels]
 
 
-def train_logreg(X: Any, y: Any, probs: Any = None) -> Any:
-    """sklearn ``LogisticRegression`` with default settings except ``max_iter=1000``; with ``probs`` (the
-    teacher's probabilities), fitted on the soft labels (:func:`soft_rows`)."""
+#: Tier 0's regularisation strength C is chosen from this grid by cross-validated log loss on the training rows.
+LOGREG_CS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+LOGREG_CV_FOLDS = 3
+#: sklearn's default, used when a label has too few rows to cross-validate.
+LOGREG_DEFAULT_C = 1.0
+
+
+def _fit_logreg(X: np.ndarray, y: np.ndarray, probs: Any, c: float) -> Any:
     from sklearn.linear_model import LogisticRegression
 
-    X, y = _check_xy(X, y)
+    model = LogisticRegression(C=c, max_iter=1000)
     if probs is None:
-        return LogisticRegression(max_iter=1000).fit(X, y)
+        return model.fit(X, y)
     Xs, ys, ws = soft_rows(X, probs)
-    return LogisticRegression(max_iter=1000).fit(Xs, ys, sample_weight=ws)
+    return model.fit(Xs, ys, sample_weight=ws)
+
+
+def choose_c(
+    X: Any, y: Any, probs: Any = None, cs: tuple[float, ...] = LOGREG_CS, folds: int = LOGREG_CV_FOLDS
+) -> float:
+    """The C in ``cs`` whose fits have the least cross-entropy on held-out folds, against the teacher's
+    probabilities when given (else its labels). Folds split rows, not soft copies, stratified by label; ties go
+    to the smaller C. ``LOGREG_DEFAULT_C`` when a label has fewer than ``folds`` rows."""
+    from sklearn.model_selection import StratifiedKFold
+
+    X, y = _check_xy(X, y)
+    if np.bincount(y).min() < folds:
+        return LOGREG_DEFAULT_C
+    target = np.eye(int(y.max()) + 1)[y] if probs is None else np.asarray(probs, dtype=np.float64)
+    target = target / np.maximum(target.sum(axis=1, keepdims=True), 1e-12)
+    loss = np.zeros(len(cs))
+    for train, held in StratifiedKFold(folds, shuffle=True, random_state=0).split(X, y):
+        for i, c in enumerate(cs):
+            fold_probs = None if probs is None else np.asarray(probs)[train]
+            p = _fit_logreg(X[train], y[train], fold_probs, c).predict_proba(X[held])
+            loss[i] -= (target[held] * np.log(np.clip(p, 1e-12, 1.0))).sum()
+    return float(cs[int(np.argmin(loss))])
+
+
+def train_logreg(X: Any, y: Any, probs: Any = None, c: float | None = None) -> Any:
+    """sklearn ``LogisticRegression`` (``max_iter=1000``) with C chosen by :func:`choose_c` unless ``c`` is given;
+    with ``probs`` (the teacher's probabilities), fitted on the soft labels (:func:`soft_rows`)."""
+    X, y = _check_xy(X, y)
+    if c is None:
+        c = choose_c(X, y, probs)
+    return _fit_logreg(X, y, probs, c)
 
 
 def train_xgboost(X: Any, y: Any, seed: int = 0, n_estimators: int = 200, max_depth: int = 4, probs: Any = None) -> Any:

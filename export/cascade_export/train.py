@@ -37,6 +37,7 @@ def train_task(task: TaskSpec, repo: Path, stage: Path, opts: BuildOptions = Bui
     shutil.rmtree(stage / MODELS_DIR, ignore_errors=True)
     (stage / MODELS_DIR).mkdir(parents=True)
     timings: dict[str, float] = {}
+    logreg_c: float | None = None
     t0 = time.perf_counter()
     ensure_embedder(repo, opts.embedder)
     embedding_dim = repository_embedder(repo).dim
@@ -105,6 +106,8 @@ def train_task(task: TaskSpec, repo: Path, stage: Path, opts: BuildOptions = Bui
             if tier == contract.TIER_LOGREG:
                 model = tabular.train_logreg(x_emb, y, probs=x_soft)
                 tabular.export_logreg(model, writer.add(spec) / "model.onnx")
+                logreg_c = float(model.C)
+                log(f"tier 0 (logreg): C={logreg_c:g}, chosen by {tabular.LOGREG_CV_FOLDS}-fold cross-validation")
                 calib_probs[tier] = model.predict_proba(c_emb)
             elif tier == contract.TIER_XGBOOST:
                 model = tabular.train_xgboost(x_emb, y, seed=opts.seed, probs=x_soft)
@@ -161,6 +164,7 @@ def train_task(task: TaskSpec, repo: Path, stage: Path, opts: BuildOptions = Bui
         "prompts": {contract.TIER_NAMES[t]: p for t, p in prompts.items()},
         # LLM tiers whose calibration probabilities are the teacher's own (not scored again by cascade calibrate)
         "teacher_scored": [contract.TIER_NAMES[t] for t in calib_probs if t in contract.LLM_TIERS],
+        "logreg_C": logreg_c,  # tabular.choose_c's pick (None without tier 0)
         "timings": timings,
     }
     (stage / STATE_FILE).write_text(json.dumps(state, indent=2))

@@ -11,7 +11,7 @@ from pathlib import Path
 #: As in tests/unit/test_results.py: the keys of ``cascade build``'s result file and of each tier's calibration.
 BUILD_KEYS = {
     "benchmark", "when", "command", "task", "task_digest", "repo", "embedder", "reference", "train_rows", "calib_rows",
-    "target", "delta", "expected_cost_ms", "timings", "tiers", "calibration", "options", "machine",
+    "logreg_C", "target", "delta", "expected_cost_ms", "timings", "tiers", "calibration", "options", "machine",
 }  # fmt: skip
 CALIBRATION_KEYS = {"tier", "tier_name", "rows", "enabled", "threshold", "coverage", "agreement", "lower_bound", "note"}
 
@@ -29,6 +29,7 @@ def embedder_into(repo: Path) -> None:
 def test_a_real_build_has_every_figure(tmp_path):
     """A tier-0 build from 100 + 100 gold rows: the report holds what build_result reads."""
     from cascade.tasks import load_task
+    from cascade_export import tabular
     from cascade_export.build import build_result, build_task
     from cascade_export.stage import BuildOptions
 
@@ -39,6 +40,7 @@ def test_a_real_build_has_every_figure(tmp_path):
     result = build_result(task, repo, build_task(task, repo, options), command="cascade build --task sst2")
     assert set(result) == BUILD_KEYS and result["embedder"] == "minilm-l6"
     assert result["train_rows"] == 100 and result["calib_rows"] == 100 and result["tiers"] == ["logreg"]
+    assert result["logreg_C"] in tabular.LOGREG_CS  # chosen by cross-validation on the 100 training rows
     assert {"embedder_export_s", "embed_s", "train_logreg_s", "calibrate_s", "total_s"} <= set(result["timings"])
     assert [c["tier_name"] for c in result["calibration"]] == ["logreg"]
     assert set(result["calibration"][0]) == CALIBRATION_KEYS

@@ -15,7 +15,7 @@ from cascade.results import save_result
 
 BUILD_KEYS = {
     "benchmark", "when", "command", "task", "task_digest", "repo", "embedder", "reference", "train_rows", "calib_rows",
-    "target", "delta", "expected_cost_ms", "timings", "tiers", "calibration", "options", "machine",
+    "logreg_C", "target", "delta", "expected_cost_ms", "timings", "tiers", "calibration", "options", "machine",
 }  # fmt: skip
 CALIBRATION_KEYS = {"tier", "tier_name", "rows", "enabled", "threshold", "coverage", "agreement", "lower_bound", "note"}
 DEMO_KEYS = {
