@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,27 @@ class TierCalibration:
 GRID_STEPS = 40
 
 
+def sequence_start(target: float, delta: float) -> int | None:
+    """Where the fixed sequence starts: the fewest accepted rows at which a cut with **half** the allowed error
+    rate passes (target 0.9, delta 0.05: 76 rows; 0.95: 153). It depends on target and delta only, never on
+    the labels, so the guarantee stands; and one unlucky miss among the most confident rows no longer ends
+    the sequence at its first cut (starting where a cut passes only with no miss at all: 29 rows at 0.9).
+    None for a target of 1 or when no count up to 10**6 qualifies."""
+    return _sequence_start(float(target), float(delta))
+
+
+@lru_cache(maxsize=64)
+def _sequence_start(target: float, delta: float) -> int | None:
+    if not 0 < target < 1:
+        return None
+    for lo, hi in ((1, 10**3), (10**3, 10**4), (10**4, 10**5), (10**5, 10**6)):  # the first block serves <= 0.99
+        n = np.arange(lo, hi + 1)
+        passing = np.flatnonzero(clopper_pearson_lower(n - np.floor(n * (1 - target) / 2), n, delta) >= target)
+        if passing.size:
+            return int(n[passing[0]])
+    return None
+
+
 def choose_threshold(
     confidence: np.ndarray,
     correct: np.ndarray,
@@ -53,7 +75,8 @@ def choose_threshold(
 
     Accepting the rows with confidence >= t. The candidate cuts are tested in a **fixed sequence** (as in
     Learn-then-Test): from the most confident rows down, in coverage steps of 1/``GRID_STEPS``, starting
-    where the bound can pass at all (n >= log(delta)/log(target) rows), each tested with the one-sided
+    at :func:`sequence_start` rows (or, when fewer rows reach the tier, where the bound can pass at all:
+    n >= log(delta)/log(target) rows), each tested with the one-sided
     Clopper-Pearson bound at level delta; the scan stops at the first cut that fails and keeps the last
     one that passed. Scanning every cut and keeping the largest passing one would pick the luckiest of
     many tests, and the guarantee would no longer hold at 1-delta. If the kept cut accepts fewer than
@@ -70,8 +93,10 @@ def choose_threshold(
     # A cut is only valid after the last row of a run of equal confidences.
     valid = np.flatnonzero(np.append(conf[1:] < conf[:-1], True))
     fewest = int(np.ceil(np.log(delta) / np.log(target))) if target < 1 else n + 1
+    start = sequence_start(target, delta)
+    start = start if start is not None and start <= n else fewest  # too few rows: start where a cut can pass
     wanted = np.unique(np.ceil(np.arange(1, GRID_STEPS + 1) / GRID_STEPS * n).astype(int))
-    wanted = np.unique(np.append(wanted[wanted > fewest], fewest)) if fewest <= n else np.array([], int)
+    wanted = np.unique(np.append(wanted[wanted > start], start)) if start <= n else np.array([], int)
     # each wanted count of accepted rows, snapped up to the next valid cut (index = accepted - 1)
     cuts = np.unique(valid[np.minimum(np.searchsorted(valid, wanted - 1), valid.size - 1)])
     bounds = clopper_pearson_lower(hits[cuts], cuts + 1, delta)

@@ -224,9 +224,11 @@ def test_disabled_tiers_report_the_best_agreement_they_saw_and_why():
     few = choose_threshold(np.linspace(1, 0.9, 50), np.ones(50, bool), target=0.95, delta=0.05)
     assert few.agreement == 1.0 and few.lower_bound == pytest.approx(0.05 ** (1 / 50))
     assert few.note == "disabled: too few rows (50) for any cut to pass: need >= 59"
-    narrow = choose_threshold(np.linspace(1, 0.5, 1000), np.arange(1000) < 40, target=0.9, delta=0.05, min_coverage=0.1)
+    narrow = choose_threshold(
+        np.linspace(1, 0.5, 1000), np.arange(1000) < 100, target=0.9, delta=0.05, min_coverage=0.2
+    )
     assert not narrow.enabled and narrow.agreement == 1.0 and narrow.lower_bound >= 0.9
-    assert narrow.note == f"disabled: accepts {narrow.coverage:.1%} < min_coverage 10.0%"
+    assert narrow.note == f"disabled: accepts {narrow.coverage:.1%} < min_coverage 20.0%"
     # the first cut of the fixed sequence fails, a later (luckier) one would pass: disabled, and said so
     correct = np.ones(1000, bool)
     correct[:30] = False
@@ -368,3 +370,34 @@ def test_bench_distill_holds_out_uniform_rows_and_simulates_active_sampling():
     picked = active[100:]
     rest = np.setdiff1d(candidates[100:], picked)
     assert np.abs(emb[picked, 0]).max() < np.median(np.abs(emb[rest, 0]))  # the rows closest to tier 0's boundary
+
+
+def test_one_miss_among_the_most_confident_rows_does_not_end_the_sequence():
+    """The sequence starts where a cut with half the allowed error rate passes (76 rows at 0.9), not where only
+    a flawless cut does (29 rows): the demo's tier 0 was disabled by one miss in its 29 most confident rows."""
+    from cascade.calibrate import sequence_start
+
+    assert sequence_start(0.9, 0.05) == 76 and sequence_start(0.95, 0.05) == 153 and sequence_start(1.0, 0.05) is None
+    n = 500
+    correct = np.ones(n, bool)
+    correct[[3, 300, 320, 340, 360, 380, 400, 420, 440, 460, 480]] = False
+    cal = choose_threshold(np.linspace(1.0, 0.5, n), correct, target=0.9, delta=0.05)
+    assert cal.enabled and cal.coverage == 1.0
+    assert clopper_pearson_lower(28, 29, 0.05) < 0.9  # the former first cut would have failed
+    # fewer rows than the start: the sequence starts where a flawless cut can pass, as before
+    few = choose_threshold(np.linspace(1.0, 0.5, 40), np.ones(40, bool), target=0.9, delta=0.05)
+    assert few.enabled and few.coverage == 1.0
+
+
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.9, 0.95, 0.99])
+@pytest.mark.parametrize("delta", [0.01, 0.05, 0.1])
+def test_the_sequence_starts_at_the_fewest_rows_a_half_error_cut_passes_with(target, delta):
+    from cascade.calibrate import sequence_start
+
+    start = sequence_start(target, delta)
+
+    def half_error_bound(n):
+        return float(clopper_pearson_lower(n - np.floor(n * (1 - target) / 2), n, delta))
+
+    assert half_error_bound(start) >= target
+    assert all(half_error_bound(n) < target for n in range(1, start))
