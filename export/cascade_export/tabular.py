@@ -77,6 +77,8 @@ def choose_c(
     from sklearn.model_selection import StratifiedKFold
 
     X, y = _check_xy(X, y)
+    if probs is not None:
+        soft_rows(X, probs)  # bad soft labels: InvalidInput before any fit
     if np.bincount(y).min() < folds:
         return LOGREG_DEFAULT_C
     target = np.eye(int(y.max()) + 1)[y] if probs is None else np.asarray(probs, dtype=np.float64)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from cascade.errors import InvalidInput
 from cascade_export import tabular
 
 
@@ -59,3 +60,10 @@ def test_the_choice_is_deterministic():
 def test_an_explicit_c_is_used_as_given(c):
     X, y, _ = _linear(200, 8, scale=3.0)
     assert tabular.train_logreg(X, y, c=c).C == c
+
+
+def test_bad_soft_labels_are_refused_before_any_fit():
+    X, y, p = _linear(90, 8, scale=3.0)
+    for bad in (p[:50], np.full_like(p, np.nan), -p):
+        with pytest.raises(InvalidInput, match="soft labels"):
+            tabular.train_logreg(X, y, probs=bad)
