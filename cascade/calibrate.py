@@ -42,17 +42,13 @@ class TierCalibration:
 GRID_STEPS = 40
 
 
+@lru_cache(maxsize=64)
 def sequence_start(target: float, delta: float) -> int | None:
     """Where the fixed sequence starts: the fewest accepted rows at which a cut with **half** the allowed error
     rate passes (target 0.9, delta 0.05: 76 rows; 0.95: 153). It depends on target and delta only, never on
     the labels, so the guarantee stands; and one unlucky miss among the most confident rows no longer ends
     the sequence at its first cut (starting where a cut passes only with no miss at all: 29 rows at 0.9).
     None for a target of 1 or when no count up to 10**6 qualifies."""
-    return _sequence_start(float(target), float(delta))
-
-
-@lru_cache(maxsize=64)
-def _sequence_start(target: float, delta: float) -> int | None:
     if not 0 < target < 1:
         return None
     for lo, hi in ((1, 10**3), (10**3, 10**4), (10**4, 10**5), (10**5, 10**6)):  # the first block serves <= 0.99

@@ -81,12 +81,13 @@ def choose_c(
         soft_rows(X, probs)  # bad soft labels: InvalidInput before any fit
     if np.bincount(y).min() < folds:
         return LOGREG_DEFAULT_C
-    target = np.eye(int(y.max()) + 1)[y] if probs is None else np.asarray(probs, dtype=np.float64)
+    probs = None if probs is None else np.asarray(probs, dtype=np.float64)
+    target = np.eye(int(y.max()) + 1)[y] if probs is None else probs
     target = target / np.maximum(target.sum(axis=1, keepdims=True), 1e-12)
     loss = np.zeros(len(cs))
     for train, held in StratifiedKFold(folds, shuffle=True, random_state=0).split(X, y):
+        fold_probs = None if probs is None else probs[train]
         for i, c in enumerate(cs):
-            fold_probs = None if probs is None else np.asarray(probs)[train]
             p = _fit_logreg(X[train], y[train], fold_probs, c).predict_proba(X[held])
             loss[i] -= (target[held] * np.log(np.clip(p, 1e-12, 1.0))).sum()
     return float(cs[int(np.argmin(loss))])
