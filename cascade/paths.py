@@ -32,6 +32,16 @@ BENCH_DATA_DIR = SHIPPED_ROOT / "bench" / "data"
 #: The Helm chart (``helm install NAME "$(python -c 'from cascade.paths import CHART_DIR; print(CHART_DIR)')"``).
 CHART_DIR = SHIPPED_ROOT / "k8s" / "triton-cascade"
 DATA_DIR_ENV = "CASCADE_DATA_DIR"
+CACHE_DIR_ENV = "CASCADE_CACHE_DIR"
+#: Files made once per machine (joined model weights, checksums, crash records): ``$CASCADE_CACHE_DIR`` moves it.
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "triton-cascade"
+
+
+def cache_dir() -> Path:
+    """Where assembled model files live: ``$CASCADE_CACHE_DIR`` or ``~/.cache/triton-cascade``."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR)
+
+
 #: The datasets the shipped tasks, the demo and the tests use (data/README.md).
 DEFAULT_DATA_DIR = SHIPPED_ROOT / "data"
 

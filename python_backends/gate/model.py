@@ -18,7 +18,7 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from cascade import contract
+from cascade import contract, crash
 from cascade.errors import CascadeError, check_numpy, triton_error
 from cascade.serving.arrays import Placement
 from cascade.serving.bls import BlsCalls
@@ -31,6 +31,7 @@ from cascade.serving.metrics import MetricsBuffer
 
 class TritonPythonModel:
     def initialize(self, args):
+        crash.arm(args["model_name"], args["model_instance_name"])  # a record of a fatal signal
         check_numpy()
         model_config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
@@ -73,6 +74,7 @@ class TritonPythonModel:
         self.lanes.close()
         self.flusher.close()
         self.calls.close()
+        crash.disarm()
 
     def execute(self, requests):
         """Parse each request and run its inline steps; a request with rows left for a costly tier goes to that

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from cascade import contract
+from cascade import contract, crash
 from cascade.errors import CascadeError, ConfigError, check_numpy, triton_error
 from cascade.llm.generate import with_last
 from cascade.llm.generate_io import GenerateIO
@@ -35,6 +35,7 @@ def _cancelled_error():
 
 class TritonPythonModel:
     def initialize(self, args):
+        crash.arm(args["model_name"], args["model_instance_name"])  # a record of a fatal signal
         check_numpy()
         config = json.loads(args["model_config"])
         if not pb_utils.using_decoupled_model_transaction_policy(config):
@@ -67,3 +68,4 @@ class TritonPythonModel:
 
     def finalize(self):
         self.pool.shutdown(wait=True, cancel_futures=True)
+        crash.disarm()

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from cascade import contract
+from cascade import contract, crash
 from cascade.errors import CascadeError, check_numpy, triton_error
 from cascade.llm.gguf import gguf_path
 from cascade.llm.prompts import parse_scorer_inputs, parse_scorer_parameters
@@ -19,6 +19,7 @@ from cascade.serving.sizing import llm_model_threads
 
 class TritonPythonModel:
     def initialize(self, args):
+        crash.arm(args["model_name"], args["model_instance_name"])  # a record of a fatal signal
         check_numpy()
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
@@ -54,3 +55,6 @@ class TritonPythonModel:
                     pb_utils.Logger.log_error(f"llm scorer failed: {exc!r}")
                 responses.append(pb_utils.InferenceResponse(error=triton_error(pb_utils, exc, "LLM scoring failed")))
         return responses
+
+    def finalize(self):
+        crash.disarm()  # unloaded: a fault while the process exits is no crash of serving

@@ -14,7 +14,7 @@ import json
 
 import triton_python_backend_utils as pb_utils
 
-from cascade import contract
+from cascade import contract, crash
 from cascade.errors import CascadeError, triton_error
 from cascade.llm.prompts import parse_scorer_inputs, parse_scorer_parameters
 from cascade.llm.trtllm_bls import TrtllmScorer
@@ -22,6 +22,7 @@ from cascade.llm.trtllm_bls import TrtllmScorer
 
 class TritonPythonModel:
     def initialize(self, args):
+        crash.arm(args["model_name"], args["model_instance_name"])  # a record of a fatal signal
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.scorer = TrtllmScorer(pb_utils, params)
@@ -43,3 +44,6 @@ class TritonPythonModel:
 
     async def execute(self, requests):
         return list(await asyncio.gather(*(self._respond(r) for r in requests)))
+
+    def finalize(self):
+        crash.disarm()  # unloaded: a fault while the process exits is no crash of serving

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from cascade import contract
+from cascade import contract, crash
 from cascade.errors import CascadeError, check_numpy, triton_error
 from cascade.serving.gate_inputs import decode_texts
 from cascade.serving.runtime import OnnxRunner
@@ -19,6 +19,7 @@ from cascade.serving.sizing import onnx_threads, resolve_threads
 
 class TritonPythonModel:
     def initialize(self, args):
+        crash.arm(args["model_name"], args["model_instance_name"])  # a record of a fatal signal
         check_numpy()
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
@@ -71,3 +72,6 @@ class TritonPythonModel:
                 start += len(part)
                 responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor(self.output["name"], rows)])
         return responses
+
+    def finalize(self):
+        crash.disarm()  # unloaded: a fault while the process exits is no crash of serving

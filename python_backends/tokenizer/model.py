@@ -7,7 +7,7 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from cascade import contract
+from cascade import contract, crash
 from cascade.errors import CascadeError, check_numpy, triton_error
 from cascade.serving.gate_inputs import decode_texts
 from cascade.serving.runtime import TOKENIZER_FILE, TextTokenizer
@@ -15,6 +15,7 @@ from cascade.serving.runtime import TOKENIZER_FILE, TextTokenizer
 
 class TritonPythonModel:
     def initialize(self, args):
+        crash.arm(args["model_name"], args["model_instance_name"])  # a record of a fatal signal
         check_numpy()
         config = json.loads(args["model_config"])
         self.outputs = [output["name"] for output in config["output"]]
@@ -32,3 +33,6 @@ class TritonPythonModel:
             except CascadeError as exc:
                 responses.append(pb_utils.InferenceResponse(error=triton_error(pb_utils, exc)))
         return responses
+
+    def finalize(self):
+        crash.disarm()  # unloaded: a fault while the process exits is no crash of serving

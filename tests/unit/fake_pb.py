@@ -189,3 +189,18 @@ def emb(n, dim=DIM):
 
 def names(response):
     return [t.name() for t in response.outputs]
+
+
+# --- what Triton passes to initialize -------------------------------------------------------------------------------
+ARMED: list[tuple[str, str]] = []  # (model, instance) of each glue's crash.arm call under the fake
+
+
+def instance(model: str) -> dict[str, str]:
+    """The ``args`` keys naming the model and its instance, as Triton passes them to ``initialize``."""
+    return {"model_name": model, "model_instance_name": f"{model}_0_0"}
+
+
+def fake_arm(model: str, instance: str, directory=None):
+    """``cascade.crash.arm`` without its process-wide side effect (faulthandler's file): the call is recorded."""
+    ARMED.append((model, instance))
+    return None

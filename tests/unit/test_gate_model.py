@@ -7,7 +7,9 @@ import json
 import sys
 import threading
 
+import pytest
 from fake_pb import (
+    ARMED,
     DIM,
     EMBEDDING,
     ENCODER,
@@ -18,7 +20,9 @@ from fake_pb import (
     MetricFamily,
     Request,
     emb,
+    fake_arm,
     fake_pb,
+    instance,
     names,
     probs,
     texts,
@@ -43,8 +47,11 @@ def test_the_model_glue_answers_requests(monkeypatch, tmp_path):
         "input": [{"name": TEXT, "dims": [1]}, {"name": EMBEDDING, "dims": [DIM]}],
     }
     model = module.TritonPythonModel()
-    model.initialize({"model_config": json.dumps(model_config), "model_repository": str(tmp_path / "sst2")})
+    model.initialize(
+        {"model_config": json.dumps(model_config), "model_repository": str(tmp_path / "sst2"), **instance("sst2")}
+    )
     try:
+        assert ARMED[-1] == ("sst2", "sst2_0_0")  # a crash record for this instance (cascade.crash)
         assert pb.logs == [("info", "sst2: gating on the host (numpy)")]
         good = Request({TEXT: texts("good"), EMBEDDING: emb(1)}, outputs=[LABEL, TIER])
         bad = Request({TEXT: texts("good")}, '{"colour": "red"}')
@@ -81,3 +88,10 @@ def test_the_metrics_flusher_applies_counters_and_changed_gauges():
     assert not flusher.thread.is_alive()
     assert rows["logreg"].value == 3 and gauge.value == 0
     assert len(flusher.families[ROWS].metrics) == 2  # one metric per series, reused
+
+
+@pytest.fixture(autouse=True)
+def no_faulthandler_file(monkeypatch):
+    """The glue arms a crash record in initialize (tests/unit/test_crash.py tests that in child processes)."""
+    monkeypatch.setattr("cascade.crash.arm", fake_arm)
+    monkeypatch.setattr("cascade.crash.disarm", lambda path=None: None)

@@ -12,7 +12,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from fake_pb import InferenceResponse, TritonError  # the gate tests' fake pb_utils: the same error and response
+from fake_pb import (  # the gate tests' fake pb_utils: the same error and response
+    InferenceResponse,
+    TritonError,
+    fake_arm,
+    instance,
+)
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from cascade import contract
@@ -330,7 +335,7 @@ def test_llm_trtllm_glue_answers_probs_and_errors(monkeypatch, tokenizer):
     pb = fake_pb(scoring_engine)
     model = load_glue(monkeypatch, "llm_trtllm", pb)
     params = {k: {"string_value": v} for k, v in SCORER_PARAMS.items()}
-    model.initialize({"model_config": json.dumps({"name": "llm_large", "parameters": params})})
+    model.initialize({"model_config": json.dumps({"name": "llm_large", "parameters": params}), **instance("llm_large")})
     prompt = np.array([[p.prefix.encode(), p.content.encode(), p.suffix.encode()] for p in ROWS], dtype=np.object_)
     cands = np.array([[c.encode() for c in CANDS]] * 2, dtype=np.object_)
     good = Request(
@@ -348,7 +353,7 @@ def test_llm_generate_glue_streams_pieces(monkeypatch, tokenizer):
     pb = fake_pb(streaming_engine([GREAT], [VOCAB["film"]]))
     model = load_glue(monkeypatch, "llm_generate", pb)
     config = generate_config()
-    model.initialize({"model_config": json.dumps(config)})
+    model.initialize({"model_config": json.dumps(config), **instance(config["name"])})
     good, bad, cancelled = prompt_request(), prompt_request(max_tokens=0), prompt_request(cancel_after=0)
     assert model.execute([good, bad, cancelled]) is None
     for request in (good, bad, cancelled):
@@ -362,4 +367,13 @@ def test_llm_generate_glue_streams_pieces(monkeypatch, tokenizer):
     assert flags == FINAL and response.error().code() == TritonError.CANCELLED
     config["model_transaction_policy"] = {"decoupled": False}
     with pytest.raises(ConfigError, match="must be decoupled"):
-        load_glue(monkeypatch, "llm_generate", pb).initialize({"model_config": json.dumps(config)})
+        load_glue(monkeypatch, "llm_generate", pb).initialize(
+            {"model_config": json.dumps(config), **instance(config["name"])}
+        )
+
+
+@pytest.fixture(autouse=True)
+def no_faulthandler_file(monkeypatch):
+    """The glue arms a crash record in initialize (tests/unit/test_crash.py tests that in child processes)."""
+    monkeypatch.setattr("cascade.crash.arm", fake_arm)
+    monkeypatch.setattr("cascade.crash.disarm", lambda path=None: None)
