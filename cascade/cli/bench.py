@@ -58,8 +58,10 @@ def cmd_soak(args) -> int:
 
 def cmd_demo(args) -> int:
     from cascade.cli.demo import demo_result, run_demo
+    from cascade.cli.doctor import preflight
     from cascade.tasks import load_task
 
+    preflight(args)  # stops with the doctor's fixes when a quick check fails (--skip-doctor: not); ports: its own
     summary = run_demo(
         load_task(args.task),
         args.repo,

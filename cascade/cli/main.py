@@ -7,8 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from cascade import contract
+from cascade import contract, crash
 from cascade.cli.bench import cmd_bench, cmd_demo, cmd_loadtest, cmd_soak
+from cascade.cli.doctor import cmd_doctor
 from cascade.cli.serving import cmd_classify, cmd_embed, cmd_eval, cmd_filter, cmd_make_table, cmd_serve
 from cascade.cli.tasks import cmd_build, cmd_calibrate, cmd_export, cmd_label, cmd_task, cmd_train
 from cascade.errors import CascadeError
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"threads of each llama.cpp model (${contract.LLM_THREADS_ENV}; default: half the server's cores)",
     )
+    p.add_argument("--skip-doctor", action="store_true", help="start without the quick checks of `cascade doctor`")
 
     p = sub.add_parser("build", help="train, calibrate and export a task into the model repository")
     _add_repo(p)
@@ -284,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=1000, help="rows the teacher labels (default: %(default)s)")
     _add_work(p)
     _add_results(p)
+    p.add_argument("--skip-doctor", action="store_true", help="start without the quick checks of `cascade doctor`")
+
+    p = sub.add_parser("doctor", help="check in seconds that this install can serve; print what to fix")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--quick", action="store_true", help="the fast checks only: no llama.cpp subprocess, no sha256")
+    p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
 
     p = sub.add_parser("bench", help="benchmarks; results go to bench/results/")
     p.add_argument("which", choices=("gate", "table", "threads", "isolation"))
@@ -339,6 +347,7 @@ COMMANDS = {
     "soak": cmd_soak,
     "demo": cmd_demo,
     "bench": cmd_bench,
+    "doctor": cmd_doctor,
 }
 
 
@@ -350,7 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except CascadeError as exc:
-        print(f"cascade {args.command}: error: {exc}", file=sys.stderr)
+        why = crash.explain(str(exc))  # a model's process died: its crash record says of what, and the fix
+        print(f"cascade {args.command}: error: {why or exc}", file=sys.stderr)
+        if why:
+            print(f"  (the server said: {exc})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = ""

@@ -19,8 +19,11 @@ def _tier_arg(value: str | None):
 
 
 def cmd_serve(args) -> int:
+    from cascade.cli.doctor import preflight
     from cascade.server.launcher import ServerOptions, serve
 
+    ports = [("--http-port", args.http_port), ("--grpc-port", args.grpc_port), ("--metrics-port", args.metrics_port)]
+    preflight(args, ports, args.host)  # stops with the doctor's fixes when a quick check fails (--skip-doctor: not)
     return serve(
         ServerOptions(
             repository=args.repo,
