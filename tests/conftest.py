@@ -110,3 +110,53 @@ def reconfigure(explicit_server):
                 admin._client.load_model(task, config=json.dumps(original))
 
     return change
+
+
+# --- no Ray process outlives the session ---------------------------------------------------------
+#: Set in this session's environment: every process it starts inherits it, Ray's own too (raylet, workers, actors).
+SESSION_MARK_ENV = "CASCADE_TEST_SESSION"
+RAY_LEFT_GRACE_S = 60
+
+
+def session_ray_processes(mark: str) -> dict[int, str]:
+    """This session's live Ray processes: pid -> command line. Those of other work on the machine lack the mark."""
+    found = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            if not (cmd.startswith("ray::") or "/ray/" in cmd):
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                marked = f"{SESSION_MARK_ENV}={mark}".encode() in f.read().split(b"\0")
+            with open(f"/proc/{entry}/stat") as f:
+                exited = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except (OSError, IndexError):
+            continue
+        if marked and not exited:
+            found[int(entry)] = cmd
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_ray_process_left():
+    """Fails the session when a Ray process it started (a worker, an actor, a raylet) is still running a while after
+    the last test, then ends those processes. Only processes carrying this session's fresh mark count: none exists at
+    its start, and none of other work on the machine."""
+    import contextlib
+    import signal
+    import time
+    import uuid
+
+    mark = uuid.uuid4().hex
+    os.environ[SESSION_MARK_ENV] = mark
+    yield
+    deadline = time.monotonic() + RAY_LEFT_GRACE_S  # Ray's shutdown ends its processes within seconds
+    while (left := session_ray_processes(mark)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"Ray processes left running {RAY_LEFT_GRACE_S} s after the session (now killed): " + "; ".join(
+        f"{pid} {cmd[:120]}" for pid, cmd in sorted(left.items())
+    )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -206,6 +207,8 @@ def bench_ray_table(
             for key in summaries[name]:
                 (work / f"ray-{name}-{key}.parquet").unlink(missing_ok=True)
     finally:
+        if "ray" in sys.modules:  # the Ray this benchmark started ends with it
+            sys.modules["ray"].shutdown()
         for server in servers:
             server.stop()
     return result

@@ -68,27 +68,37 @@ def worker_urls(urls: Sequence[str], index: int) -> list[str]:
 
 
 class UrlCounter:
-    """Hands out the workers' indices, 0, 1, 2, ..., in the order they ask; run as one Ray actor
+    """Hands out the workers' indices, 0, 1, 2, ..., in the order they ask, and keeps the actor handles that workers
+    give with their request, for the driver to end them with the job (:meth:`workers`); run as one Ray actor
     (``ray.remote(UrlCounter)``) whose handle every worker gets in its constructor arguments."""
 
     def __init__(self) -> None:
         self.n = 0
+        self.handles: list = []
 
-    def next(self) -> int:
+    def next(self, worker=None) -> int:
+        if worker is not None:
+            self.handles.append(worker)
         self.n += 1
         return self.n - 1
+
+    def workers(self) -> list:
+        return list(self.handles)
 
 
 class Endpoint:
     """A worker's server: its client on the worker's own event loop, at most ``in_flight`` requests in flight, the
     retry loop, and the failover to the next URL."""
 
-    def __init__(self, urls: Sequence[str], counter, in_flight: int, backoff_s: Sequence[float]) -> None:
+    def __init__(
+        self, urls: Sequence[str], counter, in_flight: int, backoff_s: Sequence[float], register: bool = False
+    ) -> None:
         index = 0
-        if counter is not None:
+        if counter is not None:  # ``register``: this worker's actor handle goes with the request
             import ray
 
-            index = ray.get(counter.next.remote())
+            me = ray.get_runtime_context().current_actor if register else None
+            index = ray.get(counter.next.remote(me))
         self.index = index
         self.urls = worker_urls(urls, index)
         self.at = 0
@@ -152,7 +162,7 @@ class ChunkWorker:
     ) -> None:
         self.work, self.table, self.total, self.chunk_rows = work, Path(table), total, chunk_rows
         self.store = ChunkStore(Path(out), manifest)  # the driver wrote this manifest: checked, not rewritten
-        self.endpoint = Endpoint(urls, counter, in_flight, backoff_s)
+        self.endpoint = Endpoint(urls, counter, in_flight, backoff_s, register=True)  # ended with the job
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = [self.one(int(k)) for k in batch.column("chunk").to_pylist()]

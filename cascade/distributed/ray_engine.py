@@ -13,11 +13,12 @@ is the same file, and a chunk cut short (Ctrl-C, a dead worker) is not there and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,12 +41,19 @@ WORKER_CPUS = 1
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
 
 
+def _import_ray():
+    for name, value in RAY_ENV.items():
+        os.environ.setdefault(name, value)
+    import ray
+
+    return ray
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None):
     """Join the Ray cluster at ``address`` (``auto``, ``ray://host:10001``), else start a local Ray with ``num_cpus``
     logical CPUs; nothing when this process is already connected. Ray Data's progress bars and info logs are off
-    (the job has its own progress bar)."""
-    for name, value in RAY_ENV.items():
-        os.environ.setdefault(name, value)
+    (the job has its own progress bar). The caller shuts Ray down (``ray.shutdown()``); :func:`ray_session` does."""
+    _import_ray()
     import ray
     import ray.data
 
@@ -63,6 +71,21 @@ def init_ray(address: str | None = None, num_cpus: int | None = None):
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": on purpose
     return ray
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator:
+    """:func:`init_ray` for a ``with`` block, and ``ray.shutdown()`` when it ends (an error or Ctrl-C included) if the
+    block connected this process: a local Ray it started is stopped with its workers. A process already connected
+    (a notebook's, a test session's) stays connected."""
+    ray = _import_ray()
+    connected = ray.is_initialized()
+    init_ray(address, num_cpus)
+    try:
+        yield ray
+    finally:
+        if not connected:
+            ray.shutdown()
 
 
 def workers(concurrency: int | None, urls: Sequence[str]) -> int:
@@ -149,8 +172,8 @@ def dispatch(
     finally:
         close = getattr(batches, "close", None)
         if close is not None:
-            close()  # stops the workers still running
-        ray.kill(counter)
+            close()  # stops the execution; Ray Data drops its references to the workers
+        _end_workers(ray, counter)
     if failure is not None:
         kind = getattr(errors, failure["error_kind"] or "", None)
         kind = kind if isinstance(kind, type) and issubclass(kind, CascadeError) else CascadeError
@@ -159,6 +182,18 @@ def dispatch(
             "rerun the same command to resume"
         )
     return totals, skipped
+
+
+def _end_workers(ray, counter) -> None:
+    """Kill the job's workers (each gave the counter its handle) and the counter: no worker outlives its job, nor is
+    it restarted, whatever Ray Data's references to it do."""
+    try:
+        handles = ray.get(counter.workers.remote(), timeout=60)
+    except Exception:  # noqa: BLE001 - a counter that is gone holds no worker either
+        handles = []
+    for handle in (*handles, counter):
+        with contextlib.suppress(Exception):  # one already dead
+            ray.kill(handle, no_restart=True)
 
 
 def run_filter_ray(
@@ -186,16 +221,16 @@ def run_filter_ray(
     store = ChunkStore(out, filter_manifest(plan, input_identity(table)), restart)
     resumed = len(store.done())
     total = _count_rows(table, total, options.text_column)
-    init_ray(address, num_cpus=max(os.cpu_count() or 1, concurrency + 1))
-    start, cpu = time.perf_counter(), time.process_time()
-    progress = job_progress(total, 0, f"filter {options.task} (ray)", quiet)
-    try:
-        totals, skipped = dispatch(
-            plan, table, total, options.chunk_rows, store, urls, concurrency, options.in_flight, backoff_s, progress
-        )
-    finally:
-        progress.close()
-    wall = time.perf_counter() - start
+    with ray_session(address, num_cpus=max(os.cpu_count() or 1, concurrency + 1)):
+        start, cpu = time.perf_counter(), time.process_time()
+        progress = job_progress(total, 0, f"filter {options.task} (ray)", quiet)
+        try:
+            totals, skipped = dispatch(
+                plan, table, total, options.chunk_rows, store, urls, concurrency, options.in_flight, backoff_s, progress
+            )
+        finally:
+            progress.close()
+        wall = time.perf_counter() - start
     summary = finish_filter(store, out, options, resumed, wall, skipped, totals.retries)
     summary.degraded_retried, summary.retried_rows = totals.degraded_retried, totals.retried_rows
     summary.failovers, summary.engine = totals.failovers, "ray"
@@ -248,16 +283,16 @@ def run_embed_ray(
     store = ChunkStore(out, embed_manifest(plan, input_identity(table), chunk_rows), restart)
     resumed = len(store.done())
     total = _count_rows(table, total, text_column)
-    init_ray(address, num_cpus=max(os.cpu_count() or 1, concurrency + 1))
-    start, cpu = time.perf_counter(), time.process_time()
-    progress = job_progress(total, 0, "embed (ray)", quiet)
-    try:
-        totals, skipped = dispatch(
-            plan, table, total, chunk_rows, store, urls, concurrency, in_flight, backoff_s, progress
-        )
-    finally:
-        progress.close()
-    wall = time.perf_counter() - start
+    with ray_session(address, num_cpus=max(os.cpu_count() or 1, concurrency + 1)):
+        start, cpu = time.perf_counter(), time.process_time()
+        progress = job_progress(total, 0, "embed (ray)", quiet)
+        try:
+            totals, skipped = dispatch(
+                plan, table, total, chunk_rows, store, urls, concurrency, in_flight, backoff_s, progress
+            )
+        finally:
+            progress.close()
+        wall = time.perf_counter() - start
     summary = finish_embed(store, out, column, wall, resumed, skipped, totals.retries, totals.retried_rows)
     summary.failovers, summary.engine = totals.failovers, "ray"
     summary.client_cpu_s = time.process_time() - cpu + totals.cpu_s

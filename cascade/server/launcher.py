@@ -37,6 +37,7 @@ from cascade.server.binary import (
     supported_flags,
     wheel_libs_dir,
 )
+from cascade.server.lifeline import Lifeline
 from cascade.server.options import (
     CPU_ONLY_FLAGS,
     METRICS_SUMMARY,
@@ -126,6 +127,7 @@ class TritonServer:
         self.backend_dir = opts.backend_directory or backend_dir_for(self.binary)
         self.log_path: Path | None = opts.log_file
         self.process: subprocess.Popen | None = None
+        self._lifeline: Lifeline | None = None
         #: Seconds from launch to ready, once started.
         self.startup_s: float | None = None
 
@@ -211,12 +213,19 @@ class TritonServer:
                 )
             except OSError as exc:
                 raise ServerError(f"cannot run {cmd[0]}: {exc}") from exc
+        try:  # a watchdog ends the server when this process dies, even by SIGKILL
+            self._lifeline = Lifeline(self.process.pid)
+        except OSError as exc:
+            self.process.kill()
+            self.process.wait()
+            raise ServerError(f"cannot start the server's watchdog: {exc}") from exc
         _LIVE.add(self)
         deadline = started + timeout_s
         delay = 0.05
         while True:
             code = self.process.poll()
             if code is not None:
+                self._lifeline.release()
                 raise ServerError(self._failure(f"tritonserver exited with code {code} before becoming ready"))
             if self.is_ready():
                 self.startup_s = time.monotonic() - started
@@ -257,6 +266,9 @@ class TritonServer:
                 with contextlib.suppress(ProcessLookupError):
                     self.process.kill()
                 self.process.wait()
+        if self._lifeline is not None:
+            self._lifeline.release()
+            self._lifeline = None
         _LIVE.discard(self)
         return self.process.returncode
 

@@ -175,7 +175,8 @@ class GateConfig:
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> GateConfig:
-        """Strict parsing: a missing, unknown or malformed parameter is a :class:`ConfigError`. Triton's own
+        """Strict parsing: a missing required, unknown or malformed parameter is a :class:`ConfigError`; an optional
+        one left out takes its default (``bls_timeout_ms``: ``contract.DEFAULT_BLS_TIMEOUT_MS``). Triton's own
         Python-backend keys (``contract.PYTHON_BACKEND_PARAMETERS``) are left to Triton."""
         params = {k: v for k, v in params.items() if k not in contract.PYTHON_BACKEND_PARAMETERS}
         expected = {
@@ -183,9 +184,9 @@ class GateConfig:
             contract.CFG_LABELS,
             contract.CFG_TIERS,
             contract.CFG_THRESHOLDS,
-            contract.CFG_BLS_TIMEOUT_MS,
         }
         optional = {
+            contract.CFG_BLS_TIMEOUT_MS,
             contract.CFG_PROMPTS,
             contract.CFG_INLINE_TIERS,
             contract.CFG_TIER_TIMEOUTS_MS,
@@ -243,7 +244,7 @@ class GateConfig:
             labels=tuple(labels),
             tiers=tuple(tiers),
             thresholds=thresholds,
-            bls_timeout_ms=integer(contract.CFG_BLS_TIMEOUT_MS, 0),
+            bls_timeout_ms=integer(contract.CFG_BLS_TIMEOUT_MS, contract.DEFAULT_BLS_TIMEOUT_MS),
             prompts=prompts,
             inline_tiers=tuple(inline),
             tier_timeouts_ms=tier_map(contract.CFG_TIER_TIMEOUTS_MS),

@@ -1,7 +1,8 @@
 """The Ray engine (``--engine ray``, cascade.distributed) in a local Ray against TWO real tritonservers serving the same
 repository: its output equals the local engine's, both servers serve, bad input gets the same errors, a server killed
 mid-job is failed over with no row lost or repeated, a job interrupted on one engine is resumed by the other, and
-``classify_dataset`` labels a Ray Dataset like the filter job."""
+``classify_dataset`` labels a Ray Dataset like the filter job. A job's workers end with it; a Ray that a job or
+``ray_session`` started is shut down at its end, a Ray already running is left running."""
 
 import os
 import re
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -26,8 +28,8 @@ from cascade_client.job import FilterOptions
 from cascade_client.table import run_filter
 
 pytest.importorskip("ray")
-from cascade.distributed import classify_dataset  # noqa: E402
-from cascade.distributed.ray_engine import init_ray, run_embed_ray, run_filter_ray  # noqa: E402
+from cascade.distributed import classify_dataset, ray_engine  # noqa: E402
+from cascade.distributed.ray_engine import run_embed_ray, run_filter_ray  # noqa: E402
 
 FAST_RETRY = (0.1, 0.2)
 pytestmark = pytest.mark.server
@@ -53,9 +55,48 @@ def servers(built_repo, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ray = init_ray(num_cpus=6)
-    yield ray
-    ray.shutdown()
+    """One local Ray for the module's jobs (each finds it running and leaves it so), shut down at the module's end."""
+    with ray_engine.ray_session(num_cpus=6) as ray:
+        yield ray
+
+
+def ray_processes(env_mark: str | None = None) -> dict[int, str]:
+    """Live Ray processes (a command line that says ray), pid -> command line: this process's descendants, or with
+    ``env_mark`` (``NAME=value``) those whose environment carries it (a subprocess's Ray, orphaned once it exits)."""
+    found, parents = {}, {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                marked = env_mark is not None and env_mark.encode() in f.read().split(b"\0")
+        except (OSError, IndexError):
+            continue
+        parents[int(entry)] = int(fields[1])
+        if fields[0] != "Z" and (cmd.startswith("ray::") or "/ray/" in cmd) and (marked or env_mark is None):
+            found[int(entry)] = cmd
+    if env_mark is None:
+        for pid in list(found):
+            ancestor = parents.get(pid, 0)
+            while ancestor > 1 and ancestor != os.getpid():
+                ancestor = parents.get(ancestor, 0)
+            if ancestor != os.getpid():
+                del found[pid]
+    return found
+
+
+def left_after(find, timeout_s: float = 30) -> dict[int, str]:
+    """What ``find()`` still returns after up to ``timeout_s`` (a killed actor's process exits within seconds)."""
+    deadline = time.monotonic() + timeout_s
+    while (left := find()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def chunk_workers() -> dict[int, str]:
+    return {pid: cmd for pid, cmd in ray_processes().items() if "ChunkWorker" in cmd}
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +169,8 @@ def test_ray_over_two_servers_equals_the_local_engine(tmp_path, servers, ray_ses
     got = pa.ipc.open_file(tmp_path / "p_ray.arrow").read_all()
     want = pa.ipc.open_file(tmp_path / "p.arrow").read_all()
     assert got.equals(want) and got.column("ai_tier").drop_null().unique().to_pylist() == [contract.TIER_LOGREG]
+    assert left_after(chunk_workers) == {}  # each job's workers ended with it
+    assert ray_session.is_initialized()  # the module's Ray, which the jobs found running, runs on
 
 
 def _error(call, *args, **kwargs):
@@ -224,6 +267,7 @@ def test_a_chunk_no_server_answers_stops_the_job_and_keeps_the_others(tmp_path, 
     with pytest.raises(ServerUnavailable, match=r"no answer after 0 retries\. Progress kept: \d+ chunk\(s\) committed"):
         dispatch(work, tmp_path / "t.parquet", 100, 10, store, ["127.0.0.1:1"], 2, 1, (), Progress())
     assert 6 not in store.done() and len(store.done()) < 10
+    assert left_after(chunk_workers) == {}  # a failed job's workers end with it too
     for k in store.done():
         assert store.read(store.part(k)).column("id").to_pylist() == list(range(10 * k, 10 * k + 10))
 
@@ -239,9 +283,10 @@ def test_a_ray_job_interrupted_by_ctrl_c_is_resumed_by_the_local_engine(tmp_path
         "--max-tier", "logreg", "--chunk-rows", "50", "--batch-size", "25", "--in-flight", "1", "--engine", "ray",
         "--url", urls, "--concurrency", "2", "--llm-probe-rows", "0",
     ]  # fmt: skip
+    job_id = uuid.uuid4().hex  # in the environment of the job's own local Ray
     job = subprocess.Popen(
         args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), env={**os.environ, "CASCADE_RAY_JOB": job_id},
     )  # fmt: skip
     parts = tmp_path / "o.parquet.parts"
     deadline = time.monotonic() + 600  # generous for 2 busy cores; it stops at the second chunk
@@ -251,6 +296,7 @@ def test_a_ray_job_interrupted_by_ctrl_c_is_resumed_by_the_local_engine(tmp_path
     _, err = job.communicate(timeout=120)
     assert job.returncode == 130, err
     assert "interrupted; finished chunks are kept in o.parquet.parts: rerun the same command to resume" in err
+    assert left_after(lambda: ray_processes(f"CASCADE_RAY_JOB={job_id}")) == {}  # the Ray it started went with it
     kept = len(list(parts.glob("part-*.arrow")))
     assert 2 <= kept < n // 50 and not (tmp_path / "o.parquet").exists()
     options = FilterOptions(task=sst2_task.name, max_tier="logreg", chunk_rows=50)
@@ -296,3 +342,33 @@ def test_a_server_killed_mid_job_is_failed_over(tmp_path, servers, ray_session, 
     run_filter(table, tmp_path / "ref.parquet", options, a.grpc_url, llm_probe_rows=0, quiet=True)
     assert pq.read_table(tmp_path / "o.parquet").column("id").to_pylist() == list(range(n))
     _same_output(tmp_path / "o.parquet", tmp_path / "ref.parquet")
+
+
+def test_ray_session_stops_only_a_ray_it_started():
+    """In a fresh process: a ``ray_session`` that starts Ray shuts it down at the end of the block, also when the block
+    raises, and its processes are gone; one entered with Ray already running leaves it running."""
+    probe = """
+import json, ray
+from cascade.distributed.ray_engine import init_ray, ray_session
+seen = []
+try:
+    with ray_session(num_cpus=1):
+        seen.append(ray.is_initialized())
+        raise KeyboardInterrupt
+except KeyboardInterrupt:
+    seen.append(ray.is_initialized())
+init_ray(num_cpus=1)
+with ray_session():
+    pass
+seen.append(ray.is_initialized())
+ray.shutdown()
+print(json.dumps(seen))
+"""
+    job_id = uuid.uuid4().hex
+    run = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=600,
+        env={**os.environ, "CASCADE_RAY_JOB": job_id},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "[true, false, true]"
+    assert left_after(lambda: ray_processes(f"CASCADE_RAY_JOB={job_id}")) == {}

@@ -154,3 +154,19 @@ def test_missing_parameter_fails():
     del params["labels"]
     with pytest.raises(ConfigError, match="missing gate parameters"):
         GateConfig.from_parameters(params)
+
+
+def test_a_missing_bls_timeout_takes_the_documented_default():
+    params = good_params()
+    del params[contract.CFG_BLS_TIMEOUT_MS]
+    config = GateConfig.from_parameters(params)
+    assert config.bls_timeout_ms == contract.DEFAULT_BLS_TIMEOUT_MS == 30_000  # docs/slow-path.md: "(30 s)"
+    assert config.exec_allowance_s(0, 0) == pytest.approx(30.0)
+    assert GateConfig.from_parameters(good_params(bls_timeout_ms="250")).bls_timeout_ms == 250
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon", "", "1.5"])
+def test_an_explicit_bad_bls_timeout_still_fails_the_load(value):
+    with pytest.raises(ConfigError, match="gate parameter 'bls_timeout_ms'") as info:
+        GateConfig.from_parameters(good_params(bls_timeout_ms=value))
+    assert "not an integer" in str(info.value) or "must be a positive integer" in str(info.value)

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cascade.cli.main import build_parser, main
-from cascade.distributed.chunk_worker import RESULT_SCHEMA, ChunkWorker, split_urls, worker_urls
+from cascade.distributed.chunk_worker import RESULT_SCHEMA, ChunkWorker, UrlCounter, split_urls, worker_urls
 from cascade.errors import ConfigError
 from cascade.serving.gate import GateConfig
 from cascade_client.chunk_store import ChunkStore
@@ -66,6 +66,33 @@ def test_each_worker_sends_to_one_url_round_robin_and_fails_over_to_the_next():
     assert split_urls(" a:1, b:2 ,") == ["a:1", "b:2"] and split_urls(["a:1"]) == ["a:1"]
     with pytest.raises(ConfigError, match="no server given"):
         split_urls(" , ")
+
+
+def test_a_jobs_workers_are_killed_at_its_end_even_when_one_is_gone_already():
+    """The counter keeps the handles that workers register with (ChunkWorker does; BatchClassifier does not), and the
+    driver kills each of them, then the counter, with no restart; a dead one does not spare the others."""
+    from cascade.distributed.ray_engine import _end_workers
+
+    counter = UrlCounter()
+    assert [counter.next("w0"), counter.next(), counter.next("w2")] == [0, 1, 2]
+    killed = []
+
+    class Ray:  # what _end_workers uses of ray, on a counter in this process
+        def get(self, ref, timeout):
+            return ref
+
+        def kill(self, handle, no_restart):
+            killed.append((handle, no_restart))
+            if handle == "w0":
+                raise ValueError("the actor is dead")
+
+    class Handle:
+        class workers:  # noqa: N801 - an actor method's .remote()
+            remote = staticmethod(counter.workers)
+
+    handle = Handle()
+    _end_workers(Ray(), handle)
+    assert killed == [("w0", True), ("w2", True), (handle, True)]
 
 
 def test_a_worker_whose_servers_are_all_gone_reports_the_error_after_failing_over(tmp_path):
