@@ -25,7 +25,43 @@ def machine() -> dict:
     import os
     import platform
 
-    return {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(), "python": platform.python_version()}
+    return {
+        "cpus": len(os.sched_getaffinity(0)),
+        "cpu": cpu_model(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name from ``/proc/cpuinfo`` (None where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def commit() -> str | None:
+    """The checkout's ``git rev-parse HEAD`` (with ``-dirty`` for uncommitted changes); None outside a checkout."""
+    import subprocess
+
+    from cascade.paths import CHECKOUT
+
+    if CHECKOUT is None:
+        return None
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=CHECKOUT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=CHECKOUT,
+                               capture_output=True, text=True, timeout=10)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def save_result(name: str, payload: dict, results_dir: Path | None = None) -> Path:

@@ -37,14 +37,14 @@ TASK = "sst2"
 LOADS = ("idle", "busy")
 
 
-def _prompts(tier: int, rows: int, data_dir: str | None):
+def served_prompts(tier: int, rows: int, data_dir: str | None, task_name: str = TASK, split: str = "validation"):
     """The tier's served prompt (few-shot examples drawn from train rows as the build does) over
-    ``rows + 1`` validation rows (the first one is the warm-up)."""
+    ``rows + 1`` rows of ``split`` (the first one is the warm-up)."""
     from cascade.llm.prompts import PromptTemplate
     from cascade.tasks import load_split, load_task
     from cascade_export.llm_tiers import draw_few_shot
 
-    task = load_task(TASK)
+    task = load_task(task_name)
     prompt = task.llm[tier]
     examples = []
     if prompt.few_shot:
@@ -57,7 +57,7 @@ def _prompts(tier: int, rows: int, data_dir: str | None):
         few_shot=tuple(examples),
         instruction=prompt.instruction,
     )
-    texts, _ = load_split(task, "validation", data_dir, limit=rows + 1)
+    texts, _ = load_split(task, split, data_dir, limit=rows + 1)
     return [template.format(t) for t in texts], template.verbalizations, prompt.calibrate
 
 
@@ -109,7 +109,7 @@ def run(
     counts = sorted(set(threads or [OLD_THREADS, sized]))
     out = []
     for tier, model in LLM_ROLES.items():
-        prompts, cands, calibrate = _prompts(tier, rows, data_dir)
+        prompts, cands, calibrate = served_prompts(tier, rows, data_dir)
         first = None
         for n in counts:
             for load in LOADS:
