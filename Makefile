@@ -121,3 +121,18 @@ gpu-check-prepare: setup
 	$(BIN)/python scripts/gpu_check_prepare.py
 gpu-check-dry-run: setup
 	PYTHONPATH=$(CURDIR) $(BIN)/python scripts/gpu_check.py --dry-run-on-cpu --out bench/work/gpu-check
+
+# The CPU container image (docker/Dockerfile.cpu, docker/README.md), built here without a registry: a debootstrap
+# base, a wheelhouse fetched once, buildah (scripts/image.sh; caches under .image/). Long: not part of CI.
+.PHONY: image test-image image-lint
+image: setup
+	bash scripts/image.sh
+
+# The image run with podman as the chart's pod runs (read-only root, uid 1000), its entrypoint and the chart's
+# command, SST-2 rows classified over gRPC; writes bench/results/image-<UTC time>.json and checks the budgets.
+test-image: setup
+	TZ=UTC CONTAINERS_CONF=$(CURDIR)/.image/containers.conf $(BIN)/pytest tests/image -v
+
+# hadolint on both Dockerfiles (tests/unit/test_dockerfiles.py runs the same in `make test`).
+image-lint: setup
+	$(BIN)/hadolint docker/Dockerfile.cpu docker/Dockerfile.gpu
