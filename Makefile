@@ -30,9 +30,12 @@ demo: setup
 	$(BIN)/cascade demo --repo $(REPO) --task $(TASK)
 
 # pytest exits 5 when it collects no test: a run that tested nothing fails, and says why.
-# All of tests/ (pyproject's testpaths): tests/unit and tests/server.
+# All of tests/ (pyproject's testpaths): tests/unit and tests/server, on TEST_WORKERS pytest-xdist workers, one
+# module per worker at a time (tests/conftest.py): the LLM tiers run one thread per instance, so a second worker
+# keeps the second core busy. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: setup
-	@$(BIN)/pytest; rc=$$?; \
+	@$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; fi; exit $$rc
 
 # The fast half: no tritonserver, no model weights loaded (tests/unit; tests/server is the rest).

@@ -28,23 +28,29 @@ def built_repo(tmp_path_factory, sst2_task):
     from cascade_export.build import build_task
     from cascade_export.stage import BuildOptions
 
+    # The small embedder keeps the session's build quick; tests/server/test_wide_embedder.py serves the default one.
+    options = BuildOptions(
+        train_rows=400, calib_rows=400, encoder_epochs=1, progress=False, keep_all_tiers=True, embedder="minilm-l6"
+    )
     reuse = os.environ.get("CASCADE_TEST_REPO")
-    if reuse:  # developers: build once into this folder, then reuse it (skips the build of a few minutes)
-        repo = Path(reuse)
+    if not reuse:
+        repo = tmp_path_factory.mktemp("repository") / "cpu"
+        return repo, build_task(sst2_task, repo, options)
+    # Developers: build once into this folder, then reuse it (skips the build of a few minutes). The test workers
+    # (pytest-xdist) take turns: the first builds, the others wait on the lock and reuse.
+    import fcntl
+
+    repo = Path(reuse)
+    repo.parent.mkdir(parents=True, exist_ok=True)
+    with open(repo.parent / f".{repo.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         report = repo / "sst2" / "build_report.json"
         if report.is_file() and json.loads(report.read_text()).get("task_digest") == sst2_task.digest():
             from cascade_export.repository import refresh_backends
 
             refresh_backends(repo)
             return repo, json.loads(report.read_text())
-    else:
-        repo = tmp_path_factory.mktemp("repository") / "cpu"
-    # The small embedder keeps the session's build quick; tests/server/test_wide_embedder.py serves the default one.
-    options = BuildOptions(
-        train_rows=400, calib_rows=400, encoder_epochs=1, progress=False, keep_all_tiers=True, embedder="minilm-l6"
-    )
-    report = build_task(sst2_task, repo, options)
-    return repo, report
+        return repo, build_task(sst2_task, repo, options)
 
 
 @pytest.fixture(scope="session")
@@ -110,6 +116,20 @@ def reconfigure(explicit_server):
                 admin._client.load_model(task, config=json.dumps(original))
 
     return change
+
+
+# --- pytest-xdist: one worker per module --------------------------------------------------------------
+#: Modules that start Ray: one group, so that no two Ray clusters of this session run at once.
+RAY_MODULES = {"test_ray_server", "test_ray_engine"}
+
+
+def pytest_collection_modifyitems(items):
+    """Each module's tests in one ``xdist_group`` (``make test`` runs ``--dist loadgroup``): a module's fixtures
+    (a server, a repository built for it) are made once, on one worker."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group("ray" if module in RAY_MODULES else module))
 
 
 # --- no Ray process outlives the session ---------------------------------------------------------

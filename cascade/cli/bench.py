@@ -28,6 +28,7 @@ def cmd_loadtest(args) -> int:
         args.data_dir,
         work=args.results_dir / "work" if args.results_dir else None,
         find_max=args.find_max,
+        rows=args.rows,
     )
     loadtest.print_results(results)
     summary = {"benchmark": "loadtest", "task": args.task, "results": results}

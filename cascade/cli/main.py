@@ -262,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=None, help="override the scenario's user count")
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiply the latency budgets (e.g. 10 in CI)")
     p.add_argument("--find-max", action="store_true", help="climb each scenario's steps: highest rps within budget")
+    p.add_argument("--rows", type=int, default=400, help="held-out rows sorted into easy/mix/hard (%(default)s)")
     p.add_argument("--results-dir", type=Path, default=None, help="where the JSON goes (default: bench/results)")
 
     p = sub.add_parser("soak", help="mixed traffic for a while: server memory, stubs and /dev/shm must stay flat")

@@ -132,7 +132,14 @@ def breaches(measured: dict, budget: Budget) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def prepare_rows(task, url: str, out_dir: Path, data_dir: str | None = None, limit: int = 400) -> dict[str, Path]:
+#: Held-out rows the scenarios draw from, and how many go to the server per call while they are sorted: a call
+#: of a few rows stays well inside the client's deadline even when most of them need the LLM on a slow machine.
+DEFAULT_ROWS, PREPARE_BATCH = 400, 16
+
+
+def prepare_rows(
+    task, url: str, out_dir: Path, data_dir: str | None = None, limit: int = DEFAULT_ROWS
+) -> dict[str, Path]:
     """``easy``, ``mix`` and ``hard`` rows (text + embedding) as ``.npz`` files, from the task's held-out
     split through the running server: easy = answered at tier 0, hard = answered at an LLM tier."""
     from cascade.tasks import load_split
@@ -142,8 +149,12 @@ def prepare_rows(task, url: str, out_dir: Path, data_dir: str | None = None, lim
     texts, _ = load_split(task, "validation", data_dir, limit=limit)
     with CascadeClient(url) as client:
         emb = client.embed(texts)
-        answers = client.classify_arrays(task.name, texts, emb)
-    tiers = answers.tier
+        tiers = np.concatenate(
+            [
+                client.classify_arrays(task.name, texts[i : i + PREPARE_BATCH], emb[i : i + PREPARE_BATCH]).tier
+                for i in range(0, len(texts), PREPARE_BATCH)
+            ]
+        )
     groups = {
         "mix": np.arange(len(texts)),
         "easy": np.flatnonzero(tiers == contract.TIER_LOGREG),
@@ -231,6 +242,7 @@ def run_scenarios(
     data_dir: str | None = None,
     work: Path | None = None,
     find_max: bool = False,
+    rows: int = DEFAULT_ROWS,
 ) -> list[dict]:
     """Each scenario in turn (against ``url``, or a server started on ``repo``); the results."""
     import contextlib
@@ -246,7 +258,7 @@ def run_scenarios(
             http, grpc, metrics = free_ports(3)
             opts = ServerOptions(repository=Path(repo), http_port=http, grpc_port=grpc, metrics_port=metrics)
             url = stack.enter_context(TritonServer(opts)).grpc_url
-        data = prepare_rows(task, url, work, data_dir)
+        data = prepare_rows(task, url, work, data_dir, limit=rows)
         for name in names:
             sc = scenario(name)
             path = work / f"{name}-{_time.strftime('%Y%m%d-%H%M%S')}.json"

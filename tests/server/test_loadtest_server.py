@@ -83,7 +83,8 @@ def test_locust_smoke_and_every_dashboard_metric_is_exported(server, sst2_task, 
     run = subprocess.run(
         [
             sys.executable, "-m", "cascade.cli.main", "loadtest", "easy", "--url", server.grpc_url, "--task",
-            sst2_task.name, "--duration", "15", "--users", "4", "--budget-scale", "50", "--results-dir", str(tmp_path),
+            sst2_task.name, "--duration", "15", "--users", "4", "--budget-scale", "50", "--rows", "120",
+            "--results-dir", str(tmp_path),
         ],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip

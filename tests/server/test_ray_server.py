@@ -21,29 +21,42 @@ import pyarrow.parquet as pq
 import pytest
 
 from cascade import contract
+from cascade.distributed import classify_dataset, ray_engine
+from cascade.distributed.ray_engine import run_embed_ray, run_filter_ray
 from cascade.errors import CascadeError, ConfigError, ServerUnavailable
 from cascade.tasks import load_split
 from cascade_client.embed_jobs import run_embed
 from cascade_client.job import FilterOptions
 from cascade_client.table import run_filter
 
-pytest.importorskip("ray")
-from cascade.distributed import classify_dataset, ray_engine  # noqa: E402
-from cascade.distributed.ray_engine import run_embed_ray, run_filter_ray  # noqa: E402
-
 FAST_RETRY = (0.1, 0.2)
 pytestmark = pytest.mark.server
 
 
 @pytest.fixture(scope="module")
-def servers(built_repo, tmp_path_factory):
-    """Two tritonservers on the same repository, started side by side."""
+def servers(built_repo, sst2_task, tmp_path_factory):
+    """Two tritonservers on the same repository, started side by side, with the embedder, the gate and the tiers up
+    to the encoder loaded: the jobs here stop at xgboost, and a server less holding the LLMs (GBs each, in every
+    instance) leaves room on a 24 GB machine for the other test worker's servers."""
     from cascade.server.launcher import ServerOptions, TritonServer, free_ports
 
     repo, _ = built_repo
+    name = sst2_task.name
+    models = [contract.EMBEDDER_MODEL, contract.gate_model_name(name)]
+    tiers = (contract.TIER_LOGREG, contract.TIER_XGBOOST, contract.TIER_ENCODER)
+    models += [contract.tier_model_name(name, t) for t in tiers]
     ports = free_ports(6)
     started = [
-        TritonServer(ServerOptions(repository=repo, http_port=h, grpc_port=g, metrics_port=m))
+        TritonServer(
+            ServerOptions(
+                repository=repo,
+                http_port=h,
+                grpc_port=g,
+                metrics_port=m,
+                model_control_mode="explicit",
+                load_models=models,
+            )
+        )
         for h, g, m in (ports[:3], ports[3:])
     ]
     with ThreadPoolExecutor(2) as pool:
@@ -321,9 +334,15 @@ def test_a_server_killed_mid_job_is_failed_over(tmp_path, servers, ray_session, 
     def job():
         try:
             outcome["summary"] = run_filter_ray(
-                table, tmp_path / "o.parquet", options, [a.grpc_url, b.grpc_url], concurrency=2, backoff_s=FAST_RETRY,
-                llm_probe_rows=0, quiet=True,
-            )  # fmt: skip
+                table,
+                tmp_path / "o.parquet",
+                options,
+                [a.grpc_url, b.grpc_url],
+                concurrency=2,
+                backoff_s=FAST_RETRY,
+                llm_probe_rows=0,
+                quiet=True,
+            )
         except Exception as exc:  # noqa: BLE001 - reported by the assertion below
             outcome["error"] = exc
 

@@ -163,7 +163,8 @@ def test_grpc_over_tls_with_a_self_signed_certificate(built_repo, sst2_task, tmp
         monkeypatch.setenv(contract.GRPC_CA_ENV, str(cert))
         run = subprocess.run(
             [sys.executable, "-m", "cascade.cli.main", "loadtest", "easy", "--url", server.grpc_url, "--task",
-             sst2_task.name, "--duration", "5", "--users", "2", "--budget-scale", "50", "--results-dir", str(tmp_path)],
+             sst2_task.name, "--duration", "5", "--users", "2", "--budget-scale", "50", "--rows", "120",
+             "--results-dir", str(tmp_path)],
             capture_output=True, text=True, timeout=240, env={**os.environ, **env},
         )  # fmt: skip
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]

@@ -56,7 +56,26 @@ def test_gate_formats_each_tiers_own_prompt(client, server, built_repo, sst2_tas
     rows = [(p.prefix, p.content, p.suffix) for p in map(template.format, texts)]
     parameters = {contract.PARAM_CALIBRATE: prompt["calibrate"]} if "calibrate" in prompt else None
     direct, _ = score(server, contract.TIER_NAMES[tier], rows, template.verbalizations, parameters)
-    np.testing.assert_allclose([p.probs for p in gate], direct, atol=1e-5)
+    # Compared as centred log-probabilities: llama.cpp is not batch-invariant, and a row whose prompt prefix was
+    # cached from a different earlier row (in either of the tier's instances) is evaluated in other chunks: seen up
+    # to 0.04 apart here and in CI, on answers 3.8-4.5 from the centre. (Calibration's effect on llm_large is of that
+    # same small size; test_calibrate_parameter_switches_contextual_calibration checks it on llm_small.)
+    gate_lp = centred_log([p.probs for p in gate])
+    np.testing.assert_allclose(gate_lp, centred_log(direct), atol=ATOL_CENTRED)
+    # The other LLM tier's prompt, scored by this tier's model, is further away than that: the check can tell.
+    other_tier = contract.TIER_LLM_SMALL if tier == contract.TIER_LLM_LARGE else contract.TIER_LLM_LARGE
+    other = prompt_template(GateConfig.from_parameters(report["gate"]).prompts[other_tier])
+    rows = [(p.prefix, p.content, p.suffix) for p in map(other.format, texts)]
+    wrong, _ = score(server, contract.TIER_NAMES[tier], rows, other.verbalizations, parameters)
+    assert np.abs(gate_lp - centred_log(wrong)).max() > ATOL_CENTRED
+
+
+ATOL_CENTRED = 0.15
+
+
+def centred_log(probs):
+    logp = np.log(np.asarray(probs, dtype=np.float64))
+    return logp - logp.mean(axis=1, keepdims=True)
 
 
 def test_calibrate_parameter_switches_contextual_calibration(server):
