@@ -20,7 +20,8 @@ export PYTHONPATH="$PWD:$PWD/client:$PWD/export${PYTHONPATH:+:$PYTHONPATH}" PYTH
 	python3 -c 'import torch, numpy; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "numpy", numpy.__version__)'
 	python3 -c 'import onnxruntime as o; print("onnxruntime", o.__version__, o.get_available_providers())' || echo "no onnxruntime"
 	echo "== wheels"
-	python3 -m pip install -q --no-deps --no-index .whl/*.whl  # numpy: the project's pin (1.26) || { echo "pip install of .whl/ failed"; exit 3; }
+	# numpy: the project's pin (1.26)
+	python3 -m pip install -q --no-deps --no-index .whl/*.whl || { echo "pip install of .whl/ failed"; exit 3; }
 	# The Python-backend stub links against this Python's shared library.
 	libdir=$(python3 -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR") or "")')
 	export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

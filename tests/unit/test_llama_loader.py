@@ -14,7 +14,8 @@ class _Loaded(Exception):
 
 @pytest.fixture
 def llama_calls(monkeypatch):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp
+
     calls: list[dict] = []
 
     def fake_llama(*args, **kwargs):
