@@ -35,7 +35,7 @@ demo: setup
 # keeps the second core busy. TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 test: setup
-	@$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25; rc=$$?; \
+	@$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --durations=25; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; fi; exit $$rc
 
 # The fast half: no tritonserver, no model weights loaded (tests/unit; tests/server is the rest).

@@ -119,17 +119,32 @@ def reconfigure(explicit_server):
 
 
 # --- pytest-xdist: one worker per module --------------------------------------------------------------
-#: Modules that start Ray: one group, so that no two Ray clusters of this session run at once.
+#: Modules that start Ray: one unit of work, so that no two Ray clusters of this session run at once.
 RAY_MODULES = {"test_ray_server", "test_ray_engine"}
+#: Modules of long tests with no module-scoped fixture (each test starts its own server): a unit per test, so that
+#: one module's ten minutes of LLM labelling are shared out between the workers.
+PER_TEST_MODULES = {"test_distill_server"}
 
 
-def pytest_collection_modifyitems(items):
-    """Each module's tests in one ``xdist_group`` (``make test`` runs ``--dist loadgroup``): a module's fixtures
-    (a server, a repository built for it) are made once, on one worker."""
-    for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1]
-        if not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group("ray" if module in RAY_MODULES else module))
+def scope_of(nodeid: str) -> str:
+    """The unit of work a test belongs to under ``--dist loadscope``: its module (whose fixtures, a server or a
+    repository built for it, are then made once, on one worker), with the two exceptions above."""
+    path = nodeid.split("::", 1)[0]
+    module = path.rsplit("/", 1)[-1].removesuffix(".py")
+    return "ray" if module in RAY_MODULES else nodeid if module in PER_TEST_MODULES else path
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``make test`` runs ``-n 2 --dist loadscope``: xdist's scope scheduler, with :func:`scope_of` as the scope."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return scope_of(nodeid)
+
+    return ModuleScheduling(config, log)
 
 
 # --- no Ray process outlives the session ---------------------------------------------------------
