@@ -7,7 +7,8 @@
 #   bash scripts/image.sh conf      # .image/containers.conf (podman and buildah read it through $CONTAINERS_CONF)
 #   bash scripts/image.sh base      # .image/rootfs.tar (debootstrap --variant=minbase), imported as $BASE_IMAGE
 #   bash scripts/image.sh context   # .image/context: wheels/, requirements.txt, models.txt, src/
-#   bash scripts/image.sh build     # buildah bud -> $IMAGE; .image/build.json: id, size, compressed size, seconds
+#   bash scripts/image.sh build     # buildah bud: target serve -> $IMAGE, target builder -> $BUILD_IMAGE;
+#                                   # .image/build.json: each image's id, size, compressed size; the seconds
 #
 # Rootful podman and buildah in this sandbox need .image/containers.conf: cgroupfs and a file events log (no
 # systemd); runc, because crun 1.8 refuses the host's cgroup layout ("cgroups in hybrid mode not supported, drop
@@ -19,6 +20,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${CASCADE_IMAGE_CACHE:-$ROOT/.image}
 IMAGE=${IMAGE:-localhost/triton-cascade:0.1.0-cpu}
+BUILD_IMAGE=${BUILD_IMAGE:-localhost/triton-cascade-build:0.1.0-cpu}
 BASE_IMAGE=${BASE_IMAGE:-localhost/triton-cascade-base:bookworm}
 VENV=${VENV:-$ROOT/.venv}
 SUITE=bookworm
@@ -127,24 +129,36 @@ context() {
     log "context: $(du -sh "$ctx" | cut -f1) in $ctx"
 }
 
-build() {
-    local start seconds id size compressed
-    start=$(date +%s)
-    # Docker's format keeps SHELL (OCI's drops it); --layers reuses unchanged steps; host network for apt.
-    buildah bud --layers --format docker --network host --build-arg "BASE=$BASE_IMAGE" -f "$ROOT/docker/Dockerfile.cpu" \
-        -t "$IMAGE" "$CACHE/context"
-    seconds=$(($(date +%s) - start))
-    id=$(podman image inspect --format '{{.Id}}' "$IMAGE")
-    size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
-    # What a registry would hold: the layers gzip-compressed (podman save to a folder, measured, removed).
+# One image's id, size and compressed size as a JSON object. Compressed: what a registry would hold, the layers
+# gzip'd (podman save to a folder, measured, removed).
+measure() {
+    local id size compressed
+    id=$(podman image inspect --format '{{.Id}}' "$1")
+    size=$(podman image inspect --format '{{.Size}}' "$1")
     rm -rf "$CACHE/saved"
-    podman save --quiet --compress --format docker-dir -o "$CACHE/saved" "$IMAGE"
+    podman save --quiet --compress --format docker-dir -o "$CACHE/saved" "$1"
     compressed=$(du -sb "$CACHE/saved" | cut -f1)
     rm -rf "$CACHE/saved"
-    printf '{"image": "%s", "image_id": "%s", "size_bytes": %s, "compressed_bytes": %s, "build_seconds": %s, "built": "%s"}\n' \
-        "$IMAGE" "$id" "$size" "$compressed" "$seconds" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$CACHE/build.json"
-    log "$IMAGE: $size bytes ($compressed compressed), built in $seconds s"
-    # The images an earlier build left untagged (its final image, its build stage's last steps): 5-7 GB each.
+    log "$1: $size bytes ($compressed compressed)" >&2
+    printf '{"image": "%s", "image_id": "%s", "size_bytes": %s, "compressed_bytes": %s}' "$1" "$id" "$size" "$compressed"
+}
+
+build() {
+    local start seconds serve builder
+    start=$(date +%s)
+    # Docker's format keeps SHELL (OCI's drops it); --layers reuses unchanged steps (the second target reuses the
+    # first's); host network for apt.
+    for target in serve builder; do
+        buildah bud --layers --format docker --network host --build-arg "BASE=$BASE_IMAGE" -f "$ROOT/docker/Dockerfile.cpu" \
+            --target "$target" -t "$([ "$target" = serve ] && echo "$IMAGE" || echo "$BUILD_IMAGE")" "$CACHE/context"
+    done
+    seconds=$(($(date +%s) - start))
+    log "built in $seconds s"
+    serve=$(measure "$IMAGE")
+    builder=$(measure "$BUILD_IMAGE")
+    printf '{"images": [%s, %s], "build_seconds": %s, "built": "%s"}\n' "$serve" "$builder" "$seconds" \
+        "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$CACHE/build.json"
+    # The images an earlier build left untagged (its final images, its build stage's last steps): 3-7 GB each.
     podman image prune --force --filter label=org.opencontainers.image.title=triton-cascade-cpu > /dev/null
 }
 

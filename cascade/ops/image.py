@@ -20,11 +20,15 @@ from dataclasses import dataclass, field
 from cascade.paths import WORK_ROOT
 from cascade.results import machine
 
-IMAGE_ENV = "CASCADE_IMAGE"
+IMAGE_ENV, BUILD_IMAGE_ENV = "CASCADE_IMAGE", "CASCADE_BUILD_IMAGE"
+#: The server's image (Dockerfile.cpu's ``serve`` target) and the init container's (``builder``: ``serve`` plus
+#: what ``cascade build`` alone imports), as values-cpu.yaml names them.
 DEFAULT_IMAGE = "localhost/triton-cascade:0.1.0-cpu"
+DEFAULT_BUILD_IMAGE = "localhost/triton-cascade-build:0.1.0-cpu"
 CACHE_DIR = WORK_ROOT / ".image"
-#: The image's budgets: its unpacked size (decimal GB; what a node's disk holds) and the seconds from `podman run`
-#: to Triton's ready endpoint. The compressed size (what a registry holds and a node pulls) is recorded beside them.
+#: The serving image's budgets: its unpacked size (decimal GB; what a node's disk holds) and the seconds from
+#: `podman run` to Triton's ready endpoint. The compressed size (what a registry holds and a node pulls) is checked
+#: against the same limit; the init container's image is measured and recorded beside them, with no budget.
 BUDGETS = {"image_size_bytes": 4_000_000_000, "seconds_to_ready": 120.0}
 #: The chart's /dev/shm for the cpu profile (values-cpu.yaml shm.sizeLimit).
 SHM_SIZE = "1g"
@@ -32,6 +36,10 @@ SHM_SIZE = "1g"
 
 def image_name() -> str:
     return os.environ.get(IMAGE_ENV) or DEFAULT_IMAGE
+
+
+def build_image_name() -> str:
+    return os.environ.get(BUILD_IMAGE_ENV) or DEFAULT_BUILD_IMAGE
 
 
 def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
@@ -52,8 +60,11 @@ def image_info(image: str) -> dict:
     out = {"image": image, "image_id": info["Id"], "size_bytes": int(info["Size"])}
     build = CACHE_DIR / "build.json"
     record = json.loads(build.read_text()) if build.is_file() else {}
-    same = record.get("image_id") == info["Id"]
-    return out | {k: record.get(k) if same else None for k in ("compressed_bytes", "build_seconds")}
+    mine = next((r for r in record.get("images", []) if r.get("image_id") == info["Id"]), None)
+    return out | {
+        "compressed_bytes": mine["compressed_bytes"] if mine else None,
+        "build_seconds": record.get("build_seconds") if mine else None,
+    }
 
 
 @dataclass
