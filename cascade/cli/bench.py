@@ -74,7 +74,12 @@ def cmd_demo(args) -> int:
         sample=args.sample,
         work_root=args.work_dir,
     )
-    save_result("demo", demo_result(summary, result_command(args)), args)
+    result = demo_result(summary, result_command(args))
+    took = f"demo {result['stages']['total_s'] / 60:.1f} min"
+    if result["with_setup_s"] is not None:
+        took += f", {result['with_setup_s'] / 60:.1f} min with `make setup` ({result['setup']['seconds'] / 60:.1f})"
+    print(took)
+    save_result("demo", result, args)
     return 0
 
 

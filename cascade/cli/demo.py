@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -247,4 +248,33 @@ def demo_result(summary: dict, command: str | None = None) -> dict:
     from cascade.results import command_line, machine, now_iso
 
     head = {"benchmark": "demo", "when": now_iso(), "command": command or command_line()}
-    return head | summary | {"best_effort_rows": summary["degraded_rows"], "machine": machine()}
+    setup = setup_record(summary["stages"]["total_s"])
+    with_setup = setup["seconds"] + summary["stages"]["total_s"] if setup and setup["just_before"] else None
+    return (
+        head
+        | summary
+        | {
+            "best_effort_rows": summary["degraded_rows"],
+            "setup": setup,  # ``make setup``'s own record, where this install has one
+            "with_setup_s": with_setup,  # setup + demo, when ``make setup demo`` ran them one after the other
+            "machine": machine(),
+        }
+    )
+
+
+#: A setup that finished at most this long before the demo started was the same ``make setup demo``.
+SAME_RUN_S = 120
+
+
+def setup_record(demo_s: float, prefix: str | None = None) -> dict | None:
+    """What ``make setup`` wrote in ``<venv>/.setup.json`` (its seconds, when it finished, the commit), with
+    ``just_before``: whether it finished within :data:`SAME_RUN_S` of this demo's start; None without a record."""
+    from datetime import UTC, datetime, timedelta
+
+    try:
+        record = json.loads((Path(prefix or sys.prefix) / ".setup.json").read_text())
+        finished = datetime.fromisoformat(record["finished"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    demo_start = datetime.now(UTC) - timedelta(seconds=demo_s)
+    return record | {"just_before": timedelta(0) <= demo_start - finished <= timedelta(seconds=SAME_RUN_S)}

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from cascade import contract, crash
+from cascade import contract, crash, results  # noqa: F401 - results: the load average before the run
 from cascade.cli.bench import cmd_bench, cmd_demo, cmd_loadtest, cmd_soak
 from cascade.cli.doctor import cmd_doctor
 from cascade.cli.serving import cmd_classify, cmd_embed, cmd_eval, cmd_filter, cmd_make_table, cmd_serve

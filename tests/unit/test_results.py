@@ -11,17 +11,19 @@ import pytest
 
 from cascade.calibrate import TierCalibration
 from cascade.paths import RESULTS_DIR
-from cascade.results import save_result
+from cascade.results import BUDGET_ENV, commit, save_result
 
 BUILD_KEYS = {
     "benchmark", "when", "command", "task", "task_digest", "repo", "embedder", "reference", "train_rows", "calib_rows",
     "logreg_C", "target", "delta", "expected_cost_ms", "timings", "tiers", "calibration", "options", "machine",
+    "commit",
 }  # fmt: skip
 CALIBRATION_KEYS = {"tier", "tier_name", "rows", "enabled", "threshold", "coverage", "agreement", "lower_bound", "note"}
 DEMO_KEYS = {
     "benchmark", "when", "command", "task", "embedder", "teacher", "built", "repo", "rows", "batch_size", "in_flight",
     "stages", "accuracy", "per_tier", "llm_share", "degraded_rows", "best_effort_rows", "rows_per_s", "wall_s",
     "batch_latency_ms_p50", "batch_latency_ms_p99", "teacher_rows_per_s", "labelling", "build", "machine",
+    "commit", "setup", "with_setup_s",
 }  # fmt: skip
 
 
@@ -36,7 +38,10 @@ def test_save_result_names_the_file_by_name_and_local_time(tmp_path):
     from cascade.bench import gate as bench
 
     path = save_result("demo", {"benchmark": "demo", "rows": 3}, tmp_path / "new")
-    assert path.parent == tmp_path / "new" and json.loads(path.read_text()) == {"benchmark": "demo", "rows": 3}
+    saved = json.loads(path.read_text())
+    assert path.parent == tmp_path / "new" and saved["benchmark"] == "demo" and saved["rows"] == 3
+    assert saved["commit"] == commit() and len(saved["machine"]["load_before"]) == 3  # stamped: commit, machine
+    assert "time_budget" not in saved  # no budget stated
     assert only_file(tmp_path / "new", "demo")["rows"] == 3
     assert bench.save({"x": 1}, "gate", tmp_path).name.startswith("gate-")  # the benchmarks' one save
     assert RESULTS_DIR == Path(__file__).resolve().parents[2] / "bench" / "results"
@@ -188,7 +193,8 @@ def test_a_demo_that_builds_keeps_the_teachers_figures(tmp_path, monkeypatch):
     monkeypatch.setattr(client, "CascadeClient", FakeClient)
     summary = demo.run_demo(load_task("sst2"), tmp_path / "repo", rows=16, work_root=tmp_path / "runs")
     result = demo.demo_result(summary, command="cascade demo")
-    assert set(result) == DEMO_KEYS and result["built"] is True and result["teacher"] == "llm_large:qwen"
+    assert set(result) == DEMO_KEYS - {"commit"} and result["built"] is True  # commit: when saved
+    assert result["teacher"] == "llm_large:qwen"
     assert result["teacher_rows_per_s"] == 3.33 and "teacher_prompt" not in result["labelling"]
     assert result["stages"]["labelling_s"] == 301.0 and result["stages"]["train_calibrate_export_load_s"] == 135.0
     assert result["build"]["timings"]["train_calibrate_export_load_s"] == 135.0
@@ -207,3 +213,27 @@ def test_the_label_summary_has_its_seconds_and_rate(tmp_path):
     summary = json.loads((tmp_path / "runs" / "reviews" / "labels.json").read_text())
     assert summary["wall_s"] > 0 and summary["teacher_s"] >= 0 and summary["rows_per_s"] > 0
     assert "teacher_rows_per_s" in summary and summary["when"][:2] == "20"
+
+
+def test_a_stated_time_budget_is_recorded_with_its_verdict(tmp_path, monkeypatch):
+    monkeypatch.setenv(BUDGET_ENV, "3600")
+    kept = json.loads(save_result("x", {"machine": {"cpus": 99}}, tmp_path).read_text())
+    assert kept["time_budget"]["seconds"] == 3600 and kept["time_budget"]["within"] is True
+    assert kept["machine"]["cpus"] == 99 and "load_at_save" in kept["machine"]  # the payload's own keys win
+    monkeypatch.setenv(BUDGET_ENV, "0.001")
+    assert json.loads(save_result("y", {}, tmp_path).read_text())["time_budget"]["within"] is False
+
+
+def test_the_demo_adds_a_setup_that_finished_just_before_it(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    from cascade.cli.demo import SAME_RUN_S, setup_record
+
+    assert setup_record(60.0, str(tmp_path)) is None  # no record: an install not made by `make setup`
+    finished = datetime.now(UTC) - timedelta(seconds=100)
+    (tmp_path / ".setup.json").write_text(json.dumps({"seconds": 600, "finished": finished.isoformat()}))
+    assert setup_record(60.0, str(tmp_path))["just_before"] is True  # the demo started 40 s after setup
+    assert setup_record(101.0, str(tmp_path))["just_before"] is False  # the demo started before setup ended
+    (tmp_path / ".setup.json").write_text(json.dumps({"seconds": 600, "finished": (finished - timedelta(
+        seconds=SAME_RUN_S)).isoformat()}))  # fmt: skip
+    assert setup_record(60.0, str(tmp_path))["just_before"] is False  # an older setup: not this demo's
