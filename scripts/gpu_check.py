@@ -189,6 +189,7 @@ def served(
     with TritonServer(opts):
         result["server_start_s"] = round(time.perf_counter() - started, 1)
         url = f"127.0.0.1:{http}"
+        result |= where_models_ran(url)
         result["probes"] = {}
         for max_tier in ("logreg", check["max_tier"]):  # the inline tier alone, then the BLS call too
             try:
@@ -206,6 +207,33 @@ def served(
         b["tiers_equal"] and b["max_abs_prob_diff"] <= 1e-5 for b in result["batches"].values()
     )
     return result
+
+
+def get_json(url: str, path: str):
+    with urllib.request.urlopen(f"http://{url}{path}", timeout=30) as response:
+        return json.loads(response.read())
+
+
+def where_models_ran(url: str) -> dict:
+    """The server's Triton version, and for each loaded model its backend (or platform) and instance kinds, as
+    the running server reports them (``/v2``, ``/v2/repository/index``, ``/v2/models/<name>/config``)."""
+    try:
+        models = {}
+        for entry in get_json(url, "/v2/repository/index"):
+            if entry.get("state") != "READY":
+                continue
+            config = get_json(url, f"/v2/models/{entry['name']}/config")
+            models[entry["name"]] = {
+                "backend": config.get("backend") or config.get("platform"),
+                "instances": sorted({g.get("kind", "") for g in config.get("instance_group", [])}),
+                "accelerators": [
+                    a.get("name") for a in config.get("optimization", {}).get("execution_accelerators", {})
+                    .get("gpu_execution_accelerator", [])
+                ],  # fmt: skip
+            }
+        return {"triton_version": get_json(url, "/v2").get("version"), "models": models}
+    except Exception as exc:  # noqa: BLE001 - recorded; the answers below are the check
+        return {"triton_version": None, "models": {"error": f"{type(exc).__name__}: {exc}"}}
 
 
 def answers(url: str, check: dict, rows: dict) -> dict:
@@ -242,7 +270,14 @@ def main() -> int:
     check = json.loads((CHECK / "check.json").read_text())
     with np.load(CHECK / "rows.npz") as z:
         rows = {k: z[k] for k in z.files}
-    report = {"benchmark": "gpu-check", "when": datetime.now(UTC).isoformat(timespec="seconds"), "env": environment()}
+    env = environment()
+    report = {
+        "benchmark": "gpu-check",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": check.get("commit"),  # recorded by gpu_check_prepare.py: the device machine has no .git
+        "device": env.get("gpu", "cpu (dry run)" if args.dry_run_on_cpu else None),
+        "env": env,
+    }
     failures = []
     for name, step in (
         ("device_gating", lambda: device_gating(check, rows, device)),
@@ -263,6 +298,7 @@ def main() -> int:
                 failures.append(f"{name}: answers differ from the CPU profile's")
             if not report[name]["gate_logged_gpu_placement"]:
                 failures.append(f"{name}: the gate did not gate on the GPU")
+    report["triton_version"] = report["served"].get("triton_version")
     report["failures"] = failures
     report["passed"] = not failures
     report["dry_run_on_cpu"] = args.dry_run_on_cpu

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cascade import contract  # noqa: E402
+from cascade.results import commit  # noqa: E402
 
 CHECK = ROOT / ".gpu-check"
 WHEELS = ROOT / ".whl"
@@ -151,7 +152,8 @@ def main() -> int:
     np.savez(CHECK / "rows.npz", embeddings=embeddings, **ref)
     (CHECK / "check.json").write_text(
         json.dumps(
-            {"task": TASK, "rows": ROWS, "batches": BATCHES, "max_tier": "xgboost", "gate_parameters": gate_parameters},
+            {"task": TASK, "rows": ROWS, "batches": BATCHES, "max_tier": "xgboost", "gate_parameters": gate_parameters,
+             "commit": commit()},  # the device machine has no .git: the checked commit is this one
             indent=2,
         )
     )

@@ -96,7 +96,7 @@ def bench_table(
     task: TaskSpec,
     repo: Path,
     rows: int = 1_000_000,
-    text_rows: int = 10_000,
+    text_rows: int = 2_000,
     llm_rows: int = 300,
     data_dir: str | None = None,
     work: Path = BENCH_WORK_DIR,
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", default="sst2")
     parser.add_argument("--repo", type=Path, default=DEFAULT_REPO)
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--text-rows", type=int, default=10_000)
+    parser.add_argument("--text-rows", type=int, default=2_000)
     parser.add_argument("--llm-rows", type=int, default=300)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--work-dir", type=Path, default=BENCH_WORK_DIR)

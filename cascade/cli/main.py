@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="table: rows of the synthetic table (1,000,000); threads: rows per case (40)",
     )
-    p.add_argument("--text-rows", type=int, default=10_000, help="table: rows classified from text")
+    p.add_argument("--text-rows", type=int, default=2_000, help="table: rows classified from text")
     p.add_argument("--llm-rows", type=int, default=300, help="table: rows sent to the large tier")
     p.add_argument("--duration", type=float, default=20.0, help="isolation: seconds per phase")
     p.add_argument("--llm-clients", type=int, default=3, help="isolation: clients saturating llm_large")

@@ -26,7 +26,9 @@ def test_the_large_tier_labels_through_the_server(server, sst2_task, tmp_path):
     texts, gold = load_split(sst2_task, "train")
     gold_of = dict(zip(texts, gold, strict=False))
     agreement = np.mean([gold_of[t] == y for t, y in zip(frame["text"], frame["label"], strict=True)])
-    assert agreement >= 0.75  # Qwen2.5-Coder-1.5B, 8-shot, calibrated: ~0.96 on 100 SST-2 validation rows
+    # The teacher's accuracy on SST-2 validation is 0.9255 (eval-sst2-validation-teacher-20261129-225416.json); at
+    # that rate fewer than 20 of 24 rows agree with p = 0.03, fewer than 19 with p = 0.007.
+    assert agreement >= 19 / 24
     # The teacher names the model it is, and its probabilities are kept as soft labels.
     assert summary["teacher"].startswith("llm_large:qwen2.5-coder-1.5b:") and summary["soft_label_rows"] == 24
     probs = frame[["prob_0", "prob_1"]].to_numpy()
