@@ -227,7 +227,9 @@ def where_models_ran(url: str) -> dict:
                 "backend": config.get("backend") or config.get("platform"),
                 "instances": sorted({g.get("kind", "") for g in config.get("instance_group", [])}),
                 "accelerators": [
-                    a.get("name") for a in config.get("optimization", {}).get("execution_accelerators", {})
+                    a.get("name")
+                    for a in config.get("optimization", {})
+                    .get("execution_accelerators", {})
                     .get("gpu_execution_accelerator", [])
                 ],  # fmt: skip
             }

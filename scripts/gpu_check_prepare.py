@@ -152,8 +152,14 @@ def main() -> int:
     np.savez(CHECK / "rows.npz", embeddings=embeddings, **ref)
     (CHECK / "check.json").write_text(
         json.dumps(
-            {"task": TASK, "rows": ROWS, "batches": BATCHES, "max_tier": "xgboost", "gate_parameters": gate_parameters,
-             "commit": commit()},  # the device machine has no .git: the checked commit is this one
+            {
+                "task": TASK,
+                "rows": ROWS,
+                "batches": BATCHES,
+                "max_tier": "xgboost",
+                "gate_parameters": gate_parameters,
+                "commit": commit(),
+            },  # the device machine has no .git: the checked commit is this one
             indent=2,
         )
     )
