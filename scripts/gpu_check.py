@@ -209,8 +209,10 @@ def served(
     return result
 
 
-def get_json(url: str, path: str):
-    with urllib.request.urlopen(f"http://{url}{path}", timeout=30) as response:
+def get_json(url: str, path: str, post: bool = False):
+    """A JSON answer of Triton's HTTP API (``post``: an empty JSON body, as ``/v2/repository/index`` wants)."""
+    request = urllib.request.Request(f"http://{url}{path}", data=b"{}" if post else None)
+    with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
 
@@ -219,7 +221,7 @@ def where_models_ran(url: str) -> dict:
     the running server reports them (``/v2``, ``/v2/repository/index``, ``/v2/models/<name>/config``)."""
     try:
         models = {}
-        for entry in get_json(url, "/v2/repository/index"):
+        for entry in get_json(url, "/v2/repository/index", post=True):
             if entry.get("state") != "READY":
                 continue
             config = get_json(url, f"/v2/models/{entry['name']}/config")
