@@ -21,7 +21,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 POINTER = re.compile(r'\[↗\]\(([^)\s]+\.json) "([^"]+)"\)')
-NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
+#: A sign counts only where no word character precedes it: "499-1,473" is a range, not -1,473.
+NUMBER = re.compile(r"(?:(?<![\w.])[-+])?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
 PASS_WORDS = {"passed", "passes", "pass", "held", "holds", "kept", "keeps", "within", "yes", "met", "true"}
 FAIL_WORDS = {"failed", "fails", "fail", "breached", "missed", "exceeded", "no", "false", "over"}
 OPERATORS = {"+": float.__add__, "-": float.__sub__, "*": float.__mul__, "/": float.__truediv__}
@@ -66,10 +67,11 @@ def check_figure(before: str, value) -> str | None:
         return "no number before the pointer"
     printed = numbers[-1]
     figure = float(printed.replace(",", ""))
-    decimals = len(printed.split(".")[1]) if "." in printed and "e" not in printed.lower() else 0
+    mantissa, _, exponent = printed.lower().partition("e")
+    decimals = (len(mantissa.split(".")[1]) if "." in mantissa else 0) - int(exponent or 0)  # 2.4e-7: 8
     if value is None or not math.isfinite(float(value)):
         return f"prints {printed}, the file says {value}"
-    if abs(float(value) - figure) > 0.5 * 10**-decimals * (1 + 1e-9) + 1e-12:
+    if abs(float(value) - figure) > 0.5 * 10.0**-decimals * (1 + 1e-9):
         return f"prints {printed}, the file says {float(value):.6g}"
     return None
 
@@ -115,11 +117,15 @@ def test_an_edited_value_is_caught(tmp_path):
     page.write_text(
         'accuracy **0.906** [↗](r.json "a.b"), 90.6% [↗](r.json "a.b * 100") in 16.8 min [↗](r.json "s / 60"),\n'
         'the run passed [↗](r.json "passed") at `37ea4b7` [↗](r.json "c"); 1,009 s [↗](r.json "s")\n'
+        '999-1,009 s [↗](r.json "s"), 1.0e3 s [↗](r.json "s"), 2.4e-7 [↗](r.json "d")\n'
     )
-    assert check_page(page) == (6, [])
-    (tmp_path / "r.json").write_text(json.dumps({"a": {"b": 0.9049}, "s": 1008.9, "passed": False, "c": "37ea4b7f00"}))
+    (tmp_path / "r.json").write_text(json.dumps({"a": {"b": 0.9059}, "s": 1008.9, "passed": True, "c": "37ea4b7f00",
+                                                 "d": 2.38e-7}))  # fmt: skip
+    assert check_page(page) == (9, [])
+    (tmp_path / "r.json").write_text(json.dumps({"a": {"b": 0.9049}, "s": 1008.9, "passed": False, "c": "37ea4b7f00",
+                                                 "d": 2.46e-7}))  # fmt: skip
     count, problems = check_page(page)
-    assert count == 6 and len(problems) == 3, problems  # 0.906, 90.6%, "passed"
+    assert count == 9 and len(problems) == 4, problems  # 0.906, 90.6%, "passed", 2.4e-7
     page.write_text('1,010 s [↗](r.json "s") [↗](r.json "s") [↗](gone.json "s") [↗](r.json "a.x")\n')
     problems = check_page(page)[1]
     assert [p.split(": ", 2)[2] for p in problems] == [
