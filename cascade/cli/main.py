@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--labels", type=Path, default=None, help="teacher labels (`cascade label`'s labelled.csv)")
     p.add_argument("--calib-fraction", type=float, default=0.5, help="with --labels: rows held out to calibrate")
+    p.add_argument("--target", type=float, default=None, help="agreement to guarantee (default: the task's)")
     _add_embedder(p)
     _add_results(p)
 

@@ -8,12 +8,16 @@ from pathlib import Path
 
 from cascade import contract
 from cascade.cli.common import result_command, save_result
+from cascade.errors import InvalidInput
 
 
 def _build_options(args):
     """``cascade build`` and ``cascade train`` take the same training options."""
     from cascade_export.stage import BuildOptions
 
+    target = getattr(args, "target", None)
+    if target is not None and not 0 < target <= 1:  # before the training, not after it
+        raise InvalidInput(f"--target {target}: the agreement to guarantee must be in (0, 1], e.g. --target 0.95")
     return BuildOptions(
         train_rows=args.train_rows,
         calib_rows=args.calib_rows,
@@ -24,6 +28,7 @@ def _build_options(args):
         calib_fraction=args.calib_fraction,
         embedder=args.embedder,
         soft_labels=args.soft_labels,
+        target=target,
     )
 
 

@@ -54,7 +54,12 @@ def build_task(task: TaskSpec, repo: Path, opts: BuildOptions = BuildOptions()) 
     with tempfile.TemporaryDirectory(dir=repo.parent, prefix=f".{task.name}.build-") as tmp:
         train_task(task, repo, Path(tmp), opts)
         report = calibrate_task(
-            task, repo, Path(tmp), min_coverage=opts.min_coverage, keep_all_tiers=opts.keep_all_tiers
+            task,
+            repo,
+            Path(tmp),
+            target=opts.target,
+            min_coverage=opts.min_coverage,
+            keep_all_tiers=opts.keep_all_tiers,
         )
         export_task(task, repo, Path(tmp))
     report["timings"]["total_s"] = time.perf_counter() - t0

@@ -184,7 +184,7 @@ def teach_and_load(task, repo: str | Path, work_root: str | Path, client, option
     work = work_dir_of(task.name, work_root)
     stage = work / "stage"
     train_task(task, repo, stage, replace(options, labels_file=str(work / "labelled.csv")))
-    report = calibrate_task(task, repo, stage)
+    report = calibrate_task(task, repo, stage, target=options.target)
     names = export_task(task, repo, stage)
     client.load_models(names)
     return report, names, time.perf_counter() - start

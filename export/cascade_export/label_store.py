@@ -81,6 +81,37 @@ class LabelStore:
             query, args = query + " AND teacher = ?", [task, teacher]
         return self._db.execute(query, args).fetchone()[0]
 
+    def dump(self, path: str | Path, task: str) -> int:
+        """Write ``task``'s cached labels to ``path`` as gzipped JSON lines (sorted: the same cache, the same
+        file); how many."""
+        import gzip
+        import json
+
+        rows = self._db.execute(
+            "SELECT teacher, row_id, text_hash, label, probs FROM labels WHERE task = ? ORDER BY teacher, row_id",
+            (task,),
+        ).fetchall()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with gzip.GzipFile(path, "wb", mtime=0) as raw:
+            for teacher, row_id, digest, label, probs in rows:
+                record = {"teacher": teacher, "row_id": row_id, "text_hash": digest, "label": label, "probs": probs}
+                raw.write((json.dumps(record) + "\n").encode())
+        return len(rows)
+
+    def load(self, path: str | Path, task: str) -> int:
+        """Add the labels of a :meth:`dump` file to this cache (rows it already holds stay); how many it read."""
+        import gzip
+        import json
+
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        self._db.executemany(
+            "INSERT OR IGNORE INTO labels (task, teacher, row_id, text_hash, label, probs) VALUES (?, ?, ?, ?, ?, ?)",
+            [(task, r["teacher"], r["row_id"], r["text_hash"], int(r["label"]), r["probs"]) for r in records],
+        )
+        self._db.commit()
+        return len(records)
+
     def close(self) -> None:
         self._db.close()
 

@@ -38,6 +38,8 @@ class BuildOptions:
     #: With ``labels_file``: the share of the labelled rows held out for calibration, drawn from the uniform
     #: rows only (at most all of them; active sampling's rows always train).
     calib_fraction: float = 0.5
+    #: The agreement calibration guarantees (None: the task's ``[calibration] target``).
+    target: float | None = None
 
 
 def log(message: str) -> None:

@@ -78,3 +78,11 @@ def sample_rows(n_rows: int, n: int, seed: int = 0) -> np.ndarray:
     if n > n_rows:
         raise ConfigError(f"the table has {n_rows} rows, fewer than the sample size {n}")
     return np.sort(np.random.default_rng(seed).permutation(n_rows)[:n])
+
+
+def held_out_rows(n_rows: int, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` row positions no sample of :func:`sample_rows` with the same seed takes while its size is at most
+    ``n_rows - n``: the last ``n`` of the same permutation. Rows to report on, never to choose on."""
+    if n <= 0 or n >= n_rows:
+        raise InvalidInput(f"held-out rows must be between 1 and {n_rows - 1}, got {n}")
+    return np.sort(np.random.default_rng(seed).permutation(n_rows)[-n:])
