@@ -8,7 +8,8 @@
 3. The report rows: the last ``--report-rows`` rows of the same permutation, which no sample of this size takes. No
    choice saw them: not the sample, C or the thresholds, and not the embedder or the prompts, chosen on the
    validation and test splits (docs/embedders.md, docs/llm.md). A row whose text is one of the prompts' few-shot
-   examples is left out. The teacher labels them (cached alike) and ``cascade eval`` runs them through the server.
+   examples or among the prompt search's training rows (AG News) is left out. The teacher labels them (cached
+   alike) and ``cascade eval`` runs them through the server.
 4. The result: the cascade's and the teacher's accuracy against gold on the same rows, the rows per tier, the LLM
    share, and whether the cascade is within one point of the teacher (``within_1pt``).
 """
@@ -49,9 +50,26 @@ def report_rows(task, n: int, budget: int, data_dir=None, seed: int = 0, exclude
     if budget + n > len(texts):
         raise ConfigError(f"--budget {budget} + --report-rows {n} exceed the {len(texts)} training rows")
     positions = held_out_rows(len(texts), n, seed)
-    rows = [(int(i), texts[i], task.labels[gold[i]]) for i in positions if texts[i] not in exclude]
-    how = {"split": "train", "seed": seed, "last_of_permutation": n, "prompt_examples_left_out": n - len(rows)}
+    searched = prompt_search_rows(task.name, data_dir)
+    rows = [(int(i), texts[i], task.labels[gold[i]]) for i in positions if texts[i] not in exclude | searched]
+    how = {"split": "train", "seed": seed, "last_of_permutation": n, "left_out": n - len(rows)}
     return rows, how
+
+
+#: How many of ``cascade.bench.llm``'s prompt-search rows are kept out of the report rows (its default is 300).
+SEARCH_ROWS = 1000
+
+
+def prompt_search_rows(task: str, data_dir=None) -> set[str]:
+    """The training rows the prompt search of ``cascade.bench.llm`` scores (``--split dev``) where they come from the
+    training split (AG News; SST-2's come from its validation split)."""
+    from cascade import paths
+    from cascade.bench.llm import TASKS
+    from cascade.bench.llm_data import eval_rows
+
+    if task not in TASKS or TASKS[task].dev_split != "train":
+        return set()
+    return set(eval_rows(TASKS[task], paths.data_dir(data_dir), SEARCH_ROWS, "dev")[0])
 
 
 def prompt_examples(teacher_prompt: dict | None, gate_dir: Path) -> set[str]:

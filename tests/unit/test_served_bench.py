@@ -30,13 +30,24 @@ def test_report_rows_leave_out_the_prompt_examples_and_check_their_size():
     task = load_task("sst2")
     rows, how = report_rows(task, 200, 1000)
     texts, gold = load_split(task, "train")
-    assert len(rows) == 200 and how["prompt_examples_left_out"] == 0
+    assert len(rows) == 200 and how["left_out"] == 0
     assert all(texts[i] == text and task.labels[gold[i]] == label for i, text, label in rows)
     assert not {i for i, _, _ in rows} & set(sample_rows(len(texts), 1000).tolist())
     fewer, how = report_rows(task, 200, 1000, exclude={rows[0][1], rows[5][1]})
-    assert len(fewer) == 198 and how["prompt_examples_left_out"] == 2
+    assert len(fewer) == 198 and how["left_out"] == 2
     with pytest.raises(ConfigError, match="exceed"):
         report_rows(task, 500, len(texts))
+
+
+def test_the_prompt_searchs_training_rows_stay_out_of_the_report():
+    from cascade.bench.served import prompt_search_rows, report_rows
+    from cascade.tasks import load_task
+
+    assert prompt_search_rows("sst2") == set()  # SST-2's prompt search scores validation rows
+    searched = prompt_search_rows("ag_news")
+    assert len(searched) > 900
+    rows, how = report_rows(load_task("ag_news"), 7000, 1000)
+    assert how["left_out"] >= 500 and not searched & {text for _, text, _ in rows}
 
 
 def test_prompt_examples_come_from_the_teacher_and_the_gate(tmp_path):
