@@ -4,7 +4,8 @@ figure cites its file").
 A pointer is a Markdown link right after the figure: ``0.906 [↗](bench/results/demo-X.json "accuracy")``. The link
 names the file (relative to the page); its title names the value: a key path (dots; list items by index) or a short
 expression of paths and numbers, evaluated left to right (``stages.total_s / 60``, ``per_tier.logreg.share * 100``).
-The figure is the last number before the link on its line, after any earlier pointer; it matches when the value
+The figure is the last number before the link on its line, after any earlier pointer (or, for a link that opens
+a line, at the end of the line before); it matches when the value
 rounds to it at the figure's own decimals (thousands separators ignored). A value that is true or false is a
 verdict: the word before the link says it (``passed``, ``failed``...). A string matches when the text before the
 link is the whole value or a prefix of at least 7 characters (a commit)."""
@@ -78,13 +79,16 @@ def check_figure(before: str, value) -> str | None:
 
 def check_page(page: Path) -> tuple[int, list[str]]:
     """How many pointers ``page`` holds, and what is wrong with them."""
-    count, problems = 0, []
+    count, problems, carry = 0, [], ""
     for number, line in enumerate(page.read_text().splitlines(), 1):
         start = 0
         for match in POINTER.finditer(line):
             count += 1
             where = f"{page.name}:{number}: {match.group(1)} {match.group(2)!r}"
             before, start = line[start : match.start()], match.end()
+            if not re.search(r"\w", before):  # a pointer that opens its line: the figure ends the line before
+                before = carry + before
+            carry = ""
             target = (page.parent / match.group(1)).resolve()
             if not target.is_file():
                 problems.append(f"{where}: no such file")
@@ -96,6 +100,7 @@ def check_page(page: Path) -> tuple[int, list[str]]:
                 continue
             if (why := check_figure(before, value)) is not None:
                 problems.append(f"{where}: {why}")
+        carry = line[start:]
     return count, problems
 
 
@@ -117,15 +122,16 @@ def test_an_edited_value_is_caught(tmp_path):
     page.write_text(
         'accuracy **0.906** [↗](r.json "a.b"), 90.6% [↗](r.json "a.b * 100") in 16.8 min [↗](r.json "s / 60"),\n'
         'the run passed [↗](r.json "passed") at `37ea4b7` [↗](r.json "c"); 1,009 s [↗](r.json "s")\n'
-        '999-1,009 s [↗](r.json "s"), 1.0e3 s [↗](r.json "s"), 2.4e-7 [↗](r.json "d")\n'
+        '999-1,009 s [↗](r.json "s"), 1.0e3 s [↗](r.json "s"), 2.4e-7 [↗](r.json "d"), wrapped at 1,009 s\n'
+        '  [↗](r.json "s")\n'
     )
     (tmp_path / "r.json").write_text(json.dumps({"a": {"b": 0.9059}, "s": 1008.9, "passed": True, "c": "37ea4b7f00",
                                                  "d": 2.38e-7}))  # fmt: skip
-    assert check_page(page) == (9, [])
+    assert check_page(page) == (10, [])
     (tmp_path / "r.json").write_text(json.dumps({"a": {"b": 0.9049}, "s": 1008.9, "passed": False, "c": "37ea4b7f00",
                                                  "d": 2.46e-7}))  # fmt: skip
     count, problems = check_page(page)
-    assert count == 9 and len(problems) == 4, problems  # 0.906, 90.6%, "passed", 2.4e-7
+    assert count == 10 and len(problems) == 4, problems  # 0.906, 90.6%, "passed", 2.4e-7
     page.write_text('1,010 s [↗](r.json "s") [↗](r.json "s") [↗](gone.json "s") [↗](r.json "a.x")\n')
     problems = check_page(page)[1]
     assert [p.split(": ", 2)[2] for p in problems] == [
