@@ -11,6 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
+#: Decimals the cache keeps of a teacher probability. Labels fresh from the teacher are rounded alike
+#: (:func:`soft_label`), so a build reads the same numbers whether its labels came from the teacher or the cache.
+PROB_DECIMALS = 6
+
+
+def soft_label(probs) -> list[float]:
+    """One row's teacher probabilities as the cache keeps them."""
+    return np.round(np.asarray(probs, dtype=np.float64), PROB_DECIMALS).tolist()
+
 
 def _text_hash(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
@@ -67,7 +76,7 @@ class LabelStore:
     ) -> None:
         import json
 
-        soft = [None] * len(ids) if probs is None else [json.dumps(np.round(p, 6).tolist()) for p in probs]
+        soft = [None] * len(ids) if probs is None else [json.dumps(soft_label(p)) for p in probs]
         self._db.executemany(
             "INSERT OR REPLACE INTO labels (task, teacher, row_id, text_hash, label, probs) VALUES (?, ?, ?, ?, ?, ?)",
             [(task, teacher, i, _text_hash(t), int(y), p) for i, t, y, p in zip(ids, texts, labels, soft, strict=True)],

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cascade.errors import ConfigError, ServerError
-from cascade_export.label_store import LabelStore
+from cascade_export.label_store import LabelStore, soft_label
 from cascade_export.table_rows import Table
 
 LABEL_BATCH = 32  # rows per teacher call; the cache is committed after each
@@ -87,7 +87,7 @@ def label_sample(
                         f"teacher {teacher.name} answered {got.shape[1]} probabilities, not {len(labels)}"
                     )
                 probs, got = got, got.argmax(axis=1).astype(np.int64)
-                soft.update({ids[k]: p.tolist() for k, p in zip(chunk, probs, strict=True)})
+                soft.update({ids[k]: soft_label(p) for k, p in zip(chunk, probs, strict=True)})
             if got.min(initial=0) < 0 or got.max(initial=0) >= len(labels):
                 raise ConfigError(f"teacher {teacher.name} answered labels outside 0-{len(labels) - 1}")
             store.put(task, teacher.name, [ids[k] for k in chunk], [texts[k] for k in chunk], got, probs)

@@ -316,3 +316,27 @@ def test_processes_may_open_one_cache_at_once(tmp_path):
             proc.join(timeout=60)
         failures += [outcome for outcome in (outcomes.get(timeout=10) for _ in procs) if outcome is not None]
     assert failures == []
+
+
+class ProbTeacher:
+    """Probabilities at float32's full precision, as the LLM tier answers them."""
+
+    name = "llm:probs"
+
+    def label(self, positions, texts):
+        p = np.random.default_rng(int(positions[0])).dirichlet([1, 1], size=len(positions)).astype(np.float32)
+        return p
+
+
+def test_soft_labels_are_the_same_fresh_or_from_the_cache(tmp_path):
+    # A build is sensitive to the last digits of its soft labels (the calibrated cut moves), so the labels a run
+    # gets from the teacher and those a rerun reads back from the cache must be the same numbers.
+    table = read_table(write_table(tmp_path, n=30), "review")
+    positions = np.arange(30)
+    with LabelStore(tmp_path / "l.sqlite") as store:
+        fresh = label_sample("t", LABELS, table, positions, ProbTeacher(), store, batch=8, progress=False)
+        again = label_sample("t", LABELS, table, positions, ProbTeacher(), store, batch=8, progress=False)
+    assert fresh.cached_rows == 0 and again.cached_rows == 30
+    assert fresh.probs.tobytes() == again.probs.tobytes()
+    raw = ProbTeacher().label(positions[:8], table.texts[:8])
+    assert np.abs(fresh.probs[:8] - raw).max() <= 5e-7 and (fresh.probs[:8] != raw).any()  # rounded, not replaced
