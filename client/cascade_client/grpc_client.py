@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 DEFAULT_URL = f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}"
+#: The deadline of a metadata call (seconds); a client whose own deadline is shorter uses that.
+METADATA_TIMEOUT_S = 30.0
 
 
 def _tls(kwargs: dict) -> dict:
@@ -61,6 +63,9 @@ class _Connection:
         self.timeout_s = timeout_s
         key = admin_key if admin_key is not None else os.environ.get(contract.ADMIN_KEY_ENV)
         self._admin_headers = {contract.GRPC_ADMIN_HEADER: key} if key else None
+        # Metadata calls (configs, the repository index, statistics, readiness) answer at once on a live server:
+        # a server that holds one longer is stuck, and the call fails as unavailable rather than wait for ever.
+        self._meta = {"headers": self._admin_headers, "client_timeout": min(timeout_s, METADATA_TIMEOUT_S)}
         self._client = self._module.InferenceServerClient(url, **_tls(kwargs))
 
 
@@ -124,7 +129,7 @@ class CascadeClient(_Connection):
         """The task gate's configuration (labels, enabled tiers, thresholds), parsed as the gate parses it."""
         with translated(task):
             name = contract.gate_model_name(task)
-            config = self._client.get_model_config(name, headers=self._admin_headers, as_json=True)["config"]
+            config = self._client.get_model_config(name, as_json=True, **self._meta)["config"]
         return answers.gate_config(config, task)
 
     def infer(self, model: str, inputs, outputs=None, parameters=None):
@@ -137,7 +142,7 @@ class CascadeClient(_Connection):
     def model_config(self, model: str) -> dict:
         """A served model's config as JSON (Triton's model_config)."""
         with translated(model):
-            return self._client.get_model_config(model, headers=self._admin_headers, as_json=True)["config"]
+            return self._client.get_model_config(model, as_json=True, **self._meta)["config"]
 
     def model_parameters(self, model: str) -> dict[str, str]:
         """A served model's config parameters (e.g. which GGUF an LLM scorer serves)."""
@@ -169,19 +174,19 @@ class CascadeClient(_Connection):
     def tasks(self) -> list[str]:
         """Ready gate models (the public tasks) in the repository."""
         with translated("repository index"):
-            index = self._client.get_model_repository_index(headers=self._admin_headers, as_json=True)
+            index = self._client.get_model_repository_index(as_json=True, **self._meta)
         return sorted(name for name in answers.ready_models(index) if answers.is_task(self.model_config(name)))
 
     def is_ready(self) -> bool:
         try:
-            return self._client.is_server_ready()
+            return self._client.is_server_ready(client_timeout=self._meta["client_timeout"])
         except InferenceServerException:
             return False
 
     def model_stats(self) -> dict[str, ModelStats]:
         """Per model, what the server counted since it started (``/v2/models/stats``)."""
         with translated("statistics"):
-            return answers.model_stats(self._client.get_inference_statistics(headers=self._admin_headers, as_json=True))
+            return answers.model_stats(self._client.get_inference_statistics(as_json=True, **self._meta))
 
     def close(self) -> None:
         self._client.close()
@@ -247,7 +252,7 @@ class AsyncCascadeClient(_Connection):
     async def gate_config(self, task: str):
         with translated(task):
             name = contract.gate_model_name(task)
-            config = (await self._client.get_model_config(name, headers=self._admin_headers, as_json=True))["config"]
+            config = (await self._client.get_model_config(name, as_json=True, **self._meta))["config"]
         return answers.gate_config(config, task)
 
     async def infer(self, model: str, inputs, outputs=None, parameters=None):
@@ -258,7 +263,7 @@ class AsyncCascadeClient(_Connection):
 
     async def model_config(self, model: str) -> dict:
         with translated(model):
-            return (await self._client.get_model_config(model, headers=self._admin_headers, as_json=True))["config"]
+            return (await self._client.get_model_config(model, as_json=True, **self._meta))["config"]
 
     async def model_parameters(self, model: str) -> dict[str, str]:
         return answers.model_parameters(await self.model_config(model))
@@ -282,18 +287,18 @@ class AsyncCascadeClient(_Connection):
 
     async def tasks(self) -> list[str]:
         with translated("repository index"):
-            index = await self._client.get_model_repository_index(headers=self._admin_headers, as_json=True)
+            index = await self._client.get_model_repository_index(as_json=True, **self._meta)
         return sorted([name for name in answers.ready_models(index) if answers.is_task(await self.model_config(name))])
 
     async def is_ready(self) -> bool:
         try:
-            return await self._client.is_server_ready()
+            return await self._client.is_server_ready(client_timeout=self._meta["client_timeout"])
         except InferenceServerException:
             return False
 
     async def model_stats(self) -> dict[str, ModelStats]:
         with translated("statistics"):
-            raw = await self._client.get_inference_statistics(headers=self._admin_headers, as_json=True)
+            raw = await self._client.get_inference_statistics(as_json=True, **self._meta)
         return answers.model_stats(raw)
 
     async def close(self) -> None:

@@ -62,3 +62,30 @@ def test_async_is_ready_is_false_without_a_server():
     with CascadeClient(f"127.0.0.1:{port}", timeout_s=5) as client:
         assert client.is_ready() is False
     assert asyncio.run(run()) is False
+
+
+def test_a_metadata_call_to_a_server_that_never_answers_fails_as_unavailable():
+    # A socket that accepts connections and never speaks (a stuck server): a metadata call gives up at its
+    # deadline, as an error the job's first-contact retry understands, for both clients.
+    import socket
+    import time
+
+    import pytest
+
+    from cascade.errors import ServerUnavailable
+
+    with socket.socket() as stuck:
+        stuck.bind(("127.0.0.1", 0))
+        stuck.listen(8)
+        url = f"127.0.0.1:{stuck.getsockname()[1]}"
+        start = time.monotonic()
+        with CascadeClient(url, timeout_s=1.0) as client, pytest.raises(ServerUnavailable, match="DEADLINE"):
+            client.gate_config("sst2")
+
+        async def aio():
+            async with AsyncCascadeClient(url, timeout_s=1.0) as client:
+                await client.model_stats()
+
+        with pytest.raises(ServerUnavailable, match="DEADLINE"):
+            asyncio.run(aio())
+        assert time.monotonic() - start < 20
