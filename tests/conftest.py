@@ -46,7 +46,7 @@ def built_repo(tmp_path_factory, sst2_task):
         fcntl.flock(lock, fcntl.LOCK_EX)
         report = repo / "sst2" / "build_report.json"
         if report.is_file() and json.loads(report.read_text()).get("task_digest") == sst2_task.digest():
-            from cascade_export.repository import refresh_backends
+            from cascade.repository.writer import refresh_backends
 
             refresh_backends(repo)
             return repo, json.loads(report.read_text())

@@ -30,10 +30,9 @@ from cascade import contract, embedders
 from cascade.errors import ConfigError
 from cascade.repository.configgen import parse_config
 from cascade.repository.trtllm_config import ProtoSpec
+from cascade.repository.writer import BACKEND_TOKENIZER, XGBOOST_JSON
 from cascade.serving.gate import GateConfig
 from cascade.serving.runtime import TOKEN_INPUTS, TOKENIZER_FILE
-from cascade_export.repository import BACKEND_TOKENIZER
-from cascade_export.tabular import XGBOOST_JSON
 
 PROFILE = "gpu"
 TOKENIZE_SUFFIX, ONNX_SUFFIX, FIL_SUFFIX = "_tokenize", "_onnx", "_fil"
@@ -210,7 +209,7 @@ def write_gpu_repository(
 ) -> list[str]:
     """Write the GPU profile of ``tasks`` (default: every task of ``cpu_repo``) into ``gpu_repo``, atomically."""
     from cascade.repository.trtllm_config import write_gpu_llm_models
-    from cascade_export.repository import RepositoryWriter
+    from cascade.repository.writer import RepositoryWriter
 
     cpu_repo, gpu_repo = Path(cpu_repo), Path(gpu_repo)
     gates = _gates(cpu_repo)

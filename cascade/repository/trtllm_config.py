@@ -118,7 +118,7 @@ def _bool(value: bool) -> str:
 @dataclass(frozen=True)
 class ProtoSpec(ModelSpec):
     """A :class:`ModelSpec` carrying a ready ``ModelConfig`` (ragged inputs, decoupled policy, other backends),
-    so that :class:`cascade_export.repository.RepositoryWriter` writes it like any other model."""
+    so that :class:`cascade.repository.writer.RepositoryWriter` writes it like any other model."""
 
     config: mc.ModelConfig | None = None
 
@@ -293,8 +293,8 @@ def write_gpu_llm_models(
     and have generation logits in FP32. ``templates`` (the tasks' :class:`cascade.llm.scorer.PromptTemplate`) are
     checked against the tokenizer: verbalizations must start with distinct tokens on this one-step path.
     """
-    from cascade_export.repository import RepositoryWriter
-    from cascade_export.trtllm_engine import check_engine, read_engine_config
+    from cascade.repository.engine_info import check_engine, read_engine_config
+    from cascade.repository.writer import RepositoryWriter
 
     check_engine(read_engine_config(Path(engine_dir)), tp_size, pp_size, max_input_len)
     if templates:
@@ -323,7 +323,7 @@ def write_gpu_llm_models(
 
 def cpu_generate_spec(llm_model: str, n_ctx: int = 1024, num_threads: int | str = contract.THREADS_AUTO) -> ProtoSpec:
     """The CPU profile's ``llm_generate`` (llama.cpp over a packaged GGUF), for a
-    :class:`cascade_export.repository.RepositoryWriter`; ``cascade_export.build.ensure_llms`` writes it."""
+    :class:`cascade.repository.writer.RepositoryWriter`; ``cascade_export.llm_tiers.ensure_llms`` writes it."""
     return ProtoSpec.of(
         llm_generate_config(contract.RUNTIME_LLAMA_CPP, llm_model=llm_model, n_ctx=n_ctx, num_threads=num_threads),
         BACKEND_LLM_GENERATE,

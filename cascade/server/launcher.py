@@ -182,11 +182,11 @@ class TritonServer:
         if not self.opts.repository.is_dir():
             raise ServerError(f"model repository {self.opts.repository} is not a directory")
         prepare_python_backend(self.backend_dir)
-        from cascade_export.journal import recover  # an export killed mid-commit: back to one version
+        from cascade.repository.journal import recover  # an export killed mid-commit: back to one version
 
         for done in recover(self.opts.repository):
             print(f"cascade: {done}", file=sys.stderr)
-        from cascade_export.repository import refresh_backends  # a repository built by another version
+        from cascade.repository.writer import refresh_backends  # a repository built by another version
 
         if changed := refresh_backends(self.opts.repository):
             print(f"cascade: updated the model.py glue of {len(changed)} models to this version", file=sys.stderr)

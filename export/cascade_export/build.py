@@ -15,11 +15,11 @@ from pathlib import Path
 
 from cascade import contract, embedders
 from cascade.errors import ConfigError
+from cascade.repository.writer import RepositoryWriter
 from cascade.tasks import TaskSpec
 from cascade_export.calibration import calibrate_task
 from cascade_export.llm_tiers import ensure_llms
 from cascade_export.repo_embedder import ensure_embedder
-from cascade_export.repository import RepositoryWriter
 from cascade_export.stage import MODELS_DIR, BuildOptions, load_stage, log, stage_embedder
 from cascade_export.train import train_task
 

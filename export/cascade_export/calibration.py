@@ -21,10 +21,10 @@ from cascade.calibrate import (
 )
 from cascade.errors import ConfigError
 from cascade.repository import configgen
+from cascade.repository.writer import RepositoryWriter
 from cascade.serving.gate import GateConfig
 from cascade.tasks import TaskSpec
 from cascade_export.llm_tiers import ensure_llms, llm_scorer_on
-from cascade_export.repository import RepositoryWriter
 from cascade_export.stage import CALIB_FILE, MODELS_DIR, load_stage, log, stage_embedder
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from cascade import contract
 from cascade.repository import configgen
 from cascade.repository.trtllm_config import cpu_generate_spec
-from cascade_export.repository import RepositoryWriter
+from cascade.repository.writer import RepositoryWriter
 from cascade_export.stage import log
 
 #: Which packaged GGUF serves each LLM tier on CPU (chosen by measurement: docs/llm.md, "Roles").

@@ -11,7 +11,7 @@ import numpy as np
 from cascade import contract, embedders
 from cascade.errors import ConfigError
 from cascade.repository import configgen
-from cascade_export.repository import RepositoryWriter
+from cascade.repository.writer import RepositoryWriter
 from cascade_export.stage import log
 
 EMBEDDER_FILES = ("model.onnx", "tokenizer.json")

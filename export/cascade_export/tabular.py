@@ -13,9 +13,7 @@ import numpy as np
 
 from cascade.contract import EMBEDDING, PROBS
 from cascade.errors import InvalidInput
-
-#: The booster's own file beside the ONNX graph (the GPU profile's FIL backend reads it).
-XGBOOST_JSON = "xgboost.json"
+from cascade.repository.writer import XGBOOST_JSON
 
 #: Opset of the tabular graphs (main domain); ai.onnx.ml follows the converters' choice.
 TARGET_OPSET = 15

@@ -14,11 +14,11 @@ import numpy as np
 from cascade import contract
 from cascade.errors import ConfigError
 from cascade.repository import configgen
+from cascade.repository.writer import RepositoryWriter
 from cascade.tasks import TaskSpec, load_split
 from cascade_export.labels_file import read_labelled, read_soft_labels, uniform_rows
 from cascade_export.llm_tiers import LLM_ROLES, draw_few_shot
 from cascade_export.repo_embedder import embed, ensure_embedder, repository_embedder
-from cascade_export.repository import RepositoryWriter
 from cascade_export.stage import CALIB_FILE, MODELS_DIR, STATE_FILE, BuildOptions, log
 
 #: Training rows the int8 encoder is compared on against fp32 (export.encoder.quantize_if_cheap).

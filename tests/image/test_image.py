@@ -82,7 +82,7 @@ def repository(build_image, tmp_path_factory):
     assert init["image"] == build_image["image"], (init["image"], build_image["image"])
     report = REPO_DIR / "cpu" / "sst2" / "build_report.json"
     if report.is_file() and json.loads(report.read_text()).get("task_digest") == load_task("sst2").digest():
-        refresh = "from cascade_export.repository import refresh_backends as r; print(r('/models/cpu'))"
+        refresh = "from cascade.repository.writer import refresh_backends as r; print(r('/models/cpu'))"
         podpy = img.Pod(volumes={str(REPO_DIR): "/models"}, entrypoint=["python", "-c"])
         seconds, out = podpy.run(build_image["image"], [refresh], timeout=120)
         FIGURES["repository"] = {"reused": True, "glue_refreshed": out.strip(), "seconds": round(seconds, 1)}

@@ -18,8 +18,8 @@ def generate_server(tmp_path_factory):
 
     from cascade.llm.gguf import MODEL_SMOLLM2, gguf_path
     from cascade.repository.trtllm_config import cpu_generate_spec
+    from cascade.repository.writer import RepositoryWriter
     from cascade.server.launcher import ServerOptions, TritonServer, free_ports
-    from cascade_export.repository import RepositoryWriter
 
     gguf_path(MODEL_SMOLLM2)  # fails early with a clear message when the model package is missing
     repo = tmp_path_factory.mktemp("generate") / "cpu"

@@ -12,8 +12,8 @@ from cascade.repository import configgen
 @pytest.mark.server
 def test_served_llm_takes_the_launcher_threads_and_rejects_a_bad_environment(tmp_path, monkeypatch):
     from cascade.errors import ServerError
+    from cascade.repository.writer import RepositoryWriter
     from cascade.server.launcher import ServerOptions, TritonServer, free_ports
-    from cascade_export.repository import RepositoryWriter
 
     repo = tmp_path / "repo"
     with RepositoryWriter(repo) as writer:

@@ -163,7 +163,7 @@ def test_bls_targets_reject_requests_queued_past_the_gates_timeout():
 def test_refresh_backends_copies_each_models_own_glue(tmp_path):
     from cascade.paths import BACKENDS_DIR
     from cascade.repository.trtllm_config import ProtoSpec, cpu_generate_spec, llm_large_gpu_config
-    from cascade_export.repository import GLUE_MARKER, RepositoryWriter, refresh_backends
+    from cascade.repository.writer import GLUE_MARKER, RepositoryWriter, refresh_backends
 
     repo = tmp_path / "cpu"
     with RepositoryWriter(repo) as writer:

@@ -68,7 +68,7 @@ def test_xgboost_export_matches_predict_proba(tmp_path: Path, n_labels: int) -> 
     # The booster's JSON beside it (what the GPU profile's FIL backend serves) is the same model.
     import xgboost
 
-    from cascade_export.tabular import XGBOOST_JSON
+    from cascade.repository.writer import XGBOOST_JSON
 
     booster = xgboost.Booster(model_file=str(tmp_path / XGBOOST_JSON))
     margin = booster.predict(xgboost.DMatrix(X[:5]))

@@ -69,3 +69,19 @@ def test_no_import_cycles():
     graph = {name: _imports(tree, set(modules)) - {name} - _packages_of(name) for name, tree in modules.items()}
     assert len(graph) > 40 and "cascade_export.build" in graph["cascade_export.distill"]  # the walk sees imports
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+#: Packages a server runs (the repository's writer included: the server recovers and refreshes it at start),
+#: which must not import the build side (``cascade_export``: torch, training, the teachers).
+SERVING_SIDE = ("cascade.repository", "cascade.server", "cascade.serving", "cascade.llm")
+
+
+def test_the_serving_side_imports_nothing_from_the_build_side():
+    modules = _modules()
+    climbs = {
+        name: sorted(dep for dep in _imports(tree, set(modules)) if dep.split(".")[0] == "cascade_export")
+        for name, tree in modules.items()
+        if name.startswith(SERVING_SIDE)
+    }
+    assert "cascade.repository.writer" in climbs  # the walk sees the writer where it lives
+    assert {name: deps for name, deps in climbs.items() if deps} == {}

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cascade_export.journal import recover
-from cascade_export.repository import RepositoryWriter
+from cascade.repository.journal import recover
+from cascade.repository.writer import RepositoryWriter
 
 OLD = ("sst2", "sst2_logreg", "sst2_xgboost")
 NEW = (*OLD, "sst2_encoder")  # the new version adds a model that had no previous version
@@ -50,7 +50,7 @@ def export_killed(tmp_path: Path, repo: Path, after_renames: int | None = None, 
     script = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
-        from cascade_export import repository
+        from cascade.repository import writer as repository
 
         renames, staged = [0], [0]
         real_rename, real_add_dir = os.rename, repository.RepositoryWriter.add_dir
@@ -117,7 +117,7 @@ def test_an_export_killed_while_staging_leaves_the_repository_untouched(tmp_path
 def test_a_recovery_killed_midway_is_finished_by_the_next(tmp_path, previous, monkeypatch):
     repo, before = previous
     assert export_killed(tmp_path, repo, after_renames=5) == -signal.SIGKILL
-    from cascade_export import repository
+    from cascade.repository import writer as repository
 
     real, calls = os.rename, []
 

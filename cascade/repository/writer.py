@@ -1,6 +1,6 @@
 """Writing the Triton model repository atomically: models are built in a staging folder beside the
 repository and renamed into place, so the server never sees a half-written model. The commit is journaled
-(``cascade_export.journal``): a writer killed at any point leaves the previous version of the whole task, or
+(``cascade.repository.journal``): a writer killed at any point leaves the previous version of the whole task, or
 the whole new one, after :func:`recover` (run before every write and when a server starts).
 """
 
@@ -24,10 +24,12 @@ from cascade.repository.configgen import (
     parse_config,
     write_config,
 )
+from cascade.repository.journal import DONE, JOURNAL, OLD_PREFIX, OWNER, fsync_dir, recover
 from cascade.serving.runtime import TOKEN_INPUTS
-from cascade_export.journal import DONE, JOURNAL, OLD_PREFIX, OWNER, fsync_dir, recover
 
 BACKEND_TOKENIZER = "tokenizer"
+#: The XGBoost booster's own file beside its ONNX graph (the GPU profile's FIL backend reads it).
+XGBOOST_JSON = "xgboost.json"
 VERSION = contract.MODEL_VERSION
 
 

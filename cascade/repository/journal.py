@@ -2,7 +2,7 @@
 ``cascade serve`` runs :func:`recover` before it starts a server).
 
 A task is several models (the gate and its tiers) that must change together. The writer
-(``cascade_export.repository.RepositoryWriter``) stages them in a folder beside the repository; its commit writes
+(``cascade.repository.writer.RepositoryWriter``) stages them in a folder beside the repository; its commit writes
 a ``COMMIT`` file listing the models before the first rename and turns it into ``COMMITTED`` after the last. A
 process killed at any point leaves one of three states, and :func:`recover` puts the repository back to a
 consistent version:
