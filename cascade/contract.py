@@ -172,7 +172,7 @@ CFG_CALIBRATE = "calibrate"
 
 # --- sizing to the machine ----------------------------------------------------------------------
 #: Threads of each llama.cpp model (llm_small, llm_large, llm_generate), overriding the sizing from the cores the
-#: server may use (``cascade.serving.sizing``). ``cascade serve --llm-threads`` and the Helm value ``llm.threads`` set
+#: server may use (``cascade.runtime.sizing``). ``cascade serve --llm-threads`` and the Helm value ``llm.threads`` set
 #: it.
 LLM_THREADS_ENV = "CASCADE_LLM_THREADS"
 #: A model's ``num_threads`` parameter may be this: sized at load time from the server's cores.
@@ -197,7 +197,7 @@ DEFAULT_MAX_BATCH_SIZE = 1024
 #: sends 4,096 rows per request, which halves the per-request cost on both sides of the wire.
 GATE_MAX_BATCH_SIZE = 4096
 LLM_MAX_BATCH_SIZE = 64
-#: Instances of each CPU LLM scorer, each with half the cores' threads (``cascade.serving.sizing``): one request leaves
+#: Instances of each CPU LLM scorer, each with half the cores' threads (``cascade.runtime.sizing``): one request leaves
 #: half the machine to the other tiers; a bulk labelling job keeps two requests in flight and uses every core
 #: (independent single-thread instances do not stall each other as the threads of one instance do).
 LLM_INSTANCES = 2

@@ -4,7 +4,7 @@
 
 1. **The gate's math on the device.** ``cascade.serving.escalate.run_cascade`` over torch tensors on the GPU with the
 logreg
-   tier as torch ops (``cascade.serving.runtime.LinearModel``), timed with CUDA events at batch 1, 64 and 1,024 (the
+   tier as torch ops (``cascade.runtime.onnx_runner.LinearModel``), timed with CUDA events at batch 1, 64 and 1,024 (the
    host copies of the outputs included), beside the same code on NumPy on this machine's CPU; the answers of
    the two must agree.
 2. **The real server.** ``tritonserver`` from the wheel serves ``repo-gpu`` (the gate on a GPU instance,
@@ -68,10 +68,10 @@ def device_gating(check: dict, rows: dict, device: str = "cuda:0") -> dict:
     """run_cascade on the GPU vs NumPy: equal answers, and the time per batch (CUDA events / perf_counter)."""
     import torch
 
+    from cascade.runtime.onnx_runner import LinearModel
     from cascade.serving.arrays import Placement, host
     from cascade.serving.escalate import RowBatch, run_cascade
     from cascade.serving.gate import GateConfig
-    from cascade.serving.runtime import LinearModel
 
     gate = GateConfig.from_parameters(check["gate_parameters"])
     model = LinearModel.load(CHECK / "repo-gpu" / "sst2_logreg" / "1")

@@ -60,7 +60,7 @@ def export(name: str, work: Path, int8: bool) -> Path:
 
 
 def embed_cached(folder: Path, texts: list[str], cache: Path) -> np.ndarray:
-    from cascade.serving.runtime import OnnxRunner
+    from cascade.runtime.onnx_runner import OnnxRunner
 
     if cache.is_file():
         return np.load(cache)
@@ -71,7 +71,7 @@ def embed_cached(folder: Path, texts: list[str], cache: Path) -> np.ndarray:
 
 
 def speed(folder: Path, texts: list[str], batch: int = 64) -> float:
-    from cascade.serving.runtime import OnnxRunner
+    from cascade.runtime.onnx_runner import OnnxRunner
 
     runner = OnnxRunner(folder, num_threads=2)
     runner.run(texts[:batch])  # warm-up

@@ -24,7 +24,7 @@ import numpy as np
 
 from cascade import contract
 from cascade.bench.busy import cpu_hog
-from cascade.serving.sizing import llm_threads, server_cores
+from cascade.runtime.sizing import llm_threads, server_cores
 
 #: Requests the LLM clients send (short reviews: the bench needs no dataset).
 LLM_TEXTS = [

@@ -14,7 +14,7 @@ Each mode ``<scoring>:<beam>`` scores every row through :class:`cascade.llm.scor
 - ``--sequential-rows``: one single-token decode per trie node, as the scorer did before (the "before" figure).
 It reports rows/s, accuracy against the written labels and agreement with the first mode. ``--served`` also
 labels the rows the way ``cascade task create`` does: through a real tritonserver's ``llm_large`` (its
-``contract.LLM_INSTANCES`` instances, threads sized by ``cascade.serving.sizing``), with the scorer's defaults.
+``contract.LLM_INSTANCES`` instances, threads sized by ``cascade.runtime.sizing``), with the scorer's defaults.
 JSON goes to ``bench/results/labels-<timestamp>.json``.
 """
 
@@ -33,7 +33,7 @@ import numpy as np
 from cascade import contract
 from cascade.paths import BENCH_DATA_DIR, RESULTS_DIR
 from cascade.results import save_result
-from cascade.serving.sizing import llm_threads
+from cascade.runtime.sizing import llm_threads
 
 DATA = BENCH_DATA_DIR / "intents77.csv"
 QUESTION = "Which banking intent is this customer query about?"

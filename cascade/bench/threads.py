@@ -1,5 +1,5 @@
 """Measure the llama.cpp thread count of the LLM tiers: ms/row at the old fixed 2 threads and at the sized
-count (``cascade.serving.sizing.llm_threads``), each on an idle machine and with one core busy.
+count (``cascade.runtime.sizing.llm_threads``), each on an idle machine and with one core busy.
 
 ``python -m cascade.bench.threads [--rows 40] [--threads 1 2] [--data-dir DIR]`` (or ``cascade bench threads``)
 
@@ -29,7 +29,7 @@ from cascade import contract
 from cascade.bench.busy import cpu_hog
 from cascade.errors import CascadeError, InvalidInput
 from cascade.paths import DEFAULT_DATA_DIR
-from cascade.serving.sizing import llm_threads, server_cores
+from cascade.runtime.sizing import llm_threads, server_cores
 
 #: The value every llama.cpp model ran with before sizing.
 OLD_THREADS = 2

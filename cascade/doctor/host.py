@@ -69,10 +69,10 @@ def check_shm(path: Path = SHM_DIR, minimum: int = MIN_SHM_BYTES) -> Result:
 
 
 def check_threads(cores: int | None = None, environ: Mapping[str, str] | None = None) -> Result:
-    """The threads a server here gives each model (:mod:`cascade.serving.sizing`): llama.cpp's ``n_threads``, ONNX
+    """The threads a server here gives each model (:mod:`cascade.runtime.sizing`): llama.cpp's ``n_threads``, ONNX
     Runtime's for the text models and for the models over embeddings. More llama.cpp threads than cores is a
     warning: ggml's threads spin-wait, and an oversubscribed model slows down several times."""
-    from cascade.serving import sizing
+    from cascade.runtime import sizing
 
     env = os.environ if environ is None else environ
     cores = sizing.server_cores() if cores is None else cores

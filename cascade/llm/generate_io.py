@@ -36,7 +36,7 @@ class GenerateIO:
         self.runtime = params.get(contract.CFG_RUNTIME, contract.RUNTIME_LLAMA_CPP)
         if self.runtime == contract.RUNTIME_LLAMA_CPP:
             from cascade.llm.gguf import gguf_path
-            from cascade.serving.sizing import llm_model_threads
+            from cascade.runtime.sizing import llm_model_threads
 
             threads = llm_model_threads(params.get(contract.CFG_NUM_THREADS))
             pb_utils.Logger.log_info(f"{config['name']}: llama.cpp n_threads={threads}")

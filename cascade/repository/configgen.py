@@ -11,7 +11,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from cascade import contract
 from cascade.contract import Tensor
 from cascade.errors import ConfigError
-from cascade.serving.sizing import positive_int
+from cascade.runtime.sizing import positive_int
 
 _DTYPES = {"FP32": mc.TYPE_FP32, "INT32": mc.TYPE_INT32, "BYTES": mc.TYPE_STRING, "BOOL": mc.TYPE_BOOL}
 #: Python-backend sources (under python_backends/) that a model's ``1/model.py`` is copied from.
@@ -109,7 +109,7 @@ def embedder_spec(
     embedder: str = "minilm-l6",
 ) -> ModelSpec:
     """The shared embedder (``embedder``, a name of ``cascade.embedders``, recorded for clients); ``num_threads``
-    ``auto``: sized at load time (``cascade.serving.sizing``)."""
+    ``auto``: sized at load time (``cascade.runtime.sizing``)."""
     inputs, outputs = contract.EMBEDDER_SIGNATURE
     return ModelSpec(
         name=contract.EMBEDDER_MODEL,
@@ -173,7 +173,7 @@ def llm_spec(
     calibrate: bool = True,
 ) -> ModelSpec:
     """A shared LLM scorer (tier 3 ``llm_small`` or tier 4 ``llm_large``) on llama.cpp; ``num_threads``
-    ``auto``: sized at load time from the server's cores or ``$CASCADE_LLM_THREADS`` (``cascade.serving.sizing``)."""
+    ``auto``: sized at load time from the server's cores or ``$CASCADE_LLM_THREADS`` (``cascade.runtime.sizing``)."""
     if tier not in contract.LLM_TIERS:
         raise ConfigError(f"tier {tier} is not an LLM tier")
     inputs, outputs = contract.LLM_SCORER_SIGNATURE

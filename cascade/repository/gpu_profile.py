@@ -31,8 +31,8 @@ from cascade.errors import ConfigError
 from cascade.repository.configgen import parse_config
 from cascade.repository.trtllm_config import ProtoSpec
 from cascade.repository.writer import BACKEND_TOKENIZER, XGBOOST_JSON
+from cascade.runtime.onnx_runner import TOKEN_INPUTS, TOKENIZER_FILE
 from cascade.serving.gate import GateConfig
-from cascade.serving.runtime import TOKEN_INPUTS, TOKENIZER_FILE
 
 PROFILE = "gpu"
 TOKENIZE_SUFFIX, ONNX_SUFFIX, FIL_SUFFIX = "_tokenize", "_onnx", "_fil"

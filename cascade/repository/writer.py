@@ -25,7 +25,7 @@ from cascade.repository.configgen import (
     write_config,
 )
 from cascade.repository.journal import DONE, JOURNAL, OLD_PREFIX, OWNER, fsync_dir, recover
-from cascade.serving.runtime import TOKEN_INPUTS
+from cascade.runtime.onnx_runner import TOKEN_INPUTS
 
 BACKEND_TOKENIZER = "tokenizer"
 #: The XGBoost booster's own file beside its ONNX graph (the GPU profile's FIL backend reads it).

@@ -53,7 +53,7 @@ class ServerOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     #: Threads of each llama.cpp model, given to the server as ``$CASCADE_LLM_THREADS``; ``None``: the
-    #: models size themselves from the server's cores (``cascade.serving.sizing``), or take the inherited variable.
+    #: models size themselves from the server's cores (``cascade.runtime.sizing``), or take the inherited variable.
     llm_threads: int | None = None
 
     def __post_init__(self) -> None:

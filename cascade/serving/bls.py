@@ -19,10 +19,10 @@ import numpy as np
 
 from cascade import contract
 from cascade.errors import ConfigError, TierFailure
+from cascade.runtime.onnx_runner import LinearModel, OnnxRunner
 from cascade.serving.arrays import Placement, host
 from cascade.serving.escalate import RowBatch
 from cascade.serving.gate import GateConfig, prompt_template
-from cascade.serving.runtime import LinearModel, OnnxRunner
 from cascade.serving.tiercalls import TierGuard, failure_of
 
 TEXT, EMBEDDING, PROBS = contract.TEXT.name, contract.EMBEDDING.name, contract.PROBS.name

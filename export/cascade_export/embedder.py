@@ -12,7 +12,7 @@ from typing import Any
 
 from cascade import embedders
 from cascade.contract import EMBEDDING, MAX_SEQ_TOKENS
-from cascade.serving.runtime import TOKEN_INPUTS, TOKENIZER_FILE, OnnxRunner, pad_token_id
+from cascade.runtime.onnx_runner import TOKEN_INPUTS, TOKENIZER_FILE, OnnxRunner, pad_token_id
 
 ONNX_FILE = "model.onnx"
 OPSET = 17

@@ -14,7 +14,7 @@ import numpy as np
 from cascade import embedders
 from cascade.contract import MAX_SEQ_TOKENS, MAX_TEXT_CHARS, PROBS
 from cascade.errors import InvalidInput
-from cascade.serving.runtime import TOKENIZER_FILE, OnnxRunner, pad_token_id
+from cascade.runtime.onnx_runner import TOKENIZER_FILE, OnnxRunner, pad_token_id
 from cascade_export.embedder import (
     export_graph,
     load_transformer,

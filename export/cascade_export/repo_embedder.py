@@ -53,6 +53,6 @@ def repository_embedder(repo: Path) -> embedders.Embedder:
 
 
 def embed(repo: Path, texts: list[str]) -> np.ndarray:
-    from cascade.serving.runtime import OnnxRunner
+    from cascade.runtime.onnx_runner import OnnxRunner
 
     return OnnxRunner(embedder_dir(repo), num_threads=2).run(texts)

@@ -185,7 +185,7 @@ def export_logreg(model: Any, path: Path) -> Path:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
-    from cascade.serving.runtime import LinearModel
+    from cascade.runtime.onnx_runner import LinearModel
 
     onx = convert_sklearn(
         model,
@@ -216,7 +216,7 @@ def export_xgboost(model: Any, path: Path) -> Path:
 
 def check_tabular(model: Any, path: Path, X: Any) -> float:
     """Max abs difference between the ONNX graph at ``path`` and ``model.predict_proba(X)``."""
-    from cascade.serving.runtime import OnnxRunner
+    from cascade.runtime.onnx_runner import OnnxRunner
 
     path = Path(path)
     X = np.asarray(X, dtype=np.float32)

@@ -29,7 +29,7 @@ def train_task(task: TaskSpec, repo: Path, stage: Path, opts: BuildOptions = Bui
     """``cascade train``: learn tiers 0-2 from the reference labels (gold, or the teacher's with
     ``opts.labels_file``) into ``stage/models`` (a model repository of the task's models), keep their
     probabilities on the held-out calibration rows in ``stage/calib.npz`` and fix the LLM tiers' prompts."""
-    from cascade.serving.runtime import OnnxRunner
+    from cascade.runtime.onnx_runner import OnnxRunner
     from cascade_export import encoder as enc
     from cascade_export import tabular
 

@@ -14,7 +14,7 @@ from cascade.errors import CascadeError, check_numpy, triton_error
 from cascade.llm.gguf import gguf_path
 from cascade.llm.prompts import parse_scorer_inputs, parse_scorer_parameters
 from cascade.llm.scorer import LlamaScorer
-from cascade.serving.sizing import llm_model_threads
+from cascade.runtime.sizing import llm_model_threads
 
 
 class TritonPythonModel:

@@ -1,6 +1,6 @@
 """Triton glue for a model served by ONNX Runtime: the embedder and the per-task tiers 0-2.
 
-The logic (tokenization, batching, ONNX Runtime) lives in ``cascade.serving.runtime``; the tensor names come
+The logic (tokenization, batching, ONNX Runtime) lives in ``cascade.runtime.onnx_runner``; the tensor names come
 from the model's config.pbtxt, which ``cascade.repository.configgen`` generates from ``cascade.contract``.
 """
 
@@ -12,9 +12,9 @@ import triton_python_backend_utils as pb_utils
 
 from cascade import contract, crash
 from cascade.errors import CascadeError, check_numpy, triton_error
+from cascade.runtime.onnx_runner import OnnxRunner
+from cascade.runtime.sizing import onnx_threads, resolve_threads
 from cascade.serving.gate_inputs import decode_texts
-from cascade.serving.runtime import OnnxRunner
-from cascade.serving.sizing import onnx_threads, resolve_threads
 
 
 class TritonPythonModel:

@@ -1,6 +1,6 @@
 """Triton glue for the GPU profile's tokenizer step: TEXT -> token arrays, the first step of the ensemble before
 an ONNX text model (the embedder, a task's encoder) served by ONNX Runtime with TensorRT. The logic lives in
-``cascade.serving.runtime.TextTokenizer``; the output names come from the model's config.pbtxt."""
+``cascade.runtime.onnx_runner.TextTokenizer``; the output names come from the model's config.pbtxt."""
 
 import json
 from pathlib import Path
@@ -9,8 +9,8 @@ import triton_python_backend_utils as pb_utils
 
 from cascade import contract, crash
 from cascade.errors import CascadeError, check_numpy, triton_error
+from cascade.runtime.onnx_runner import TOKENIZER_FILE, TextTokenizer
 from cascade.serving.gate_inputs import decode_texts
-from cascade.serving.runtime import TOKENIZER_FILE, TextTokenizer
 
 
 class TritonPythonModel:

@@ -12,7 +12,7 @@ import pytest
 
 from cascade.contract import EMBEDDING, EMBEDDING_DIM, MAX_SEQ_TOKENS, PROBS
 from cascade.errors import InvalidInput
-from cascade.serving.runtime import TEXT_SUB_BATCH, TOKENIZER_FILE, OnnxRunner
+from cascade.runtime.onnx_runner import TEXT_SUB_BATCH, TOKENIZER_FILE, OnnxRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

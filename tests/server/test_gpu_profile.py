@@ -139,8 +139,8 @@ def test_the_tokenizer_step_runs_in_the_real_server(gpu_repo, tmp_path):
     import tritonclient.grpc as grpcclient
 
     from cascade.repository.writer import GLUE_MARKER, refresh_backends
+    from cascade.runtime.onnx_runner import TextTokenizer
     from cascade.server.launcher import ServerOptions, TritonServer, free_ports
-    from cascade.serving.runtime import TextTokenizer
     from cascade_client.grpc_client import text_inputs
 
     repo, _ = gpu_repo

@@ -11,7 +11,7 @@ import pytest
 
 from cascade.contract import EMBEDDING, EMBEDDING_DIM, PROBS
 from cascade.errors import ConfigError, InvalidInput
-from cascade.serving.runtime import OnnxRunner
+from cascade.runtime.onnx_runner import OnnxRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -80,8 +80,8 @@ def test_xgboost_export_matches_predict_proba(tmp_path: Path, n_labels: int) -> 
 @pytest.mark.parametrize("device", [None, "cpu"], ids=["numpy", "torch"])
 def test_linear_model_matches_onnx_runtime_on_numpy_and_torch(tmp_path: Path, n_labels: int, device) -> None:
     """The logreg tier as array-API ops (the gate runs it on its GPU in the GPU profile) equals ONNX Runtime."""
+    from cascade.runtime.onnx_runner import LinearModel
     from cascade.serving.arrays import Placement, host
-    from cascade.serving.runtime import LinearModel
     from cascade_export.tabular import export_logreg, train_logreg
 
     X, y = _embeddings(n_labels, seed=2)
@@ -95,7 +95,7 @@ def test_linear_model_matches_onnx_runtime_on_numpy_and_torch(tmp_path: Path, n_
 
 
 def test_linear_model_refuses_other_graphs(tmp_path: Path) -> None:
-    from cascade.serving.runtime import LinearModel
+    from cascade.runtime.onnx_runner import LinearModel
     from cascade_export.tabular import export_xgboost, train_xgboost
 
     X, y = _embeddings(2, seed=3)

@@ -1,4 +1,4 @@
-"""Thread counts sized to the machine (cascade.serving.sizing) and the ``auto`` the generated configs carry."""
+"""Thread counts sized to the machine (cascade.runtime.sizing) and the ``auto`` the generated configs carry."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from cascade import contract
 from cascade.errors import ConfigError
 from cascade.repository import configgen
-from cascade.serving import sizing
-from cascade.serving.sizing import llm_threads, onnx_threads, resolve_threads, server_cores
+from cascade.runtime import sizing
+from cascade.runtime.sizing import llm_threads, onnx_threads, resolve_threads, server_cores
 
 
 # --- cores ---------------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def test_configgen_keeps_an_explicit_count_and_rejects_a_bad_one():
 
 
 def test_the_servers_llm_threads_win_over_the_repositorys_count():
-    from cascade.serving.sizing import llm_model_threads
+    from cascade.runtime.sizing import llm_model_threads
 
     env = {contract.LLM_THREADS_ENV: "1"}
     assert llm_model_threads("2", env) == 1 and llm_model_threads("auto", env) == 1

@@ -1,11 +1,11 @@
 """Thread counts of the served models, sized to the cores the server may use (no Triton import).
 
-The rule (measured: ``python -m cascade.bench.threads``; DESIGN.md section 10). ggml's threads spin-wait,
+The rule (measured: ``python -m cascade.bench.threads``; docs/slow-path.md). ggml's threads spin-wait,
 so a llama.cpp model with more threads than it has free cores collapses (Gemma 3 270M with one other core
 busy: 302 ms/row at 2 threads, 105 ms/row at 1). ``llm_small`` and ``llm_large`` may score at the same time,
 next to the gate and the embedder, so each LLM gets half the cores: ``max(1, cores // 2)``, at most
 :data:`LLM_MAX_THREADS` (these small models gain little past it). The ONNX Runtime models never spin
-(``cascade.serving.runtime.OnnxRunner``); the text models (the embedder, the encoder tier) get the same half,
+(``cascade.runtime.onnx_runner.OnnxRunner``); the text models (the embedder, the encoder tier) get the same half,
 the tiny models over embeddings (logreg, xgboost) one thread. On 2 cores every model runs one thread.
 
 A model's ``num_threads`` parameter is an integer (used as it is) or ``auto`` (sized here). For the

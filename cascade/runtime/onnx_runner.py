@@ -46,7 +46,7 @@ class OnnxRunner:
         opts.intra_op_num_threads = max(1, int(num_threads))
         opts.inter_op_num_threads = 1
         # Idle intra-op threads sleep instead of spin-waiting: a spinning thread burns a core that llama.cpp
-        # (whose own threads spin) needs on a small machine (cascade.serving.sizing).
+        # (whose own threads spin) needs on a small machine (cascade.runtime.sizing).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
