@@ -63,11 +63,11 @@ def read_rows(
     labels_as_text: bool = False,
 ) -> tuple[list[str], list]:
     """The text and label cells of the first ``limit`` rows (all by default) of a dataset file, Parquet or CSV
-    (plain or gzipped), read by the table jobs' reader (:func:`cascade_client.table_io.read_batches`). Texts are
+    (plain or gzipped), read by the table jobs' reader (:func:`cascade.tables.table_io.read_batches`). Texts are
     ``str`` (a null text is ``""``); labels are as stored, or ``str`` with ``labels_as_text``."""
     import pyarrow as pa
 
-    from cascade_client.table_io import read_batches, table_schema
+    from cascade.tables.table_io import read_batches, table_schema
 
     if not path.is_file():
         raise ConfigError(f"dataset file {path} not found (set --data-dir or ${DATA_DIR_ENV})")

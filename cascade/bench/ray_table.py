@@ -32,9 +32,9 @@ from cascade import contract
 from cascade.errors import ConfigError
 from cascade.paths import BENCH_WORK_DIR, DEFAULT_REPO
 from cascade.results import command_line, machine, now_iso, save_result
+from cascade.tables.job import FilterOptions, JobSummary
+from cascade.tables.table_io import read_batches
 from cascade.tasks import TaskSpec, load_split, load_task
-from cascade_client.job import FilterOptions, JobSummary
-from cascade_client.table_io import read_batches
 
 PREFIX = "ai_"
 
@@ -97,8 +97,8 @@ def _figures(summary: JobSummary, server_cpu: float) -> dict:
 
 def _embedded_ok(path: Path, served: tuple[str, int]) -> bool:
     """``path`` exists and its embedding column was made by the served embedder (else it is made again)."""
-    from cascade_client.cells import check_embedding_column
-    from cascade_client.table_io import table_schema
+    from cascade.tables.cells import check_embedding_column
+    from cascade.tables.table_io import table_schema
 
     if not path.is_file():
         return False
@@ -110,7 +110,7 @@ def _embedded_ok(path: Path, served: tuple[str, int]) -> bool:
 
 
 def _tables(task: TaskSpec, url: str, served, rows: int, text_rows: int, work: Path, data_dir) -> tuple[Path, Path]:
-    from cascade_client.embed_jobs import make_table, run_embed
+    from cascade.tables.embed_jobs import make_table, run_embed
 
     texts, gold_index = load_split(task, "validation", data_dir)
     gold = [task.labels[i] for i in gold_index]
@@ -139,10 +139,10 @@ def bench_ray_table(
     data_dir: str | None = None,
     work: Path = BENCH_WORK_DIR,
 ) -> dict:
-    from cascade.distributed.ray_engine import init_ray, run_filter_ray, workers
     from cascade.server.launcher import ServerOptions, TritonServer, free_ports
+    from cascade.tables.local import run_filter
+    from cascade.tables.ray_engine import init_ray, run_filter_ray, workers
     from cascade_client import CascadeClient
-    from cascade_client.table import run_filter
 
     work = Path(work) / task.name
     work.mkdir(parents=True, exist_ok=True)

@@ -32,11 +32,11 @@ from cascade import contract
 from cascade.bench.gate import RESULTS_DIR, _cpus, save
 from cascade.errors import ConfigError
 from cascade.paths import BENCH_WORK_DIR, DEFAULT_REPO
+from cascade.tables.embed_jobs import make_table, run_embed
+from cascade.tables.job import FilterOptions, JobSummary
+from cascade.tables.local import run_filter
+from cascade.tables.table_io import read_batches
 from cascade.tasks import TaskSpec, load_split, load_task
-from cascade_client.embed_jobs import make_table, run_embed
-from cascade_client.job import FilterOptions, JobSummary
-from cascade_client.table import run_filter
-from cascade_client.table_io import read_batches
 
 GOLD = "gold"
 

@@ -1,6 +1,6 @@
 """``cascade eval``: a labelled table through a served task, scored against its label column.
 
-The rows go through the same job as ``cascade filter`` (:func:`cascade_client.table.run_filter`, into a temporary
+The rows go through the same job as ``cascade filter`` (:func:`cascade.tables.local.run_filter`, into a temporary
 Parquet file), so the answers, the per-row errors and the speed are what ``filter`` gives on that table. The label
 column may hold the task's label names or label indices (0-based, as in the task's ``labels``), even mixed.
 """
@@ -17,8 +17,8 @@ import pyarrow.compute as pc
 
 from cascade import contract
 from cascade.errors import ConfigError, InvalidInput
-from cascade_client.cells import check_text_column
-from cascade_client.job import (
+from cascade.tables.cells import check_text_column
+from cascade.tables.job import (
     ERROR_COLUMN,
     LABEL_COLUMN,
     RESULT_COLUMNS,
@@ -26,9 +26,9 @@ from cascade_client.job import (
     FilterOptions,
     embedding_tiers_only,
 )
-from cascade_client.row_requests import DEFAULT_BACKOFF_S, first_contact
-from cascade_client.table import run_filter
-from cascade_client.table_io import read_batches, table_schema
+from cascade.tables.local import run_filter
+from cascade.tables.row_requests import DEFAULT_BACKOFF_S, first_contact
+from cascade.tables.table_io import read_batches, table_schema
 
 #: Keys every report has (the benchmarks read them).
 REQUIRED_KEYS = ("rows", "accuracy", "llm_share", "tiers", "wall_s")

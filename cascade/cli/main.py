@@ -15,8 +15,8 @@ from cascade.cli.tasks import cmd_build, cmd_calibrate, cmd_export, cmd_label, c
 from cascade.errors import CascadeError
 from cascade.ops.soak import DEFAULT_WARMUP_S
 from cascade.paths import DEFAULT_DATA_DIR, DEFAULT_REPO, RUNS_DIR
-from cascade_client.job import DEFAULT_BATCH_ROWS, DEFAULT_IN_FLIGHT, EMBEDDING_COLUMN
-from cascade_client.table_io import DEFAULT_CHUNK_ROWS
+from cascade.tables.job import DEFAULT_BATCH_ROWS, DEFAULT_IN_FLIGHT, EMBEDDING_COLUMN
+from cascade.tables.table_io import DEFAULT_CHUNK_ROWS
 from cascade_export.distill import DEFAULT_BUDGET, STRATEGIES
 from cascade_export.prompt_task import CREATE_TIERS
 

@@ -46,7 +46,7 @@ def cmd_classify(args) -> int:
 
     texts = list(args.texts)
     if args.file:
-        from cascade_client.table_io import read_batches, table_schema
+        from cascade.tables.table_io import read_batches, table_schema
 
         if not args.file.is_file():
             raise CascadeError(f"--file {args.file}: no such file")
@@ -119,7 +119,7 @@ def _save_summary(summary, path: Path | None) -> None:
 
 
 def _urls(args) -> list[str]:
-    from cascade.distributed.chunk_worker import split_urls
+    from cascade.tables.ray_worker import split_urls
 
     return split_urls(args.url)
 
@@ -137,8 +137,8 @@ def _local_url(args) -> str:
 
 
 def cmd_filter(args) -> int:
-    from cascade_client.job import FilterOptions
-    from cascade_client.table import run_filter
+    from cascade.tables.job import FilterOptions
+    from cascade.tables.local import run_filter
 
     options = FilterOptions(
         task=args.task,
@@ -156,10 +156,10 @@ def cmd_filter(args) -> int:
         prefix=args.prefix,
     )
     if args.engine == "ray":
-        from cascade.distributed import require_ray
+        from cascade.tables.ray_engine import require_ray
 
         require_ray()
-        from cascade.distributed.ray_engine import run_filter_ray
+        from cascade.tables.ray_engine import run_filter_ray
 
         summary = run_filter_ray(
             args.table, args.out, options, _urls(args), address=args.address, concurrency=args.concurrency,
@@ -187,16 +187,16 @@ def cmd_eval(args) -> int:
 
 
 def cmd_embed(args) -> int:
-    from cascade_client.embed_jobs import run_embed
+    from cascade.tables.embed_jobs import run_embed
 
     kwargs = {
         "text_column": args.column, "column": args.embedding_column, "float16": args.float16, "restart": args.restart
     }  # fmt: skip
     if args.engine == "ray":
-        from cascade.distributed import require_ray
+        from cascade.tables.ray_engine import require_ray
 
         require_ray()
-        from cascade.distributed.ray_engine import run_embed_ray
+        from cascade.tables.ray_engine import run_embed_ray
 
         summary = run_embed_ray(
             args.table, args.out, _urls(args), address=args.address, concurrency=args.concurrency, **kwargs
@@ -208,7 +208,7 @@ def cmd_embed(args) -> int:
 
 
 def cmd_make_table(args) -> int:
-    from cascade_client.embed_jobs import make_table
+    from cascade.tables.embed_jobs import make_table
 
     result = make_table(
         args.source, args.out, args.rows, column=args.embedding_column, noise=args.noise, seed=args.seed

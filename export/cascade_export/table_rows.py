@@ -13,7 +13,7 @@ from cascade.errors import ConfigError, InvalidInput
 
 @dataclass(frozen=True)
 class Table:
-    """The rows of a table that have text, read by the table jobs' reader (:mod:`cascade_client.table`): a null
+    """The rows of a table that have text, read by the table jobs' reader (:mod:`cascade.tables.local`): a null
     or empty text cell is no row here (it is never sent to the teacher); ``skipped`` counts them by reason."""
 
     path: Path
@@ -36,8 +36,8 @@ def read_table(path: str | Path, text_column: str = "text", id_column: str | Non
     (:attr:`Table.skipped`); ids stay the id column's values or the row positions in the file."""
     import pyarrow as pa
 
-    from cascade_client.cells import text_cells
-    from cascade_client.table_io import read_batches, table_schema
+    from cascade.tables.cells import text_cells
+    from cascade.tables.table_io import read_batches, table_schema
 
     path = Path(path)
     schema, _ = table_schema(path, text_column)  # a missing file or an unknown format fails here

@@ -1,4 +1,4 @@
-"""The Ray engine (``--engine ray``, cascade.distributed) in a local Ray against TWO real tritonservers serving the same
+"""The Ray engine (``--engine ray``) in a local Ray against TWO real tritonservers serving the same
 repository: its output equals the local engine's, both servers serve, bad input gets the same errors, a server killed
 mid-job is failed over with no row lost or repeated, a job interrupted on one engine is resumed by the other, and
 ``classify_dataset`` labels a Ray Dataset like the filter job. A job's workers end with it; a Ray that a job or
@@ -21,13 +21,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from cascade import contract
-from cascade.distributed import classify_dataset, ray_engine
-from cascade.distributed.ray_engine import run_embed_ray, run_filter_ray
 from cascade.errors import CascadeError, ConfigError, ServerUnavailable
+from cascade.tables import ray_engine
+from cascade.tables.embed_jobs import run_embed
+from cascade.tables.job import FilterOptions
+from cascade.tables.local import run_filter
+from cascade.tables.ray_api import classify_dataset
+from cascade.tables.ray_engine import run_embed_ray, run_filter_ray
 from cascade.tasks import load_split
-from cascade_client.embed_jobs import run_embed
-from cascade_client.job import FilterOptions
-from cascade_client.table import run_filter
 
 FAST_RETRY = (0.1, 0.2)
 pytestmark = pytest.mark.server
@@ -253,7 +254,7 @@ class _FailingWork:
         self.bad, self.chunk_rows = set(bad), chunk_rows
 
     async def run(self, client, limit, retry, url, chunk):
-        from cascade_client.filter_chunk import ChunkCounts
+        from cascade.tables.filter_chunk import ChunkCounts
 
         if chunk.column("id")[0].as_py() // self.chunk_rows in self.bad:
             raise ServerUnavailable(f"task t at {url}: no answer after 0 retries")
@@ -265,8 +266,8 @@ def test_a_chunk_no_server_answers_stops_the_job_and_keeps_the_others(tmp_path, 
     how many chunks it kept; those are whole chunks, and the failed one is not among them."""
     import ray.cloudpickle
 
-    from cascade.distributed.ray_engine import dispatch
-    from cascade_client.chunk_store import ChunkStore
+    from cascade.tables.chunk_store import ChunkStore
+    from cascade.tables.ray_engine import dispatch
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
     pq.write_table(pa.table({"text": ["x"] * 100, "id": list(range(100))}), tmp_path / "t.parquet")
@@ -368,7 +369,7 @@ def test_ray_session_stops_only_a_ray_it_started():
     raises, and its processes are gone; one entered with Ray already running leaves it running."""
     probe = """
 import json, ray
-from cascade.distributed.ray_engine import init_ray, ray_session
+from cascade.tables.ray_engine import init_ray, ray_session
 seen = []
 try:
     with ray_session(num_cpus=1):

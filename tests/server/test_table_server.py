@@ -15,11 +15,11 @@ import pytest
 
 from cascade import contract, embedders
 from cascade.errors import ConfigError, InvalidInput, ServerUnavailable
+from cascade.tables.cells import embedding_cells
+from cascade.tables.embed_jobs import run_embed
+from cascade.tables.job import FilterOptions
+from cascade.tables.local import run_filter
 from cascade.tasks import load_split
-from cascade_client.cells import embedding_cells
-from cascade_client.embed_jobs import run_embed
-from cascade_client.job import FilterOptions
-from cascade_client.table import run_filter
 
 DIM = contract.EMBEDDING_DIM
 FAST_RETRY = (0.1, 0.2)

@@ -81,9 +81,9 @@ def test_the_gate_takes_the_wide_vectors_and_refuses_narrow_ones(wide_server, wi
 
 
 def test_table_jobs_use_the_wide_embedder_and_refuse_another_ones_vectors(wide_server, wide_client, tmp_path):
-    from cascade_client.embed_jobs import run_embed
-    from cascade_client.job import FilterOptions
-    from cascade_client.table import run_filter
+    from cascade.tables.embed_jobs import run_embed
+    from cascade.tables.job import FilterOptions
+    from cascade.tables.local import run_filter
 
     server, task, _ = wide_server
     texts = ["a gripping, beautifully shot film", "dull and lifeless", "fine", "an utter mess"]

@@ -14,13 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from cascade.cli.main import build_parser, main
-from cascade.distributed.chunk_worker import RESULT_SCHEMA, ChunkWorker, UrlCounter, split_urls, worker_urls
 from cascade.errors import ConfigError
 from cascade.serving.gate import GateConfig
-from cascade_client.chunk_store import ChunkStore
-from cascade_client.filter_chunk import FilterPlan
-from cascade_client.job import FilterOptions
-from cascade_client.table_io import chunks, read_batches, read_rows_range, write_table_atomic
+from cascade.tables.chunk_store import ChunkStore
+from cascade.tables.filter_chunk import FilterPlan
+from cascade.tables.job import FilterOptions
+from cascade.tables.ray_worker import RESULT_SCHEMA, ChunkWorker, UrlCounter, split_urls, worker_urls
+from cascade.tables.table_io import chunks, read_batches, read_rows_range, write_table_atomic
 
 N = 1000
 
@@ -71,7 +71,7 @@ def test_each_worker_sends_to_one_url_round_robin_and_fails_over_to_the_next():
 def test_a_jobs_workers_are_killed_at_its_end_even_when_one_is_gone_already():
     """The counter keeps the handles that workers register with (ChunkWorker does; BatchClassifier does not), and the
     driver kills each of them, then the counter, with no restart; a dead one does not spare the others."""
-    from cascade.distributed.ray_engine import _end_workers
+    from cascade.tables.ray_engine import _end_workers
 
     counter = UrlCounter()
     assert [counter.next("w0"), counter.next(), counter.next("w2")] == [0, 1, 2]
@@ -151,13 +151,13 @@ def test_ray_is_imported_only_when_the_ray_engine_is_asked_for(tmp_path):
     (tmp_path / "t.csv").write_text("text\nhello\n")
     probe = f"""
 import json, sys
-import cascade, cascade.cli.main, cascade.distributed, cascade.distributed.ray_engine, cascade.distributed.api
+import cascade, cascade.cli.main, cascade.tables, cascade.tables.ray_engine, cascade.tables.ray_api
 import cascade.ray
-assert cascade.ray.classify_dataset is cascade.distributed.classify_dataset
+assert cascade.ray.classify_dataset is cascade.tables.ray_api.classify_dataset
 from cascade.errors import ServerUnavailable
 from cascade.server.launcher import free_ports
-from cascade_client.job import FilterOptions
-from cascade_client.table import run_filter
+from cascade.tables.job import FilterOptions
+from cascade.tables.local import run_filter
 (port,) = free_ports(1)
 try:
     run_filter({str(tmp_path / "t.csv")!r}, {str(tmp_path / "o.csv")!r}, FilterOptions(task="sst2"),

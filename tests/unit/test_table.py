@@ -13,15 +13,15 @@ import pytest
 from cascade import contract, embedders
 from cascade.errors import ConfigError, InvalidInput, RowsUnanswered, ServerUnavailable
 from cascade.serving.gate import GateConfig
+from cascade.tables import local as table_module
+from cascade.tables.cells import check_embedding_column, embedding_cells, text_cells
+from cascade.tables.chunk_store import ChunkStore
+from cascade.tables.embed_jobs import make_table
+from cascade.tables.job import FilterOptions, reachable_tiers
+from cascade.tables.local import run_filter
+from cascade.tables.row_requests import Retry, first_contact, request_deadline_s
+from cascade.tables.table_io import chunks, read_batches, table_schema, write_table_atomic
 from cascade.tasks import load_split, load_task
-from cascade_client import table as table_module
-from cascade_client.cells import check_embedding_column, embedding_cells, text_cells
-from cascade_client.chunk_store import ChunkStore
-from cascade_client.embed_jobs import make_table
-from cascade_client.job import FilterOptions, reachable_tiers
-from cascade_client.row_requests import Retry, first_contact, request_deadline_s
-from cascade_client.table import run_filter
-from cascade_client.table_io import chunks, read_batches, table_schema, write_table_atomic
 
 DIM = contract.EMBEDDING_DIM
 FAST_RETRY = (0.1, 0.2)

@@ -14,6 +14,7 @@ is the same file, and a chunk cut short (Ctrl-C, a dead worker) is not there and
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -23,16 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cascade import errors
-from cascade.distributed.chunk_worker import ChunkWorker, UrlCounter, split_urls
 from cascade.errors import CascadeError, ConfigError, ServerError
-from cascade_client.chunk_store import ChunkStore, input_identity
-from cascade_client.embed_chunk import EMBED_BATCH_ROWS, embed_manifest, plan_embed
-from cascade_client.embed_jobs import finish_embed
-from cascade_client.filter_chunk import filter_manifest, plan_filter
-from cascade_client.filter_summary import filter_cost, finish_filter
-from cascade_client.job import EMBEDDING_COLUMN, FilterOptions, JobSummary, job_progress
-from cascade_client.row_requests import DEFAULT_BACKOFF_S
-from cascade_client.table_io import check_output, read_batches, table_schema
+from cascade.tables.chunk_store import ChunkStore, input_identity
+from cascade.tables.embed_chunk import EMBED_BATCH_ROWS, embed_manifest, plan_embed
+from cascade.tables.embed_jobs import finish_embed
+from cascade.tables.filter_chunk import filter_manifest, plan_filter
+from cascade.tables.filter_summary import filter_cost, finish_filter
+from cascade.tables.job import EMBEDDING_COLUMN, FilterOptions, JobSummary, job_progress
+from cascade.tables.ray_worker import ChunkWorker, UrlCounter, split_urls
+from cascade.tables.row_requests import DEFAULT_BACKOFF_S
+from cascade.tables.table_io import check_output, read_batches, table_schema
 
 #: Workers per server when ``--concurrency`` is not given; CPUs each worker asks Ray for.
 DEFAULT_WORKERS_PER_URL = 2
@@ -94,6 +95,12 @@ def workers(concurrency: int | None, urls: Sequence[str]) -> int:
     if concurrency < 1:
         raise ConfigError(f"--concurrency must be 1 or more, not {concurrency}")
     return concurrency
+
+
+def require_ray() -> None:
+    """A clear error when Ray is not installed (before any work begins)."""
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError("--engine ray needs Ray: pip install 'triton-cascade[ray]' (or `make setup`)")
 
 
 @dataclass
@@ -209,7 +216,7 @@ def run_filter_ray(
     llm_probe_rows: int = 8,
     quiet: bool = False,
 ) -> JobSummary:
-    """``cascade filter --engine ray``: :func:`cascade_client.table.run_filter`'s job (same checks, output, resume)
+    """``cascade filter --engine ray``: :func:`cascade.tables.local.run_filter`'s job (same checks, output, resume)
     with its chunks spread over Ray workers, each sending to one of ``urls`` (round-robin, failing over)."""
     urls = split_urls(urls)
     concurrency = workers(concurrency, urls)
@@ -270,7 +277,7 @@ def run_embed_ray(
     backoff_s: tuple[float, ...] = DEFAULT_BACKOFF_S,
     quiet: bool = False,
 ) -> JobSummary:
-    """``cascade embed --engine ray``: :func:`cascade_client.embed_jobs.run_embed`'s job on Ray workers."""
+    """``cascade embed --engine ray``: :func:`cascade.tables.embed_jobs.run_embed`'s job on Ray workers."""
     urls = split_urls(urls)
     concurrency = workers(concurrency, urls)
     table, out = Path(table), Path(out)

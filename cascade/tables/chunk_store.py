@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from cascade.errors import ConfigError
-from cascade_client.table_io import table_format, write_table_atomic
+from cascade.tables.table_io import table_format, write_table_atomic
 
 PARTS_SUFFIX = ".parts"
 MANIFEST = "manifest.json"

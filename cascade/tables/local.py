@@ -16,7 +16,7 @@ This module holds the filter job and the names the CLI and other code take; the 
 ``row_requests`` (requests and retries), ``job`` (options, summary, event loop), ``filter_chunk`` (the checks before
 any row is sent, and one chunk through the gate), ``filter_summary`` (the end of a filter job: errors file, counts,
 cost) and ``embed_jobs`` (``cascade embed``, ``make-table``). The same jobs on Ray, over many servers:
-``cascade.distributed``.
+``cascade.tables.ray_engine``.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import asyncio
 import time
 from pathlib import Path
 
-from cascade_client.chunk_store import ChunkStore, input_identity
-from cascade_client.filter_chunk import ChunkCounts, classify_chunk, filter_manifest, plan_filter
-from cascade_client.filter_summary import filter_cost, finish_filter
-from cascade_client.job import FilterOptions, JobSummary, job_progress, run_job
-from cascade_client.row_requests import DEFAULT_BACKOFF_S, Retry
-from cascade_client.table_io import check_output, chunks, read_batches, table_schema
+from cascade.tables.chunk_store import ChunkStore, input_identity
+from cascade.tables.filter_chunk import ChunkCounts, classify_chunk, filter_manifest, plan_filter
+from cascade.tables.filter_summary import filter_cost, finish_filter
+from cascade.tables.job import FilterOptions, JobSummary, job_progress, run_job
+from cascade.tables.row_requests import DEFAULT_BACKOFF_S, Retry
+from cascade.tables.table_io import check_output, chunks, read_batches, table_schema
 
 
 def run_filter(
@@ -45,7 +45,7 @@ def run_filter(
     quiet: bool = False,
 ) -> JobSummary:
     """The AI.IF job: every row of ``table`` through the task's gate; see the module docstring. The per-chunk work
-    is :func:`cascade_client.filter_chunk.classify_chunk`, which the Ray engine (``cascade.distributed``) shares."""
+    is :func:`cascade.tables.filter_chunk.classify_chunk`, which the Ray engine shares."""
     from cascade_client import AsyncCascadeClient, CascadeClient
 
     options.check()

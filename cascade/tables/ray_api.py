@@ -6,11 +6,11 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
-from cascade.distributed.chunk_worker import BatchClassifier, UrlCounter, split_urls
 from cascade.errors import ConfigError
-from cascade_client.filter_chunk import plan_filter
-from cascade_client.job import DEFAULT_BATCH_ROWS, DEFAULT_IN_FLIGHT, EMBEDDING_COLUMN, FilterOptions
-from cascade_client.row_requests import DEFAULT_BACKOFF_S
+from cascade.tables.filter_chunk import plan_filter
+from cascade.tables.job import DEFAULT_BATCH_ROWS, DEFAULT_IN_FLIGHT, EMBEDDING_COLUMN, FilterOptions
+from cascade.tables.ray_worker import BatchClassifier, UrlCounter, split_urls
+from cascade.tables.row_requests import DEFAULT_BACKOFF_S
 
 #: Rows per batch a worker takes from the dataset (sent in requests of ``request_rows``, ``in_flight`` at a time).
 DEFAULT_DATASET_BATCH_ROWS = 4 * DEFAULT_BATCH_ROWS
@@ -39,7 +39,7 @@ def classify_dataset(
 
     The same checks before any row is sent as ``cascade filter`` (text column, result columns already taken, the
     embedding column's width against the servers' embedder, every server reached with the first-contact backoff),
-    and the same per-batch work (:func:`cascade_client.filter_chunk.classify_chunk`): rows with an ``embedding_column``
+    and the same per-batch work (:func:`cascade.tables.filter_chunk.classify_chunk`): rows with an ``embedding_column``
     value are sent as EMBEDDING, bad cells get a per-row ``error``. ``concurrency`` workers (default: 2 per URL), each
     sending to one of ``urls`` (round-robin; failing over to the next when its server stays unreachable), with at most
     ``in_flight`` requests of ``request_rows`` rows each. Rows come out in the order Ray Data gives them (set
@@ -48,7 +48,7 @@ def classify_dataset(
     import ray
     import ray.data
 
-    from cascade.distributed.ray_engine import WORKER_CPUS, workers
+    from cascade.tables.ray_engine import WORKER_CPUS, workers
 
     urls = split_urls(urls)
     concurrency = workers(concurrency, urls)

@@ -1,7 +1,7 @@
 """One chunk of ``cascade embed``, whichever engine runs it: the job's checks and plan before any row is sent
 (:func:`plan_embed`), then per chunk the texts checked, sent to the server's embedder and the embedding column added
-(:func:`embed_chunk`). The local engine (:mod:`cascade_client.embed_jobs`) and the Ray engine's workers
-(:mod:`cascade.distributed`) call the same functions."""
+(:func:`embed_chunk`). The local engine (:mod:`cascade.tables.embed_jobs`) and the Ray engine's workers
+(:mod:`cascade.tables.ray_engine`) call the same functions."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pyarrow as pa
 
 from cascade import contract, embedders
 from cascade.errors import ConfigError
-from cascade_client.cells import check_text_column, text_cells
-from cascade_client.filter_chunk import ChunkCounts
-from cascade_client.row_requests import Retry, first_contact, send_rows
+from cascade.tables.cells import check_text_column, text_cells
+from cascade.tables.filter_chunk import ChunkCounts
+from cascade.tables.row_requests import Retry, first_contact, send_rows
 
 EMBED_BATCH_ROWS = 256
 

@@ -1,7 +1,7 @@
 """One chunk of a filter job, whichever engine runs it: the job's checks and plan before any row is sent
 (:func:`plan_filter`), then per chunk its cells checked, its rows sent through the task's gate (best-effort rows sent
-again when asked) and the result table built (:func:`classify_chunk`). The local engine (:mod:`cascade_client.table`)
-and the Ray engine's workers (:mod:`cascade.distributed`) call the same functions, so rows go through the same gate
+again when asked) and the result table built (:func:`classify_chunk`). The local engine (:mod:`cascade.tables.local`)
+and the Ray engine's workers (:mod:`cascade.tables.ray_engine`) call the same functions: rows go through one gate
 contract and the same per-row error handling."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pyarrow.compute as pc
 
 from cascade import contract
 from cascade.errors import ConfigError
-from cascade_client.cells import check_embedding_column, check_text_column, embedding_cells, text_cells
-from cascade_client.job import (
+from cascade.tables.cells import check_embedding_column, check_text_column, embedding_cells, text_cells
+from cascade.tables.job import (
     CONFIDENCE_COLUMN,
     DEGRADED_COLUMN,
     ERROR_COLUMN,
@@ -28,7 +28,7 @@ from cascade_client.job import (
     FilterOptions,
     reachable_tiers,
 )
-from cascade_client.row_requests import Retry, first_contact, request_deadline_s, send_rows
+from cascade.tables.row_requests import Retry, first_contact, request_deadline_s, send_rows
 
 
 @dataclass

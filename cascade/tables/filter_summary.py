@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cascade import contract
-from cascade_client.cells import text_cells
-from cascade_client.chunk_store import ChunkStore
-from cascade_client.job import DEGRADED_COLUMN, ERROR_COLUMN, LABEL_COLUMN, TIER_COLUMN, FilterOptions, JobSummary
-from cascade_client.table_io import chunks, read_batches
+from cascade.tables.cells import text_cells
+from cascade.tables.chunk_store import ChunkStore
+from cascade.tables.job import DEGRADED_COLUMN, ERROR_COLUMN, LABEL_COLUMN, TIER_COLUMN, FilterOptions, JobSummary
+from cascade.tables.table_io import chunks, read_batches
 
 
 def finish_filter(

@@ -12,12 +12,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cascade.errors import ConfigError
-from cascade_client.cells import check_embedding_column, embedding_cells
-from cascade_client.chunk_store import ChunkStore, input_identity
-from cascade_client.embed_chunk import EMBED_BATCH_ROWS, embed_chunk, embed_manifest, plan_embed
-from cascade_client.job import EMBEDDING_COLUMN, JobSummary, job_progress, run_job
-from cascade_client.row_requests import DEFAULT_BACKOFF_S, Retry
-from cascade_client.table_io import (
+from cascade.tables.cells import check_embedding_column, embedding_cells
+from cascade.tables.chunk_store import ChunkStore, input_identity
+from cascade.tables.embed_chunk import EMBED_BATCH_ROWS, embed_chunk, embed_manifest, plan_embed
+from cascade.tables.job import EMBEDDING_COLUMN, JobSummary, job_progress, run_job
+from cascade.tables.row_requests import DEFAULT_BACKOFF_S, Retry
+from cascade.tables.table_io import (
     check_output,
     check_table_path,
     chunks,
@@ -46,7 +46,7 @@ def run_embed(
     quiet: bool = False,
 ) -> JobSummary:
     """Add ``column`` (the server's ``embedder`` output, a fixed-size list per row) to ``table``. The per-chunk work
-    is :func:`cascade_client.embed_chunk.embed_chunk`, which the Ray engine (``cascade.distributed``) shares."""
+    is :func:`cascade.tables.embed_chunk.embed_chunk`, which the Ray engine (``cascade.tables.ray_engine``) shares."""
     from cascade_client import AsyncCascadeClient
 
     table, out = Path(table), Path(out)

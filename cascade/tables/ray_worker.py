@@ -1,11 +1,11 @@
 """The Ray engine's workers (Ray actors, made by ``Dataset.map_batches``): each holds its own asyncio gRPC client to
-one server and runs the same per-chunk work as the local engine (:mod:`cascade_client.filter_chunk`,
-:mod:`cascade_client.embed_chunk`).
+one server and runs the same per-chunk work as the local engine (:mod:`cascade.tables.filter_chunk`,
+:mod:`cascade.tables.embed_chunk`).
 
 - :class:`ChunkWorker` (``cascade filter|embed --engine ray``): given chunk numbers, reads each chunk's rows from the
-  input file (:func:`cascade_client.table_io.read_rows_range`), does the chunk's work and commits it with
+  input file (:func:`cascade.tables.table_io.read_rows_range`), does the chunk's work and commits it with
   :meth:`ChunkStore.commit` (a temporary name, then a rename to ``part-%06d.arrow``), and returns what it counted.
-- :class:`BatchClassifier` (:func:`cascade.distributed.classify_dataset`): a batch of a Ray Dataset in, the same batch
+- :class:`BatchClassifier` (for :func:`~cascade.tables.ray_api.classify_dataset`): a Ray Dataset's batch in, the batch
   with the filter job's result columns out.
 
 Which server: the workers take indices 0, 1, 2, ... from one :class:`UrlCounter` actor as they start, and worker ``i``
@@ -27,9 +27,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from cascade.errors import CascadeError, ConfigError, RowsUnanswered, ServerUnavailable
-from cascade_client.chunk_store import ChunkStore
-from cascade_client.row_requests import Retry
-from cascade_client.table_io import read_rows_range
+from cascade.tables.chunk_store import ChunkStore
+from cascade.tables.row_requests import Retry
+from cascade.tables.table_io import read_rows_range
 
 #: What a ChunkWorker returns per chunk (one row each); ``error`` is set when the chunk could not be done.
 RESULT_SCHEMA = pa.schema(
@@ -197,7 +197,7 @@ class ChunkWorker:
 
 
 class BatchClassifier:
-    """``map_batches`` worker of :func:`cascade.distributed.classify_dataset`: a batch in, the batch with the filter
+    """``map_batches`` worker of :func:`cascade.tables.ray_api.classify_dataset`: a batch in, the batch with the filter
     job's result columns out (an error after the retries and the failover fails the dataset)."""
 
     def __init__(self, plan, urls: Sequence[str], counter, in_flight: int, backoff_s: Sequence[float]) -> None:

@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass, field
 
 from cascade import contract
 from cascade.errors import ConfigError, ServerError
-from cascade_client.chunk_store import ChunkStore
-from cascade_client.table_io import DEFAULT_CHUNK_ROWS
+from cascade.tables.chunk_store import ChunkStore
+from cascade.tables.table_io import DEFAULT_CHUNK_ROWS
 
 #: Columns a filter job adds to each row.
 LABEL_COLUMN, CONFIDENCE_COLUMN, TIER_COLUMN, ERROR_COLUMN = "label", "confidence", "tier", "error"
@@ -75,7 +75,7 @@ class JobSummary:
     #: Rows of the requests retried (``retries`` counts the requests); the Ray engine's switches to another server.
     retried_rows: int = 0
     failovers: int = 0
-    #: ``local`` (one process, one server) or ``ray`` (cascade.distributed: many workers, many servers).
+    #: ``local`` (one process, one server) or ``ray`` (cascade.tables.ray_engine: many workers, many servers).
     engine: str = "local"
     #: CPU seconds the client side spent: the job's process (local), or the driver and its workers (ray).
     client_cpu_s: float | None = None
