@@ -61,8 +61,8 @@ MODELS = (
 def build(work: Path) -> Path:
     """A fresh logreg + xgboost SST-2 task (and the embedder, which stays here) under ``work``."""
     from cascade.tasks import load_task
-    from cascade_export.build import build_task
-    from cascade_export.stage import BuildOptions
+    from cascade_export.build.commands import build_task
+    from cascade_export.build.stage import BuildOptions
 
     task = replace(load_task(TASK), tiers=(contract.TIER_LOGREG, contract.TIER_XGBOOST), target=0.8)
     repo = work / "cpu"
@@ -142,7 +142,7 @@ def main() -> int:
     for name in MODELS:
         shutil.copytree(built / name, repo_cpu / name, ignore=shutil.ignore_patterns("__pycache__"))
     from cascade.tasks import load_split, load_task
-    from cascade_export.repo_embedder import embed
+    from cascade_export.build.repo_embedder import embed
 
     texts, gold = load_split(load_task(TASK), "validation", limit=ROWS)
     texts = (texts * (ROWS // len(texts) + 1))[:ROWS]  # SST-2 validation has 872 rows: wrap around

@@ -25,8 +25,8 @@ def sst2_task():
 
 @pytest.fixture(scope="session")
 def built_repo(tmp_path_factory, sst2_task):
-    from cascade_export.build import build_task
-    from cascade_export.stage import BuildOptions
+    from cascade_export.build.commands import build_task
+    from cascade_export.build.stage import BuildOptions
 
     # The small embedder keeps the session's build quick; tests/server/test_wide_embedder.py serves the default one.
     options = BuildOptions(

@@ -53,9 +53,9 @@ def tier_probs(
 ):
     """Tiers 0-2 (without the encoder if not ``encoder``) trained on ``labels[train]`` (or the soft labels
     ``soft[train]``), with their probabilities on every row of the pool (``emb``: its embeddings)."""
-    from cascade_export import encoder as enc
-    from cascade_export import tabular
-    from cascade_export.repo_embedder import repository_embedder
+    from cascade_export.build import encoder as enc
+    from cascade_export.build import tabular
+    from cascade_export.build.repo_embedder import repository_embedder
 
     out, timings = {}, {}
     t = time.perf_counter()
@@ -187,8 +187,8 @@ def run_task(task_name: str, args) -> dict:
     import pandas as pd
 
     from cascade.tasks import load_split, load_task
-    from cascade_export.labels_file import read_labelled, read_soft_labels, uniform_rows
-    from cascade_export.repo_embedder import embed, ensure_embedder
+    from cascade_export.build.labels_file import read_labelled, read_soft_labels, uniform_rows
+    from cascade_export.build.repo_embedder import embed, ensure_embedder
 
     task = load_task(task_name)
     labelled = Path(args.work_dir) / task.name / "labelled.csv"
@@ -268,7 +268,7 @@ def training_rows(strategy: str, candidates: np.ndarray, n: int, emb: np.ndarray
     the uniform seed, then the candidates tier 0 fitted on the seed's teacher labels is least sure of. The
     candidates are the labelled rows outside the held-out ones, a far smaller pool than the table ``cascade
     label`` picks from, so this understates what active sampling can gain."""
-    from cascade_export.active import least_confident
+    from cascade_export.distill.active import least_confident
 
     if strategy == "uniform":
         return candidates[:n]

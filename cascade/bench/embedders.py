@@ -40,7 +40,7 @@ EVAL_SPLIT = {"sst2": "validation", "ag_news": "test"}
 def export(name: str, work: Path, int8: bool) -> Path:
     """The embedder's ONNX folder (exported once into ``work``), with ``model.onnx`` dynamically quantised if
     ``int8``."""
-    from cascade_export.embedder import export_embedder
+    from cascade_export.build.embedder import export_embedder
 
     folder = work / name
     if not (folder / "model.onnx").is_file():
@@ -82,7 +82,7 @@ def speed(folder: Path, texts: list[str], batch: int = 64) -> float:
 
 
 def measure(name: str, int8: bool, task_name: str, args, work: Path) -> dict:
-    from cascade_export.tabular import train_logreg
+    from cascade_export.build.tabular import train_logreg
 
     task = load_task(task_name)
     folder = export(name, work, int8)

@@ -40,7 +40,7 @@ def _timed(fn, iterations: int, warmup: int = 20) -> dict:
 def bench_gate(task: TaskSpec, repo: Path, iterations: int = 300, data_dir: str | None = None) -> dict:
     from cascade.server.launcher import ServerOptions, TritonServer, free_ports
     from cascade_client import CascadeClient
-    from cascade_export.repo_embedder import embed
+    from cascade_export.build.repo_embedder import embed
 
     texts, _ = load_split(task, "validation", data_dir, limit=64)
     embeddings = embed(repo, texts)

@@ -119,8 +119,8 @@ def served(model_rows: int) -> dict:
     from cascade.server.launcher import ServerOptions, TritonServer, free_ports
     from cascade.tasks import prompt_from_question
     from cascade_client import CascadeClient
-    from cascade_export.llm_tiers import LLM_ROLES, ensure_llms
-    from cascade_export.teachers import ServerTeacher
+    from cascade_export.build.llm_tiers import LLM_ROLES, ensure_llms
+    from cascade_export.distill.teachers import ServerTeacher
 
     texts, gold = load_rows()
     labels = sorted(set(gold), key=gold.index)

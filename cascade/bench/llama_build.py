@@ -52,7 +52,7 @@ def measure(label: str, rows: int, threads: list[int], build_info: Path | None) 
     from cascade.llm.gguf import gguf_path
     from cascade.llm.scorer import LlamaScorer
     from cascade.tasks import load_split, load_task
-    from cascade_export.llm_tiers import LLM_N_CTX, LLM_ROLES
+    from cascade_export.build.llm_tiers import LLM_N_CTX, LLM_ROLES
 
     variants = load_backends()
     model = LLM_ROLES[contract.TIER_LLM_LARGE]

@@ -157,7 +157,7 @@ DEFAULT_VARIANTS = {
     "sst2": ["create+prefix", "review+prefix", "review_terrible+fs8+prefix"],
     "ag_news": ["create+prefix", "topic+prefix", "topic+fs4+prefix"],
 }
-#: The models the CPU tiers serve (``cascade_export.build.LLM_ROLES``).
+#: The models the CPU tiers serve (``cascade_export.build.llm_tiers.LLM_ROLES``).
 DEFAULT_MODELS = ["smollm2-135m:f16", "qwen2.5-coder-1.5b"]
 
 

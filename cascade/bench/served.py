@@ -44,7 +44,7 @@ def cache_file(task: str) -> Path:
 def report_rows(task, n: int, budget: int, data_dir=None, seed: int = 0, exclude=frozenset()) -> tuple[list, dict]:
     """The report rows (position, text, gold label name) and how they were drawn; rows whose text is in
     ``exclude`` (the prompts' few-shot examples) are left out."""
-    from cascade_export.table_rows import held_out_rows
+    from cascade_export.distill.table_rows import held_out_rows
 
     texts, gold = load_split(task, "train", data_dir)
     if budget + n > len(texts):
@@ -97,12 +97,12 @@ def eval_on_server(task: str, table: Path, url: str, out: Path) -> dict:
 def bench_served(task_name: str, budget: int, n_report: int, target: float, repo: Path, work: Path, data_dir=None):
     from cascade.server.launcher import ServerOptions, TritonServer, free_ports
     from cascade_client import CascadeClient
-    from cascade_export.build import build_figures
-    from cascade_export.distill import run_label, teach_and_load, work_dir_of
-    from cascade_export.label_store import LabelStore
-    from cascade_export.llm_tiers import ensure_llms
-    from cascade_export.repo_embedder import ensure_embedder
-    from cascade_export.stage import BuildOptions
+    from cascade_export.build.commands import build_figures
+    from cascade_export.build.llm_tiers import ensure_llms
+    from cascade_export.build.repo_embedder import ensure_embedder
+    from cascade_export.build.stage import BuildOptions
+    from cascade_export.distill.commands import run_label, teach_and_load, work_dir_of
+    from cascade_export.distill.label_store import LabelStore
 
     if not 0 < target <= 1:
         raise InvalidInput(f"--target {target} must be in (0, 1]")

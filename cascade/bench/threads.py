@@ -3,7 +3,7 @@ count (``cascade.runtime.sizing.llm_threads``), each on an idle machine and with
 
 ``python -m cascade.bench.threads [--rows 40] [--threads 1 2] [--data-dir DIR]`` (or ``cascade bench threads``)
 
-Each served GGUF (``cascade_export.build.LLM_ROLES``) scores SST-2 validation rows with its tier's prompt
+Each served GGUF (``cascade_export.build.llm_tiers.LLM_ROLES``) scores SST-2 validation rows with its tier's prompt
 from ``tasks/sst2.toml`` through :class:`cascade.llm.scorer.LlamaScorer`, one request of ``--batch`` rows at a time,
 as the server's ``llm_small`` / ``llm_large`` do (the scorer's own prefix cache, nothing else; one untimed
 warm-up row first, as a served model has scored requests before). "busy" runs a CPU hog next to it: a child
@@ -42,7 +42,7 @@ def served_prompts(tier: int, rows: int, data_dir: str | None, task_name: str = 
     ``rows + 1`` rows of ``split`` (the first one is the warm-up)."""
     from cascade.llm.prompts import PromptTemplate
     from cascade.tasks import load_split, load_task
-    from cascade_export.llm_tiers import draw_few_shot
+    from cascade_export.build.llm_tiers import draw_few_shot
 
     task = load_task(task_name)
     prompt = task.llm[tier]
@@ -65,7 +65,7 @@ def measure(model: str, threads: int, prompts, cands, calibrate, batch: int, bus
     """ms/row of one (model, threads, load) case, and the probabilities it gave."""
     from cascade.llm.gguf import gguf_path
     from cascade.llm.scorer import LlamaScorer
-    from cascade_export.llm_tiers import LLM_N_CTX
+    from cascade_export.build.llm_tiers import LLM_N_CTX
 
     scorer = LlamaScorer(gguf_path(model), n_ctx=LLM_N_CTX, n_threads=threads)
     try:
@@ -101,7 +101,7 @@ def run(
     data_dir: str | None = None,
     command: str = "python -m cascade.bench.threads",
 ) -> dict:
-    from cascade_export.llm_tiers import LLM_ROLES
+    from cascade_export.build.llm_tiers import LLM_ROLES
 
     if rows < 1 or batch < 1 or any(n < 1 for n in threads or []):
         raise InvalidInput("rows, batch and thread counts must be positive")

@@ -136,8 +136,8 @@ LABELLING_KEYS = (
 
 def build_with_teacher(task: TaskSpec, repo: Path, client, work_root: Path, sample: int, data_dir) -> dict:
     """label (the large tier, through ``client``'s server) -> train -> calibrate -> export -> load."""
-    from cascade_export.distill import run_label, teach_and_load
-    from cascade_export.stage import BuildOptions
+    from cascade_export.build.stage import BuildOptions
+    from cascade_export.distill.commands import run_label, teach_and_load
 
     labelled = run_label(task, work_root, sample=sample, url=client.url, data_dir=data_dir)
     console.print(
@@ -175,10 +175,10 @@ def run_demo(
     from cascade.paths import RUNS_DIR
     from cascade.server.launcher import ServerOptions, TritonServer, free_ports
     from cascade_client import CascadeClient
-    from cascade_export.build import build_figures, build_task
-    from cascade_export.llm_tiers import ensure_llms
-    from cascade_export.repo_embedder import ensure_embedder
-    from cascade_export.stage import BuildOptions
+    from cascade_export.build.commands import build_figures, build_task
+    from cascade_export.build.llm_tiers import ensure_llms
+    from cascade_export.build.repo_embedder import ensure_embedder
+    from cascade_export.build.stage import BuildOptions
 
     repo = Path(repo)
     begin = time.perf_counter()

@@ -17,8 +17,8 @@ from cascade.ops.soak import DEFAULT_WARMUP_S
 from cascade.paths import DEFAULT_DATA_DIR, DEFAULT_REPO, RUNS_DIR
 from cascade.tables.job import DEFAULT_BATCH_ROWS, DEFAULT_IN_FLIGHT, EMBEDDING_COLUMN
 from cascade.tables.table_io import DEFAULT_CHUNK_ROWS
-from cascade_export.distill import DEFAULT_BUDGET, STRATEGIES
-from cascade_export.prompt_task import CREATE_TIERS
+from cascade_export.distill.commands import DEFAULT_BUDGET, STRATEGIES
+from cascade_export.distill.prompt_task import CREATE_TIERS
 
 
 def _add_repo(parser: argparse.ArgumentParser) -> None:

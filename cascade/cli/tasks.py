@@ -13,7 +13,7 @@ from cascade.errors import InvalidInput
 
 def _build_options(args):
     """``cascade build`` and ``cascade train`` take the same training options."""
-    from cascade_export.stage import BuildOptions
+    from cascade_export.build.stage import BuildOptions
 
     target = getattr(args, "target", None)
     if target is not None and not 0 < target <= 1:  # before the training, not after it
@@ -34,7 +34,7 @@ def _build_options(args):
 
 def cmd_build(args) -> int:
     from cascade.tasks import load_task
-    from cascade_export.build import build_result, build_task
+    from cascade_export.build.commands import build_result, build_task
 
     options = _build_options(args)
     task = load_task(args.task)
@@ -45,7 +45,7 @@ def cmd_build(args) -> int:
 
 def cmd_label(args) -> int:
     from cascade.tasks import load_task
-    from cascade_export.distill import run_label
+    from cascade_export.distill.commands import run_label
 
     summary = run_label(
         load_task(args.task),
@@ -81,7 +81,7 @@ def _stage(args) -> Path:
 
 def cmd_train(args) -> int:
     from cascade.tasks import load_task
-    from cascade_export.train import train_task
+    from cascade_export.build.train import train_task
 
     options = _build_options(args)
     state = train_task(load_task(args.task), args.repo, _stage(args), options)
@@ -94,7 +94,7 @@ def cmd_train(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from cascade.tasks import load_task
-    from cascade_export.calibration import calibrate_task
+    from cascade_export.build.calibration import calibrate_task
 
     calibrate_task(
         load_task(args.task),
@@ -111,7 +111,7 @@ def cmd_calibrate(args) -> int:
 
 def cmd_export(args) -> int:
     from cascade.tasks import load_task
-    from cascade_export.build import export_task
+    from cascade_export.build.commands import export_task
 
     task = load_task(args.task)
     export_task(task, args.repo, _stage(args))
@@ -125,7 +125,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_task(args) -> int:
-    from cascade_export.distill import create_task
+    from cascade_export.distill.commands import create_task
 
     labels = [x for x in args.labels.split(",") if x.strip()]
     result = create_task(

@@ -323,7 +323,7 @@ def write_gpu_llm_models(
 
 def cpu_generate_spec(llm_model: str, n_ctx: int = 1024, num_threads: int | str = contract.THREADS_AUTO) -> ProtoSpec:
     """The CPU profile's ``llm_generate`` (llama.cpp over a packaged GGUF), for a
-    :class:`cascade.repository.writer.RepositoryWriter`; ``cascade_export.llm_tiers.ensure_llms`` writes it."""
+    :class:`cascade.repository.writer.RepositoryWriter`; ``cascade_export.build.llm_tiers.ensure_llms`` writes it."""
     return ProtoSpec.of(
         llm_generate_config(contract.RUNTIME_LLAMA_CPP, llm_model=llm_model, n_ctx=n_ctx, num_threads=num_threads),
         BACKEND_LLM_GENERATE,

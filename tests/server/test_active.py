@@ -15,11 +15,11 @@ import pytest
 
 from cascade.errors import ConfigError, InvalidInput
 from cascade.tasks import TaskSpec
-from cascade_export.active import ACTIVE_POOL_FACTOR, active_sizes, label_active
-from cascade_export.distill import run_label
-from cascade_export.label_store import LabelStore
-from cascade_export.table_rows import read_table
-from cascade_export.teachers import ColumnTeacher
+from cascade_export.distill.active import ACTIVE_POOL_FACTOR, active_sizes, label_active
+from cascade_export.distill.commands import run_label
+from cascade_export.distill.label_store import LabelStore
+from cascade_export.distill.table_rows import read_table
+from cascade_export.distill.teachers import ColumnTeacher
 
 LABELS = ("negative", "positive")
 TASK = TaskSpec(name="reviews", labels=LABELS, tiers=(0,), target=0.8)
@@ -28,7 +28,7 @@ ROWS, BUDGET = 1500, 260  # a seed of 200 uniform rows, 60 active ones chosen am
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    from cascade_export.repo_embedder import ensure_embedder
+    from cascade_export.build.repo_embedder import ensure_embedder
 
     reuse = os.environ.get("CASCADE_TEST_REPO")
     repo = Path(reuse) if reuse else tmp_path_factory.mktemp("repository") / "cpu"
@@ -89,8 +89,8 @@ def test_the_budget_is_spent_exactly(active_run):
 
 
 def test_active_rows_are_the_ones_tier0_is_least_sure_of(active_run, table_file, repo):
-    from cascade_export.repo_embedder import embed
-    from cascade_export.tabular import train_logreg
+    from cascade_export.build.repo_embedder import embed
+    from cascade_export.build.tabular import train_logreg
 
     work, summary = active_run
     frame = labelled_of(work)
@@ -147,7 +147,7 @@ class Counting:
 def test_an_interrupted_active_run_resumes(tmp_path, table_file, repo):
     """Interrupted midway through the active rows: the rerun takes the seed and the first active batch from the
     cache, picks the same active rows, and asks the teacher only for those still missing."""
-    from cascade_export.repo_embedder import embed
+    from cascade_export.build.repo_embedder import embed
 
     table = read_table(table_file, "sentence")
     gold = ColumnTeacher(table, "stars", LABELS)
@@ -173,8 +173,8 @@ def test_an_interrupted_active_run_resumes(tmp_path, table_file, repo):
 
 
 def test_calibration_uses_only_uniform_rows(active_run, repo, tmp_path):
-    from cascade_export.stage import CALIB_FILE, BuildOptions
-    from cascade_export.train import train_task
+    from cascade_export.build.stage import CALIB_FILE, BuildOptions
+    from cascade_export.build.train import train_task
 
     work, _ = active_run
     frame = labelled_of(work)
@@ -190,7 +190,7 @@ def test_calibration_uses_only_uniform_rows(active_run, repo, tmp_path):
 
 
 def test_old_labelled_files_are_all_uniform(tmp_path):
-    from cascade_export.labels_file import uniform_rows
+    from cascade_export.build.labels_file import uniform_rows
 
     pd.DataFrame({"id": [0, 1], "text": ["a", "b"], "label": [0, 1]}).to_csv(tmp_path / "old.csv", index=False)
     assert uniform_rows(tmp_path / "old.csv").tolist() == [True, True]

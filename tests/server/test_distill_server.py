@@ -9,8 +9,8 @@ import pytest
 
 from cascade.errors import ConfigError, ServerError
 from cascade.tasks import TaskSpec
-from cascade_export.distill import run_label
-from cascade_export.label_store import LabelStore
+from cascade_export.distill.commands import run_label
+from cascade_export.distill.label_store import LabelStore
 
 LABELS = ("negative", "positive")
 
@@ -41,8 +41,8 @@ def test_build_learns_from_teacher_labels(tmp_path):
     """label (a label column as teacher) -> build --labels: tiers trained and calibrated on those labels."""
     from cascade.serving.gate import GateConfig
     from cascade.tasks import load_split, load_task
-    from cascade_export.build import build_task
-    from cascade_export.stage import BuildOptions
+    from cascade_export.build.commands import build_task
+    from cascade_export.build.stage import BuildOptions
 
     texts, gold = load_split(load_task("sst2"), "train", limit=400)
     pd.DataFrame({"sentence": texts, "stars": [LABELS[g] for g in gold]}).to_csv(tmp_path / "t.csv", index=False)
@@ -119,7 +119,7 @@ def test_task_create_loads_a_new_task_into_a_running_server(built_repo, tmp_path
     from cascade.server.launcher import ServerOptions, TritonServer, free_ports
     from cascade.tasks import load_split, load_task
     from cascade_client import CascadeClient
-    from cascade_export.distill import create_task
+    from cascade_export.distill.commands import create_task
 
     repo = tmp_path / "repo"
     for model in (contract.EMBEDDER_MODEL, *(contract.TIER_NAMES[t] for t in contract.LLM_TIERS)):

@@ -8,7 +8,7 @@ from cascade.repository import configgen
 
 
 def test_a_repository_keeps_one_embedder(tmp_path):
-    from cascade_export.repo_embedder import ensure_embedder, repository_embedder
+    from cascade_export.build.repo_embedder import ensure_embedder, repository_embedder
 
     repo = tmp_path / "repo"
     folder = ensure_embedder(repo, embedders.MINILM)

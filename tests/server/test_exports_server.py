@@ -67,7 +67,7 @@ LABELS = np.array([1] * len(POSITIVE) + [0] * len(NEGATIVE))
 
 @pytest.fixture(scope="module")
 def embedder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cascade_export.embedder import export_embedder
+    from cascade_export.build.embedder import export_embedder
 
     out_dir = tmp_path_factory.mktemp("embedder")
     path = export_embedder(out_dir, "minilm-l6")  # the small one (test_wide_embedder serves mpnet-base)
@@ -88,7 +88,7 @@ def test_embedder_graph_signature(embedder_dir: Path) -> None:
 
 
 def test_embedder_matches_sentence_transformers(embedder_dir: Path) -> None:
-    from cascade_export.embedder import check_embedder
+    from cascade_export.build.embedder import check_embedder
 
     long_text = " ".join(TEXTS) * 3  # > MAX_SEQ_TOKENS word pieces: exercises truncation
     assert check_embedder(embedder_dir, TEXTS[:12] + [long_text, ""]) <= 1e-4
@@ -142,7 +142,7 @@ def test_runner_rejects_a_bare_string(embedder_dir: Path) -> None:
 def test_encoder_finetune_export_matches_torch(tmp_path: Path) -> None:
     import onnx
 
-    from cascade_export.encoder import check_encoder, export_encoder, train_encoder
+    from cascade_export.build.encoder import check_encoder, export_encoder, train_encoder
 
     texts = TEXTS + [t + " !" for t in TEXTS[:24]]  # 64 rows
     labels = np.concatenate([LABELS, LABELS[:24]])
@@ -161,7 +161,7 @@ def test_encoder_finetune_export_matches_torch(tmp_path: Path) -> None:
 
     # int8 ships only where it costs at most the allowed drop in agreement (here: never allowed to cost anything
     # more than -1, i.e. kept fp32; then any drop allowed: shipped, and smaller).
-    from cascade_export.encoder import quantize_if_cheap
+    from cascade_export.build.encoder import quantize_if_cheap
 
     fp32_bytes = path.stat().st_size
     kept = quantize_if_cheap(tmp_path, texts, labels, max_drop=-1.0)

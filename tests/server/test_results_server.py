@@ -18,7 +18,7 @@ CALIBRATION_KEYS = {"tier", "tier_name", "rows", "enabled", "threshold", "covera
 
 def embedder_into(repo: Path) -> None:
     """The small embedder into ``repo``: copied from $CASCADE_TEST_REPO's where it has one, else exported."""
-    from cascade_export.repo_embedder import ensure_embedder
+    from cascade_export.build.repo_embedder import ensure_embedder
 
     reuse = Path(os.environ.get("CASCADE_TEST_REPO", "/nonexistent")) / "embedder"
     if (reuse / "1" / "model.onnx").is_file() and "384" in (reuse / "config.pbtxt").read_text():
@@ -29,9 +29,9 @@ def embedder_into(repo: Path) -> None:
 def test_a_real_build_has_every_figure(tmp_path):
     """A tier-0 build from 100 + 100 gold rows: the report holds what build_result reads."""
     from cascade.tasks import load_task
-    from cascade_export import tabular
-    from cascade_export.build import build_result, build_task
-    from cascade_export.stage import BuildOptions
+    from cascade_export.build import tabular
+    from cascade_export.build.commands import build_result, build_task
+    from cascade_export.build.stage import BuildOptions
 
     task = replace(load_task("sst2"), tiers=(0,), target=0.6)
     repo = tmp_path / "repo"

@@ -7,7 +7,7 @@ from cascade.errors import InvalidInput
 
 
 def test_the_encoder_takes_soft_targets_of_the_right_shape():
-    from cascade_export.encoder import train_encoder
+    from cascade_export.build.encoder import train_encoder
 
     texts = ["good film", "bad film", "fine film", "awful film"] * 4
     labels = np.array([1, 0, 1, 0] * 4)

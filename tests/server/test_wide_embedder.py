@@ -19,8 +19,8 @@ WIDE = embedders.get(embedders.MPNET)
 @pytest.fixture(scope="module")
 def wide_server(tmp_path_factory, sst2_task):
     from cascade.server.launcher import ServerOptions, TritonServer, free_ports
-    from cascade_export.build import build_task
-    from cascade_export.stage import BuildOptions
+    from cascade_export.build.commands import build_task
+    from cascade_export.build.stage import BuildOptions
 
     repo = tmp_path_factory.mktemp("wide") / "cpu"
     # The encoder fine-tunes mpnet's own transformer (no LLM tiers: quick).

@@ -196,7 +196,7 @@ def test_refresh_backends_copies_each_models_own_glue(tmp_path):
 def test_ensure_llms_writes_the_streaming_endpoint(tmp_path):
     """The CPU build writes ``llm_generate`` beside the LLM scorers (llama.cpp on the small tier's model), once."""
     from cascade.paths import BACKENDS_DIR
-    from cascade_export.llm_tiers import ensure_llms
+    from cascade_export.build.llm_tiers import ensure_llms
 
     repo = tmp_path / "cpu"
     ensure_llms(repo)

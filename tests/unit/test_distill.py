@@ -8,11 +8,11 @@ import pytest
 
 from cascade.errors import ConfigError, InvalidInput, ServerError
 from cascade.tasks import TaskSpec
-from cascade_export.distill import run_label
-from cascade_export.label_store import LabelStore
-from cascade_export.labelling import SingleClassError, label_sample
-from cascade_export.table_rows import read_table, sample_rows
-from cascade_export.teachers import ColumnTeacher, connect
+from cascade_export.distill.commands import run_label
+from cascade_export.distill.label_store import LabelStore
+from cascade_export.distill.labelling import SingleClassError, label_sample
+from cascade_export.distill.table_rows import read_table, sample_rows
+from cascade_export.distill.teachers import ColumnTeacher, connect
 
 LABELS = ("negative", "positive")
 
@@ -209,7 +209,7 @@ def test_the_teacher_keeps_one_request_per_llm_instance_in_flight():
     import time
 
     from cascade import contract
-    from cascade_export.teachers import ServerTeacher
+    from cascade_export.distill.teachers import ServerTeacher
 
     class Client:
         def __init__(self):
@@ -248,7 +248,7 @@ def test_an_unreachable_server_is_a_clear_error():
 def test_a_cache_from_before_soft_labels_is_read_and_extended(tmp_path):
     import sqlite3
 
-    from cascade_export.label_store import LabelStore, _text_hash
+    from cascade_export.distill.label_store import LabelStore, _text_hash
 
     path = tmp_path / "labels.sqlite"
     db = sqlite3.connect(path)
@@ -267,7 +267,7 @@ def test_a_cache_from_before_soft_labels_is_read_and_extended(tmp_path):
 
 
 def test_soft_labels_are_read_with_one_hot_rows_where_the_teacher_gave_none(tmp_path):
-    from cascade_export.labels_file import read_soft_labels
+    from cascade_export.build.labels_file import read_soft_labels
 
     path = tmp_path / "labelled.csv"
     pd.DataFrame(
@@ -280,7 +280,7 @@ def test_soft_labels_are_read_with_one_hot_rows_where_the_teacher_gave_none(tmp_
 
 
 def _open_store(path, start, outcomes):
-    from cascade_export.label_store import LabelStore
+    from cascade_export.distill.label_store import LabelStore
 
     start.wait()
     try:

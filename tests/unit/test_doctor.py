@@ -277,7 +277,7 @@ def test_the_weights_table_matches_the_pins_and_the_defaults():
     import tomllib
 
     from cascade import embedders
-    from cascade_export.llm_tiers import LLM_ROLES
+    from cascade_export.build.llm_tiers import LLM_ROLES
 
     pinned = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
     for spec in weights.WEIGHTS:

@@ -31,7 +31,7 @@ def _embeddings(n_labels: int, rows: int = 160, seed: int = 0) -> tuple[np.ndarr
 def test_logreg_export_matches_predict_proba(tmp_path: Path, n_labels: int) -> None:
     import onnx
 
-    from cascade_export.tabular import check_tabular, export_logreg, train_logreg
+    from cascade_export.build.tabular import check_tabular, export_logreg, train_logreg
 
     X, y = _embeddings(n_labels)
     model = train_logreg(X, y)
@@ -52,7 +52,7 @@ def test_logreg_export_matches_predict_proba(tmp_path: Path, n_labels: int) -> N
 def test_xgboost_export_matches_predict_proba(tmp_path: Path, n_labels: int) -> None:
     import onnx
 
-    from cascade_export.tabular import check_tabular, export_xgboost, train_xgboost
+    from cascade_export.build.tabular import check_tabular, export_xgboost, train_xgboost
 
     X, y = _embeddings(n_labels, seed=1)
     model = train_xgboost(X, y, n_estimators=20)
@@ -82,7 +82,7 @@ def test_linear_model_matches_onnx_runtime_on_numpy_and_torch(tmp_path: Path, n_
     """The logreg tier as array-API ops (the gate runs it on its GPU in the GPU profile) equals ONNX Runtime."""
     from cascade.runtime.onnx_runner import LinearModel
     from cascade.serving.arrays import Placement, host
-    from cascade_export.tabular import export_logreg, train_logreg
+    from cascade_export.build.tabular import export_logreg, train_logreg
 
     X, y = _embeddings(n_labels, seed=2)
     path = export_logreg(train_logreg(X, y), tmp_path / "model.onnx")
@@ -96,7 +96,7 @@ def test_linear_model_matches_onnx_runtime_on_numpy_and_torch(tmp_path: Path, n_
 
 def test_linear_model_refuses_other_graphs(tmp_path: Path) -> None:
     from cascade.runtime.onnx_runner import LinearModel
-    from cascade_export.tabular import export_xgboost, train_xgboost
+    from cascade_export.build.tabular import export_xgboost, train_xgboost
 
     X, y = _embeddings(2, seed=3)
     path = export_xgboost(train_xgboost(X, y, n_estimators=5), tmp_path / "model.onnx")
@@ -105,7 +105,7 @@ def test_linear_model_refuses_other_graphs(tmp_path: Path) -> None:
 
 
 def test_tabular_rejects_labels_outside_0_to_n(tmp_path: Path) -> None:
-    from cascade_export.tabular import train_logreg
+    from cascade_export.build.tabular import train_logreg
 
     X, y = _embeddings(2)
     with pytest.raises(InvalidInput):

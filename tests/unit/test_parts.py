@@ -172,7 +172,7 @@ def test_setup_installs_the_parts_of_every_served_model():
     import tomllib
 
     from cascade.llm.parts import PART_MODELS
-    from cascade_export.llm_tiers import LLM_ROLES
+    from cascade_export.build.llm_tiers import LLM_ROLES
 
     pinned = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
     for model in LLM_ROLES.values():

@@ -48,8 +48,8 @@ def test_save_result_names_the_file_by_name_and_local_time(tmp_path):
 
 
 def fake_report(task) -> dict:
-    """The shape of :func:`cascade_export.build.calibrate_task`'s report, with the build's total."""
-    from cascade_export.stage import BuildOptions
+    """The shape of :func:`cascade_export.build.calibration.calibrate_task`'s report, with the build's total."""
+    from cascade_export.build.stage import BuildOptions
 
     calibration = [
         TierCalibration(0, 500, True, 0.609, 0.726, 0.931, 0.905),
@@ -76,7 +76,7 @@ def fake_report(task) -> dict:
 
 def test_cascade_build_saves_its_figures(tmp_path, monkeypatch, capsys):
     from cascade.cli.main import main
-    from cascade_export import build
+    from cascade_export.build import commands as build
 
     def fake_build(task, repo, opts):
         assert opts.train_rows == 100
@@ -100,7 +100,7 @@ def test_cascade_build_saves_its_figures(tmp_path, monkeypatch, capsys):
 
 def test_an_unwritable_results_folder_only_warns(tmp_path, monkeypatch, capsys):
     from cascade.cli.main import main
-    from cascade_export import build
+    from cascade_export.build import commands as build
 
     monkeypatch.setattr(build, "build_task", lambda task, repo, opts: fake_report(task))
     (tmp_path / "file").write_text("")
@@ -177,7 +177,8 @@ def test_a_demo_that_builds_keeps_the_teachers_figures(tmp_path, monkeypatch):
     from cascade.cli import demo
     from cascade.server import launcher
     from cascade.tasks import load_task
-    from cascade_export import build, distill
+    from cascade_export.build import commands as build
+    from cascade_export.distill import commands as distill
 
     labelled = {
         "teacher": "llm_large:qwen", "sample": 1000, "labelled_rows": 1000, "cached_rows": 0, "teacher_s": 300.0,
@@ -204,7 +205,7 @@ def test_a_demo_that_builds_keeps_the_teachers_figures(tmp_path, monkeypatch):
 
 def test_the_label_summary_has_its_seconds_and_rate(tmp_path):
     from cascade.tasks import TaskSpec
-    from cascade_export.distill import run_label
+    from cascade_export.distill.commands import run_label
 
     path = tmp_path / "t.csv"
     pd.DataFrame({"review": [f"review {i}" for i in range(30)], "gold": [i % 2 for i in range(30)]}).to_csv(path)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from cascade.errors import ConfigError, InvalidInput
-from cascade_export.label_store import LabelStore
-from cascade_export.table_rows import held_out_rows, sample_rows
+from cascade_export.distill.label_store import LabelStore
+from cascade_export.distill.table_rows import held_out_rows, sample_rows
 
 
 def test_held_out_rows_are_never_sampled():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cascade.errors import InvalidInput
-from cascade_export import tabular
+from cascade_export.build import tabular
 
 
 def _data(rows=400, dim=16, seed=0):

@@ -72,7 +72,7 @@ def test_unknown_task_names_the_shipped_ones():
 def test_few_shot_draw_is_balanced_and_prefers_moderate_rows():
     import numpy as np
 
-    from cascade_export.llm_tiers import FEW_SHOT_WORDS, draw_few_shot
+    from cascade_export.build.llm_tiers import FEW_SHOT_WORDS, draw_few_shot
 
     lo, _ = FEW_SHOT_WORDS
     moderate = " ".join(["word"] * lo)

@@ -1,4 +1,4 @@
-"""The engine build of the large tier (``cascade_export.trtllm_engine``), checked without a GPU: the two commands follow
+"""The engine build of the large tier (``trtllm_engine``), checked without a GPU: the two commands follow
 the build's settings, the engine they describe passes the serving side's checks, and bad parallelism or arguments
 are refused with a message."""
 
@@ -11,7 +11,7 @@ from trtllm_shared import minilm_dir, write_engine_config
 from cascade import contract
 from cascade.errors import ConfigError
 from cascade.repository import trtllm_config
-from cascade_export import trtllm_engine
+from cascade_export.build import trtllm_engine
 
 
 def _hf_dir(tmp_path, **config):

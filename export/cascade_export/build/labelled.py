@@ -1,5 +1,5 @@
-"""``labelled.csv``: what ``cascade label`` (:mod:`cascade_export.distill`) writes and the build
-(:mod:`cascade_export.build`) reads; columns ``id``, ``text``, ``label``, then these. Both import the names
+"""``labelled.csv``: what ``cascade label`` (:mod:`cascade_export.distill.commands`) writes and the build
+(:mod:`cascade_export.build.commands`) reads; columns ``id``, ``text``, ``label``, then these. Both import the names
 from here, so neither imports the other for them."""
 
 #: Which sample a row came from, :data:`UNIFORM` or :data:`ACTIVE`; a file without the column is all uniform.

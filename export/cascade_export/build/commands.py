@@ -1,11 +1,8 @@
 """Build a task into a model repository: train -> calibrate -> export (:func:`build_task`), and what a build
-measured (:func:`build_figures`, :func:`build_result`). The build's entry module: the steps live in
-:mod:`cascade_export.train` (reading ``labelled.csv`` with :mod:`cascade_export.labels_file`) and
-:mod:`cascade_export.calibration`, what they share in :mod:`cascade_export.stage`, the repository's shared models
-in :mod:`cascade_export.repo_embedder` and :mod:`cascade_export.llm_tiers`; their public names are importable here.
-
-Until the distillation issue lands, the tiers learn from the dataset's gold labels and the
-thresholds are calibrated on held-out gold labels (provisional: the teacher will replace gold).
+measured (:func:`build_figures`, :func:`build_result`). The steps live in :mod:`~cascade_export.build.train` (reading
+``labelled.csv`` with :mod:`~cascade_export.build.labels_file`, or the dataset's gold labels without one) and
+:mod:`~cascade_export.build.calibration`, what they share in :mod:`~cascade_export.build.stage`, the repository's
+shared models in :mod:`~cascade_export.build.repo_embedder` and :mod:`~cascade_export.build.llm_tiers`.
 """
 
 from __future__ import annotations
@@ -17,11 +14,11 @@ from cascade import contract, embedders
 from cascade.errors import ConfigError
 from cascade.repository.writer import RepositoryWriter
 from cascade.tasks import TaskSpec
-from cascade_export.calibration import calibrate_task
-from cascade_export.llm_tiers import ensure_llms
-from cascade_export.repo_embedder import ensure_embedder
-from cascade_export.stage import MODELS_DIR, BuildOptions, load_stage, log, stage_embedder
-from cascade_export.train import train_task
+from cascade_export.build.calibration import calibrate_task
+from cascade_export.build.llm_tiers import ensure_llms
+from cascade_export.build.repo_embedder import ensure_embedder
+from cascade_export.build.stage import MODELS_DIR, BuildOptions, load_stage, log, stage_embedder
+from cascade_export.build.train import train_task
 
 
 def export_task(task: TaskSpec, repo: Path, stage: Path) -> list[str]:

@@ -15,7 +15,7 @@ from cascade import embedders
 from cascade.contract import MAX_SEQ_TOKENS, MAX_TEXT_CHARS, PROBS
 from cascade.errors import InvalidInput
 from cascade.runtime.onnx_runner import TOKENIZER_FILE, OnnxRunner, pad_token_id
-from cascade_export.embedder import (
+from cascade_export.build.embedder import (
     export_graph,
     load_transformer,
     mean_pool,

@@ -10,7 +10,7 @@ import numpy as np
 
 from cascade.errors import ConfigError
 from cascade.tasks import TaskSpec
-from cascade_export.labelled import ACTIVE, PROB_PREFIX, SAMPLE_COLUMN, UNIFORM
+from cascade_export.build.labelled import ACTIVE, PROB_PREFIX, SAMPLE_COLUMN, UNIFORM
 
 
 def read_labelled(path: str | Path, task: TaskSpec) -> tuple[list[str], np.ndarray, dict]:

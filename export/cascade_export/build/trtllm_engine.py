@@ -3,7 +3,7 @@
 Two steps, as in TensorRT-LLM's examples (run them inside the NGC ``tritonserver:<yy.mm>-trtllm-python-py3``
 container, which has ``tensorrt_llm`` and ``trtllm-build``, with a TensorRT-LLM checkout for the examples)::
 
-    python -m cascade_export.trtllm_engine --model-dir HF_DIR --out ENGINE_DIR --tp 8 --dtype bfloat16 \\
+    python -m cascade_export.build.trtllm_engine --model-dir HF_DIR --out ENGINE_DIR --tp 8 --dtype bfloat16 \\
         --examples-dir /path/to/TensorRT-LLM/examples [--run]
 
 1. ``convert_checkpoint.py`` (the model family's example) turns the Hugging Face checkpoint into a
@@ -196,7 +196,8 @@ def shell_line(command: Sequence[str]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m cascade_export.trtllm_engine", description=__doc__.splitlines()[0])
+    prog = "python -m cascade_export.build.trtllm_engine"
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--model-dir", type=Path, required=True, help="Hugging Face model folder")
     p.add_argument("--out", type=Path, required=True, help="engine folder (gpt_model_path of tensorrt_llm)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size")

@@ -9,10 +9,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from cascade.errors import ConfigError
-from cascade_export.label_store import LabelStore
-from cascade_export.labelled import ACTIVE, UNIFORM
-from cascade_export.labelling import LABEL_BATCH, Labelled, label_sample
-from cascade_export.table_rows import Table, sample_rows
+from cascade_export.build.labelled import ACTIVE, UNIFORM
+from cascade_export.distill.label_store import LabelStore
+from cascade_export.distill.labelling import LABEL_BATCH, Labelled, label_sample
+from cascade_export.distill.table_rows import Table, sample_rows
 
 #: Active sampling: the uniform seed is half the budget, at least ACTIVE_MIN_SEED rows (all of a smaller
 #: budget); the active rows are chosen among a uniform pool of at most ACTIVE_POOL_FACTOR x their number.
@@ -31,7 +31,7 @@ def least_confident(seed_emb: np.ndarray, seed_labels: np.ndarray, pool_emb: np.
     """``(picked, top)``: the pool positions (sorted) of the ``n`` rows that a logistic regression fitted as
     tier 0 on the seed is least sure of, and every pool row's top probability. The lowest top probability is
     what tier 0's threshold escalates; for two labels it orders rows as the margin does."""
-    from cascade_export.tabular import train_logreg
+    from cascade_export.build.tabular import train_logreg
 
     _, y = np.unique(seed_labels, return_inverse=True)  # train_logreg wants labels 0..k-1, all present
     top = train_logreg(seed_emb, y).predict_proba(pool_emb).max(axis=1)

@@ -24,8 +24,8 @@ from cascade.repository import configgen
 from cascade.repository.writer import RepositoryWriter
 from cascade.serving.gate import GateConfig
 from cascade.tasks import TaskSpec
-from cascade_export.llm_tiers import ensure_llms, llm_scorer_on
-from cascade_export.stage import CALIB_FILE, MODELS_DIR, load_stage, log, stage_embedder
+from cascade_export.build.llm_tiers import ensure_llms, llm_scorer_on
+from cascade_export.build.stage import CALIB_FILE, MODELS_DIR, load_stage, log, stage_embedder
 
 
 def calibrate_task(

@@ -13,7 +13,7 @@ from cascade import contract
 from cascade.repository import configgen
 from cascade.repository.trtllm_config import cpu_generate_spec
 from cascade.repository.writer import RepositoryWriter
-from cascade_export.stage import log
+from cascade_export.build.stage import log
 
 #: Which packaged GGUF serves each LLM tier on CPU (chosen by measurement: docs/llm.md, "Roles").
 LLM_ROLES = {contract.TIER_LLM_SMALL: "smollm2-135m:f16", contract.TIER_LLM_LARGE: "qwen2.5-coder-1.5b"}

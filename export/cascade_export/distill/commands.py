@@ -3,11 +3,12 @@ create``'s label -> train -> calibrate -> export -> load.
 
 The teacher is the large LLM tier through the running server (``llm_large``), or a column of labels the
 user already holds (``column:NAME``: human or batch-LLM labels; gold labels as a control): see
-:mod:`cascade_export.teachers`. Labels are cached in SQLite (:mod:`cascade_export.label_store`), committed
-after every batch, so an interrupted run resumes where it stopped and an edited row is labelled again.
+:mod:`~cascade_export.distill.teachers`. Labels are cached in SQLite
+(:mod:`~cascade_export.distill.label_store`), committed after every batch, so an interrupted run resumes where it
+stopped and an edited row is labelled again.
 
 The sample is uniform (``strategy="uniform"``), or ``"active"``: a uniform seed, then the rows that a
-logistic regression (tier 0) trained on the seed is least sure of (:mod:`cascade_export.active`). Every labelled
+logistic regression (tier 0) trained on the seed is least sure of (:mod:`cascade_export.distill.active`). Every labelled
 row records which sample it came from (``labelled.csv``'s ``sample`` column): calibration uses the
 uniform rows only, the i.i.d. sample its guarantee needs.
 No Triton import here beyond the gRPC client.
@@ -23,13 +24,20 @@ import numpy as np
 
 from cascade import contract
 from cascade.errors import ConfigError, InvalidInput
-from cascade_export.active import label_active
-from cascade_export.label_store import LabelStore
-from cascade_export.labelled import ACTIVE, PROB_PREFIX, SAMPLE_COLUMN, UNIFORM
-from cascade_export.labelling import label_sample
-from cascade_export.prompt_task import CREATE_TIERS, task_from_prompt
-from cascade_export.table_rows import read_table, sample_rows
-from cascade_export.teachers import COLUMN_PREFIX, TEACHER_LLM, ColumnTeacher, ServerTeacher, connect, teacher_prompt
+from cascade_export.build.labelled import ACTIVE, PROB_PREFIX, SAMPLE_COLUMN, UNIFORM
+from cascade_export.distill.active import label_active
+from cascade_export.distill.label_store import LabelStore
+from cascade_export.distill.labelling import label_sample
+from cascade_export.distill.prompt_task import CREATE_TIERS, task_from_prompt
+from cascade_export.distill.table_rows import read_table, sample_rows
+from cascade_export.distill.teachers import (
+    COLUMN_PREFIX,
+    TEACHER_LLM,
+    ColumnTeacher,
+    ServerTeacher,
+    connect,
+    teacher_prompt,
+)
 
 DEFAULT_BUDGET = 1000  # rows the teacher labels
 DEFAULT_SAMPLE = DEFAULT_BUDGET  # its former name
@@ -119,7 +127,7 @@ def run_label(
             if strategy == ACTIVE:
 
                 def embed_rows(texts: list[str]) -> np.ndarray:
-                    from cascade_export.repo_embedder import embed, ensure_embedder
+                    from cascade_export.build.repo_embedder import embed, ensure_embedder
 
                     ensure_embedder(Path(repo))
                     return embed(Path(repo), texts)
@@ -176,9 +184,9 @@ def teach_and_load(task, repo: str | Path, work_root: str | Path, client, option
     here): the report, the models loaded and the seconds it took (the teacher's labelling is not in them)."""
     from dataclasses import replace
 
-    from cascade_export.build import export_task
-    from cascade_export.calibration import calibrate_task
-    from cascade_export.train import train_task
+    from cascade_export.build.calibration import calibrate_task
+    from cascade_export.build.commands import export_task
+    from cascade_export.build.train import train_task
 
     start = time.perf_counter()
     work = work_dir_of(task.name, work_root)
@@ -215,7 +223,7 @@ def create_task(
     (``--model-control-mode=explicit``) without a restart. The teacher's time is reported apart.
     ``budget`` and ``strategy`` as in :func:`run_label` (active sampling embeds with ``repo``'s embedder)."""
     from cascade.tasks import load_task
-    from cascade_export.stage import BuildOptions
+    from cascade_export.build.stage import BuildOptions
 
     repo = Path(repo)
     if (repo / name).exists():

@@ -12,7 +12,7 @@ from cascade import contract, embedders
 from cascade.errors import ConfigError
 from cascade.repository import configgen
 from cascade.repository.writer import RepositoryWriter
-from cascade_export.stage import log
+from cascade_export.build.stage import log
 
 EMBEDDER_FILES = ("model.onnx", "tokenizer.json")
 
@@ -25,7 +25,7 @@ def ensure_embedder(repo: Path, name: str | None = None, force: bool = False) ->
     """The repository's embedder, exported to ONNX once and shared by every task (``name``, default
     :data:`cascade.embedders.DEFAULT_EMBEDDER` for a new repository). Asking for another embedder than the one a
     repository holds is a :class:`ConfigError`: its tasks' models were trained on that one's vectors."""
-    from cascade_export.embedder import export_embedder
+    from cascade_export.build.embedder import export_embedder
 
     target = embedder_dir(repo)
     existing = embedders.of_repository(repo) if all((target / f).is_file() for f in EMBEDDER_FILES) else None

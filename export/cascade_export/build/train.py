@@ -16,10 +16,10 @@ from cascade.errors import ConfigError
 from cascade.repository import configgen
 from cascade.repository.writer import RepositoryWriter
 from cascade.tasks import TaskSpec, load_split
-from cascade_export.labels_file import read_labelled, read_soft_labels, uniform_rows
-from cascade_export.llm_tiers import LLM_ROLES, draw_few_shot
-from cascade_export.repo_embedder import embed, ensure_embedder, repository_embedder
-from cascade_export.stage import CALIB_FILE, MODELS_DIR, STATE_FILE, BuildOptions, log
+from cascade_export.build.labels_file import read_labelled, read_soft_labels, uniform_rows
+from cascade_export.build.llm_tiers import LLM_ROLES, draw_few_shot
+from cascade_export.build.repo_embedder import embed, ensure_embedder, repository_embedder
+from cascade_export.build.stage import CALIB_FILE, MODELS_DIR, STATE_FILE, BuildOptions, log
 
 #: Training rows the int8 encoder is compared on against fp32 (export.encoder.quantize_if_cheap).
 ENCODER_INT8_CHECK_ROWS = 500
@@ -30,8 +30,8 @@ def train_task(task: TaskSpec, repo: Path, stage: Path, opts: BuildOptions = Bui
     ``opts.labels_file``) into ``stage/models`` (a model repository of the task's models), keep their
     probabilities on the held-out calibration rows in ``stage/calib.npz`` and fix the LLM tiers' prompts."""
     from cascade.runtime.onnx_runner import OnnxRunner
-    from cascade_export import encoder as enc
-    from cascade_export import tabular
+    from cascade_export.build import encoder as enc
+    from cascade_export.build import tabular
 
     repo, stage = Path(repo), Path(stage)
     shutil.rmtree(stage / MODELS_DIR, ignore_errors=True)

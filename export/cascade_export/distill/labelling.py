@@ -1,5 +1,5 @@
 """The labelling loop: a teacher labels the rows at given positions of a table in batches, the cache
-(:class:`~cascade_export.label_store.LabelStore`) answering the rows it holds (:func:`label_sample`); the
+(:class:`~cascade_export.distill.label_store.LabelStore`) answering the rows it holds (:func:`label_sample`); the
 result is a :class:`Labelled` sample."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cascade.errors import ConfigError, ServerError
-from cascade_export.label_store import LabelStore, soft_label
-from cascade_export.table_rows import Table
+from cascade_export.distill.label_store import LabelStore, soft_label
+from cascade_export.distill.table_rows import Table
 
 LABEL_BATCH = 32  # rows per teacher call; the cache is committed after each
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from cascade import contract
 from cascade.errors import ConfigError, ServerError
-from cascade_export.table_rows import Table
+from cascade_export.distill.table_rows import Table
 
 TEACHER_LLM = contract.TIER_NAMES[contract.TIER_LLM_LARGE]
 COLUMN_PREFIX = "column:"
@@ -97,7 +97,7 @@ def teacher_prompt(task, data_dir: str | Path | None = None, seed: int = 0) -> d
     """The large tier's prompt for ``task``; its few-shot examples come from the task's dataset (labelled
     rows the user holds), so a task without a dataset must use a zero-shot teacher prompt."""
     from cascade.tasks import load_split
-    from cascade_export.llm_tiers import draw_few_shot
+    from cascade_export.build.llm_tiers import draw_few_shot
 
     prompt = task.llm.get(contract.TIER_LLM_LARGE)
     if prompt is None:
