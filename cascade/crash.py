@@ -7,7 +7,7 @@ SIGFPE, SIGABRT or SIGBUS. A process killed by SIGKILL (the OOM killer, ``kill -
 stays empty, and an empty file whose process is gone reads as "killed, likely out of memory".
 
 :func:`explain` turns an error message that names a dead stub into a sentence naming the model, the signal, the
-likely cause and the fix; the gate (:mod:`cascade.serving.tiercalls`), the CLI and ``cascade doctor`` use it.
+likely cause and the fix; the gate (:mod:`cascade.gate.calls`), the CLI and ``cascade doctor`` use it.
 No Triton import: this module is plain Python.
 """
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from cascade import contract
 from cascade.errors import ConfigError
+from cascade.gate.config import check_prompt
 from cascade.paths import DATA_DIR_ENV, TASKS_DIR, data_dir
-from cascade.serving.gate import check_prompt
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 

@@ -2,7 +2,7 @@
 ``scripts/gpu_check_prepare.py`` left in ``.gpu-check/``. It needs torch with CUDA, numpy and the carried wheels
 (nvidia-pytriton, array-api-compat, numpy 1.26); no tritonclient, protobuf or onnx: requests go over HTTP/JSON.
 
-1. **The gate's math on the device.** ``cascade.serving.escalate.run_cascade`` over torch tensors on the GPU with the
+1. **The gate's math on the device.** ``cascade.gate.escalate.run_cascade`` over torch tensors on the GPU with the
 logreg
    tier as torch ops (``cascade.runtime.onnx_runner.LinearModel``), timed with CUDA events at batch 1, 64 and 1,024 (the
    host copies of the outputs included), beside the same code on NumPy on this machine's CPU; the answers of
@@ -68,10 +68,10 @@ def device_gating(check: dict, rows: dict, device: str = "cuda:0") -> dict:
     """run_cascade on the GPU vs NumPy: equal answers, and the time per batch (CUDA events / perf_counter)."""
     import torch
 
+    from cascade.gate.arrays import Placement, host
+    from cascade.gate.config import GateConfig
+    from cascade.gate.escalate import RowBatch, run_cascade
     from cascade.runtime.onnx_runner import LinearModel
-    from cascade.serving.arrays import Placement, host
-    from cascade.serving.escalate import RowBatch, run_cascade
-    from cascade.serving.gate import GateConfig
 
     gate = GateConfig.from_parameters(check["gate_parameters"])
     model = LinearModel.load(CHECK / "repo-gpu" / "sst2_logreg" / "1")

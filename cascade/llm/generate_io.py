@@ -3,7 +3,7 @@ the text pieces of one stream on either runtime: llama.cpp on CPU (:class:`casca
 streaming BLS over ``tensorrt_llm`` on GPU, detokenized as the token ids come (:mod:`cascade.llm.generate`).
 
 No Triton import: ``python_backends/llm_generate/model.py`` passes its ``triton_python_backend_utils`` module in
-(:class:`GenerateIO`), as the gate does (cascade.serving.gate_io).
+(:class:`GenerateIO`), as the gate does (cascade.gate.request_io).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ over the candidates' first tokens, calibrated by the content-free prior (:class:
 request option that ``llm_generate`` shares (:func:`cpu_memory`).
 
 No Triton import: ``python_backends/llm_trtllm/model.py`` passes its ``triton_python_backend_utils`` module in, as
-the gate does (cascade.serving.gate_io). The pure logic (tokens, logits -> PROBS) is :mod:`cascade.llm.trtllm`.
+the gate does (cascade.gate.request_io). The pure logic (tokens, logits -> PROBS) is :mod:`cascade.llm.trtllm`.
 """
 
 from __future__ import annotations

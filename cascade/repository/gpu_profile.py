@@ -3,7 +3,7 @@
 Same models, same tensor names and the same gate parameters; GPU backends where Triton has them:
 
 - **the gate** (Python backend) on a GPU instance with ``FORCE_CPU_ONLY_INPUT_TENSORS: no``: it gates on its GPU
-  (``cascade.serving.arrays``), the logreg tier inline as torch ops there;
+  (``cascade.gate.arrays``), the logreg tier inline as torch ops there;
 - **tier 0** (logreg) and the **ONNX text models** (the embedder, each task's encoder) on Triton's
   ``onnxruntime`` backend with the TensorRT execution accelerator in FP16 (ONNX Runtime falls back to CUDA for
   what TensorRT cannot run). A text model is an ensemble: ``<name>_tokenize`` (Python, CPU) then
@@ -28,11 +28,11 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from cascade import contract, embedders
 from cascade.errors import ConfigError
+from cascade.gate.config import GateConfig
 from cascade.repository.configgen import parse_config
 from cascade.repository.trtllm_config import ProtoSpec
 from cascade.repository.writer import BACKEND_TOKENIZER, XGBOOST_JSON
 from cascade.runtime.onnx_runner import TOKEN_INPUTS, TOKENIZER_FILE
-from cascade.serving.gate import GateConfig
 
 PROFILE = "gpu"
 TOKENIZE_SUFFIX, ONNX_SUFFIX, FIL_SUFFIX = "_tokenize", "_onnx", "_fil"

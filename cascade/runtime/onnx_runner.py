@@ -253,7 +253,7 @@ class LinearModel:
 
     def predict_proba(self, x, placement) -> object:
         """Class probabilities [n, k] of embeddings ``x`` [n, d], in ``placement`` (a
-        ``cascade.serving.arrays.Placement``)."""
+        ``cascade.gate.arrays.Placement``)."""
         key = placement.device
         if key not in self._placed:
             self._placed[key] = (placement.asarray(self.weights.T.copy()), placement.asarray(self.bias))

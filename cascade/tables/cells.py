@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 
 from cascade import contract, embedders
 from cascade.errors import ConfigError
-from cascade.serving.arrays import all_finite
+from cascade.gate.arrays import all_finite
 
 TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary())
 

@@ -59,7 +59,7 @@ class FilterPlan:
     """What a filter job settled before sending any row; plain data, so a Ray worker gets a copy."""
 
     options: FilterOptions
-    gate: object  # cascade.serving.gate.GateConfig
+    gate: object  # cascade.gate.config.GateConfig
     labels: tuple[str, ...]
     emb_column: str | None
     served: tuple[str, int] | None

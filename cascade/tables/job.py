@@ -111,7 +111,7 @@ def run_job(main, store: ChunkStore, progress) -> None:
 def reachable_tiers(gate, options: FilterOptions) -> list[int]:
     """The gate's tiers that the job's --min-tier/--max-tier let rows reach (a bad tier name fails here, before
     any row is sent)."""
-    from cascade.serving.gate_inputs import RequestOptions
+    from cascade.gate.inputs import RequestOptions
 
     params = {}
     if options.max_tier is not None:

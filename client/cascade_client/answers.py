@@ -108,7 +108,7 @@ def model_parameters(config: dict) -> dict[str, str]:
 
 
 def gate_config(config: dict, task: str):
-    from cascade.serving.gate import GateConfig
+    from cascade.gate.config import GateConfig
 
     params = model_parameters(config)
     if contract.CFG_LABELS not in params:

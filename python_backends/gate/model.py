@@ -1,6 +1,6 @@
 """Triton glue for the gate (the public ``<task>`` model): the logic lives in plain modules, unit-tested directly:
-in ``cascade.serving``: bls (the tiers and the BLS calls), gate_io (requests and responses), gate_metrics (the
-metrics flush), gate, gate_inputs, escalate and lanes. They import no Triton module: this file passes ``pb_utils`` in.
+in ``cascade.gate``: tiers (the tiers and the BLS calls), request_io (requests and responses), metrics_flush (the
+metrics flush), config, inputs, escalate and lanes. They import no Triton module: this file passes ``pb_utils`` in.
 
 ``execute`` parses each request and runs its cheap steps inline; a request with rows left for a costly tier is
 handed to that tier's lane and answered later through its response sender (Triton >= 24.06 allows that in the
@@ -9,7 +9,7 @@ default, non-decoupled mode), so ``execute`` returns at once and easy requests n
 Where the gate's arrays live follows its instance kind: a CPU instance works on NumPy arrays; a GPU instance
 (GPU profile, ``FORCE_CPU_ONLY_INPUT_TENSORS: no``) takes the request's EMBEDDING and every tier's PROBS as
 torch tensors on its GPU by DLPack, asks the tiers for GPU outputs (``preferred_memory``), gates there, and
-copies only the small outputs to the host. The gating code (cascade.serving.escalate) is the same for both.
+copies only the small outputs to the host. The gating code (cascade.gate.escalate) is the same for both.
 """
 
 import json
@@ -20,13 +20,13 @@ import triton_python_backend_utils as pb_utils
 
 from cascade import contract, crash
 from cascade.errors import CascadeError, check_numpy, triton_error
-from cascade.serving.arrays import Placement
-from cascade.serving.bls import BlsCalls
-from cascade.serving.gate import GateConfig
-from cascade.serving.gate_io import GateIO
-from cascade.serving.gate_metrics import MetricsFlusher
-from cascade.serving.lanes import Lanes, lane_names
-from cascade.serving.metrics import MetricsBuffer
+from cascade.gate.arrays import Placement
+from cascade.gate.config import GateConfig
+from cascade.gate.lanes import Lanes, lane_names
+from cascade.gate.metrics import MetricsBuffer
+from cascade.gate.metrics_flush import MetricsFlusher
+from cascade.gate.request_io import GateIO
+from cascade.gate.tiers import BlsCalls
 
 
 class TritonPythonModel:

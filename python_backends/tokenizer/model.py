@@ -9,8 +9,8 @@ import triton_python_backend_utils as pb_utils
 
 from cascade import contract, crash
 from cascade.errors import CascadeError, check_numpy, triton_error
+from cascade.gate.inputs import decode_texts
 from cascade.runtime.onnx_runner import TOKENIZER_FILE, TextTokenizer
-from cascade.serving.gate_inputs import decode_texts
 
 
 class TritonPythonModel:

@@ -39,7 +39,7 @@ def test_the_large_tier_labels_through_the_server(server, sst2_task, tmp_path):
 
 def test_build_learns_from_teacher_labels(tmp_path):
     """label (a label column as teacher) -> build --labels: tiers trained and calibrated on those labels."""
-    from cascade.serving.gate import GateConfig
+    from cascade.gate.config import GateConfig
     from cascade.tasks import load_split, load_task
     from cascade_export.build.commands import build_task
     from cascade_export.build.stage import BuildOptions

@@ -15,7 +15,7 @@ import pytest
 from traffic import Traffic
 
 from cascade import contract
-from cascade.serving import metrics
+from cascade.gate import metrics
 from cascade_client import CascadeClient
 
 pytestmark = pytest.mark.server

@@ -93,8 +93,8 @@ def test_every_gpu_config_parses_and_every_ensemble_is_wired(gpu_repo):
 def test_gpu_models_run_where_they_should_with_tensorrt_and_fil(gpu_repo, built_repo):
     from tritonclient.grpc import model_config_pb2 as mc
 
+    from cascade.gate.config import GateConfig
     from cascade.repository.gpu_profile import FIL_INPUT, TRT_PARAMETERS, onnx_graph_io
-    from cascade.serving.gate import GateConfig
 
     repo, _ = gpu_repo
     configs = _configs(repo)

@@ -10,7 +10,7 @@ from traffic import Traffic
 from cascade import contract
 from cascade.bench.busy import cpu_hog
 from cascade.errors import RowsUnanswered
-from cascade.serving import metrics
+from cascade.gate import metrics
 from cascade_client import CascadeClient
 
 pytestmark = pytest.mark.server

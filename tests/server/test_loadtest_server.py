@@ -9,8 +9,8 @@ import urllib.request
 
 import pytest
 
+from cascade.gate import metrics
 from cascade.paths import CHART_DIR
-from cascade.serving import metrics
 
 DASHBOARD = CHART_DIR / "dashboards" / "cascade.json"
 #: Triton's own per-model metrics (counts, cumulative durations, and the latency summaries that the launcher's

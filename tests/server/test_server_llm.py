@@ -45,7 +45,7 @@ def test_llm_tiers_answer_through_the_gate(client, sst2_task, tier):
 def test_gate_formats_each_tiers_own_prompt(client, server, built_repo, sst2_task, tier):
     """The gate's answer at an LLM tier equals scoring that tier's prompt (template, few-shot examples,
     verbalizations, calibration choice) directly: each tier gets its own prompt from the task."""
-    from cascade.serving.gate import GateConfig, prompt_template
+    from cascade.gate.config import GateConfig, prompt_template
 
     _, report = built_repo
     prompt = GateConfig.from_parameters(report["gate"]).prompts[tier]

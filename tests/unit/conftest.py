@@ -3,7 +3,7 @@ when a collected test asks for it)."""
 
 import pytest
 
-from cascade.serving.arrays import Placement
+from cascade.gate.arrays import Placement
 
 
 def _placements() -> list[str | None]:

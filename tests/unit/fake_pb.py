@@ -7,11 +7,11 @@ from types import SimpleNamespace
 import numpy as np
 
 from cascade import contract
-from cascade.serving.arrays import Placement
-from cascade.serving.bls import BlsCalls
-from cascade.serving.gate import GateConfig
-from cascade.serving.gate_io import GateIO
-from cascade.serving.metrics import MetricsBuffer
+from cascade.gate.arrays import Placement
+from cascade.gate.config import GateConfig
+from cascade.gate.metrics import MetricsBuffer
+from cascade.gate.request_io import GateIO
+from cascade.gate.tiers import BlsCalls
 
 TEXT, EMBEDDING, PROBS = contract.TEXT.name, contract.EMBEDDING.name, contract.PROBS.name
 LABEL, CONFIDENCE, TIER, DEGRADED = (

@@ -1,4 +1,4 @@
-"""The gate's BLS calls and tiers (cascade.serving.bls) with a fake ``pb_utils``: chunks, failures, the embedder's call,
+"""The gate's BLS calls and tiers (cascade.gate.tiers) with a fake ``pb_utils``: chunks, failures, the embedder's call,
 and the tier kinds with an LLM tier's prompt."""
 
 import numpy as np
@@ -7,7 +7,7 @@ from fake_pb import DIM, EMBEDDING, ENCODER, LLM_SMALL, LOGREG, PROMPT, TEXT, ga
 
 from cascade import contract
 from cascade.errors import ConfigError, TierBusy, TierFailure
-from cascade.serving.bls import BlsTier, LlmTier
+from cascade.gate.tiers import BlsTier, LlmTier
 
 
 def test_bls_calls_go_in_chunks_and_concatenate():

@@ -1,6 +1,6 @@
 """config.pbtxt generation from the typed spec (``cascade.repository.configgen``), checked with Triton's model_config
 protobuf:
-each config follows its spec, takes what the gate sends it (``cascade.serving.bls``) and refuses bad input."""
+each config follows its spec, takes what the gate sends it (``cascade.gate.tiers``) and refuses bad input."""
 
 import inspect
 from types import SimpleNamespace
@@ -11,9 +11,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from cascade import contract
 from cascade.errors import ConfigError
+from cascade.gate.config import GateConfig
+from cascade.gate.tiers import BlsCalls, BlsTier
 from cascade.repository import configgen
-from cascade.serving.bls import BlsCalls, BlsTier
-from cascade.serving.gate import GateConfig
 
 TEXT, EMBEDDING, PROBS = contract.TEXT.name, contract.EMBEDDING.name, contract.PROBS.name
 NEWS_LABELS = ("world", "sports", "business")

@@ -7,9 +7,9 @@ import pytest
 
 from cascade import contract, embedders
 from cascade.errors import ConfigError, InvalidInput, TierFailure
+from cascade.gate.escalate import RowBatch
+from cascade.gate.inputs import check_embeddings
 from cascade.repository import configgen
-from cascade.serving.escalate import RowBatch
-from cascade.serving.gate_inputs import check_embeddings
 
 WIDE = embedders.get(embedders.MPNET).dim
 

@@ -80,8 +80,8 @@ def test_xgboost_export_matches_predict_proba(tmp_path: Path, n_labels: int) -> 
 @pytest.mark.parametrize("device", [None, "cpu"], ids=["numpy", "torch"])
 def test_linear_model_matches_onnx_runtime_on_numpy_and_torch(tmp_path: Path, n_labels: int, device) -> None:
     """The logreg tier as array-API ops (the gate runs it on its GPU in the GPU profile) equals ONNX Runtime."""
+    from cascade.gate.arrays import Placement, host
     from cascade.runtime.onnx_runner import LinearModel
-    from cascade.serving.arrays import Placement, host
     from cascade_export.build.tabular import export_logreg, train_logreg
 
     X, y = _embeddings(n_labels, seed=2)

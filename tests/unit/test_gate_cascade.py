@@ -1,4 +1,4 @@
-"""The gate's cascade (cascade.serving.escalate), tested directly with plain Python tiers: which rows escalate,
+"""The gate's cascade (cascade.gate.escalate), tested directly with plain Python tiers: which rows escalate,
 failures,
 cancellation, and embedding on demand, in every placement (``at``)."""
 
@@ -7,8 +7,8 @@ import pytest
 
 from cascade import contract
 from cascade.errors import TierFailure
-from cascade.serving.arrays import Placement, host
-from cascade.serving.escalate import Cancelled, RowBatch, run_cascade
+from cascade.gate.arrays import Placement, host
+from cascade.gate.escalate import Cancelled, RowBatch, run_cascade
 
 
 class FixedTier:

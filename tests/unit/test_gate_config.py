@@ -1,4 +1,4 @@
-"""The gate's configuration (cascade.serving.gate.GateConfig): its parameters' round trip, defaults, deadlines, prompts,
+"""The gate's configuration (cascade.gate.config.GateConfig): its parameters' round trip, defaults, deadlines, prompts,
 and the bad configurations that fail the load loudly."""
 
 import json
@@ -7,7 +7,7 @@ import pytest
 
 from cascade import contract
 from cascade.errors import ALLOW_NUMPY2_ENV, ConfigError, check_numpy
-from cascade.serving.gate import GateConfig
+from cascade.gate.config import GateConfig
 
 LABELS = ("negative", "positive")
 

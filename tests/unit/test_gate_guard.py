@@ -1,9 +1,9 @@
-"""The gate's tier guard (cascade.serving.tiercalls): the deadline of each tier call and the circuit breaker."""
+"""The gate's tier guard (cascade.gate.calls): the deadline of each tier call and the circuit breaker."""
 
 import pytest
 
 from cascade.errors import TierFailure
-from cascade.serving.tiercalls import TierGuard
+from cascade.gate.calls import TierGuard
 
 
 def test_guard_returns_answers_and_passes_failures_on():
@@ -53,7 +53,7 @@ def test_guard_deadline_abandons_a_hung_call_and_tries_again_once_it_returns():
 
 def test_a_busy_tier_does_not_open_the_breaker_but_a_failed_one_does():
     from cascade.errors import TierBusy
-    from cascade.serving.tiercalls import failure_of
+    from cascade.gate.calls import failure_of
 
     busy = failure_of("llm_large", "Request timeout expired")
     assert isinstance(busy, TierBusy) and "llm_large: Request timeout expired" in str(busy)

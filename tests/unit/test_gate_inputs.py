@@ -1,4 +1,4 @@
-"""A gate request's inputs (cascade.serving.gate_inputs): request options, TEXT decoding, EMBEDDING checks, and the
+"""A gate request's inputs (cascade.gate.inputs): request options, TEXT decoding, EMBEDDING checks, and the
 Triton status codes of their errors."""
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 
 from cascade import contract
 from cascade.errors import InvalidInput, TierFailure
-from cascade.serving.arrays import host
-from cascade.serving.gate_inputs import RequestOptions, check_embeddings, decode_texts
+from cascade.gate.arrays import host
+from cascade.gate.inputs import RequestOptions, check_embeddings, decode_texts
 
 
 def test_request_options_parse_names_numbers_and_strings():

@@ -1,4 +1,4 @@
-"""The gate's requests and responses (cascade.serving.gate_io) with a fake ``pb_utils``: request parsing, the outputs
+"""The gate's requests and responses (cascade.gate.request_io) with a fake ``pb_utils``: request parsing, the outputs
 per
 wanted set, errors and their status codes, and the answer inline or through the response sender."""
 
@@ -27,8 +27,8 @@ from fake_pb import (
 )
 
 from cascade.errors import CascadeError, InvalidInput, TierFailure
-from cascade.serving.escalate import Cancelled
-from cascade.serving.lanes import Lanes, lane_names
+from cascade.gate.escalate import Cancelled
+from cascade.gate.lanes import Lanes, lane_names
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The gate's Triton glue itself (python_backends/gate/model.py) and its metrics flush (cascade.serving.gate_metrics)
+"""The gate's Triton glue itself (python_backends/gate/model.py) and its metrics flush (cascade.gate.metrics_flush)
 over
 the fake ``pb_utils``."""
 
@@ -28,10 +28,10 @@ from fake_pb import (
     texts,
 )
 
+from cascade.gate.config import GateConfig
+from cascade.gate.metrics import IN_FLIGHT, ROWS, MetricsBuffer
+from cascade.gate.metrics_flush import MetricsFlusher
 from cascade.paths import BACKENDS_DIR
-from cascade.serving.gate import GateConfig
-from cascade.serving.gate_metrics import MetricsFlusher
-from cascade.serving.metrics import IN_FLIGHT, ROWS, MetricsBuffer
 
 
 def test_the_model_glue_answers_requests(monkeypatch, tmp_path):

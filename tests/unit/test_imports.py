@@ -75,7 +75,7 @@ def test_no_import_cycles():
 
 #: Packages a server runs (the repository's writer included: the server recovers and refreshes it at start),
 #: which must not import the build side (``cascade_export``: torch, training, the teachers).
-SERVING_SIDE = ("cascade.repository", "cascade.server", "cascade.serving", "cascade.llm")
+SERVING_SIDE = ("cascade.repository", "cascade.server", "cascade.gate", "cascade.llm")
 
 
 def test_the_serving_side_imports_nothing_from_the_build_side():

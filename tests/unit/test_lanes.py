@@ -1,4 +1,4 @@
-"""The gate's lanes (cascade.serving.lanes) with plain Python tiers: the fast path never waits for the slow path."""
+"""The gate's lanes (cascade.gate.lanes) with plain Python tiers: the fast path never waits for the slow path."""
 
 import threading
 import time
@@ -8,8 +8,8 @@ import pytest
 
 from cascade import contract
 from cascade.errors import ServerUnavailable, TierFailure
-from cascade.serving.escalate import Cancelled, CascadeRun, RowBatch
-from cascade.serving.lanes import EMBED, INLINE, Job, Lanes, lane_names, lane_of
+from cascade.gate.escalate import Cancelled, CascadeRun, RowBatch
+from cascade.gate.lanes import EMBED, INLINE, Job, Lanes, lane_names, lane_of
 
 
 class Tier:

@@ -4,9 +4,9 @@ load test against the real server: tests/server/test_loadtest_server.py)."""
 import numpy as np
 import pytest
 
+from cascade.gate import metrics
+from cascade.gate.escalate import RowBatch, run_cascade
 from cascade.ops import loadtest
-from cascade.serving import metrics
-from cascade.serving.escalate import RowBatch, run_cascade
 
 
 class FixedTier:

@@ -15,7 +15,7 @@ import pytest
 
 from cascade.cli.main import build_parser, main
 from cascade.errors import ConfigError
-from cascade.serving.gate import GateConfig
+from cascade.gate.config import GateConfig
 from cascade.tables.chunk_store import ChunkStore
 from cascade.tables.filter_chunk import FilterPlan
 from cascade.tables.job import FilterOptions
@@ -146,14 +146,12 @@ def test_the_cli_refuses_bad_engine_flags(capsys, monkeypatch, tmp_path):
 
 
 def test_ray_is_imported_only_when_the_ray_engine_is_asked_for(tmp_path):
-    """``import cascade``, the CLI, the distributed package itself and a local filter job (here against no server)
-    leave ``ray`` unimported."""
+    """``import cascade``, the CLI, the Ray engine and API modules themselves and a local filter job (here against no
+    server) leave ``ray`` unimported."""
     (tmp_path / "t.csv").write_text("text\nhello\n")
     probe = f"""
 import json, sys
 import cascade, cascade.cli.main, cascade.tables, cascade.tables.ray_engine, cascade.tables.ray_api
-import cascade.ray
-assert cascade.ray.classify_dataset is cascade.tables.ray_api.classify_dataset
 from cascade.errors import ServerUnavailable
 from cascade.server.launcher import free_ports
 from cascade.tables.job import FilterOptions

@@ -12,7 +12,7 @@ import pytest
 
 from cascade import contract, embedders
 from cascade.errors import ConfigError, InvalidInput, RowsUnanswered, ServerUnavailable
-from cascade.serving.gate import GateConfig
+from cascade.gate.config import GateConfig
 from cascade.tables import local as table_module
 from cascade.tables.cells import check_embedding_column, embedding_cells, text_cells
 from cascade.tables.chunk_store import ChunkStore

@@ -20,9 +20,9 @@ from cascade.calibrate import (
     tier_mix,
 )
 from cascade.errors import ConfigError
+from cascade.gate.config import GateConfig
 from cascade.repository import configgen
 from cascade.repository.writer import RepositoryWriter
-from cascade.serving.gate import GateConfig
 from cascade.tasks import TaskSpec
 from cascade_export.build.llm_tiers import ensure_llms, llm_scorer_on
 from cascade_export.build.stage import CALIB_FILE, MODELS_DIR, load_stage, log, stage_embedder

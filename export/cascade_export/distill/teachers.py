@@ -54,7 +54,7 @@ class ServerTeacher:
     """The large LLM tier through a running server: the task's prompt, argmax over its verbalizations."""
 
     def __init__(self, client, prompt: dict, model: str = TEACHER_LLM) -> None:
-        from cascade.serving.gate import prompt_template
+        from cascade.gate.config import prompt_template
 
         self.client = client
         self.model = model

@@ -19,11 +19,11 @@ import numpy as np
 
 from cascade import contract
 from cascade.errors import ConfigError, TierFailure
+from cascade.gate.arrays import Placement, host
+from cascade.gate.calls import TierGuard, failure_of
+from cascade.gate.config import GateConfig, prompt_template
+from cascade.gate.escalate import RowBatch
 from cascade.runtime.onnx_runner import LinearModel, OnnxRunner
-from cascade.serving.arrays import Placement, host
-from cascade.serving.escalate import RowBatch
-from cascade.serving.gate import GateConfig, prompt_template
-from cascade.serving.tiercalls import TierGuard, failure_of
 
 TEXT, EMBEDDING, PROBS = contract.TEXT.name, contract.EMBEDDING.name, contract.PROBS.name
 PROMPT, CANDIDATES = contract.PROMPT.name, contract.CANDIDATES.name

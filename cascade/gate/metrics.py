@@ -1,5 +1,5 @@
 """The gate's Prometheus metrics: names, labels and buckets, and a buffer that turns cascade results into
-counter increments. No Triton import; :mod:`cascade.serving.gate_metrics` applies the increments with
+counter increments. No Triton import; :mod:`cascade.gate.metrics_flush` applies the increments with
 ``pb_utils.MetricFamily`` and Triton exports them at ``:8002/metrics`` next to its ``nv_inference_*``.
 
 Every metric API call of the Python backend is a round trip to the server process, so the gate adds up
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cascade import contract
-from cascade.serving.arrays import host
+from cascade.gate.arrays import host
 
 #: Rows answered, per task and tier.
 ROWS = "cascade_rows_total"
@@ -119,7 +119,7 @@ class MetricsBuffer:
         self._add(name + "_count", tier, float(values.size))
 
     def add(self, result) -> None:
-        """Count one ``cascade.serving.escalate.CascadeResult``."""
+        """Count one ``cascade.gate.escalate.CascadeResult``."""
         tier_all = host(result.tier)
         answered = tier_all[tier_all >= 0]
         tiers, counts = np.unique(answered, return_counts=True)

@@ -1,7 +1,7 @@
 """A gate request's inputs, with no Triton import: its parameters (:class:`RequestOptions`, tier names included)
 and the checks of its TEXT and EMBEDDING tensors.
 
-``cascade.serving.gate_io`` parses each request with this module; ``cascade.serving.gate`` holds the gate's own
+``cascade.gate.request_io`` parses each request with this module; ``cascade.gate.config`` holds the gate's own
 configuration.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from cascade import contract
 from cascade.errors import CascadeError, InvalidInput
-from cascade.serving.arrays import Array, Placement, all_finite, first_bad_row
+from cascade.gate.arrays import Array, Placement, all_finite, first_bad_row
 
 
 # --- tier names (of gate parameters and request parameters) ----------------------------------------

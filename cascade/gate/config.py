@@ -1,8 +1,8 @@
 """The gate's configuration (from its config.pbtxt parameters) and its LLM tiers' prompts, with no Triton import.
 
-``python_backends/gate/model.py`` is thin glue: ``cascade.serving.gate_io`` parses requests with
-``cascade.serving.gate_inputs``, turns each into a ``cascade.serving.escalate.CascadeRun`` over tiers that are BLS calls
-(``cascade.serving.bls``), and runs it through ``cascade.serving.lanes``. Everything here is unit-tested directly.
+``python_backends/gate/model.py`` is thin glue: ``cascade.gate.request_io`` parses requests with
+``cascade.gate.inputs``, turns each into a ``cascade.gate.escalate.CascadeRun`` over tiers that are BLS calls
+(``cascade.gate.tiers``), and runs it through ``cascade.gate.lanes``. Everything here is unit-tested directly.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from cascade import contract
 from cascade.errors import ConfigError
-from cascade.serving.gate_inputs import tier_from_name
+from cascade.gate.inputs import tier_from_name
 
 
 # --- configuration (from config.pbtxt parameters) ------------------------------------------------
@@ -111,7 +111,7 @@ class GateConfig:
                 raise ConfigError(f"prompt of {contract.TIER_NAMES[tier]}: {exc}") from exc
 
     def device(self, instance_kind: str, device_id: int) -> str | None:
-        """The ``cascade.serving.arrays.Placement`` device of a gate instance of this kind (None: NumPy on the host)."""
+        """The ``cascade.gate.arrays.Placement`` device of a gate instance of this kind (None: NumPy on the host)."""
         if self.placement == contract.PLACEMENT_AUTO:
             return f"cuda:{device_id}" if instance_kind == "GPU" else None
         return None if self.placement == "numpy" else self.placement.removeprefix("torch:")

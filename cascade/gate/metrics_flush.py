@@ -1,7 +1,7 @@
-"""Flushes a gate instance's buffered metrics (``cascade.serving.metrics.MetricsBuffer``) into Triton's custom metrics.
+"""Flushes a gate instance's buffered metrics (``cascade.gate.metrics.MetricsBuffer``) into Triton's custom metrics.
 
 No Triton import: ``python_backends/gate/model.py`` passes its ``triton_python_backend_utils`` module in
-(:class:`MetricsFlusher`), as it does to ``cascade.serving.gate_io.GateIO``. Each metric call is a round trip to the
+(:class:`MetricsFlusher`), as it does to ``cascade.gate.request_io.GateIO``. Each metric call is a round trip to the
 server
 process, so the buffer is flushed by a thread of its own once a second (never per request), and when the gate
 unloads.
@@ -13,12 +13,12 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cascade.serving.metrics import FLUSH_INTERVAL_S, MetricsBuffer, families
+from cascade.gate.metrics import FLUSH_INTERVAL_S, MetricsBuffer, families
 
 
 class MetricsFlusher:
     """Applies ``metrics``' buffered increments (under ``lock``) and the lanes' in-flight gauges (``in_flight``,
-    e.g. ``cascade.serving.lanes.Lanes.in_flight``) through ``pb_utils.MetricFamily``: once when made, then once a
+    e.g. ``cascade.gate.lanes.Lanes.in_flight``) through ``pb_utils.MetricFamily``: once when made, then once a
     second
     on its thread until :meth:`close`."""
 

@@ -1,13 +1,13 @@
 """Calls from the gate to a tier model: a deadline the gate enforces, and a circuit breaker that tells busy from dead.
 
-No Triton import: ``cascade.serving.bls`` passes the BLS call in as a function.
+No Triton import: ``cascade.gate.tiers`` passes the BLS call in as a function.
 
 - **Allowances.** A call may *run* for its execution allowance, which grows with its rows
   (``GateConfig.exec_allowance_s``: a base plus a deadline per row). Before that it may *wait* in Triton's queue
   for the tier about as long (behind a call of another gate instance or task), never past the lane's queue
   allowance; Triton itself rejects it past that (the BLS request's ``timeout``), and that rejection is
   :class:`TierBusy`. The gate stops waiting after both together: only then is the tier hung. The wait in the
-  gate's own lane (``cascade.serving.lanes``) comes before and is counted apart.
+  gate's own lane (``cascade.gate.lanes``) comes before and is counted apart.
 - **Breaker.** A tier that answers with an error (unloaded, its stub killed, a crash) or misses the deadline is
   skipped at once for ``retry_after_s``, and for as long as an abandoned call to it still runs; then the next call
   tries it again. A *busy* tier (:class:`TierBusy`) never opens the breaker: its rows get a best-effort answer or

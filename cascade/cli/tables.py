@@ -1,14 +1,12 @@
-"""``cascade serve``, and the commands that send data through a running server: ``classify``, ``filter``,
-``eval``, ``embed``; and ``make-table``, which scales up ``embed``'s output. Heavy modules are imported inside each
+"""The commands that send data through a running server, as its client: ``classify``, the table jobs ``filter``,
+``eval`` and ``embed``, and ``make-table``, which scales up ``embed``'s output. Heavy modules are imported inside each
 command (the CLI must start fast)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from cascade import contract
 from cascade.errors import CascadeError
 
 
@@ -16,29 +14,6 @@ def _tier_arg(value: str | None):
     if value is None:
         return None
     return int(value) if value.isdigit() else value
-
-
-def cmd_serve(args) -> int:
-    from cascade.cli.doctor import preflight
-    from cascade.server.launcher import ServerOptions, serve
-
-    ports = [("--http-port", args.http_port), ("--grpc-port", args.grpc_port), ("--metrics-port", args.metrics_port)]
-    preflight(args, ports, args.host)  # stops with the doctor's fixes when a quick check fails (--skip-doctor: not)
-    return serve(
-        ServerOptions(
-            repository=args.repo,
-            host=args.host,
-            http_port=args.http_port,
-            grpc_port=args.grpc_port,
-            metrics_port=args.metrics_port,
-            model_control_mode=args.model_control_mode,
-            log_verbose=args.log_verbose,
-            admin_key=os.environ.get(contract.ADMIN_KEY_ENV) or None,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            llm_threads=args.llm_threads,
-        )
-    )
 
 
 def cmd_classify(args) -> int:

@@ -14,7 +14,7 @@ that way), so clients keep plain unary ``ModelInfer``.
 A request moves from lane to lane as its rows escalate. The time it waits for a lane is its queue time, measured
 apart from the tier's execution (metrics) and bounded by the gate's ``queue_timeout_ms``: past it the rows are
 passed on as if the tier were busy (a best-effort answer or the next tier), without opening the breaker.
-No Triton import: ``cascade.serving.gate_io`` supplies the hand-over and answer callbacks.
+No Triton import: ``cascade.gate.request_io`` supplies the hand-over and answer callbacks.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from cascade import contract
 from cascade.errors import CascadeError, ServerUnavailable, TierBusy
-from cascade.serving.escalate import Cancelled, CascadeRun, Tier
+from cascade.gate.escalate import Cancelled, CascadeRun, Tier
 
 INLINE = "inline"
 EMBED = "embed"

@@ -2,7 +2,7 @@
 
 No Triton import: ``python_backends/gate/model.py`` passes its ``triton_python_backend_utils`` module in
 (:class:`GateIO`), as it does to ``cascade.errors.triton_error``. A job is answered in the returned list of
-``execute`` when it finished there, or through the request's response sender once a lane (``cascade.serving.lanes``)
+``execute`` when it finished there, or through the request's response sender once a lane (``cascade.gate.lanes``)
 took
 it: Triton >= 24.06 allows that in the default, non-decoupled mode.
 """
@@ -18,12 +18,12 @@ import numpy as np
 
 from cascade import contract
 from cascade.errors import InvalidInput, triton_error
-from cascade.serving.arrays import Placement, host
-from cascade.serving.escalate import Cancelled, CascadeRun, RowBatch
-from cascade.serving.gate import GateConfig
-from cascade.serving.gate_inputs import RequestOptions, check_embeddings, check_text_free, decode_texts
-from cascade.serving.lanes import Job
-from cascade.serving.metrics import MetricsBuffer
+from cascade.gate.arrays import Placement, host
+from cascade.gate.config import GateConfig
+from cascade.gate.escalate import Cancelled, CascadeRun, RowBatch
+from cascade.gate.inputs import RequestOptions, check_embeddings, check_text_free, decode_texts
+from cascade.gate.lanes import Job
+from cascade.gate.metrics import MetricsBuffer
 
 TEXT, EMBEDDING, PROBS = contract.TEXT.name, contract.EMBEDDING.name, contract.PROBS.name
 
@@ -32,7 +32,7 @@ class GateIO:
     """Requests in, responses out, for one gate instance.
 
     ``array`` turns a numeric Triton tensor into an array of the gate's placement
-    (``cascade.serving.bls.BlsCalls.array``);
+    (``cascade.gate.tiers.BlsCalls.array``);
     ``embed`` is the embedder's call; ``metrics`` (under ``metrics_lock``) counts each finished request."""
 
     def __init__(

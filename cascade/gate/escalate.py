@@ -2,7 +2,7 @@
 
 A :class:`CascadeRun` holds one request's rows on their way through the tiers: :meth:`CascadeRun.step` runs one tier
 on the rows that reach it, :meth:`CascadeRun.finish` gives the answers. :func:`run_cascade` runs every step at once;
-the gate's lanes (``cascade.serving.lanes``) run the cheap steps inline and the costly ones on the thread of each tier,
+the gate's lanes (``cascade.gate.lanes``) run the cheap steps inline and the costly ones on the thread of each tier,
 so a
 request the embedding tiers answer never waits behind an LLM call.
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from cascade import contract
 from cascade.errors import CascadeError, InvalidInput, TierFailure
-from cascade.serving.arrays import Array, Placement, all_finite, all_true, host, nonzero, size
+from cascade.gate.arrays import Array, Placement, all_finite, all_true, host, nonzero, size
 
 
 class Cancelled(CascadeError):
