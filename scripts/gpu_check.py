@@ -1,4 +1,4 @@
-"""The GPU check (issue #9, item 3), run on the GPU machine by ``scripts/gpu_check.sh`` from what
+"""The GPU check, run on the GPU machine by ``scripts/gpu_check.sh`` from what
 ``scripts/gpu_check_prepare.py`` left in ``.gpu-check/``. It needs torch with CUDA, numpy and the carried wheels
 (nvidia-pytriton, array-api-compat, numpy 1.26); no tritonclient, protobuf or onnx: requests go over HTTP/JSON.
 

@@ -1,4 +1,4 @@
-"""Prepare the one-call GPU check (issue #9, item 3) on this CPU machine: everything ``scripts/gpu_check.sh`` needs
+"""Prepare the one-call GPU check on this CPU machine: everything ``scripts/gpu_check.sh`` needs
 travels in two ignored folders, so the check runs on the GPU machine with no edits and no network.
 
 - ``.gpu-check/``: a small SST-2 task (tiers logreg and xgboost, trained here on 1,000 rows) as two repositories,

@@ -120,8 +120,8 @@ PROMPTS: dict[str, dict[str, dict]] = {
         },
     },
 }
-# The prompt styles of issue #16, the same for every model, all with the task's label names as the answer words
-# (unlike the tuned prompts above, e.g. Sci/Tech rather than Technology):
+# The zero-shot prompt styles compared for the teacher, the same for every model, all with the task's label names as
+# the answer words (unlike the tuned prompts above, e.g. Sci/Tech rather than Technology):
 # - "plain": what a new user writes with `cascade task create --prompt ... --labels ...` (zero-shot);
 # - "chatml": the same question in the ChatML chat template of the instruct models (SmolLM2, Qwen2.5), no
 #   system message; the answer is scored right after the assistant tag;

@@ -164,7 +164,7 @@ def bench_ray_table(
             server.start()
         urls = [s.grpc_url for s in servers]
         with CascadeClient(urls[0]) as client:
-            gate, served = client.gate_config(task.name), client.embedder()
+            gate, served = client.task_info(task.name), client.embedder()
         embedding_tiers = [t for t in gate.tiers if t in contract.EMBEDDING_TIERS]
         if not embedding_tiers:
             raise ConfigError(f"task {task.name} enables no embedding tier: the benchmark needs one")

@@ -127,7 +127,7 @@ def bench_table(
     with TritonServer(opts) as server:
         url = server.grpc_url
         with CascadeClient(url) as client:
-            gate = client.gate_config(task.name)
+            gate = client.task_info(task.name)
         embedding_tiers = [t for t in gate.tiers if t in contract.EMBEDDING_TIERS]
         if not embedding_tiers or contract.TIER_LLM_LARGE not in gate.tiers:
             raise ConfigError(

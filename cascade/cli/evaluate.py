@@ -111,7 +111,7 @@ def evaluate_table(
     if len(column) == 0:
         raise InvalidInput(f"table {table} has no rows")
     with CascadeClient(url) as client:
-        gate = first_contact(lambda: client.gate_config(task), url, backoff_s)
+        gate = first_contact(lambda: client.task_info(task), url, backoff_s)
     labels = list(gate.labels)
     gold = gold_indices(column, labels, f"table {table}, label column {label_column!r}")
 

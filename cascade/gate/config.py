@@ -1,4 +1,5 @@
-"""The gate's configuration (from its config.pbtxt parameters) and its LLM tiers' prompts, with no Triton import.
+"""The gate's configuration (from its config.pbtxt parameters), with no Triton import; its LLM tiers' prompts are
+``cascade.llm.prompts.PromptTemplate`` in their JSON form.
 
 ``python_backends/gate/model.py`` is thin glue: ``cascade.gate.request_io`` parses requests with
 ``cascade.gate.inputs``, turns each into a ``cascade.gate.escalate.CascadeRun`` over tiers that are BLS calls
@@ -11,8 +12,9 @@ import json
 from dataclasses import dataclass, field
 
 from cascade import contract
+from cascade.contract import tier_from_name
 from cascade.errors import ConfigError
-from cascade.gate.inputs import tier_from_name
+from cascade.llm.prompts import PromptTemplate
 
 
 # --- configuration (from config.pbtxt parameters) ------------------------------------------------
@@ -106,7 +108,7 @@ class GateConfig:
             raise ConfigError(f"gate parameter 'inline_tiers' may list enabled embedding tiers only, not {bad}")
         for tier, prompt in self.prompts.items():
             try:
-                check_prompt(prompt, len(self.labels))
+                PromptTemplate.from_json(prompt, len(self.labels))
             except ConfigError as exc:
                 raise ConfigError(f"prompt of {contract.TIER_NAMES[tier]}: {exc}") from exc
 
@@ -261,43 +263,3 @@ def _tier_map(key: str, mapping: dict[int, int]) -> dict[str, str]:
     if not mapping:
         return {}
     return {key: json.dumps({contract.TIER_NAMES[t]: v for t, v in sorted(mapping.items())})}
-
-
-def check_prompt(prompt: dict, n_labels: int) -> None:
-    """An LLM tier's prompt: one ``{text}`` slot and one distinct verbalization per label."""
-    unknown = set(prompt) - {"template", "verbalizations", "few_shot", "instruction", "calibrate"}
-    if unknown:
-        raise ConfigError(f"prompt has unknown keys {sorted(unknown)}")
-    template = prompt.get("template")
-    if not isinstance(template, str) or template.count("{text}") != 1:
-        raise ConfigError(f"prompt template must contain '{{text}}' exactly once: {template!r}")
-    verbalizations = prompt.get("verbalizations")
-    if not isinstance(verbalizations, list) or not all(isinstance(v, str) and v.strip() for v in verbalizations):
-        raise ConfigError(f"prompt verbalizations must be non-empty strings: {verbalizations!r}")
-    if len(set(verbalizations)) != len(verbalizations):
-        raise ConfigError(f"prompt verbalizations must be distinct: {verbalizations!r}")
-    if len(verbalizations) != n_labels:
-        raise ConfigError(f"{len(verbalizations)} prompt verbalizations for {n_labels} labels; they must match")
-    for example in prompt.get("few_shot", []):
-        if not (
-            isinstance(example, list)
-            and len(example) == 2
-            and isinstance(example[0], str)
-            and isinstance(example[1], int)
-            and 0 <= example[1] < n_labels
-        ):
-            raise ConfigError(f"few-shot example must be [text, label index]: {example!r}")
-    if not isinstance(prompt.get("calibrate", True), bool):
-        raise ConfigError(f"prompt 'calibrate' must be true or false: {prompt['calibrate']!r}")
-
-
-def prompt_template(prompt: dict):
-    """The ``cascade.llm.scorer.PromptTemplate`` of a gate's ``prompt`` parameter."""
-    from cascade.llm.prompts import PromptTemplate
-
-    return PromptTemplate(
-        template=prompt["template"],
-        verbalizations=tuple(prompt["verbalizations"]),
-        few_shot=tuple((text, label) for text, label in prompt.get("few_shot", [])),
-        instruction=prompt.get("instruction", ""),
-    )

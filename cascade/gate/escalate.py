@@ -3,8 +3,7 @@
 A :class:`CascadeRun` holds one request's rows on their way through the tiers: :meth:`CascadeRun.step` runs one tier
 on the rows that reach it, :meth:`CascadeRun.finish` gives the answers. :func:`run_cascade` runs every step at once;
 the gate's lanes (``cascade.gate.lanes``) run the cheap steps inline and the costly ones on the thread of each tier,
-so a
-request the embedding tiers answer never waits behind an LLM call.
+so a request the embedding tiers answer never waits behind an LLM call.
 
 The row selection runs where the batch lives (NumPy on the host, torch on a GPU): ``min_tier`` and ``max_tier`` are
 per-row arrays of the same placement, and so are ``probs`` and ``tier`` in the result.

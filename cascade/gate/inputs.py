@@ -13,21 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from cascade import contract
-from cascade.errors import CascadeError, InvalidInput
+from cascade.contract import tier_from_name
+from cascade.errors import InvalidInput
 from cascade.gate.arrays import Array, Placement, all_finite, first_bad_row
-
-
-# --- tier names (of gate parameters and request parameters) ----------------------------------------
-def tier_from_name(value, error: type[CascadeError]) -> int:
-    """The tier number of ``value``: 0-4, its digits, or its name; else ``error``."""
-    if isinstance(value, int) and not isinstance(value, bool) and value in contract.TIER_NAMES:
-        return value
-    if isinstance(value, str):
-        if value in contract.TIER_BY_NAME:
-            return contract.TIER_BY_NAME[value]
-        if value.isdigit() and int(value) in contract.TIER_NAMES:
-            return int(value)
-    raise error(f"unknown tier {value!r}; tiers are 0-4 or {', '.join(contract.TIER_BY_NAME)}")
 
 
 # --- per-request options --------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The gate's lanes: a request the embedding tiers answer never waits behind an LLM call.
 
-Triton runs a (non-decoupled) Python model's ``execute`` one batch at a time per instance. Before, the gate ran
-the whole cascade inside ``execute``, so an instance that sat in an LLM call held every easy request behind it.
-Now ``execute`` only parses the requests and runs their cheap steps inline; a request with rows left for a costly
+Triton runs a (non-decoupled) Python model's ``execute`` one batch at a time per instance, so a gate that ran the
+whole cascade inside ``execute`` would hold every easy request behind an instance that sits in an LLM call.
+``execute`` therefore only parses the requests and runs their cheap steps inline; a request with rows left for a costly
 tier is handed to that tier's **lane** (a queue and one thread of this process) and ``execute`` returns at once.
 The lane answers the request later through its response sender (Triton >= 24.06 lets a default-mode model answer
 that way), so clients keep plain unary ``ModelInfer``.

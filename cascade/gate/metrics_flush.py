@@ -2,8 +2,7 @@
 
 No Triton import: ``python_backends/gate/model.py`` passes its ``triton_python_backend_utils`` module in
 (:class:`MetricsFlusher`), as it does to ``cascade.gate.request_io.GateIO``. Each metric call is a round trip to the
-server
-process, so the buffer is flushed by a thread of its own once a second (never per request), and when the gate
+server process, so the buffer is flushed by a thread of its own once a second (never per request), and when the gate
 unloads.
 """
 
@@ -19,8 +18,7 @@ from cascade.gate.metrics import FLUSH_INTERVAL_S, MetricsBuffer, families
 class MetricsFlusher:
     """Applies ``metrics``' buffered increments (under ``lock``) and the lanes' in-flight gauges (``in_flight``,
     e.g. ``cascade.gate.lanes.Lanes.in_flight``) through ``pb_utils.MetricFamily``: once when made, then once a
-    second
-    on its thread until :meth:`close`."""
+    second on its thread until :meth:`close`."""
 
     def __init__(
         self,

@@ -3,8 +3,7 @@
 No Triton import: ``python_backends/gate/model.py`` passes its ``triton_python_backend_utils`` module in
 (:class:`GateIO`), as it does to ``cascade.errors.triton_error``. A job is answered in the returned list of
 ``execute`` when it finished there, or through the request's response sender once a lane (``cascade.gate.lanes``)
-took
-it: Triton >= 24.06 allows that in the default, non-decoupled mode.
+took it: Triton >= 24.06 allows that in the default, non-decoupled mode.
 """
 
 from __future__ import annotations

@@ -21,8 +21,9 @@ from cascade import contract
 from cascade.errors import ConfigError, TierFailure
 from cascade.gate.arrays import Placement, host
 from cascade.gate.calls import TierGuard, failure_of
-from cascade.gate.config import GateConfig, prompt_template
+from cascade.gate.config import GateConfig
 from cascade.gate.escalate import RowBatch
+from cascade.llm.prompts import PromptTemplate
 from cascade.runtime.onnx_runner import LinearModel, OnnxRunner
 
 TEXT, EMBEDDING, PROBS = contract.TEXT.name, contract.EMBEDDING.name, contract.PROBS.name
@@ -161,10 +162,11 @@ class LlmTier(BlsTier):
 
     def __init__(self, calls: BlsCalls, tier: int, prompt: dict):
         super().__init__(calls, tier)
-        self.template = prompt_template(prompt)
+        self.template = PromptTemplate.from_json(prompt)
         self.candidates = np.array([v.encode("utf-8") for v in self.template.verbalizations], dtype=np.object_)
         # The prompt's contextual-calibration choice; without one the scorer model's default applies.
-        self.parameters = {contract.PARAM_CALIBRATE: prompt["calibrate"]} if "calibrate" in prompt else None
+        calibrate = self.template.calibrate
+        self.parameters = {contract.PARAM_CALIBRATE: calibrate} if calibrate is not None else None
 
     def predict_proba(self, batch: RowBatch, rows: np.ndarray) -> np.ndarray:
         prompts = [self.template.format(text) for text in batch.text(rows)]

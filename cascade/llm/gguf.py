@@ -40,7 +40,7 @@ def gguf_path(model: str) -> Path:
         base = _smollm2_path()
     elif name == MODEL_GEMMA3:
         base = _gemma3_path()
-    elif name in PART_MODELS:  # candidates measured for the teacher (issue #16): parts packages, by hash
+    elif name in PART_MODELS:  # teacher candidates (docs/llm.md): parts packages, by hash
         base = assemble(PART_MODELS[name], cache_dir())
     else:
         known = ", ".join([*MODELS, *PART_MODELS])

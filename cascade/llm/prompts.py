@@ -19,6 +19,8 @@ from cascade import contract
 from cascade.errors import ConfigError, InvalidInput
 
 TEXT_FIELD = "{text}"
+#: The keys of a prompt's JSON form (:meth:`PromptTemplate.from_json`).
+JSON_KEYS = ("instruction", "template", "verbalizations", "few_shot", "calibrate")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class PromptTemplate:
     few_shot: tuple[tuple[str, int], ...] = ()
     instruction: str = ""
     separator: str = "\n\n"  # between the instruction, each few-shot example and the input row
+    #: Contextual calibration of this prompt's scores; None leaves the scorer model's default.
+    calibrate: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "verbalizations", tuple(self.verbalizations))
@@ -63,6 +67,53 @@ class PromptTemplate:
                 raise ConfigError(f"few-shot label {label} out of range for {len(self.verbalizations)} labels")
             if not text.strip():
                 raise ConfigError("few-shot example with empty text")
+
+    @classmethod
+    def from_json(cls, prompt: dict, n_labels: int | None = None) -> PromptTemplate:
+        """A prompt in its JSON form, the one a gate's ``prompts`` parameter and a build carry: ``{"instruction",
+        "template", "verbalizations", "few_shot": [[text, label index], ...], "calibrate"}`` (all but template and
+        verbalizations optional), checked; with ``n_labels``, one verbalization per label. The one validator of a
+        prompt: anything malformed is a :class:`ConfigError` naming it."""
+        if not isinstance(prompt, dict):
+            raise ConfigError(f"prompt must be a JSON object: {prompt!r}")
+        unknown = set(prompt) - set(JSON_KEYS)
+        if unknown:
+            raise ConfigError(f"prompt has unknown keys {sorted(unknown)}")
+        template, verbalizations = prompt.get("template"), prompt.get("verbalizations")
+        if not isinstance(template, str):
+            raise ConfigError(f"prompt template must contain {TEXT_FIELD} exactly once: {template!r}")
+        if not isinstance(verbalizations, list):
+            raise ConfigError(f"prompt verbalizations must be a list of non-empty strings: {verbalizations!r}")
+        if n_labels is not None and len(verbalizations) != n_labels:
+            raise ConfigError(f"{len(verbalizations)} prompt verbalizations for {n_labels} labels; they must match")
+        examples = prompt.get("few_shot", [])
+        for example in examples if isinstance(examples, list) else [examples]:
+            if not (
+                isinstance(example, list)
+                and len(example) == 2
+                and isinstance(example[0], str)
+                and isinstance(example[1], int)
+                and not isinstance(example[1], bool)
+                and 0 <= example[1] < len(verbalizations)
+            ):
+                raise ConfigError(f"few-shot example must be [text, label index]: {example!r}")
+        calibrate, instruction = prompt.get("calibrate"), prompt.get("instruction", "")
+        if calibrate is not None and not isinstance(calibrate, bool):
+            raise ConfigError(f"prompt 'calibrate' must be true or false: {calibrate!r}")
+        if not isinstance(instruction, str):
+            raise ConfigError(f"prompt instruction must be a string: {instruction!r}")
+        few_shot = tuple((text, label) for text, label in examples)
+        return cls(template, tuple(verbalizations), few_shot, instruction, calibrate=calibrate)
+
+    def to_json(self) -> dict:
+        """The JSON form :meth:`from_json` reads (``calibrate`` only when the prompt makes the choice)."""
+        prompt = {
+            "instruction": self.instruction,
+            "template": self.template,
+            "verbalizations": list(self.verbalizations),
+            "few_shot": [[text, label] for text, label in self.few_shot],
+        }
+        return prompt | ({"calibrate": self.calibrate} if self.calibrate is not None else {})
 
     @property
     def parts(self) -> tuple[str, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -15,8 +16,10 @@ import pyarrow as pa
 from cascade import contract, embedders
 from cascade.errors import ConfigError
 from cascade.tables.cells import check_text_column, text_cells
-from cascade.tables.filter_chunk import ChunkCounts
+from cascade.tables.chunk_store import ChunkStore, input_identity
+from cascade.tables.job import Counts, OpenedJob
 from cascade.tables.row_requests import Retry, first_contact, send_rows
+from cascade.tables.table_io import check_output, table_schema
 
 EMBED_BATCH_ROWS = 256
 
@@ -85,13 +88,29 @@ def embed_manifest(plan: EmbedPlan, input_identity: dict, chunk_rows: int) -> di
     }
 
 
+def open_embed(
+    table, out, urls: list[str], *, text_column: str, column: str, float16: bool, chunk_rows: int, batch_rows: int,
+    backoff_s: tuple[float, ...], restart: bool,
+) -> OpenedJob:  # fmt: skip
+    """An embed job's checks (output, table schema, every server's embedder) and its chunk store, for either engine."""
+    table, out = Path(table), Path(out)
+    check_output(out, table)
+    schema, total = table_schema(table, text_column)
+    plan = plan_embed(
+        schema, table, urls, text_column=text_column, column=column, float16=float16, batch_rows=batch_rows,
+        backoff_s=backoff_s,
+    )  # fmt: skip
+    store = ChunkStore(out, embed_manifest(plan, input_identity(table), chunk_rows), restart)
+    return OpenedJob(table, out, total, plan, store, len(store.done()))
+
+
 async def embed_chunk(
     plan: EmbedPlan, client, limit: asyncio.Semaphore, retry: Retry, url: str, chunk: pa.Table
-) -> tuple[pa.Table, ChunkCounts]:
+) -> tuple[pa.Table, Counts]:
     """``chunk`` with the embedding column added (null where the text is unusable), and what it counted."""
     import tritonclient.grpc.aio as aioclient
 
-    counts = ChunkCounts(rows=chunk.num_rows)
+    counts = Counts(rows=chunk.num_rows)
     texts, errors = text_cells(chunk.column(plan.text_column))
     dim, value_type = plan.dim, plan.field.type.value_type
     out_emb = np.zeros((chunk.num_rows, dim), np.float32)

@@ -13,17 +13,14 @@ import pyarrow.compute as pc
 
 from cascade.errors import ConfigError
 from cascade.tables.cells import check_embedding_column, embedding_cells
-from cascade.tables.chunk_store import ChunkStore, input_identity
-from cascade.tables.embed_chunk import EMBED_BATCH_ROWS, embed_chunk, embed_manifest, plan_embed
-from cascade.tables.job import EMBEDDING_COLUMN, JobSummary, job_progress, run_job
+from cascade.tables.embed_chunk import EMBED_BATCH_ROWS, embed_chunk, open_embed
+from cascade.tables.job import EMBEDDING_COLUMN, Counts, JobSummary, OpenedJob, job_progress, run_job
 from cascade.tables.row_requests import DEFAULT_BACKOFF_S, Retry
 from cascade.tables.table_io import (
-    check_output,
     check_table_path,
     chunks,
     read_batches,
     table_format,
-    table_schema,
     write_table_atomic,
 )
 
@@ -49,29 +46,25 @@ def run_embed(
     is :func:`cascade.tables.embed_chunk.embed_chunk`, which the Ray engine (``cascade.tables.ray_engine``) shares."""
     from cascade_client import AsyncCascadeClient
 
-    table, out = Path(table), Path(out)
-    check_output(out, table)
-    schema, total = table_schema(table, text_column)
-    plan = plan_embed(
-        schema, table, [url], text_column=text_column, column=column, float16=float16, batch_rows=batch_rows,
-        backoff_s=backoff_s,
+    job = open_embed(
+        table, out, [url], text_column=text_column, column=column, float16=float16, chunk_rows=chunk_rows,
+        batch_rows=batch_rows, backoff_s=backoff_s, restart=restart,
     )  # fmt: skip
-    store = ChunkStore(out, embed_manifest(plan, input_identity(table), chunk_rows), restart)
-    done = store.done()
+    plan, store, done = job.plan, job.store, job.store.done()
     retry = Retry(backoff_s)
-    retried_rows = 0
-    start = time.perf_counter()
-    progress = job_progress(total, 0, "embed", quiet)
+    counts = Counts()
+    start, cpu = time.perf_counter(), time.process_time()
+    progress = job_progress(job.total, 0, "embed", quiet)
     skipped = 0
 
     async def main() -> None:
-        nonlocal skipped, retried_rows
+        nonlocal skipped
         limit = asyncio.Semaphore(in_flight)
         async with AsyncCascadeClient(url) as client:
-            for k, chunk in chunks(read_batches(table, text_column), chunk_rows):
+            for k, chunk in chunks(read_batches(job.table, text_column), chunk_rows):
                 if k not in done:
-                    result_table, counts = await embed_chunk(plan, client, limit, retry, url, chunk)
-                    retried_rows += counts.retried_rows
+                    result_table, chunk_counts = await embed_chunk(plan, client, limit, retry, url, chunk)
+                    counts.add(chunk_counts)
                     await asyncio.to_thread(store.commit, k, result_table)
                 else:
                     skipped += chunk.num_rows
@@ -79,27 +72,31 @@ def run_embed(
 
     run_job(main, store, progress)
     wall = time.perf_counter() - start
-    return finish_embed(store, out, column, wall, len(done), skipped, retry.retried, retried_rows)
+    counts.retries = retry.retried
+    return finish_embed(job, wall, skipped, counts, engine="local", client_cpu_s=time.process_time() - cpu)
 
 
 def finish_embed(
-    store: ChunkStore, out: Path, column: str, wall: float, resumed: int, skipped: int, retries: int, retried_rows: int
+    job: OpenedJob, wall: float, skipped: int, counts: Counts, *, engine: str, client_cpu_s: float
 ) -> JobSummary:
-    """The end of an embed job (either engine): the parts merged into ``out``, and its summary."""
+    """The end of an embed job (either engine): the parts merged into the output, and its summary."""
+    store, column = job.store, job.plan.field.name
     error_rows = sum(store.read(p, [column]).column(0).null_count for p in store.parts())
-    rows = store.merge(out)
+    rows = store.merge(job.out)
     store.remove()
-    return JobSummary(
+    summary = JobSummary(
         job="embed",
         rows=rows,
-        out=str(out),
+        out=str(job.out),
         wall_s=wall,
         rows_per_s=(rows - skipped) / wall if wall > 0 else 0.0,
-        resumed_chunks=resumed,
+        resumed_chunks=job.resumed,
         error_rows=error_rows,
-        retries=retries,
-        retried_rows=retried_rows,
+        engine=engine,
+        client_cpu_s=client_cpu_s,
     )
+    summary.take(counts)
+    return summary
 
 
 # ------------------------------------------------------------------------------------------ make-table

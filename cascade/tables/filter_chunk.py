@@ -7,8 +7,9 @@ contract and the same per-row error handling."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +18,7 @@ import pyarrow.compute as pc
 from cascade import contract
 from cascade.errors import ConfigError
 from cascade.tables.cells import check_embedding_column, check_text_column, embedding_cells, text_cells
+from cascade.tables.chunk_store import ChunkStore, input_identity
 from cascade.tables.job import (
     CONFIDENCE_COLUMN,
     DEGRADED_COLUMN,
@@ -25,33 +27,13 @@ from cascade.tables.job import (
     ON_DEGRADED_RETRY,
     RESULT_COLUMNS,
     TIER_COLUMN,
+    Counts,
     FilterOptions,
+    OpenedJob,
     reachable_tiers,
 )
 from cascade.tables.row_requests import Retry, first_contact, request_deadline_s, send_rows
-
-
-@dataclass
-class ChunkCounts:
-    """What one chunk's work counted (the Ray engine's driver adds them up; the local one reads its parts)."""
-
-    rows: int = 0
-    error_rows: int = 0
-    degraded_rows: int = 0
-    #: Rows of requests sent again because the server did not answer, and best-effort rows sent again.
-    retried_rows: int = 0
-    degraded_retried: int = 0
-    tiers: dict[int, int] = field(default_factory=dict)
-
-    def add_retried(self, rows: int) -> None:
-        """Rows sent again (:meth:`Retry.call`'s ``first_retry``)."""
-        self.retried_rows += rows
-
-    def add(self, other: ChunkCounts) -> None:
-        for name in ("rows", "error_rows", "degraded_rows", "retried_rows", "degraded_retried"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        for tier, n in other.tiers.items():
-            self.tiers[tier] = self.tiers.get(tier, 0) + n
+from cascade.tables.table_io import check_output, table_schema
 
 
 @dataclass(frozen=True)
@@ -94,6 +76,7 @@ def plan_filter(
 ) -> tuple[FilterPlan, dict]:
     """Check the job's arguments against the table's schema and every server (each contacted with the first-contact
     backoff), before any row is sent; the plan, and each server's model statistics at the start (by URL)."""
+    from cascade.gate.config import GateConfig
     from cascade_client import CascadeClient
 
     options.check()
@@ -102,7 +85,8 @@ def plan_filter(
     before: dict[str, dict] = {}
     for url in urls:
         with CascadeClient(url) as sync_client:
-            this = first_contact(lambda c=sync_client: c.gate_config(options.task), url, backoff_s)
+            this = first_contact(lambda c=sync_client: c.task_info(options.task), url, backoff_s)
+            this = GateConfig.from_parameters(this.parameters)
             if gate is None and options.where is not None and options.where not in this.labels:
                 raise ConfigError(
                     f"--where {options.where!r} is not a label of task {options.task} ({list(this.labels)})"
@@ -139,11 +123,11 @@ def filter_manifest(plan: FilterPlan, input_identity: dict) -> dict:
 
 async def classify_chunk(
     plan: FilterPlan, client, limit: asyncio.Semaphore, retry: Retry, url: str, chunk: pa.Table
-) -> tuple[pa.Table, ChunkCounts]:
+) -> tuple[pa.Table, Counts]:
     """``chunk`` through the task's gate (``client``: an AsyncCascadeClient; at most ``limit`` requests in flight);
     the chunk with the result columns, and what it counted."""
     options, emb_column, served = plan.options, plan.emb_column, plan.served
-    counts = ChunkCounts(rows=chunk.num_rows)
+    counts = Counts(rows=chunk.num_rows)
     n = chunk.num_rows
     if emb_column:
         emb, has, errors = embedding_cells(chunk.column(emb_column), served[1] if served else None)
@@ -223,3 +207,16 @@ def _take(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
     if rows.size and rows[-1] - rows[0] + 1 == rows.size:
         return values[rows[0] : rows[-1] + 1]
     return values[rows]
+
+
+def open_filter(
+    table, out, options: FilterOptions, urls: list[str], backoff_s: tuple[float, ...], restart: bool
+) -> OpenedJob:
+    """A filter job's checks (arguments, output, table schema, every server) and its chunk store, for either engine."""
+    options.check()
+    table, out = Path(table), Path(out)
+    check_output(out, table)
+    schema, total = table_schema(table, options.text_column)
+    plan, before = plan_filter(schema, table, options, urls, backoff_s)
+    store = ChunkStore(out, filter_manifest(plan, input_identity(table)), restart)
+    return OpenedJob(table, out, total, plan, store, len(store.done()), before)

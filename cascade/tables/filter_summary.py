@@ -10,14 +10,37 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cascade import contract
+from cascade.errors import ServerError
 from cascade.tables.cells import text_cells
 from cascade.tables.chunk_store import ChunkStore
-from cascade.tables.job import DEGRADED_COLUMN, ERROR_COLUMN, LABEL_COLUMN, TIER_COLUMN, FilterOptions, JobSummary
+from cascade.tables.job import (
+    DEGRADED_COLUMN,
+    ERROR_COLUMN,
+    LABEL_COLUMN,
+    TIER_COLUMN,
+    Counts,
+    FilterOptions,
+    JobSummary,
+    OpenedJob,
+)
 from cascade.tables.table_io import chunks, read_batches
 
 
 def finish_filter(
-    store: ChunkStore, out: Path, options: FilterOptions, resumed: int, wall: float, skipped_rows: int, retries: int
+    job: OpenedJob, options: FilterOptions, wall: float, skipped_rows: int, counts: Counts, *, engine: str,
+    client_cpu_s: float, urls: list[str], llm_probe_rows: int,
+) -> JobSummary:  # fmt: skip
+    """The end of a filter job (either engine): the parts merged into the output, and its summary with the work's
+    ``counts`` and its cost (:func:`cost_from_first`)."""
+    summary = _merge(job.store, job.out, options, job.resumed, wall, skipped_rows)
+    summary.take(counts)
+    summary.engine, summary.client_cpu_s = engine, client_cpu_s
+    summary.cost = cost_from_first(urls, job.before, summary, options, list(job.plan.labels), job.table, llm_probe_rows)
+    return summary
+
+
+def _merge(
+    store: ChunkStore, out: Path, options: FilterOptions, resumed: int, wall: float, skipped_rows: int
 ) -> JobSummary:
     parts = store.parts()
     tier_counts: dict[int, int] = {}
@@ -65,13 +88,26 @@ def finish_filter(
         resumed_chunks=resumed,
         error_rows=len(error_rows),
         errors_file=str(errors_file) if error_rows else None,
-        retries=retries,
         degraded_rows=degraded,
         tiers={contract.TIER_NAMES.get(t, str(t)): n for t, n in sorted(tier_counts.items())},
         llm_share=llm / answered if answered else None,
         where=options.where,
         matching_rows=matching if options.where is not None else None,
     )
+
+
+def cost_from_first(urls, before, summary, options, labels, table, probe_rows) -> dict | None:
+    """The large tier's cost (:func:`filter_cost`), from the first server that still answers: its seconds per row
+    are measured on the rows it served."""
+    from cascade_client import CascadeClient
+
+    for url in urls:
+        try:
+            with CascadeClient(url) as client:
+                return filter_cost(client, before[url], summary, options, labels, table, probe_rows)
+        except ServerError:
+            continue
+    return {"note": "no server answers at the end of the job: no estimate"}
 
 
 def filter_cost(

@@ -1,10 +1,13 @@
 """What the table jobs share: the columns the filter job writes, its options (:class:`FilterOptions`) and the tiers
-they let rows reach, a job's summary (:class:`JobSummary`), its progress bar and how its event loop runs."""
+they let rows reach, what a job's work counts (:class:`Counts`), its summary (:class:`JobSummary`), its progress bar
+and how its event loop runs."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 from cascade import contract
 from cascade.errors import ConfigError, ServerError
@@ -59,6 +62,52 @@ class FilterOptions:
 
 
 @dataclass
+class Counts:
+    """What a job's work counted: one chunk's (a Ray worker sends it to the driver as a row of
+    ``cascade.tables.ray_worker.RESULT_SCHEMA``), and the job's, added up by either engine."""
+
+    rows: int = 0
+    error_rows: int = 0
+    degraded_rows: int = 0
+    #: Rows of requests sent again because the server did not answer, and best-effort rows sent again.
+    retried_rows: int = 0
+    degraded_retried: int = 0
+    #: Requests sent again, and switches to another server (the Ray engine's).
+    retries: int = 0
+    failovers: int = 0
+    #: CPU seconds the client side spent on the work counted.
+    cpu_s: float = 0.0
+    #: tier -> rows it answered.
+    tiers: dict[int, int] = field(default_factory=dict)
+
+    def add_retried(self, rows: int) -> None:
+        """Rows sent again (:meth:`cascade.tables.row_requests.Retry.call`'s ``first_retry``)."""
+        self.retried_rows += rows
+
+    def add(self, other: Counts) -> None:
+        for name in NUMBERS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for tier, n in other.tiers.items():
+            self.tiers[tier] = self.tiers.get(tier, 0) + n
+
+    def to_row(self) -> dict:
+        """A flat row (``tiers`` as JSON), the form a Ray worker returns."""
+        return {name: getattr(self, name) for name in NUMBERS} | {
+            "tiers": json.dumps({str(t): n for t, n in self.tiers.items()})
+        }
+
+    @classmethod
+    def from_row(cls, row: dict) -> Counts:
+        return cls(
+            **{name: row[name] for name in NUMBERS}, tiers={int(t): n for t, n in json.loads(row["tiers"]).items()}
+        )
+
+
+#: The numeric fields of :class:`Counts`, in order.
+NUMBERS = tuple(f.name for f in fields(Counts) if f.name != "tiers")
+
+
+@dataclass
 class JobSummary:
     job: str
     rows: int
@@ -85,8 +134,30 @@ class JobSummary:
     matching_rows: int | None = None
     cost: dict | None = None
 
+    def take(self, counts: Counts) -> None:
+        """The counts of the work itself (not read back from the committed parts): retries, rows sent again and
+        failovers."""
+        self.retries, self.retried_rows = counts.retries, counts.retried_rows
+        self.degraded_retried, self.failovers = counts.degraded_retried, counts.failovers
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class OpenedJob:
+    """A job checked and its chunk store opened, before any row is sent: what either engine runs."""
+
+    table: Path
+    out: Path
+    #: Rows in the table (None for a CSV, which is not counted ahead).
+    total: int | None
+    plan: object  # cascade.tables.filter_chunk.FilterPlan or cascade.tables.embed_chunk.EmbedPlan
+    store: ChunkStore
+    #: Chunks committed by an earlier run (skipped by this one).
+    resumed: int
+    #: Each server's model statistics at the start, by URL (the filter job's cost reads them at the end).
+    before: dict = field(default_factory=dict)
 
 
 def job_progress(total: int | None, initial: int, what: str, quiet: bool):

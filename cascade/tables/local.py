@@ -11,8 +11,8 @@ Bad cells do not stop a job: a null, blank or non-UTF-8 text, or an embedding of
 NaN/Inf, gets a message in the ``error`` column (and in ``OUT.errors.csv``) and the job goes on. An
 unreachable server is retried with backoff, then the job stops with a message; its committed chunks stay.
 
-This module holds the filter job and the names the CLI and other code take; the jobs' parts live in
-``cascade_client``: ``table_io`` (table files), ``cells`` (cell checks), ``chunk_store`` (committed chunks),
+This module holds the local engine of the filter job; the jobs' parts live beside it in ``cascade.tables``:
+``table_io`` (table files), ``cells`` (cell checks), ``chunk_store`` (committed chunks),
 ``row_requests`` (requests and retries), ``job`` (options, summary, event loop), ``filter_chunk`` (the checks before
 any row is sent, and one chunk through the gate), ``filter_summary`` (the end of a filter job: errors file, counts,
 cost) and ``embed_jobs`` (``cascade embed``, ``make-table``). The same jobs on Ray, over many servers:
@@ -25,12 +25,11 @@ import asyncio
 import time
 from pathlib import Path
 
-from cascade.tables.chunk_store import ChunkStore, input_identity
-from cascade.tables.filter_chunk import ChunkCounts, classify_chunk, filter_manifest, plan_filter
-from cascade.tables.filter_summary import filter_cost, finish_filter
-from cascade.tables.job import FilterOptions, JobSummary, job_progress, run_job
+from cascade.tables.filter_chunk import classify_chunk, open_filter
+from cascade.tables.filter_summary import finish_filter
+from cascade.tables.job import Counts, FilterOptions, JobSummary, job_progress, run_job
 from cascade.tables.row_requests import DEFAULT_BACKOFF_S, Retry
-from cascade.tables.table_io import check_output, chunks, read_batches, table_schema
+from cascade.tables.table_io import chunks, read_batches
 
 
 def run_filter(
@@ -46,17 +45,12 @@ def run_filter(
 ) -> JobSummary:
     """The AI.IF job: every row of ``table`` through the task's gate; see the module docstring. The per-chunk work
     is :func:`cascade.tables.filter_chunk.classify_chunk`, which the Ray engine shares."""
-    from cascade_client import AsyncCascadeClient, CascadeClient
+    from cascade_client import AsyncCascadeClient
 
-    options.check()
-    table, out = Path(table), Path(out)
-    check_output(out, table)
-    schema, total = table_schema(table, options.text_column)
-    plan, before = plan_filter(schema, table, options, [url], backoff_s)
-    store = ChunkStore(out, filter_manifest(plan, input_identity(table)), restart)
-    done = store.done()
+    job = open_filter(table, out, options, [url], backoff_s, restart)
+    table, plan, store, done = job.table, job.plan, job.store, job.store.done()
     retry = Retry(backoff_s)
-    counts = ChunkCounts()
+    counts = Counts()
     skipped_rows = 0
 
     async def classify(client, limit, k: int, chunk) -> None:
@@ -65,7 +59,7 @@ def run_filter(
         await asyncio.to_thread(store.commit, k, result_table)
 
     start, cpu = time.perf_counter(), time.process_time()
-    progress = job_progress(total, 0, f"filter {options.task}", quiet)
+    progress = job_progress(job.total, 0, f"filter {options.task}", quiet)
 
     async def main() -> None:
         nonlocal skipped_rows
@@ -98,10 +92,8 @@ def run_filter(
 
     run_job(main, store, progress)
     wall = time.perf_counter() - start
-    summary = finish_filter(store, out, options, len(done), wall, skipped_rows, retry.retried)
-    summary.degraded_retried = counts.degraded_retried
-    summary.retried_rows = counts.retried_rows
-    summary.client_cpu_s = time.process_time() - cpu
-    with CascadeClient(url) as sync_client:
-        summary.cost = filter_cost(sync_client, before[url], summary, options, list(plan.labels), table, llm_probe_rows)
-    return summary
+    counts.retries = retry.retried
+    return finish_filter(
+        job, options, wall, skipped_rows, counts, engine="local", client_cpu_s=time.process_time() - cpu, urls=[url],
+        llm_probe_rows=llm_probe_rows,
+    )  # fmt: skip

@@ -15,25 +15,23 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from cascade import errors
-from cascade.errors import CascadeError, ConfigError, ServerError
-from cascade.tables.chunk_store import ChunkStore, input_identity
-from cascade.tables.embed_chunk import EMBED_BATCH_ROWS, embed_manifest, plan_embed
+from cascade.errors import CascadeError, ConfigError
+from cascade.tables.chunk_store import ChunkStore
+from cascade.tables.embed_chunk import EMBED_BATCH_ROWS, open_embed
 from cascade.tables.embed_jobs import finish_embed
-from cascade.tables.filter_chunk import filter_manifest, plan_filter
-from cascade.tables.filter_summary import filter_cost, finish_filter
-from cascade.tables.job import EMBEDDING_COLUMN, FilterOptions, JobSummary, job_progress
+from cascade.tables.filter_chunk import open_filter
+from cascade.tables.filter_summary import finish_filter
+from cascade.tables.job import EMBEDDING_COLUMN, Counts, FilterOptions, JobSummary, job_progress
 from cascade.tables.ray_worker import ChunkWorker, UrlCounter, split_urls
 from cascade.tables.row_requests import DEFAULT_BACKOFF_S
-from cascade.tables.table_io import check_output, read_batches, table_schema
+from cascade.tables.table_io import read_batches
 
 #: Workers per server when ``--concurrency`` is not given; CPUs each worker asks Ray for.
 DEFAULT_WORKERS_PER_URL = 2
@@ -103,28 +101,6 @@ def require_ray() -> None:
         raise ConfigError("--engine ray needs Ray: pip install 'triton-cascade[ray]' (or `make setup`)")
 
 
-@dataclass
-class Totals:
-    """The workers' counts, added up as they stream in."""
-
-    rows: int = 0
-    error_rows: int = 0
-    degraded_rows: int = 0
-    retried_rows: int = 0
-    degraded_retried: int = 0
-    retries: int = 0
-    failovers: int = 0
-    cpu_s: float = 0.0
-    tiers: dict[int, int] = field(default_factory=dict)
-
-    def add(self, row: dict) -> None:
-        names = ("rows", "error_rows", "degraded_rows", "retried_rows", "degraded_retried", "retries", "failovers")
-        for name in (*names, "cpu_s"):
-            setattr(self, name, getattr(self, name) + row[name])
-        for tier, n in json.loads(row["tiers"]).items():
-            self.tiers[int(tier)] = self.tiers.get(int(tier), 0) + n
-
-
 def _count_rows(table: Path, total: int | None, text_column: str) -> int:
     """The table's rows; a CSV is not counted ahead, so it is read once (one column) to count them."""
     if total is not None:
@@ -135,7 +111,7 @@ def _count_rows(table: Path, total: int | None, text_column: str) -> int:
 def dispatch(
     work, table: Path, total: int, chunk_rows: int, store: ChunkStore, urls: Sequence[str], concurrency: int,
     in_flight: int, backoff_s: Sequence[float], progress,
-) -> tuple[Totals, int]:  # fmt: skip
+) -> tuple[Counts, int]:  # fmt: skip
     """Every chunk not yet committed through ``concurrency`` ChunkWorkers; the totals and the rows skipped (committed
     before). The first chunk a worker could not do stops the job with its error (the committed chunks stay)."""
     import ray
@@ -146,7 +122,7 @@ def dispatch(
     pending = [k for k in range(n_chunks) if k not in done]
     skipped = sum(min(chunk_rows, total - k * chunk_rows) for k in done if k < n_chunks)
     progress.update(skipped)
-    totals = Totals()
+    totals = Counts()
     if not pending:
         return totals, skipped
     counter = ray.remote(num_cpus=0)(UrlCounter).remote()
@@ -172,7 +148,7 @@ def dispatch(
                 if row["error"] is not None:
                     failure = row
                     break
-                totals.add(row)
+                totals.add(Counts.from_row(row))
                 progress.update(row["rows"])
             if failure is not None:
                 break
@@ -220,44 +196,23 @@ def run_filter_ray(
     with its chunks spread over Ray workers, each sending to one of ``urls`` (round-robin, failing over)."""
     urls = split_urls(urls)
     concurrency = workers(concurrency, urls)
-    options.check()
-    table, out = Path(table), Path(out)
-    check_output(out, table)
-    schema, total = table_schema(table, options.text_column)
-    plan, before = plan_filter(schema, table, options, urls, backoff_s)
-    store = ChunkStore(out, filter_manifest(plan, input_identity(table)), restart)
-    resumed = len(store.done())
-    total = _count_rows(table, total, options.text_column)
+    job = open_filter(table, out, options, urls, backoff_s, restart)
+    total = _count_rows(job.table, job.total, options.text_column)
     with ray_session(address, num_cpus=max(os.cpu_count() or 1, concurrency + 1)):
         start, cpu = time.perf_counter(), time.process_time()
         progress = job_progress(total, 0, f"filter {options.task} (ray)", quiet)
         try:
             totals, skipped = dispatch(
-                plan, table, total, options.chunk_rows, store, urls, concurrency, options.in_flight, backoff_s, progress
-            )
+                job.plan, job.table, total, options.chunk_rows, job.store, urls, concurrency, options.in_flight,
+                backoff_s, progress,
+            )  # fmt: skip
         finally:
             progress.close()
         wall = time.perf_counter() - start
-    summary = finish_filter(store, out, options, resumed, wall, skipped, totals.retries)
-    summary.degraded_retried, summary.retried_rows = totals.degraded_retried, totals.retried_rows
-    summary.failovers, summary.engine = totals.failovers, "ray"
-    summary.client_cpu_s = time.process_time() - cpu + totals.cpu_s
-    summary.cost = _cost(urls, before, summary, options, list(plan.labels), table, llm_probe_rows)
-    return summary
-
-
-def _cost(urls, before, summary, options, labels, table, probe_rows) -> dict | None:
-    """The large tier's cost (:func:`filter_cost`), from the first server that still answers: its seconds per row
-    are measured on the rows it served."""
-    from cascade_client import CascadeClient
-
-    for url in urls:
-        try:
-            with CascadeClient(url) as client:
-                return filter_cost(client, before[url], summary, options, labels, table, probe_rows)
-        except ServerError:
-            continue
-    return {"note": "no server answers at the end of the job: no estimate"}
+    return finish_filter(
+        job, options, wall, skipped, totals, engine="ray", client_cpu_s=time.process_time() - cpu + totals.cpu_s,
+        urls=urls, llm_probe_rows=llm_probe_rows,
+    )  # fmt: skip
 
 
 def run_embed_ray(
@@ -280,27 +235,19 @@ def run_embed_ray(
     """``cascade embed --engine ray``: :func:`cascade.tables.embed_jobs.run_embed`'s job on Ray workers."""
     urls = split_urls(urls)
     concurrency = workers(concurrency, urls)
-    table, out = Path(table), Path(out)
-    check_output(out, table)
-    schema, total = table_schema(table, text_column)
-    plan = plan_embed(
-        schema, table, urls, text_column=text_column, column=column, float16=float16, batch_rows=batch_rows,
-        backoff_s=backoff_s,
+    job = open_embed(
+        table, out, urls, text_column=text_column, column=column, float16=float16, chunk_rows=chunk_rows,
+        batch_rows=batch_rows, backoff_s=backoff_s, restart=restart,
     )  # fmt: skip
-    store = ChunkStore(out, embed_manifest(plan, input_identity(table), chunk_rows), restart)
-    resumed = len(store.done())
-    total = _count_rows(table, total, text_column)
+    total = _count_rows(job.table, job.total, text_column)
     with ray_session(address, num_cpus=max(os.cpu_count() or 1, concurrency + 1)):
         start, cpu = time.perf_counter(), time.process_time()
         progress = job_progress(total, 0, "embed (ray)", quiet)
         try:
             totals, skipped = dispatch(
-                plan, table, total, chunk_rows, store, urls, concurrency, in_flight, backoff_s, progress
+                job.plan, job.table, total, chunk_rows, job.store, urls, concurrency, in_flight, backoff_s, progress
             )
         finally:
             progress.close()
         wall = time.perf_counter() - start
-    summary = finish_embed(store, out, column, wall, resumed, skipped, totals.retries, totals.retried_rows)
-    summary.failovers, summary.engine = totals.failovers, "ray"
-    summary.client_cpu_s = time.process_time() - cpu + totals.cpu_s
-    return summary
+    return finish_embed(job, wall, skipped, totals, engine="ray", client_cpu_s=time.process_time() - cpu + totals.cpu_s)

@@ -18,7 +18,6 @@ Nothing here imports ``ray`` at module level: the module is importable without i
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import Sequence
@@ -28,26 +27,16 @@ import pyarrow as pa
 
 from cascade.errors import CascadeError, ConfigError, RowsUnanswered, ServerUnavailable
 from cascade.tables.chunk_store import ChunkStore
+from cascade.tables.job import NUMBERS
 from cascade.tables.row_requests import Retry
 from cascade.tables.table_io import read_rows_range
 
-#: What a ChunkWorker returns per chunk (one row each); ``error`` is set when the chunk could not be done.
+#: What a ChunkWorker returns per chunk (one row each): the chunk's :class:`Counts` as a row, the server that did it,
+#: and ``error`` (with its kind) when the chunk could not be done.
 RESULT_SCHEMA = pa.schema(
-    [
-        ("chunk", pa.int64()),
-        ("rows", pa.int64()),
-        ("error_rows", pa.int64()),
-        ("degraded_rows", pa.int64()),
-        ("retried_rows", pa.int64()),
-        ("degraded_retried", pa.int64()),
-        ("retries", pa.int64()),
-        ("failovers", pa.int64()),
-        ("cpu_s", pa.float64()),  # the worker process's CPU seconds over the chunk
-        ("tiers", pa.string()),  # JSON: {tier: rows}
-        ("url", pa.string()),
-        ("error", pa.string()),
-        ("error_kind", pa.string()),
-    ]
+    [("chunk", pa.int64())]
+    + [(name, pa.float64() if name == "cpu_s" else pa.int64()) for name in NUMBERS]
+    + [("tiers", pa.string()), ("url", pa.string()), ("error", pa.string()), ("error_kind", pa.string())]
 )
 
 
@@ -182,18 +171,10 @@ class ChunkWorker:
         except CascadeError as exc:  # reported to the driver, which stops the job with it (a Ray error would
             # carry only the text)
             return row | {"url": self.endpoint.url, "error": str(exc), "error_kind": type(exc).__name__}
-        return row | {
-            "rows": counts.rows,
-            "error_rows": counts.error_rows,
-            "degraded_rows": counts.degraded_rows,
-            "retried_rows": counts.retried_rows,
-            "degraded_retried": counts.degraded_retried,
-            "retries": self.endpoint.retry.retried - retries,
-            "failovers": self.endpoint.failovers - failovers,
-            "cpu_s": time.process_time() - cpu,
-            "tiers": json.dumps({str(t): n for t, n in counts.tiers.items()}),
-            "url": self.endpoint.url,
-        }
+        counts.retries = self.endpoint.retry.retried - retries
+        counts.failovers = self.endpoint.failovers - failovers
+        counts.cpu_s = time.process_time() - cpu
+        return row | counts.to_row() | {"url": self.endpoint.url}
 
 
 class BatchClassifier:

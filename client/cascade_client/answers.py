@@ -4,12 +4,13 @@ what the server answers into them: inference results, model configs, the reposit
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
 
-from cascade import contract
-from cascade.errors import UnknownTask
+from cascade_client import contract
+from cascade_client.errors import ServerError, UnknownTask
 
 
 @dataclass(frozen=True)
@@ -107,13 +108,32 @@ def model_parameters(config: dict) -> dict[str, str]:
     return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
 
 
-def gate_config(config: dict, task: str):
-    from cascade.gate.config import GateConfig
+@dataclass(frozen=True)
+class TaskInfo:
+    """What a client reads of a task's gate: its labels (in the order of PROBS), enabled tiers (cheapest first) and
+    their thresholds, and the gate's config parameters as served."""
 
+    task: str
+    labels: tuple[str, ...]
+    tiers: tuple[int, ...]
+    thresholds: dict[int, float]
+    parameters: dict[str, str]
+
+
+def task_info(config: dict, task: str) -> TaskInfo:
     params = model_parameters(config)
     if contract.CFG_LABELS not in params:
         raise UnknownTask(f"model {task!r} is not a task gate (no {contract.CFG_LABELS!r} parameter)")
-    return GateConfig.from_parameters(params)
+    try:
+        labels = json.loads(params[contract.CFG_LABELS])
+        tiers = [contract.tier_from_name(name, ServerError) for name in json.loads(params[contract.CFG_TIERS])]
+        thresholds = {
+            contract.tier_from_name(name, ServerError): float(value)
+            for name, value in json.loads(params[contract.CFG_THRESHOLDS]).items()
+        }
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ServerError(f"task {task!r}: the served gate's config is malformed ({exc!r})") from exc
+    return TaskInfo(params.get(contract.CFG_TASK, task), tuple(labels), tuple(tiers), thresholds, params)
 
 
 def embedder(config: dict) -> tuple[str, int]:

@@ -14,9 +14,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from cascade import contract
 from cascade_client import answers as answers
-from cascade_client.answers import BatchResult, ModelStats, Prediction
+from cascade_client import contract
+from cascade_client.answers import BatchResult, ModelStats, Prediction, TaskInfo
 from cascade_client.inputs import (
     array_outputs,
     gate_inputs,
@@ -36,6 +36,7 @@ __all__ = [
     "CascadeClient",
     "ModelStats",
     "Prediction",
+    "TaskInfo",
     "text_inputs",
     "translate",
 ]
@@ -123,14 +124,14 @@ class CascadeClient(_Connection):
 
     def labels(self, task: str) -> list[str]:
         """The task's labels, in the order of PROBS."""
-        return list(self.gate_config(task).labels)
+        return list(self.task_info(task).labels)
 
-    def gate_config(self, task: str):
-        """The task gate's configuration (labels, enabled tiers, thresholds), parsed as the gate parses it."""
+    def task_info(self, task: str) -> TaskInfo:
+        """The task's labels, enabled tiers and thresholds, and its gate's config parameters, as served."""
         with translated(task):
             name = contract.gate_model_name(task)
             config = self._client.get_model_config(name, as_json=True, **self._meta)["config"]
-        return answers.gate_config(config, task)
+        return answers.task_info(config, task)
 
     def infer(self, model: str, inputs, outputs=None, parameters=None):
         """A raw call of any model (tier models, the embedder), for benchmarks and tests."""
@@ -247,13 +248,13 @@ class AsyncCascadeClient(_Connection):
         return answers.batch_result(result)
 
     async def labels(self, task: str) -> list[str]:
-        return list((await self.gate_config(task)).labels)
+        return list((await self.task_info(task)).labels)
 
-    async def gate_config(self, task: str):
+    async def task_info(self, task: str) -> TaskInfo:
         with translated(task):
             name = contract.gate_model_name(task)
             config = (await self._client.get_model_config(name, as_json=True, **self._meta))["config"]
-        return answers.gate_config(config, task)
+        return answers.task_info(config, task)
 
     async def infer(self, model: str, inputs, outputs=None, parameters=None):
         with translated(model):

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from cascade import contract
-from cascade.errors import InvalidInput
+from cascade_client import contract
+from cascade_client.errors import InvalidInput
 
 #: What the array form asks for: LABEL and CONFIDENCE follow from PROBS, so the gate skips building them.
 ARRAY_OUTPUTS = (contract.PROBS.name, contract.TIER.name, contract.DEGRADED.name)

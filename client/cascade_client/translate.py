@@ -8,8 +8,8 @@ import contextlib
 
 from tritonclient.utils import InferenceServerException
 
-from cascade import contract
-from cascade.errors import (
+from cascade_client import contract
+from cascade_client.errors import (
     CascadeError,
     Forbidden,
     InvalidInput,

@@ -44,7 +44,7 @@ def calls(c, task: str, emb: np.ndarray) -> dict:
         "arrays": c.classify_arrays(task, TEXTS, emb, max_tier="encoder", timeout_s=60),
         "arrays_emb": c.classify_arrays(task, None, emb, max_tier="xgboost"),
         "labels": c.labels(task),
-        "gate_config": c.gate_config(task),
+        "task_info": c.task_info(task),
         "infer": c.infer(tier0, tier0_input(emb), parameters=None),
         "model_config": c.model_config(contract.EMBEDDER_MODEL),
         "model_parameters": c.model_parameters(task),

@@ -69,7 +69,7 @@ def test_an_unloaded_last_tier_gives_flagged_best_effort_answers(explicit_server
         before = best_effort_rows(explicit_server, task)
         client._client.unload_model(contract.TIER_NAMES[contract.TIER_LLM_LARGE])
         try:
-            threshold = client.gate_config(task).thresholds[contract.TIER_LLM_SMALL]
+            threshold = client.task_info(task).thresholds[contract.TIER_LLM_SMALL]
             answers = client.classify(task, MIXED, min_tier="llm_small", return_probs=True)
             # Rows llm_small is sure of are its own answers; the others were meant for llm_large: best-effort.
             assert all(a.tier == contract.TIER_LLM_SMALL and a.confidence == max(a.probs) for a in answers)

@@ -254,11 +254,11 @@ class _FailingWork:
         self.bad, self.chunk_rows = set(bad), chunk_rows
 
     async def run(self, client, limit, retry, url, chunk):
-        from cascade.tables.filter_chunk import ChunkCounts
+        from cascade.tables.job import Counts
 
         if chunk.column("id")[0].as_py() // self.chunk_rows in self.bad:
             raise ServerUnavailable(f"task t at {url}: no answer after 0 retries")
-        return chunk, ChunkCounts(rows=chunk.num_rows)
+        return chunk, Counts(rows=chunk.num_rows)
 
 
 def test_a_chunk_no_server_answers_stops_the_job_and_keeps_the_others(tmp_path, ray_session):

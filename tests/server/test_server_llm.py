@@ -45,12 +45,13 @@ def test_llm_tiers_answer_through_the_gate(client, sst2_task, tier):
 def test_gate_formats_each_tiers_own_prompt(client, server, built_repo, sst2_task, tier):
     """The gate's answer at an LLM tier equals scoring that tier's prompt (template, few-shot examples,
     verbalizations, calibration choice) directly: each tier gets its own prompt from the task."""
-    from cascade.gate.config import GateConfig, prompt_template
+    from cascade.gate.config import GateConfig
+    from cascade.llm.prompts import PromptTemplate
 
     _, report = built_repo
     prompt = GateConfig.from_parameters(report["gate"]).prompts[tier]
     assert prompt == sst2_task.llm[tier].gate_prompt([tuple(x) for x in prompt["few_shot"]])
-    template = prompt_template(prompt)
+    template = PromptTemplate.from_json(prompt)
     texts = ["a gorgeous , moving and funny film .", "a tedious , clumsy mess ."]
     gate = client.classify(sst2_task.name, texts, min_tier=tier, max_tier=tier, return_probs=True)
     rows = [(p.prefix, p.content, p.suffix) for p in map(template.format, texts)]
@@ -64,7 +65,7 @@ def test_gate_formats_each_tiers_own_prompt(client, server, built_repo, sst2_tas
     np.testing.assert_allclose(gate_lp, centred_log(direct), atol=ATOL_CENTRED)
     # The other LLM tier's prompt, scored by this tier's model, is further away than that: the check can tell.
     other_tier = contract.TIER_LLM_SMALL if tier == contract.TIER_LLM_LARGE else contract.TIER_LLM_LARGE
-    other = prompt_template(GateConfig.from_parameters(report["gate"]).prompts[other_tier])
+    other = PromptTemplate.from_json(GateConfig.from_parameters(report["gate"]).prompts[other_tier])
     rows = [(p.prefix, p.content, p.suffix) for p in map(other.format, texts)]
     wrong, _ = score(server, contract.TIER_NAMES[tier], rows, other.verbalizations, parameters)
     assert np.abs(gate_lp - centred_log(wrong)).max() > ATOL_CENTRED

@@ -111,7 +111,7 @@ def test_filter_flags_best_effort_rows_and_can_retry_them(tmp_path, explicit_ser
 
     large = contract.TIER_NAMES[contract.TIER_LLM_LARGE]
     with CascadeClient(explicit_server.grpc_url) as admin:
-        threshold = admin.gate_config(sst2_task.name).thresholds[contract.TIER_LLM_SMALL]
+        threshold = admin.task_info(sst2_task.name).thresholds[contract.TIER_LLM_SMALL]
         admin._client.unload_model(large)
         try:
             keep = run_filter(

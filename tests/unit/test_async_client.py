@@ -80,7 +80,7 @@ def test_a_metadata_call_to_a_server_that_never_answers_fails_as_unavailable():
         url = f"127.0.0.1:{stuck.getsockname()[1]}"
         start = time.monotonic()
         with CascadeClient(url, timeout_s=1.0) as client, pytest.raises(ServerUnavailable, match="DEADLINE"):
-            client.gate_config("sst2")
+            client.task_info("sst2")
 
         async def aio():
             async with AsyncCascadeClient(url, timeout_s=1.0) as client:

@@ -116,3 +116,24 @@ def test_gguf_path_rejects_unknown_names():
         gguf_path("gpt-5")
     with pytest.raises(ConfigError, match="unknown quantization"):
         gguf_path("smollm2-135m:q2_k")
+
+
+def test_a_prompt_has_one_shape_and_its_json_form_round_trips():
+    from cascade.tasks import LlmPrompt
+
+    spec = LlmPrompt(
+        "Review: {text}\nSentiment:", ("negative", "positive"), few_shot=1, instruction="Rate.", calibrate=False
+    )
+    as_json = spec.gate_prompt([("a fine film", 1)])
+    template = PromptTemplate.from_json(as_json, n_labels=2)
+    assert template.few_shot == (("a fine film", 1),) and template.calibrate is False
+    assert template.to_json() == as_json
+    assert "calibrate" not in PromptTemplate.from_json(as_json | {"calibrate": None}).to_json()
+    for bad, message in (
+        (as_json | {"few_shot": [["x", 2]]}, "few-shot example"),
+        (as_json | {"verbalizations": "ab"}, "list of non-empty strings"),
+        (as_json | {"instruction": 3}, "instruction must be a string"),
+        (as_json, "2 prompt verbalizations for 3 labels"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            PromptTemplate.from_json(bad, n_labels=3 if bad is as_json else None)

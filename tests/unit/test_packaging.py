@@ -47,14 +47,20 @@ def test_the_wheel_runs_without_the_checkout(tmp_path):
     for name in ("pyproject.toml", "setup.py", "README.md", "cascade", "client", "export", *RESOURCES):
         copy = shutil.copytree if (CHECKOUT / name).is_dir() else shutil.copy
         copy(CHECKOUT / name, source / name, **({"dirs_exist_ok": True} if copy is shutil.copytree else {}))
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", wheels, source], check=True)
+    # The project's wheel and the client package's (client/, its own pyproject): the project imports the client.
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", wheels, source, source / "client"], check=True
+    )
     (wheel,) = wheels.glob("triton_cascade-*.whl")
+    (client_wheel,) = wheels.glob("cascade_client-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
+    assert not any(name.startswith("cascade_client/") for name in names)  # the client's wheel carries it
+    assert "cascade_client/contract.py" in zipfile.ZipFile(client_wheel).namelist()
     assert "cascade/_resources/tasks/sst2.toml" in names
     assert "cascade/_resources/python_backends/gate/model.py" in names
     assert "cascade/_resources/k8s/triton-cascade/Chart.yaml" in names
     assert not any(name.startswith(("tests/", "k8s/", "bench/results")) for name in names)
-    subprocess.run([*pip, "install", "--no-deps", "--target", target, wheel], check=True)
+    subprocess.run([*pip, "install", "--no-deps", "--target", target, wheel, client_wheel], check=True)
     env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", PROBE], cwd=cwd, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -167,3 +167,18 @@ print(json.dumps(sorted(m for m in sys.modules if m == "ray" or m.startswith("ra
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout.strip().splitlines()[-1]) == []
+
+
+def test_counts_travel_as_a_result_row_and_add_up():
+    from cascade.tables.job import Counts
+
+    counts = Counts(rows=5, error_rows=1, degraded_rows=2, retried_rows=4, retries=2, failovers=1, cpu_s=0.5)
+    counts.tiers.update({0: 3, 4: 1})
+    row = {"chunk": 7, **counts.to_row(), "url": "u", "error": None, "error_kind": None}
+    assert pa.Table.from_pylist([row], schema=RESULT_SCHEMA).to_pylist() == [row]  # the row is the schema's
+    back = Counts.from_row(row)
+    assert back == counts
+    total = Counts()
+    total.add(counts)
+    total.add(back)
+    assert (total.rows, total.retries, total.cpu_s, total.tiers) == (10, 4, 1.0, {0: 6, 4: 2})

@@ -44,12 +44,12 @@ def ensure_llms(repo: Path) -> None:
 def llm_scorer_on(tier: int, gate_prompt: dict, texts: list[str], timings: dict[str, float] | None = None):
     """Probabilities of an LLM tier on the rows ``idx`` of ``texts``, computed only when asked (the seconds
     it scored go to ``timings["score_<tier name>_s"]``)."""
-    from cascade.gate.config import prompt_template
     from cascade.llm.gguf import gguf_path
+    from cascade.llm.prompts import PromptTemplate
     from cascade.llm.scorer import LlamaScorer
 
-    template = prompt_template(gate_prompt)
-    calibrate = gate_prompt.get("calibrate")
+    template = PromptTemplate.from_json(gate_prompt)
+    calibrate = template.calibrate
     scorer = None
 
     def score(idx: np.ndarray) -> np.ndarray:

@@ -54,12 +54,12 @@ class ServerTeacher:
     """The large LLM tier through a running server: the task's prompt, argmax over its verbalizations."""
 
     def __init__(self, client, prompt: dict, model: str = TEACHER_LLM) -> None:
-        from cascade.gate.config import prompt_template
+        from cascade.llm.prompts import PromptTemplate
 
         self.client = client
         self.model = model
-        self.template = prompt_template(prompt)
-        self.calibrate = prompt.get("calibrate")
+        self.template = PromptTemplate.from_json(prompt)
+        self.calibrate = self.template.calibrate
         digest = hashlib.sha1(repr(sorted(prompt.items())).encode()).hexdigest()[:12]
         # Another prompt, or another model behind the tier, is another teacher: its labels are cached apart.
         served = client.model_parameters(model).get(contract.CFG_LLM_MODEL, "unknown")
