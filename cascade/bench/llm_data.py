@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cascade.tasks import dataset_file, read_rows
+from cascade.datasets import dataset_file, read_rows
 
 SEED = 0
 
@@ -24,7 +24,7 @@ class BenchTask:
 
 
 def read_csv(path: Path) -> tuple[list[str], np.ndarray]:
-    """``text,label`` rows of a dataset file (Parquet or CSV, read by :func:`cascade.tasks.read_rows`)."""
+    """``text,label`` rows of a dataset file (Parquet or CSV, read by :func:`cascade.datasets.read_rows`)."""
     texts, labels = read_rows(dataset_file(path))
     return texts, np.array([int(v) for v in labels])
 

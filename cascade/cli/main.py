@@ -9,10 +9,10 @@ from pathlib import Path
 
 from cascade import contract, crash, results  # noqa: F401 - results: the load average before the run
 from cascade.cli.bench import cmd_bench, cmd_demo, cmd_loadtest, cmd_soak
+from cascade.cli.build import cmd_build, cmd_calibrate, cmd_export, cmd_label, cmd_task, cmd_train
 from cascade.cli.doctor import cmd_doctor
 from cascade.cli.serve import cmd_serve
 from cascade.cli.tables import cmd_classify, cmd_embed, cmd_eval, cmd_filter, cmd_make_table
-from cascade.cli.tasks import cmd_build, cmd_calibrate, cmd_export, cmd_label, cmd_task, cmd_train
 from cascade.errors import CascadeError
 from cascade.ops.soak import DEFAULT_WARMUP_S
 from cascade.paths import DEFAULT_DATA_DIR, DEFAULT_REPO, RUNS_DIR

@@ -7,9 +7,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cascade.datasets import dataset_file, read_rows
 from cascade.errors import ConfigError
 from cascade.paths import DEFAULT_DATA_DIR
-from cascade.tasks import dataset_file, load_split, load_task, read_rows
+from cascade.tasks import load_split, load_task
 
 #: Rows per label of each shipped split, as data/sst2/README.md and data/ag_news/README.md give them.
 SHIPPED = {

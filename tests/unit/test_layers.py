@@ -15,7 +15,7 @@ LAYERS = (
     ("repository", ("cascade.repository",)),
     ("server", ("cascade.server",)),  # the supervised tritonserver process
     ("tables", ("cascade.tables",)),
-    ("tasks", ("cascade.tasks", "cascade.calibrate")),  # task definitions and datasets; calibration
+    ("tasks", ("cascade.tasks", "cascade.datasets", "cascade.calibrate")),  # task definitions, datasets; calibration
     ("export", ("cascade_export.build",)),
     ("distill", ("cascade_export", "cascade_export.distill")),
     ("apps", ("cascade.cli", "cascade.ops", "cascade.bench", "cascade.doctor")),
