@@ -94,7 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=contract.DEFAULT_HTTP_PORT)
     p.add_argument("--grpc-port", type=int, default=contract.DEFAULT_GRPC_PORT)
     p.add_argument("--metrics-port", type=int, default=contract.DEFAULT_METRICS_PORT)
-    p.add_argument("--model-control-mode", choices=("none", "explicit"), default="none")
+    p.add_argument(
+        "--model-control-mode",
+        choices=("none", "explicit"),
+        default="explicit",
+        help="explicit (default): every model loaded at start, and new tasks (cascade task create) loaded while it "
+        "runs; none: the models of the start only",
+    )
     p.add_argument("--tls-cert", type=Path, default=None, help="gRPC over TLS: the server certificate (PEM)")
     p.add_argument("--tls-key", type=Path, default=None, help="gRPC over TLS: its private key (PEM)")
     p.add_argument("--log-verbose", type=int, default=0)

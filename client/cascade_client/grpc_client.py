@@ -26,7 +26,7 @@ from cascade_client.inputs import (
     score_parameters,
     text_inputs,
 )
-from cascade_client.translate import load_error, translate, translated
+from cascade_client.translate import LOAD_PROBE_MODEL, load_error, load_probe, translate, translated
 
 # Also importable from here: the answer types, text_inputs (cascade.ops.soak takes it from here) and translate.
 __all__ = [
@@ -172,6 +172,16 @@ class CascadeClient(_Connection):
             with translated(name, load_error):
                 self._client.load_model(name, headers=self._admin_headers)
 
+    def check_loads(self) -> None:
+        """Raise the reason, with its fix, unless the server takes model loads from this client (started with
+        ``--model-control-mode=explicit``; the admin key where its protocols are restricted). Loads nothing."""
+        try:
+            self._client.load_model(
+                LOAD_PROBE_MODEL, headers=self._admin_headers, client_timeout=self._meta["client_timeout"]
+            )
+        except InferenceServerException as exc:
+            load_probe(exc, self.url)
+
     def tasks(self) -> list[str]:
         """Ready gate models (the public tasks) in the repository."""
         with translated("repository index"):
@@ -285,6 +295,14 @@ class AsyncCascadeClient(_Connection):
         for name in names:
             with translated(name, load_error):
                 await self._client.load_model(name, headers=self._admin_headers)
+
+    async def check_loads(self) -> None:
+        try:
+            await self._client.load_model(
+                LOAD_PROBE_MODEL, headers=self._admin_headers, client_timeout=self._meta["client_timeout"]
+            )
+        except InferenceServerException as exc:
+            load_probe(exc, self.url)
 
     async def tasks(self) -> list[str]:
         with translated("repository index"):

@@ -51,3 +51,24 @@ def load_error(exc: InferenceServerException, name: str) -> ServerError:
         f"loading {name!r} failed: {exc.message()} (is the server in --model-control-mode=explicit, "
         "serving this repository?)"
     )
+
+
+#: The model a load probe asks for: no repository holds it, so a server that takes loads answers that it is not
+#: there, and loads nothing.
+LOAD_PROBE_MODEL = "__cascade_load_probe__"
+
+
+def load_probe(exc: InferenceServerException | None, url: str) -> None:
+    """What a load of :data:`LOAD_PROBE_MODEL` said: nothing when the server takes model loads (it found no such
+    model); else the reason, as one of the project's errors naming the fix."""
+    if exc is None:
+        return
+    message = exc.message() or str(exc)
+    if "polling is enabled" in message:
+        raise ServerError(
+            f"the server at {url} does not load models while it runs (--model-control-mode=none): restart it with "
+            "`cascade serve` (which takes new models by default) or tritonserver --model-control-mode=explicit"
+        )
+    if "failed to poll from model repository" in message or "not found" in message:
+        return
+    raise translate(exc, f"loading models into {url}")

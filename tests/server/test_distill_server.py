@@ -112,11 +112,13 @@ def test_the_cli_verbs_chain_label_train_calibrate_export(tmp_path, capsys):
 
 @pytest.mark.server
 def test_task_create_loads_a_new_task_into_a_running_server(built_repo, tmp_path):
-    """The whole flow against a real server in explicit model-control mode: no restart."""
+    """The whole flow against a real server started as plain ``cascade serve`` starts it: no restart."""
     import shutil
 
     from cascade import contract
-    from cascade.server.launcher import ServerOptions, TritonServer, free_ports
+    from cascade.cli.main import build_parser
+    from cascade.cli.serve import server_options
+    from cascade.server.launcher import TritonServer, free_ports
     from cascade.tasks import load_split, load_task
     from cascade_client import CascadeClient
     from cascade_export.distill.commands import create_task
@@ -126,10 +128,10 @@ def test_task_create_loads_a_new_task_into_a_running_server(built_repo, tmp_path
         shutil.copytree(built_repo[0] / model, repo / model)
     texts, _ = load_split(load_task("sst2"), "train", limit=400)
     pd.DataFrame({"review": texts}).to_csv(tmp_path / "reviews.csv", index=False)
-    http, grpc, metrics = free_ports(3)
-    opts = ServerOptions(
-        repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics, model_control_mode="explicit"
-    )
+    ports = [str(p) for p in free_ports(3)]
+    args = ["serve", "--repo", str(repo), "--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]]
+    opts = server_options(build_parser().parse_args(args))
+    assert opts.model_control_mode == "explicit" and opts.load_models == ["*"]  # cascade serve's defaults
     with TritonServer(opts) as server:
         result = create_task(
             "moviesent",
@@ -165,6 +167,28 @@ def test_task_create_loads_a_new_task_into_a_running_server(built_repo, tmp_path
                 work_root=tmp_path / "runs",
                 url=server.grpc_url,
             )
+
+
+@pytest.mark.server
+def test_task_create_into_a_server_that_cannot_load_models_stops_before_the_teacher(server, tmp_path):
+    """A server started with --model-control-mode none would refuse the task's models at the very end: task create
+    asks first, and stops at once with the fix, before any row is labelled."""
+    import time
+
+    from cascade_client import CascadeClient
+    from cascade_export.distill.commands import create_task
+
+    pd.DataFrame({"text": ["a fine film", "a dull film"] * 20}).to_csv(tmp_path / "t.csv", index=False)
+    start = time.monotonic()
+    with pytest.raises(ServerError, match="--model-control-mode=none") as info:
+        create_task(
+            "nomodels", tmp_path / "t.csv", "Is it good?", ["no", "yes"], repo=tmp_path / "repo",
+            work_root=tmp_path / "runs", url=server.grpc_url, progress=False,
+        )  # fmt: skip
+    assert "cascade serve" in str(info.value) and time.monotonic() - start < 30
+    assert _cached(tmp_path / "runs", "nomodels") == 0
+    with CascadeClient(server.grpc_url) as client:
+        assert "__cascade_load_probe__" not in str(client.model_stats())
 
 
 def _cached(work, task: str) -> int:

@@ -236,6 +236,7 @@ def create_task(
     task = load_task(task_file)  # what the later verbs will load: the same digest
     client = connect(url)
     try:
+        client.check_loads()  # the task's models go into this server at the end: a server that refuses says so now
         labelled = run_label(
             task,
             work_root,
