@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 REPO ?= model_repository/cpu
 TASK ?= sst2
 
-.PHONY: setup demo test test-unit lint format build export serve bench bench-llm bench-labels bench-table bench-ray-table bench-served bench-isolation bench-threads loadtest soak clean helm-lint export-gpu gpu-check-prepare gpu-check-dry-run
+.PHONY: setup demo test test-unit lint format build export serve bench bench-llm bench-labels bench-teacher-check bench-table bench-ray-table bench-served bench-isolation bench-threads loadtest soak clean helm-lint export-gpu gpu-check-prepare gpu-check-dry-run
 
 setup: $(STAMP)
 
@@ -76,6 +76,11 @@ bench-llm: setup
 # Many labels: a 77-label task scored by the teacher (trie, beams, the former way) and through a real server.
 bench-labels: setup
 	$(BIN)/python -m cascade.bench.labels --served 154
+
+# The teacher checked on 50 gold examples of SST-2 and AG News (every prompt form; the one kept), then its accuracy on
+# 300 test rows with task create's own form and with the form kept.
+bench-teacher-check: setup
+	CASCADE_BENCH_BUDGET_S=1800 $(BIN)/python -m cascade.bench.teacher_check --tasks sst2 ag_news --examples 50 --test-rows 300
 
 # The table job against the large tier on every row (needs the tasks built: make demo / cascade build).
 # Writes ~3 GB of synthetic tables per task under bench/work/ (kept for reruns; delete at will).

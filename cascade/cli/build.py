@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cascade import contract
 from cascade.cli.common import result_command, save_result
-from cascade.errors import InvalidInput
+from cascade.errors import ConfigError, InvalidInput
 
 
 def _build_options(args):
@@ -127,7 +127,10 @@ def cmd_export(args) -> int:
 def cmd_task(args) -> int:
     from cascade_export.distill.commands import create_task
 
-    labels = [x for x in args.labels.split(",") if x.strip()]
+    labels, descriptions = label_words(args.labels)
+    columns = tuple(x.strip() for x in args.example_columns.split(","))
+    if len(columns) != 2:
+        raise ConfigError(f"--example-columns takes two names, text,label, not {args.example_columns!r}")
     result = create_task(
         args.name,
         args.table,
@@ -145,7 +148,14 @@ def cmd_task(args) -> int:
         target=args.target,
         delta=args.delta,
         encoder_epochs=args.encoder_epochs,
+        examples=args.examples,
+        example_columns=columns,
+        descriptions=descriptions,
+        min_teacher_accuracy=args.min_teacher_accuracy,
+        on_check=print_teacher_check,
     )
+    if result["teacher_check"] is None:
+        print("the teacher was not checked on this task: give --examples (a few labelled rows) to check it first")
     enabled = json.loads(result["gate"][contract.CFG_TIERS])
     print(
         f"task {result['task']} is served: tiers {enabled}; teacher labelling "
@@ -153,3 +163,32 @@ def cmd_task(args) -> int:
         f"{result['train_calibrate_export_load_s']:.1f} s (definition: {result['task_file']})"
     )
     return 0
+
+
+def label_words(value: str) -> tuple[list[str], list[str] | None]:
+    """``--labels``: names, or name=description pairs (the descriptions, one per label, or None)."""
+    items = [x.strip() for x in value.split(",") if x.strip()]
+    if not any("=" in x for x in items):
+        return items, None
+    pairs = [x.split("=", 1) if "=" in x else (x, x) for x in items]
+    return [n.strip() for n, _ in pairs], [d.strip() or n.strip() for n, d in pairs]
+
+
+def print_teacher_check(check: dict) -> None:
+    """The teacher check: each form's accuracy on the examples, the one kept, its interval and confusion."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"the teacher on {check['examples']} examples (majority {check['majority_rate']:.0%})")
+    table.add_column("prompt form")
+    table.add_column("accuracy", justify="right")
+    for form in check["forms"]:
+        mark = " (kept)" if form["form"] == check["chosen"]["form"] else ""
+        table.add_row(form["form"] + mark, f"{form['accuracy']:.3f}")
+    console = Console()
+    console.print(table)
+    low, high = check["interval"]
+    console.print(
+        f"kept: {check['chosen']['form']}: accuracy {check['accuracy']:.3f} ({check['confidence']:.0%} interval "
+        f"{low:.3f}-{high:.3f}); confusion (gold -> answered): {check['confusion']}"
+    )

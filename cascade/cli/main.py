@@ -180,9 +180,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="the new task's name (its gate model)")
     p.add_argument("--table", type=Path, required=True, help="CSV or Parquet with the texts")
     p.add_argument("--prompt", required=True, help="the question; '{text}' marks where a row goes")
-    p.add_argument("--labels", required=True, help="comma-separated label names (also the LLM's answers)")
+    p.add_argument(
+        "--labels",
+        required=True,
+        help="comma-separated label names (also the LLM's answers), or name=description pairs "
+        "('ham=an ordinary message,spam=unsolicited advertising': the LLM answers with the descriptions)",
+    )
     p.add_argument("--column", default="text", help="text column (default: %(default)s)")
     p.add_argument("--id-column", default=None)
+    p.add_argument(
+        "--examples",
+        type=Path,
+        default=None,
+        help="a few labelled rows of the task (CSV or Parquet, 20-200): the teacher is checked on them and the "
+        "prompt form that answers them best is kept; a teacher no better than the most common label stops the job",
+    )
+    p.add_argument("--example-columns", default="text,label", help="text,label columns of --examples")
+    p.add_argument("--min-teacher-accuracy", type=float, default=None, help="stop below this accuracy on the examples")
     _add_sampling(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiers", default=",".join(CREATE_TIERS), help="comma-separated (default: %(default)s)")

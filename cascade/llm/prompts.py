@@ -19,6 +19,8 @@ from cascade import contract
 from cascade.errors import ConfigError, InvalidInput
 
 TEXT_FIELD = "{text}"
+#: Content-free inputs whose label distributions, averaged, are a prompt's prior for contextual calibration.
+CONTENT_FREE = ("N/A", "")
 #: The keys of a prompt's JSON form (:meth:`PromptTemplate.from_json`).
 JSON_KEYS = ("instruction", "template", "verbalizations", "few_shot", "calibrate")
 
@@ -134,6 +136,13 @@ class PromptTemplate:
         head += [self.render_example(t, label) for t, label in self.few_shot]
         prefix = "".join(part + self.separator for part in head) + before
         return Prompt(prefix=prefix, content=text, suffix=after)
+
+
+def contextual_calibration(probs: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """Contextual calibration (Zhao et al. 2021): each row's label probabilities divided by the prompt's content-free
+    prior (the mean distribution over :data:`CONTENT_FREE` inputs), renormalised; float64."""
+    p = np.asarray(probs, dtype=np.float64) / np.maximum(np.asarray(prior, dtype=np.float64), 1e-12)
+    return p / p.sum(axis=-1, keepdims=True)
 
 
 def validate_candidates(candidates: Sequence[str], error: type[Exception] = InvalidInput) -> tuple[str, ...]:

@@ -22,8 +22,10 @@ import numpy as np
 
 from cascade.errors import ConfigError, InvalidInput
 from cascade.llm.prompts import (
+    CONTENT_FREE,
     Prompt,
     answer_text,
+    contextual_calibration,
     validate_candidates,
 )
 
@@ -38,7 +40,6 @@ CANDIDATE_SCORINGS = (SCORING_WHOLE, SCORING_PREFIX)
 #: answer on every row at 1.6x the exact trie's speed (bench/results/labels-20261129-153949.json).
 DEFAULT_BEAM = 4
 _MAX_SEQS = 256  # llama.cpp's LLAMA_MAX_SEQ: sequence 0 holds the row, the rest the trie's nodes
-CONTENT_FREE = ("N/A", "")  # content-free inputs whose label distributions are averaged for calibration
 
 
 # --------------------------------------------------------------------------------------------- scorer
@@ -122,7 +123,7 @@ class LlamaScorer:
         if calibrate and n:
             probs = raw.copy()
             for i, p in enumerate(prompts):
-                probs[i] = _normalise(raw[i] / self._content_free_prior(p.prefix, p.suffix, cands))
+                probs[i] = contextual_calibration(raw[i], self._content_free_prior(p.prefix, p.suffix, cands))
         return ScoreResult(probs=probs.astype(np.float32), truncated=truncated, raw_probs=raw.astype(np.float32))
 
     def reset(self) -> None:
@@ -293,7 +294,3 @@ def _softmax(logp: np.ndarray) -> np.ndarray:
     z = logp - logp.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def _normalise(p: np.ndarray) -> np.ndarray:
-    return p / p.sum()

@@ -35,8 +35,14 @@ import numpy as np
 
 from cascade import contract
 from cascade.errors import CascadeError, ConfigError, InvalidInput
-from cascade.llm.prompts import Prompt, PromptTemplate, answer_text, validate_candidates
-from cascade.llm.scorer import CONTENT_FREE
+from cascade.llm.prompts import (
+    CONTENT_FREE,
+    Prompt,
+    PromptTemplate,
+    answer_text,
+    contextual_calibration,
+    validate_candidates,
+)
 
 __all__ = [
     "CONTENT_FREE",
@@ -359,9 +365,8 @@ def greedy_mismatch(logits: np.ndarray, output_ids: np.ndarray) -> np.ndarray:
 
 
 def calibrate(probs: np.ndarray, prior: np.ndarray) -> np.ndarray:
-    """Contextual calibration (Zhao et al. 2021), as the CPU scorer: divide out the content-free prior."""
-    p = np.asarray(probs, dtype=np.float64) / np.maximum(np.asarray(prior, dtype=np.float64), 1e-12)
-    return (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)
+    """Contextual calibration, as the CPU scorer (:func:`cascade.llm.prompts.contextual_calibration`), in float32."""
+    return contextual_calibration(probs, prior).astype(np.float32)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -15,8 +15,7 @@ import numpy as np
 
 from cascade import contract
 from cascade.errors import TierFailure
-from cascade.llm.prompts import Prompt
-from cascade.llm.scorer import CONTENT_FREE
+from cascade.llm.prompts import CONTENT_FREE, Prompt
 from cascade.llm.trtllm import (
     calibrate,
     candidate_first_tokens,

@@ -127,7 +127,7 @@ def test_llm_large_bls_glue_against_a_stand_in_engine(fake_gpu_server, minilm_di
     """llm_large (GPU glue) over gRPC: PROBS = first-step logits over first tokens, calibrated, as computed here."""
     import tritonclient.grpc as grpcclient
 
-    from cascade.llm.scorer import CONTENT_FREE
+    from cascade.llm.prompts import CONTENT_FREE
 
     namespace = {"np": np}
     exec(FAKE_LOGITS, namespace)

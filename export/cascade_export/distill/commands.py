@@ -30,6 +30,7 @@ from cascade_export.distill.label_store import LabelStore
 from cascade_export.distill.labelling import label_sample
 from cascade_export.distill.prompt_task import CREATE_TIERS, task_from_prompt
 from cascade_export.distill.table_rows import read_table, sample_rows
+from cascade_export.distill.teacher_check import check_teacher, unfit_message
 from cascade_export.distill.teachers import (
     COLUMN_PREFIX,
     TEACHER_LLM,
@@ -40,6 +41,7 @@ from cascade_export.distill.teachers import (
 )
 
 DEFAULT_BUDGET = 1000  # rows the teacher labels
+MIN_EXAMPLES = 10  # gold examples task create needs to check the teacher
 DEFAULT_SAMPLE = DEFAULT_BUDGET  # its former name
 
 
@@ -218,25 +220,51 @@ def create_task(
     progress: bool = True,
     strategy: str = UNIFORM,
     sample: int | None = None,
+    examples: str | Path | None = None,
+    example_columns: tuple[str, str] = ("text", "label"),
+    descriptions: Sequence[str] | None = None,
+    min_teacher_accuracy: float | None = None,
+    on_check=None,
 ) -> dict:
     """``cascade task create``: label -> train -> calibrate -> export -> load into a running server
     (``--model-control-mode=explicit``) without a restart. The teacher's time is reported apart.
-    ``budget`` and ``strategy`` as in :func:`run_label` (active sampling embeds with ``repo``'s embedder)."""
+    ``budget`` and ``strategy`` as in :func:`run_label` (active sampling embeds with ``repo``'s embedder).
+
+    With ``examples`` (a table of labelled rows, ``example_columns`` = its text and label columns), the teacher is
+    checked on them first (:mod:`cascade_export.distill.teacher_check`): the task takes the prompt form that answers
+    them best, and a teacher that cannot do the task stops the job before any row is labelled. ``descriptions``
+    (one per label) are the words the teacher answers with, in place of the label names. ``on_check`` is given the
+    check's report as soon as it is made (before a stop)."""
     from cascade.tasks import load_task
     from cascade_export.build.stage import BuildOptions
 
     repo = Path(repo)
     if (repo / name).exists():
         raise ConfigError(f"{repo / name} exists: task {name!r} is already in the repository (pick another name)")
-    _, toml = task_from_prompt(name, labels, prompt, tiers)
-    work = work_dir_of(name, work_root)
-    work.mkdir(parents=True, exist_ok=True)
-    task_file = work / "task.toml"
-    task_file.write_text(toml + f"\n[calibration]\ntarget = {target}\ndelta = {delta}\n")
-    task = load_task(task_file)  # what the later verbs will load: the same digest
+    labels = [label.strip() for label in labels]
+    if descriptions is not None and len(descriptions) != len(labels):
+        raise ConfigError(f"{len(descriptions)} label descriptions for {len(labels)} labels: give one per label")
+    gold = read_examples(examples, labels, *example_columns) if examples is not None else None
     client = connect(url)
     try:
         client.check_loads()  # the task's models go into this server at the end: a server that refuses says so now
+        check, form = None, _described_form(prompt, labels, descriptions)
+        if gold is not None:
+            check = check_teacher(
+                lambda p: ServerTeacher(client, p), prompt, labels, gold[0], gold[1], descriptions=descriptions,
+                delta=delta, min_accuracy=min_teacher_accuracy,
+            )  # fmt: skip
+            if on_check is not None:
+                on_check(check)
+            if check["verdict"] != "fit":
+                raise ConfigError(unfit_message(check, TEACHER_LLM))
+            form = check["chosen"]["prompt"]
+        _, toml = task_from_prompt(name, labels, prompt, tiers, form)
+        work = work_dir_of(name, work_root)
+        work.mkdir(parents=True, exist_ok=True)
+        task_file = work / "task.toml"
+        task_file.write_text(toml + f"\n[calibration]\ntarget = {target}\ndelta = {delta}\n")
+        task = load_task(task_file)  # what the later verbs will load: the same digest
         labelled = run_label(
             task,
             work_root,
@@ -266,4 +294,29 @@ def create_task(
         "teacher_labelling_s": labelled["teacher_s"],
         "label_step_s": labelled["wall_s"],
         "train_calibrate_export_load_s": pipeline_s,
+        "teacher_check": check,
     }
+
+
+def read_examples(path: str | Path, labels: Sequence[str], text_column: str, label_column: str):
+    """Gold examples: ``(texts, label indices)`` of a table whose label column names the task's labels."""
+    from cascade.datasets import read_rows
+
+    texts, names = read_rows(Path(path), text_column, label_column, labels_as_text=True)
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted({n for n in names if n not in index})
+    if unknown:
+        raise ConfigError(f"examples {path}: labels {unknown[:5]} are not among the task's labels {list(labels)}")
+    if len(texts) < MIN_EXAMPLES:
+        raise ConfigError(f"examples {path}: {len(texts)} rows; give at least {MIN_EXAMPLES} (20-200 is typical)")
+    return texts, [index[n] for n in names]
+
+
+def _described_form(prompt: str, labels: Sequence[str], descriptions: Sequence[str] | None) -> dict | None:
+    """Task create's own form with the label descriptions as the words (None without descriptions)."""
+    from cascade.tasks import prompt_from_question
+
+    if not descriptions:
+        return None
+    instruction, template = prompt_from_question(prompt, descriptions)
+    return {"instruction": instruction, "template": template, "verbalizations": list(descriptions), "calibrate": True}

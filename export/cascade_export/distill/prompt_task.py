@@ -10,14 +10,21 @@ from cascade import contract
 CREATE_TIERS = ("logreg", "xgboost", "encoder", "llm_small", "llm_large")
 
 
-def task_from_prompt(name: str, labels: Sequence[str], prompt: str, tiers: Sequence[str] = CREATE_TIERS):
-    """A task from a question and its labels, in the prompt form measured best for the teacher
-    (:func:`cascade.tasks.prompt_from_question`: the allowed answers named; the labels are the verbalizations)."""
+def task_from_prompt(
+    name: str, labels: Sequence[str], prompt: str, tiers: Sequence[str] = CREATE_TIERS, form: dict | None = None
+):
+    """A task from a question and its labels. Its LLM prompt is ``form`` (a prompt's JSON form: the one the teacher
+    check chose on the user's examples), else task create's own: the allowed answers named
+    (:func:`cascade.tasks.prompt_from_question`), the labels as the verbalizations, calibrated."""
     from cascade.tasks import LlmPrompt, TaskSpec, parse_tiers, prompt_from_question
 
     labels = tuple(label.strip() for label in labels)
-    instruction, template = prompt_from_question(prompt, labels)
-    llm = LlmPrompt(template=template, verbalizations=labels, instruction=instruction, calibrate=True)
+    if form is None:
+        instruction, template = prompt_from_question(prompt, labels)
+        form = {"instruction": instruction, "template": template, "verbalizations": list(labels), "calibrate": True}
+    instruction, template, words = form["instruction"], form["template"], tuple(form["verbalizations"])
+    calibrate = bool(form.get("calibrate", True))
+    llm = LlmPrompt(template=template, verbalizations=words, instruction=instruction, calibrate=calibrate)
     spec = TaskSpec(
         name=name,
         labels=labels,
@@ -36,9 +43,9 @@ def task_from_prompt(name: str, labels: Sequence[str], prompt: str, tiers: Seque
             "[llm]",
             f"instruction = {json_str(instruction)}",
             f"template = {json_str(template)}",
-            f"verbalizations = [{', '.join(json_str(x) for x in labels)}]",
+            f"verbalizations = [{', '.join(json_str(x) for x in words)}]",
             "few_shot = 0",
-            "calibrate = true",
+            f"calibrate = {'true' if calibrate else 'false'}",
             "",
         ]
     )

@@ -67,18 +67,19 @@ class ServerTeacher:
 
     def label(self, positions: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         """The teacher's probabilities ``[n, k]`` (its label is the argmax; the probabilities are its soft labels).
-        One request per model instance (``contract.LLM_INSTANCES``), in flight together: a labelling job uses
-        every core the scorers were sized for."""
+        Requests of at most the scorer's batch limit, one in flight per model instance (``contract.LLM_INSTANCES``):
+        a labelling job uses every core the scorers were sized for."""
         from concurrent.futures import ThreadPoolExecutor
 
         prompts = [self.template.format(t) for t in texts]
-        parts = [p for p in np.array_split(np.arange(len(prompts)), contract.LLM_INSTANCES) if p.size]
+        n_parts = max(contract.LLM_INSTANCES, -(-len(prompts) // contract.LLM_MAX_BATCH_SIZE))
+        parts = [p for p in np.array_split(np.arange(len(prompts)), n_parts) if p.size]
 
         def score(idx: np.ndarray) -> np.ndarray:
             chunk = [prompts[i] for i in idx]
             return self.client.score(self.model, chunk, self.template.verbalizations, self.calibrate)[0]
 
-        with ThreadPoolExecutor(len(parts)) as pool:
+        with ThreadPoolExecutor(min(len(parts), contract.LLM_INSTANCES)) as pool:
             return np.concatenate(list(pool.map(score, parts))).astype(np.float32)
 
 

@@ -1,0 +1,186 @@
+"""The teacher checked on the user's task before it labels (``cascade task create --examples``).
+
+A few labelled rows of the user's own task (gold examples) are scored by the teacher under a handful of prompt
+forms: the label words as given or the label descriptions, the allowed answers named after or before the row, a yes/no
+question for two labels (both ways round), each raw and contextually calibrated. Each frame (instruction, template,
+words) is scored once, raw, with the content-free rows of its prompt: the calibrated probabilities follow from those
+(:func:`cascade.llm.prompts.contextual_calibration`, as the scorer computes them), and the yes/no mappings from the
+same scores. The form that answers the examples best is kept (ties: the earlier form, the first being task create's
+own), and its accuracy is reported with a Clopper-Pearson interval and the confusion per label.
+
+The teacher is unfit for the task when the interval's upper bound is not above the examples' majority-class rate
+(always answering the most common label would do as well) or ``min_accuracy``, or when it gives every example the same
+label while the examples hold several: then the job stops before the long labelling and says what to do.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cascade.calibrate import clopper_pearson_lower
+from cascade.llm.prompts import CONTENT_FREE, PromptTemplate, contextual_calibration
+from cascade.tasks import prompt_from_question
+
+YES_NO = ("no", "yes")
+#: With more labels than this, the answers are named where task create names them (``place="auto"``) only: each
+#: extra frame costs a pass over the examples, and long candidate lists are the slowest to score.
+MANY_LABELS = 10
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A prompt frame scored once: the words the teacher chooses among, in the order it is asked."""
+
+    name: str
+    instruction: str
+    template: str
+    words: tuple[str, ...]
+    #: For each way of reading the words as labels: (name, label index -> index into ``words``).
+    readings: tuple[tuple[str, tuple[int, ...]], ...]
+
+
+@dataclass(frozen=True)
+class Form:
+    """A way of asking the teacher: a frame, one reading of its words, raw or calibrated."""
+
+    name: str
+    instruction: str
+    template: str
+    verbalizations: tuple[str, ...]
+    calibrate: bool
+
+    def prompt(self) -> dict:
+        """The form as a prompt's JSON form (``cascade.llm.prompts.PromptTemplate``)."""
+        template = PromptTemplate(self.template, self.verbalizations, (), self.instruction, calibrate=self.calibrate)
+        return template.to_json()
+
+
+def yes_no_prompt(question: str) -> tuple[str, str]:
+    """``(instruction, template)`` of a yes/no question about the row (the ``AI.IF`` form)."""
+    if "{text}" in question:
+        before, after = question.split("{text}", 1)
+        return "", f"{before}{{text}}{after.rstrip()}\nAnswer yes or no.\nAnswer:"
+    return question.strip(), "Text: {text}\nAnswer yes or no.\nAnswer:"
+
+
+def frames(question: str, labels: Sequence[str], descriptions: Sequence[str] | None = None) -> list[Frame]:
+    """The frames tried, task create's own first: label names (then descriptions, when given) with the answers named
+    after and before the row, and for two labels a yes/no question read both ways round."""
+    identity = (("", tuple(range(len(labels)))),)
+    word_sets = [("label names", tuple(labels))]
+    if descriptions and tuple(descriptions) != tuple(labels):
+        word_sets.append(("label descriptions", tuple(descriptions)))
+    places = ("auto",) if len(labels) > MANY_LABELS else ("auto", "before", "after")
+    out, seen = [], set()
+    for what, words in word_sets:
+        for place in places:
+            instruction, template = prompt_from_question(question, words, place)
+            if (instruction, template, words) not in seen:  # "auto" is one of the other two
+                seen.add((instruction, template, words))
+                out.append(Frame(f"{what}, answers {place if place != 'auto' else 'where task create puts them'}",
+                                 instruction, template, words, identity))  # fmt: skip
+    if len(labels) == 2:
+        instruction, template = yes_no_prompt(question)
+        readings = ((f"yes = {labels[1]}", (0, 1)), (f"yes = {labels[0]}", (1, 0)))
+        out.append(Frame("yes or no", instruction, template, YES_NO, readings))
+    return out
+
+
+def score_frame(teacher_for, frame: Frame, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The frame's raw and calibrated probabilities over its words, ``[n, len(words)]`` each; ``teacher_for(prompt)``
+    gives a teacher (``ServerTeacher``) of a prompt's JSON form."""
+    template = PromptTemplate(frame.template, frame.words, (), frame.instruction, calibrate=False)
+    teacher = teacher_for(template.to_json())
+    probs = np.asarray(teacher.label(None, [*texts, *CONTENT_FREE]), dtype=np.float64)
+    raw, prior = probs[: len(texts)], probs[len(texts) :].mean(axis=0)
+    return raw, contextual_calibration(raw, prior)
+
+
+def interval(correct: int, n: int, delta: float) -> tuple[float, float]:
+    """Two-sided Clopper-Pearson interval at confidence 1-delta."""
+    low = float(clopper_pearson_lower(correct, n, delta / 2))
+    high = 1.0 - float(clopper_pearson_lower(n - correct, n, delta / 2))
+    return low, high
+
+
+def check_teacher(
+    teacher_for,
+    question: str,
+    labels: Sequence[str],
+    texts: Sequence[str],
+    gold: Sequence[int],
+    *,
+    descriptions: Sequence[str] | None = None,
+    delta: float = 0.05,
+    min_accuracy: float | None = None,
+) -> dict:
+    """Every form's accuracy on the examples, the best form (``chosen``: its prompt too), its interval, the confusion
+    per label, and the verdict (``fit``, or ``unfit`` with the ``reason``)."""
+    gold = np.asarray(gold, dtype=np.int64)
+    n, k = len(gold), len(labels)
+    counts = np.bincount(gold, minlength=k)
+    start = time.perf_counter()
+    results = []
+    for frame in frames(question, labels, descriptions):
+        raw, calibrated = score_frame(teacher_for, frame, texts)
+        for calibrate, probs in ((True, calibrated), (False, raw)):
+            for reading, order in frame.readings:
+                predicted = probs[:, list(order)].argmax(axis=1)
+                form = Form(
+                    ", ".join(x for x in (frame.name, reading, "calibrated" if calibrate else "raw") if x),
+                    frame.instruction, frame.template, tuple(frame.words[i] for i in order), calibrate,
+                )  # fmt: skip
+                results.append((float((predicted == gold).mean()), form, predicted))
+    best = max(range(len(results)), key=lambda i: (results[i][0], -i))
+    accuracy, form, predicted = results[best]
+    correct = int((predicted == gold).sum())
+    low, high = interval(correct, n, delta)
+    majority = int(counts.argmax())
+    report = {
+        "examples": n,
+        "label_counts": dict(zip(labels, counts.tolist(), strict=True)),
+        "majority_label": labels[majority],
+        "majority_rate": float(counts[majority] / n),
+        "forms": [{"form": f.name, "accuracy": a} for a, f, _ in results],
+        "chosen": {"form": form.name, "prompt": form.prompt()},
+        "accuracy": accuracy,
+        "interval": [low, high],
+        "confidence": 1 - delta,
+        "confusion": {
+            labels[g]: {labels[p]: int(((gold == g) & (predicted == p)).sum()) for p in range(k)} for g in range(k)
+        },
+        "teacher_s": time.perf_counter() - start,
+    }
+    report["verdict"], report["reason"] = verdict(report, predicted, min_accuracy)
+    return report
+
+
+def verdict(report: dict, predicted: np.ndarray, min_accuracy: float | None) -> tuple[str, str | None]:
+    high, majority = report["interval"][1], report["majority_rate"]
+    if high <= majority:
+        return "unfit", (
+            f"no better than always answering {report['majority_label']!r} ({majority:.0%} of the examples)"
+        )
+    if min_accuracy is not None and high < min_accuracy:
+        return "unfit", f"below the --min-teacher-accuracy {min_accuracy:.2f} asked for"
+    held = sum(1 for c in report["label_counts"].values() if c)
+    if held > 1 and len(set(predicted.tolist())) == 1:
+        return "unfit", "it gives every example the same label"
+    return "fit", None
+
+
+def unfit_message(report: dict, teacher: str) -> str:
+    """What a stopped task create says: what was tried, how the best did, and what to do."""
+    low, high = report["interval"]
+    tried = "; ".join(f"{f['form']}: {f['accuracy']:.0%}" for f in report["forms"])
+    return (
+        f"the teacher ({teacher}) cannot do this task on your {report['examples']} examples: its best form "
+        f"({report['chosen']['form']}) answers {report['accuracy']:.0%} of them right ({report['confidence']:.0%} "
+        f"interval {low:.2f}-{high:.2f}), {report['reason']}. Tried: {tried}. Nothing was labelled. What to do: "
+        "describe the labels (--labels 'ham=an ordinary message,spam=unsolicited advertising'), reword --prompt, "
+        "give more examples, or teach with labels you hold (cascade label --teacher column:NAME, then cascade build)"
+    )

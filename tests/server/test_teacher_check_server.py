@@ -1,0 +1,51 @@
+"""The teacher checked on gold examples through a real server's large tier: the forms scored, the best kept with its
+interval; and a task whose examples the teacher cannot answer is stopped before any row is labelled."""
+
+import time
+
+import pandas as pd
+import pytest
+
+from cascade.errors import ConfigError
+from cascade.tasks import load_split, load_task
+from cascade_client import CascadeClient
+from cascade_export.distill.commands import create_task
+from cascade_export.distill.teacher_check import check_teacher
+from cascade_export.distill.teachers import ServerTeacher
+
+pytestmark = pytest.mark.server
+
+
+def test_the_teacher_is_checked_on_examples_and_the_best_form_kept(explicit_server):
+    texts, gold = load_split(load_task("sst2"), "train", limit=20)
+    with CascadeClient(explicit_server.grpc_url, timeout_s=600) as client:
+        check = check_teacher(
+            lambda p: ServerTeacher(client, p), "Is this movie review positive or negative?",
+            ["negative", "positive"], texts, gold,
+        )  # fmt: skip
+    forms = {f["form"]: f["accuracy"] for f in check["forms"]}
+    assert len(forms) == 8 and any(name.startswith("yes or no") for name in forms)  # 2 label frames, yes/no both ways
+    assert check["accuracy"] == max(forms.values()) == forms[check["chosen"]["form"]]
+    low, high = check["interval"]
+    assert low <= check["accuracy"] <= high and check["confidence"] == 0.95
+    assert check["accuracy"] >= 0.75 and check["verdict"] == "fit"  # SST-2 is a task this teacher can do
+    assert sum(sum(row.values()) for row in check["confusion"].values()) == 20
+
+
+def test_a_task_whose_examples_the_teacher_cannot_answer_stops_before_labelling(explicit_server, tmp_path):
+    # The examples call each review by the other sentiment's word (three labels, so that no yes/no reading turns them
+    # round): what the teacher reads is never the examples' label, and no form beats the most common label.
+    texts, gold = load_split(load_task("sst2"), "train", limit=20)
+    words = ["negative", "positive", "mixed"]
+    pd.DataFrame({"text": texts, "label": [words[1 - g] for g in gold]}).to_csv(tmp_path / "examples.csv", index=False)
+    pd.DataFrame({"text": texts * 3}).to_csv(tmp_path / "table.csv", index=False)
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match="cannot do this task on your 20 examples") as info:
+        create_task(
+            "swapped", tmp_path / "table.csv", "Is this movie review positive, negative or mixed?", words,
+            repo=tmp_path / "repo", work_root=tmp_path / "runs", url=explicit_server.grpc_url, progress=False,
+            examples=tmp_path / "examples.csv",
+        )  # fmt: skip
+    assert "Nothing was labelled" in str(info.value) and "Tried:" in str(info.value)
+    assert not (tmp_path / "runs" / "swapped" / "labels.sqlite").exists() and not (tmp_path / "repo").exists()
+    assert time.monotonic() - start < 300
