@@ -22,8 +22,9 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
 @dataclass(frozen=True)
 class LlmPrompt:
-    """A task's prompt for an LLM tier as its TOML gives it: how many few-shot examples the build draws, not which
-    (the drawn prompt is a :class:`cascade.llm.prompts.PromptTemplate`)."""
+    """A task's prompt for an LLM tier as its TOML gives it: how many few-shot examples the build draws from the
+    task's dataset (``few_shot``), or which (``examples``: ``[[text, label index], ...]``, e.g. the user's own rows that
+    task create's teacher check chose); the prompt itself is a :class:`cascade.llm.prompts.PromptTemplate`."""
 
     template: str
     verbalizations: tuple[str, ...]
@@ -31,15 +32,25 @@ class LlmPrompt:
     instruction: str = ""
     #: Contextual calibration for this prompt; None leaves the scorer model's default.
     calibrate: bool | None = None
+    examples: tuple[tuple[str, int], ...] = ()
 
     def gate_prompt(self, examples: list[tuple[str, int]] = ()) -> dict:
         """This tier's entry in the gate's ``prompts`` parameter (a :class:`PromptTemplate`'s JSON form), with the
-        few-shot examples the build drew."""
-        template = PromptTemplate(self.template, self.verbalizations, tuple(examples), self.instruction)
+        few-shot examples the build drew, else the prompt's own."""
+        shots = tuple(examples) or self.examples
+        template = PromptTemplate(self.template, self.verbalizations, shots, self.instruction)
         return replace(template, calibrate=self.calibrate).to_json()
 
 
-_PROMPT_KEYS = ("template", "verbalizations", "few_shot", "instruction", "calibrate")
+_PROMPT_KEYS = ("template", "verbalizations", "few_shot", "instruction", "calibrate", "examples")
+
+
+def _examples(raw, where: str) -> tuple[tuple[str, int], ...]:
+    if not isinstance(raw, list) or not all(
+        isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and isinstance(e[1], int) for e in raw
+    ):
+        raise ConfigError(f"[llm.{where}]: examples must be [[text, label index], ...], got {raw!r}")
+    return tuple((text, label) for text, label in raw)
 
 
 def parse_llm_section(raw: dict) -> dict[int, LlmPrompt]:
@@ -71,6 +82,7 @@ def parse_llm_section(raw: dict) -> dict[int, LlmPrompt]:
                 few_shot=int(merged.get("few_shot", 0)),
                 instruction=merged.get("instruction", ""),
                 calibrate=calibrate,
+                examples=_examples(merged.get("examples", []), name),
             )
         except KeyError as exc:
             raise ConfigError(f"[llm.{name}]: missing {exc.args[0]!r}") from exc

@@ -24,7 +24,9 @@ def test_the_teacher_is_checked_on_examples_and_the_best_form_kept(explicit_serv
             ["negative", "positive"], texts, gold,
         )  # fmt: skip
     forms = {f["form"]: f["accuracy"] for f in check["forms"]}
-    assert len(forms) == 8 and any(name.startswith("yes or no") for name in forms)  # 2 label frames, yes/no both ways
+    # 2 label frames and yes/no both ways, each raw and calibrated; then the best with 4 examples in its prompt
+    assert len(forms) == 10 and any(name.startswith("yes or no") for name in forms)
+    assert sum("4 examples in the prompt" in name for name in forms) == 2
     assert check["accuracy"] == max(forms.values()) == forms[check["chosen"]["form"]]
     low, high = check["interval"]
     assert low <= check["accuracy"] <= high and check["confidence"] == 0.95

@@ -56,7 +56,8 @@ def test_the_best_form_is_kept_and_the_yes_no_question_may_be_read_either_way():
     assert check["verdict"] == "fit" and check["interval"][0] > 0.8
     assert check["confusion"] == {"ham": {"ham": 14, "spam": 0}, "spam": {"ham": 0, "spam": 6}}
     assert all(texts[-2:] == list(CONTENT_FREE) for _, texts in teacher.asked)  # each frame scored once
-    assert len(teacher.asked) == len(frames("Is this SMS message spam?", LABELS))
+    # ... and the best of them once more per half of the examples, with the other half's examples in its prompt
+    assert len(teacher.asked) == len(frames("Is this SMS message spam?", LABELS)) + 2
 
 
 def test_calibration_is_the_scorers_own_from_the_content_free_rows():
@@ -157,3 +158,51 @@ def test_the_server_teacher_keeps_each_request_within_the_scorers_batch_limit():
     client.sizes.clear()
     ServerTeacher(client, prompt).label(None, ["one", "two", "three"])
     assert sorted(client.sizes) == [1, 2]  # small batches: one request per instance, as before
+
+
+def test_examples_in_the_prompt_are_cross_validated_and_kept_when_they_help():
+    gold = dict(zip(TEXTS, GOLD, strict=True))
+
+    def answer(prompt, text):  # right only with examples in its prompt; else always "ham" (70%)
+        if text in CONTENT_FREE:
+            return [0.5, 0.5]
+        return [[0.9, 0.1], [0.1, 0.9]][gold[text]] if prompt["few_shot"] else [0.6, 0.4]
+
+    teacher = Scripted(answer)
+    check = check_teacher(teacher, "Is this spam?", LABELS, TEXTS, GOLD)
+    assert check["chosen"]["form"].endswith("4 examples in the prompt, calibrated") and check["accuracy"] == 1.0
+    kept = check["chosen"]["prompt"]["few_shot"]
+    assert len(kept) == 4 and sorted(label for _, label in kept) == [0, 0, 1, 1]
+    with_shots = [(p, texts) for p, texts in teacher.asked if p["few_shot"]]
+    assert len(with_shots) == 2 and sum(len(texts) - 2 for _, texts in with_shots) == len(TEXTS)
+    for prompt, texts in with_shots:  # no example is scored by a prompt that holds it
+        assert not {text for text, _ in prompt["few_shot"]} & set(texts)
+    few = check_teacher(Scripted(answer), "Is this spam?", LABELS, TEXTS[:12], GOLD[:12])
+    assert not any("examples in the prompt" in f["form"] for f in few["forms"])  # too few examples to split
+
+
+def test_the_form_kept_is_the_tasks_prompt_examples_included(tmp_path):
+    from cascade.errors import ConfigError
+    from cascade.tasks import load_task
+    from cascade_export.distill.prompt_task import task_from_prompt
+
+    form = {"instruction": "Q", "template": "Text: {text}\nAnswer:", "verbalizations": ["no", "yes"],
+            "calibrate": False, "few_shot": [['win "cash" now', 1], ["see you at 6", 0]]}  # fmt: skip
+    _, toml = task_from_prompt("sms", LABELS, "Is this SMS message spam?", ["logreg", "llm_large"], form)
+    (tmp_path / "sms.toml").write_text(toml)
+    task = load_task(tmp_path / "sms.toml")
+    assert task.llm[4].gate_prompt() == form | {"calibrate": False}  # the labelling teacher's and the gate's prompt
+    (tmp_path / "bad.toml").write_text(toml.replace('[["win', '[[1, "win'))
+    with pytest.raises(ConfigError, match="examples must be"):
+        load_task(tmp_path / "bad.toml")
+
+
+def test_the_check_is_printed_with_the_form_kept(capsys):
+    from cascade.cli.build import print_teacher_check
+
+    gold = dict(zip(TEXTS, GOLD, strict=True))
+    check = check_teacher(Scripted(lambda p, t: [0.5, 0.5] if t in CONTENT_FREE else [[0.8, 0.2], [0.2, 0.8]][gold[t]]),
+                          "Spam?", LABELS, TEXTS, GOLD)  # fmt: skip
+    print_teacher_check(check)
+    out = capsys.readouterr().out
+    assert "(kept)" in out and "interval" in out and check["chosen"]["form"][:30] in out.replace("\n", " ")

@@ -24,7 +24,8 @@ def task_from_prompt(
         form = {"instruction": instruction, "template": template, "verbalizations": list(labels), "calibrate": True}
     instruction, template, words = form["instruction"], form["template"], tuple(form["verbalizations"])
     calibrate = bool(form.get("calibrate", True))
-    llm = LlmPrompt(template=template, verbalizations=words, instruction=instruction, calibrate=calibrate)
+    examples = tuple((str(text), int(label)) for text, label in form.get("few_shot", []))
+    llm = LlmPrompt(template, words, instruction=instruction, calibrate=calibrate, examples=examples)
     spec = TaskSpec(
         name=name,
         labels=labels,
@@ -46,6 +47,7 @@ def task_from_prompt(
             f"verbalizations = [{', '.join(json_str(x) for x in words)}]",
             "few_shot = 0",
             f"calibrate = {'true' if calibrate else 'false'}",
+            *([f"examples = [{', '.join(f'[{json_str(t)}, {i}]' for t, i in examples)}]"] if examples else []),
             "",
         ]
     )

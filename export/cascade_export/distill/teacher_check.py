@@ -2,8 +2,10 @@
 
 A few labelled rows of the user's own task (gold examples) are scored by the teacher under a handful of prompt
 forms: the label words as given or the label descriptions, the allowed answers named after or before the row, a yes/no
-question for two labels (both ways round), each raw and contextually calibrated. Each frame (instruction, template,
-words) is scored once, raw, with the content-free rows of its prompt: the calibrated probabilities follow from those
+question for two labels (both ways round), each raw and contextually calibrated; then the best of these with a few of
+the examples in its prompt (cross-validated: no example is scored by a prompt that holds it). Each frame (instruction,
+template, words) is scored once, raw, with the content-free rows of its prompt: the calibrated probabilities follow from
+those
 (:func:`cascade.llm.prompts.contextual_calibration`, as the scorer computes them), and the yes/no mappings from the
 same scores. The form that answers the examples best is kept (ties: the earlier form, the first being task create's
 own), and its accuracy is reported with a Clopper-Pearson interval and the confusion per label.
@@ -26,9 +28,11 @@ from cascade.llm.prompts import CONTENT_FREE, PromptTemplate, contextual_calibra
 from cascade.tasks import prompt_from_question
 
 YES_NO = ("no", "yes")
-#: With more labels than this, the answers are named where task create names them (``place="auto"``) only: each
-#: extra frame costs a pass over the examples, and long candidate lists are the slowest to score.
+#: With more labels than this, the answers are named where task create names them (``place="auto"``) only, and no
+#: few-shot form is tried: each extra frame costs a pass over the examples, and long candidate lists are the slowest.
 MANY_LABELS = 10
+#: Examples needed before few-shot forms are tried (each half lends the other its prompt's examples).
+MIN_FEW_SHOT_EXAMPLES = 16
 
 
 @dataclass(frozen=True)
@@ -52,10 +56,13 @@ class Form:
     template: str
     verbalizations: tuple[str, ...]
     calibrate: bool
+    few_shot: tuple[tuple[str, int], ...] = ()
 
     def prompt(self) -> dict:
         """The form as a prompt's JSON form (``cascade.llm.prompts.PromptTemplate``)."""
-        template = PromptTemplate(self.template, self.verbalizations, (), self.instruction, calibrate=self.calibrate)
+        template = PromptTemplate(
+            self.template, self.verbalizations, self.few_shot, self.instruction, calibrate=self.calibrate
+        )
         return template.to_json()
 
 
@@ -90,14 +97,49 @@ def frames(question: str, labels: Sequence[str], descriptions: Sequence[str] | N
     return out
 
 
-def score_frame(teacher_for, frame: Frame, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The frame's raw and calibrated probabilities over its words, ``[n, len(words)]`` each; ``teacher_for(prompt)``
-    gives a teacher (``ServerTeacher``) of a prompt's JSON form."""
-    template = PromptTemplate(frame.template, frame.words, (), frame.instruction, calibrate=False)
+def score_frame(
+    teacher_for, frame: Frame, texts: Sequence[str], few_shot: Sequence[tuple[str, int]] = ()
+) -> tuple[np.ndarray, np.ndarray]:
+    """The frame's raw and calibrated probabilities over its words, ``[n, len(words)]`` each, with these few-shot
+    examples in the prompt; ``teacher_for(prompt)`` gives a teacher (``ServerTeacher``) of a prompt's JSON form."""
+    template = PromptTemplate(frame.template, frame.words, tuple(few_shot), frame.instruction, calibrate=False)
     teacher = teacher_for(template.to_json())
     probs = np.asarray(teacher.label(None, [*texts, *CONTENT_FREE]), dtype=np.float64)
     raw, prior = probs[: len(texts)], probs[len(texts) :].mean(axis=0)
     return raw, contextual_calibration(raw, prior)
+
+
+def few_shot_k(n_labels: int) -> int:
+    """Few-shot examples in a prompt: two per label for two labels, one per label up to :data:`MANY_LABELS` (a longer
+    prompt costs every row), none beyond."""
+    return 0 if n_labels > MANY_LABELS else max(4, n_labels)
+
+
+def few_shot_forms(teacher_for, base: Form, texts: Sequence[str], gold: np.ndarray, k: int, seed: int = 0) -> list:
+    """``base`` with ``k`` of the examples in its prompt, raw and calibrated, scored by two-fold cross-validation: each
+    half of the examples is answered with examples drawn from the other half in the prompt, so that no example is
+    scored by a prompt that holds it. The form kept holds ``k`` examples drawn from all of them."""
+    from cascade_export.build.llm_tiers import draw_few_shot
+
+    n, n_labels = len(texts), len(base.verbalizations)
+    rng = np.random.default_rng(seed)
+    fold = np.empty(n, dtype=np.int64)
+    fold[rng.permutation(n)] = np.arange(n) % 2
+    frame = Frame(base.name, base.instruction, base.template, base.verbalizations, (("", tuple(range(n_labels))),))
+    raw, calibrated = np.zeros((n, n_labels)), np.zeros((n, n_labels))
+    for f in (0, 1):
+        rows, others = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
+        shots = draw_few_shot([texts[i] for i in others], gold[others], k, n_labels, rng)
+        raw[rows], calibrated[rows] = score_frame(teacher_for, frame, [texts[i] for i in rows], shots)
+    shots = tuple(draw_few_shot(list(texts), gold, k, n_labels, rng))
+    stem = base.name.removesuffix(", calibrated").removesuffix(", raw")
+    out = []
+    for calibrate, probs in ((True, calibrated), (False, raw)):
+        predicted = probs.argmax(axis=1)
+        name = f"{stem}, {k} examples in the prompt, {'calibrated' if calibrate else 'raw'}"
+        form = Form(name, base.instruction, base.template, base.verbalizations, calibrate, shots)
+        out.append((float((predicted == gold).mean()), form, predicted))
+    return out
 
 
 def interval(correct: int, n: int, delta: float) -> tuple[float, float]:
@@ -136,6 +178,9 @@ def check_teacher(
                 )  # fmt: skip
                 results.append((float((predicted == gold).mean()), form, predicted))
     best = max(range(len(results)), key=lambda i: (results[i][0], -i))
+    if few_shot_k(k) and n >= MIN_FEW_SHOT_EXAMPLES:
+        results += few_shot_forms(teacher_for, results[best][1], texts, gold, few_shot_k(k))
+        best = max(range(len(results)), key=lambda i: (results[i][0], -i))
     accuracy, form, predicted = results[best]
     correct = int((predicted == gold).sum())
     low, high = interval(correct, n, delta)
