@@ -156,6 +156,14 @@ def cmd_task(args) -> int:
     )
     if result["teacher_check"] is None:
         print("the teacher was not checked on this task: give --examples (a few labelled rows) to check it first")
+    else:
+        gold = result["gold"]
+        print(
+            f"on your {gold['examples']} examples (they chose the prompt form: not held out): cascade "
+            f"{gold['cascade']:.3f} (tiers {gold['cascade_tiers']}), teacher {gold['teacher']:.3f}"
+        )
+    for warning in result["warnings"]:
+        print(f"warning: {warning}")
     enabled = json.loads(result["gate"][contract.CFG_TIERS])
     print(
         f"task {result['task']} is served: tiers {enabled}; teacher labelling "

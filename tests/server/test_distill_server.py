@@ -128,6 +128,9 @@ def test_task_create_loads_a_new_task_into_a_running_server(built_repo, tmp_path
         shutil.copytree(built_repo[0] / model, repo / model)
     texts, _ = load_split(load_task("sst2"), "train", limit=400)
     pd.DataFrame({"review": texts}).to_csv(tmp_path / "reviews.csv", index=False)
+    gold_texts, gold = load_split(load_task("sst2"), "validation", limit=14)  # the user's examples: rows of their own
+    names = ["negative", "positive"]
+    pd.DataFrame({"text": gold_texts, "label": [names[g] for g in gold]}).to_csv(tmp_path / "gold.csv", index=False)
     ports = [str(p) for p in free_ports(3)]
     args = ["serve", "--repo", str(repo), "--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]]
     opts = server_options(build_parser().parse_args(args))
@@ -146,8 +149,14 @@ def test_task_create_loads_a_new_task_into_a_running_server(built_repo, tmp_path
             tiers=["logreg", "xgboost", "llm_large"],
             target=0.8,
             progress=False,
+            examples=tmp_path / "gold.csv",
         )
         assert result["models"] == ["moviesent_logreg", "moviesent_xgboost", "moviesent"]
+        # The teacher was checked on the examples first, and the served task is reported on them beside it.
+        assert result["teacher_check"]["verdict"] == "fit" and result["teacher_check"]["examples"] == 14
+        on_gold = result["gold"]
+        assert on_gold["examples"] == 14 and on_gold["teacher"] == result["teacher_check"]["accuracy"]
+        assert 0.5 < on_gold["cascade"] <= 1.0 and sum(on_gold["cascade_tiers"].values()) == 14
         assert result["labels"]["labelled_rows"] == 200
         # The served large tier taught: calibration read its probabilities from the labels, it did not score again.
         assert result["teacher_scored"] == ["llm_large"]

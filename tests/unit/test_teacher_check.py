@@ -206,3 +206,20 @@ def test_the_check_is_printed_with_the_form_kept(capsys):
     print_teacher_check(check)
     out = capsys.readouterr().out
     assert "(kept)" in out and "interval" in out and check["chosen"]["form"][:30] in out.replace("\n", " ")
+
+
+def test_after_labelling_task_create_warns_of_labels_far_from_the_examples_and_of_no_cheap_tier():
+    from cascade_export.distill.commands import label_warnings
+
+    learned = [
+        {"tier": 0, "enabled": True, "agreement": 0.95, "lower_bound": 0.92},  # TierCalibration.to_dict's keys
+        {"tier": 4, "enabled": True, "agreement": 1.0, "lower_bound": None},
+    ]
+    labelled = {"label_counts": {"ham": 561, "spam": 439}}  # the teacher called 43.9% spam
+    gold = [0] * 86 + [1] * 14  # the user's examples: 14% spam
+    (warning,) = label_warnings(labelled, learned, LABELS, gold)
+    assert "far from your examples' shares (ham 56% vs 86%, spam 44% vs 14%)" in warning
+    assert label_warnings({"label_counts": {"ham": 850, "spam": 150}}, learned, LABELS, gold) == []
+    none = [dict(learned[0], enabled=False, agreement=0.66, lower_bound=0.51), learned[1]]
+    (warning,) = label_warnings({"label_counts": {"ham": 850, "spam": 150}}, none, LABELS, None)
+    assert "no cheap tier learned" in warning and "logreg" in warning and "0.66" in warning

@@ -226,8 +226,9 @@ def create_task(
     min_teacher_accuracy: float | None = None,
     on_check=None,
 ) -> dict:
-    """``cascade task create``: label -> train -> calibrate -> export -> load into a running server
-    (``--model-control-mode=explicit``) without a restart. The teacher's time is reported apart.
+    """``cascade task create``: label -> train -> calibrate -> export -> load into a running server that takes model
+    loads (``cascade serve``'s default; checked before the teacher's first call), without a restart. The teacher's time
+    is reported apart, and :func:`label_warnings` says what looks wrong with its labels.
     ``budget`` and ``strategy`` as in :func:`run_label` (active sampling embeds with ``repo``'s embedder).
 
     With ``examples`` (a table of labelled rows, ``example_columns`` = its text and label columns), the teacher is
@@ -281,8 +282,10 @@ def create_task(
         )
         options = BuildOptions(encoder_epochs=encoder_epochs, seed=seed, progress=progress)
         report, names, pipeline_s = teach_and_load(task, repo, work_root, client, options)
+        on_gold = None if gold is None else gold_report(client, name, labels, gold, check)
     finally:
         client.close()
+    warnings = label_warnings(labelled, report["calibration"], labels, None if gold is None else gold[1])
     return {
         "task": name,
         "task_file": str(task_file),
@@ -295,6 +298,55 @@ def create_task(
         "label_step_s": labelled["wall_s"],
         "train_calibrate_export_load_s": pipeline_s,
         "teacher_check": check,
+        "gold": on_gold,
+        "warnings": warnings,
+    }
+
+
+#: The total variation distance between the teacher's label shares and the examples' past which task create warns.
+LABEL_SHARE_GAP = 0.25
+
+
+def label_warnings(labelled: dict, calibration: list[dict], labels: Sequence[str], gold: Sequence[int] | None) -> list:
+    """What task create says after labelling: the teacher's label shares far from the examples' (by more than
+    :data:`LABEL_SHARE_GAP` of total variation), and no cheap tier that learned the labels well enough to answer."""
+    out = []
+    counts = np.array([labelled["label_counts"][label] for label in labels], dtype=float)
+    if gold is not None and counts.sum():
+        ours = np.bincount(np.asarray(gold), minlength=len(labels)) / len(gold)
+        gap = 0.5 * float(np.abs(counts / counts.sum() - ours).sum())
+        if gap > LABEL_SHARE_GAP:
+            shares = ", ".join(
+                f"{label} {a:.0%} vs {b:.0%}" for label, a, b in zip(labels, counts / counts.sum(), ours, strict=True)
+            )
+            out.append(f"the teacher's labels are far from your examples' shares ({shares}): check its labels")
+    cheap = [c for c in calibration if c["tier"] not in contract.LLM_TIERS]
+    if cheap and not any(c["enabled"] for c in cheap):
+        best = max(cheap, key=lambda c: c.get("lower_bound") or 0.0)
+        name, agreement = contract.TIER_NAMES[best["tier"]], best.get("agreement") or 0.0
+        out.append(
+            f"no cheap tier learned the teacher's labels well enough to answer (best: {name}, agreement "
+            f"{agreement:.2f}): the LLM answers every row; more labels or a clearer question may help"
+        )
+    return out
+
+
+def gold_report(client, task: str, labels: Sequence[str], gold, check: dict) -> dict:
+    """The served task and its teacher on the user's examples, side by side: the cascade's accuracy and the tiers
+    that answered, and the teacher's (the check's, with the form kept). The examples chose that form, so neither
+    figure is held out."""
+    texts, truth = gold
+    answers = [p for start in range(0, len(texts), 64) for p in client.classify(task, texts[start : start + 64])]
+    index = {label: i for i, label in enumerate(labels)}
+    tiers: dict[str, int] = {}
+    for p in answers:
+        tiers[p.tier_name] = tiers.get(p.tier_name, 0) + 1
+    correct = sum(index[p.label] == t for p, t in zip(answers, truth, strict=True))
+    return {
+        "examples": len(texts),
+        "cascade": correct / len(texts),
+        "cascade_tiers": tiers,
+        "teacher": check["accuracy"],
     }
 
 
