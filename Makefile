@@ -80,7 +80,7 @@ bench-labels: setup
 # The teacher checked on 50 gold examples of SST-2 and AG News (every prompt form; the one kept), then its accuracy on
 # 300 test rows with task create's own form and with the form kept.
 bench-teacher-check: setup
-	CASCADE_BENCH_BUDGET_S=1800 $(BIN)/python -m cascade.bench.teacher_check --tasks sst2 ag_news --examples 50 --test-rows 300
+	CASCADE_BENCH_BUDGET_S=5400 $(BIN)/python -m cascade.bench.teacher_check --tasks sst2 ag_news clinc150 --examples 50 --test-rows 300 --cascade
 
 # The table job against the large tier on every row (needs the tasks built: make demo / cascade build).
 # Writes ~3 GB of synthetic tables per task under bench/work/ (kept for reruns; delete at will).

@@ -153,13 +153,24 @@ def cmd_task(args) -> int:
         descriptions=descriptions,
         min_teacher_accuracy=args.min_teacher_accuracy,
         on_check=print_teacher_check,
+        confirm=_confirm(args, labels),
     )
     if result["teacher_check"] is None:
-        print("the teacher was not checked on this task: give --examples (a few labelled rows) to check it first")
-    else:
-        gold = result["gold"]
         print(
-            f"on your {gold['examples']} examples (they chose the prompt form: not held out): cascade "
+            "warning: the teacher was not checked on this task: give --examples (a few labelled rows), or run on a "
+            "terminal without --yes to confirm its first labels"
+        )
+    else:
+        gold, training = result["gold"], result["training_labels"]
+        sources = ", ".join(f"{source} {acc:.3f}" for source, acc in training["accuracy"].items())
+        print(
+            f"tier 0 on your examples (cross-validated), trained on: {sources}; the cheap tiers train on "
+            f"{training['chosen']}"
+            + (f" (each example counts {training['gold_weight']}x)" if training["chosen"] != "teacher labels" else "")
+        )
+        trained = " and trained the cheap tiers" if gold["examples_trained"] else ""
+        print(
+            f"on your {gold['examples']} examples (they chose the prompt form{trained}: not held out): cascade "
             f"{gold['cascade']:.3f} (tiers {gold['cascade_tiers']}), teacher {gold['teacher']:.3f}"
         )
     for warning in result["warnings"]:
@@ -171,6 +182,18 @@ def cmd_task(args) -> int:
         f"{result['train_calibrate_export_load_s']:.1f} s (definition: {result['task_file']})"
     )
     return 0
+
+
+def _confirm(args, labels: list[str]):
+    """The terminal prompt that confirms the teacher's first labels, where task create has no examples, runs on a
+    terminal and was not given --yes (None otherwise: it only warns)."""
+    import sys
+
+    if args.examples is not None or args.yes or not sys.stdin.isatty():
+        return None
+    from cascade.cli.confirm import confirm_rows
+
+    return lambda texts, predicted: confirm_rows(texts, predicted, labels)
 
 
 def label_words(value: str) -> tuple[list[str], list[str] | None]:
@@ -200,3 +223,5 @@ def print_teacher_check(check: dict) -> None:
         f"kept: {check['chosen']['form']}: accuracy {check['accuracy']:.3f} ({check['confidence']:.0%} interval "
         f"{low:.3f}-{high:.3f}); confusion (gold -> answered): {check['confusion']}"
     )
+    if check.get("examples_alone") is not None:
+        console.print(f"tier 0 trained on the examples alone: {check['examples_alone']:.3f} (cross-validated)")

@@ -32,6 +32,8 @@ from cascade.tables.table_io import read_batches, table_schema
 
 #: Keys every report has (the benchmarks read them).
 REQUIRED_KEYS = ("rows", "accuracy", "llm_share", "tiers", "wall_s")
+#: What ``cascade eval --teacher`` keeps of the table scored by the teacher alone (``--min-tier llm_large``).
+TEACHER_KEYS = ("accuracy", "correct", "answered", "errors", "wall_s", "rows_per_s")
 
 
 def _label_index(value, labels: list[str]) -> int | None:
@@ -185,6 +187,13 @@ def print_report(report: dict) -> None:
         f"accuracy {'-' if acc is None else f'{acc:.4f}'} ({report['correct']:,}/{report['answered']:,} answered rows)"
         f"; LLM share {_share(report['llm_share'])}"
     )
+    if report.get("teacher") is not None:
+        teacher = report["teacher"]
+        ours, theirs = ("-" if a is None else f"{a:.4f}" for a in (report["accuracy"], teacher["accuracy"]))
+        print(
+            f"side by side: cascade {ours}, teacher alone (llm_large on every row) {theirs} ({teacher['correct']:,}/"
+            f"{teacher['answered']:,}; {teacher['rows_per_s']:,.2f} rows/s)"
+        )
     print(f"{'tier':<10} {'rows':>9} {'share':>7} {'accuracy':>9}")
     for name, n in report["tiers"].items():
         share = n / report["answered"] if report["answered"] else None

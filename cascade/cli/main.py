@@ -197,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--example-columns", default="text,label", help="text,label columns of --examples")
     p.add_argument("--min-teacher-accuracy", type=float, default=None, help="stop below this accuracy on the examples")
+    p.add_argument("--yes", action="store_true", help="without --examples, do not ask to confirm the first labels")
     _add_sampling(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiers", default=",".join(CREATE_TIERS), help="comma-separated (default: %(default)s)")
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--column", default="text", help="text column (default: %(default)s)")
     p.add_argument("--max-tier", default=None, help="answer at this tier or cheaper")
     p.add_argument("--min-tier", default=None, help="skip tiers cheaper than this")
+    p.add_argument("--teacher", action="store_true", help="also score the table with the teacher (llm_large) alone")
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     p.add_argument("--url", default=f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}", help="gRPC endpoint of the server")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cascade import contract
 from cascade.errors import CascadeError
 
 
@@ -150,12 +151,18 @@ def cmd_filter(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from cascade.cli.evaluate import evaluate_table, print_report, save_report
+    from cascade.cli.evaluate import TEACHER_KEYS, evaluate_table, print_report, save_report
 
     report = evaluate_table(
         args.task, args.table, args.label_column, args.url, _tier_arg(args.max_tier), _tier_arg(args.min_tier),
         text_column=args.column, quiet=False,
     )  # fmt: skip
+    if args.teacher:
+        teacher = evaluate_table(
+            args.task, args.table, args.label_column, args.url, None, contract.TIER_LLM_LARGE,
+            text_column=args.column, quiet=False,
+        )  # fmt: skip
+        report["teacher"] = {k: teacher[k] for k in TEACHER_KEYS}
     print_report(report)
     save_report(report, args.json)
     return 0

@@ -10,6 +10,7 @@ import pytest
 from cascade.errors import ConfigError, ServerError
 from cascade.tasks import TaskSpec
 from cascade_export.distill.commands import run_label
+from cascade_export.distill.examples import BOTH, EXAMPLES, TEACHER
 from cascade_export.distill.label_store import LabelStore
 
 LABELS = ("negative", "positive")
@@ -157,6 +158,14 @@ def test_task_create_loads_a_new_task_into_a_running_server(built_repo, tmp_path
         on_gold = result["gold"]
         assert on_gold["examples"] == 14 and on_gold["teacher"] == result["teacher_check"]["accuracy"]
         assert 0.5 < on_gold["cascade"] <= 1.0 and sum(on_gold["cascade_tiers"].values()) == 14
+        # The examples weighed as training labels: tier 0 cross-validated on them, trained on each source of labels;
+        # where the examples beside the teacher's labels won, they trained the cheap tiers (never calibrated).
+        training = result["training_labels"]
+        assert set(training["accuracy"]) == {TEACHER, EXAMPLES, BOTH} and training["examples"] == 14
+        assert training["chosen"] in (TEACHER, BOTH) and 0.0 <= result["teacher_check"]["examples_alone"] <= 1.0
+        labelled = pd.read_csv(tmp_path / "runs" / "moviesent" / "labelled.csv")
+        assert (labelled["sample"] == "gold").sum() == (14 if training["chosen"] == BOTH else 0)
+        assert on_gold["examples_trained"] == (training["chosen"] == BOTH)
         assert result["labels"]["labelled_rows"] == 200
         # The served large tier taught: calibration read its probabilities from the labels, it did not score again.
         assert result["teacher_scored"] == ["llm_large"]

@@ -51,3 +51,28 @@ def test_a_task_whose_examples_the_teacher_cannot_answer_stops_before_labelling(
     assert "Nothing was labelled" in str(info.value) and "Tried:" in str(info.value)
     assert not (tmp_path / "runs" / "swapped" / "labels.sqlite").exists() and not (tmp_path / "repo").exists()
     assert time.monotonic() - start < 300
+
+
+def test_without_examples_the_first_labels_confirmed_on_a_terminal_are_the_examples(explicit_server, tmp_path):
+    # A terminal user shown the teacher's first labels corrects every one to the other sentiment's word (three labels,
+    # as above): the corrected rows are the examples, and the teacher that cannot answer them stops the job.
+    texts, gold = load_split(load_task("sst2"), "train", limit=60)
+    truth = dict(zip(texts, gold, strict=True))
+    words = ["negative", "positive", "mixed"]
+    pd.DataFrame({"text": texts}).to_csv(tmp_path / "table.csv", index=False)
+    shown = []
+
+    def confirm(rows, predicted):
+        shown.append((rows, predicted))
+        return [1 - truth[t] for t in rows]
+
+    with pytest.raises(ConfigError, match="cannot do this task on your 20 examples"):
+        create_task(
+            "confirmed", tmp_path / "table.csv", "Is this movie review positive, negative or mixed?", words,
+            repo=tmp_path / "repo", work_root=tmp_path / "runs", url=explicit_server.grpc_url, progress=False,
+            budget=50, confirm=confirm,
+        )  # fmt: skip
+    ((rows, predicted),) = shown
+    assert len(rows) == 20 and set(rows) <= set(texts) and all(0 <= p < 3 for p in predicted)
+    assert sum(p == truth[t] for t, p in zip(rows, predicted, strict=True)) >= 12  # the teacher's own labels
+    assert not (tmp_path / "runs" / "confirmed" / "labels.sqlite").exists()

@@ -43,6 +43,9 @@ def test_only_parquet_ships():
     ) == [
         "ag_news/test.parquet",
         "ag_news/train.parquet",
+        "clinc150/test.parquet",
+        "clinc150/train.parquet",
+        "clinc150/validation.parquet",
         "sst2/test.parquet",
         "sst2/train.parquet",
         "sst2/validation.parquet",

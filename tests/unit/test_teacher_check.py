@@ -117,7 +117,7 @@ def test_labels_with_descriptions_and_the_examples_file(tmp_path):
 
     from cascade.cli.build import label_words
     from cascade.errors import ConfigError
-    from cascade_export.distill.commands import read_examples
+    from cascade_export.distill.examples import read_examples
 
     assert label_words("ham, spam") == (["ham", "spam"], None)
     assert label_words("ham=an ordinary message,spam=") == (["ham", "spam"], ["an ordinary message", "spam"])
@@ -223,3 +223,10 @@ def test_after_labelling_task_create_warns_of_labels_far_from_the_examples_and_o
     none = [dict(learned[0], enabled=False, agreement=0.66, lower_bound=0.51), learned[1]]
     (warning,) = label_warnings({"label_counts": {"ham": 850, "spam": 150}}, none, LABELS, None)
     assert "no cheap tier learned" in warning and "logreg" in warning and "0.66" in warning
+
+
+def test_examples_of_one_label_are_said_to_prove_nothing_rather_than_stop_the_job():
+    all_ham = [0] * 20
+    check = check_teacher(Scripted(lambda p, t: [0.8, 0.2]), "Spam?", LABELS, TEXTS, all_ham)
+    assert check["accuracy"] == 1.0 and check["majority_rate"] == 1.0
+    assert check["verdict"] == "fit" and "all 'ham'" in check["reason"] and "every label" in check["reason"]

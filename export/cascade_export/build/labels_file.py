@@ -10,7 +10,7 @@ import numpy as np
 
 from cascade.errors import ConfigError
 from cascade.tasks import TaskSpec
-from cascade_export.build.labelled import ACTIVE, PROB_PREFIX, SAMPLE_COLUMN, UNIFORM
+from cascade_export.build.labelled import ACTIVE, GOLD, PROB_PREFIX, SAMPLE_COLUMN, UNIFORM, WEIGHT_COLUMN
 
 
 def read_labelled(path: str | Path, task: TaskSpec) -> tuple[list[str], np.ndarray, dict]:
@@ -56,13 +56,28 @@ def read_soft_labels(
 
 def uniform_rows(path: str | Path) -> np.ndarray:
     """Which rows of ``labelled.csv`` came from its uniform sample (``sample`` column; a file without it
-    predates active sampling: all uniform). Only these may calibrate (README, "cascade label")."""
+    predates active sampling: all uniform). Only these may calibrate (README, "cascade label"); active and gold
+    rows train."""
     import pandas as pd
 
     frame = pd.read_csv(path, keep_default_na=False)
     if SAMPLE_COLUMN not in frame.columns:
         return np.ones(len(frame), dtype=bool)
     kinds = frame[SAMPLE_COLUMN].astype(str)
-    if not kinds.isin([UNIFORM, ACTIVE]).all():
-        raise ConfigError(f"{path}: column {SAMPLE_COLUMN!r} must hold {UNIFORM!r} or {ACTIVE!r}")
+    if not kinds.isin([UNIFORM, ACTIVE, GOLD]).all():
+        raise ConfigError(f"{path}: column {SAMPLE_COLUMN!r} must hold {UNIFORM!r}, {ACTIVE!r} or {GOLD!r}")
     return (kinds == UNIFORM).to_numpy()
+
+
+def row_weights(path: str | Path) -> np.ndarray:
+    """How many times each row of ``labelled.csv`` counts in training (``weight`` column, whole numbers >= 1; 1 each
+    without it)."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, keep_default_na=False)
+    if WEIGHT_COLUMN not in frame.columns:
+        return np.ones(len(frame), dtype=np.int64)
+    weights = pd.to_numeric(frame[WEIGHT_COLUMN], errors="coerce").to_numpy()
+    if not (np.isfinite(weights) & (weights >= 1) & (weights == np.round(weights))).all():
+        raise ConfigError(f"{path}: column {WEIGHT_COLUMN!r} must hold whole numbers >= 1")
+    return weights.astype(np.int64)

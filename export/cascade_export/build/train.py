@@ -16,7 +16,7 @@ from cascade.errors import ConfigError
 from cascade.repository import configgen
 from cascade.repository.writer import RepositoryWriter
 from cascade.tasks import TaskSpec, load_split
-from cascade_export.build.labels_file import read_labelled, read_soft_labels, uniform_rows
+from cascade_export.build.labels_file import read_labelled, read_soft_labels, row_weights, uniform_rows
 from cascade_export.build.llm_tiers import LLM_ROLES, draw_few_shot
 from cascade_export.build.repo_embedder import embed, ensure_embedder, repository_embedder
 from cascade_export.build.stage import CALIB_FILE, MODELS_DIR, STATE_FILE, BuildOptions, log
@@ -66,7 +66,11 @@ def train_task(task: TaskSpec, repo: Path, stage: Path, opts: BuildOptions = Bui
         calib_idx = order[uniform[order]][:n_calib]  # all uniform: order[:n_calib], as before active sampling
         train_idx = order[~np.isin(order, calib_idx)]
         if not uniform.all():
-            log(f"calibrating on {n_calib} of {uniform.sum()} uniform rows; the {(~uniform).sum()} active rows train")
+            log(f"calibrating on {n_calib} of {uniform.sum()} uniform rows; the {(~uniform).sum()} others train")
+        weights = row_weights(opts.labels_file)
+        if (weights > 1).any():  # a row of weight w trains as w copies (the user's examples beside the teacher's)
+            log(f"{int((weights > 1).sum())} rows weigh more than one teacher label (up to {int(weights.max())})")
+            train_idx = np.repeat(train_idx, weights[train_idx])
     else:
         texts, labels = load_split(task, "train", opts.data_dir)
         reference = "gold labels of the dataset"
@@ -77,6 +81,12 @@ def train_task(task: TaskSpec, repo: Path, stage: Path, opts: BuildOptions = Bui
         train_idx, calib_idx = order[: opts.train_rows], order[opts.train_rows : need]
     x_texts = [texts[i] for i in train_idx]
     y = np.array([labels[i] for i in train_idx])
+    missing = [task.labels[j] for j in range(task.n_labels) if not (y == j).any()]
+    if missing and any(t in contract.PER_TASK_TIERS for t in task.tiers):  # checked before the long part
+        raise ConfigError(
+            f"the training rows hold no row of label(s) {missing[:10]}{' ...' if len(missing) > 10 else ''}: the cheap "
+            "tiers cannot learn them. Label more rows (--budget), or give a few examples of each label (--examples)"
+        )
     c_texts = [texts[i] for i in calib_idx]
     c_y = np.array([labels[i] for i in calib_idx])
     x_soft = soft[train_idx] if soft is not None else None  # calibration always compares hard labels

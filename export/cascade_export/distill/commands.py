@@ -26,6 +26,16 @@ from cascade import contract
 from cascade.errors import ConfigError, InvalidInput
 from cascade_export.build.labelled import ACTIVE, PROB_PREFIX, SAMPLE_COLUMN, UNIFORM
 from cascade_export.distill.active import label_active
+from cascade_export.distill.examples import (
+    BOTH,
+    EXAMPLES,
+    TEACHER,
+    embed_served,
+    examples_alone,
+    gold_report,
+    read_examples,
+    weigh_examples,
+)
 from cascade_export.distill.label_store import LabelStore
 from cascade_export.distill.labelling import label_sample
 from cascade_export.distill.prompt_task import CREATE_TIERS, task_from_prompt
@@ -41,7 +51,6 @@ from cascade_export.distill.teachers import (
 )
 
 DEFAULT_BUDGET = 1000  # rows the teacher labels
-MIN_EXAMPLES = 10  # gold examples task create needs to check the teacher
 DEFAULT_SAMPLE = DEFAULT_BUDGET  # its former name
 
 
@@ -225,6 +234,7 @@ def create_task(
     descriptions: Sequence[str] | None = None,
     min_teacher_accuracy: float | None = None,
     on_check=None,
+    confirm=None,
 ) -> dict:
     """``cascade task create``: label -> train -> calibrate -> export -> load into a running server that takes model
     loads (``cascade serve``'s default; checked before the teacher's first call), without a restart. The teacher's time
@@ -235,7 +245,9 @@ def create_task(
     checked on them first (:mod:`cascade_export.distill.teacher_check`): the task takes the prompt form that answers
     them best, and a teacher that cannot do the task stops the job before any row is labelled. ``descriptions``
     (one per label) are the words the teacher answers with, in place of the label names. ``on_check`` is given the
-    check's report as soon as it is made (before a stop)."""
+    check's report as soon as it is made (before a stop). Without examples, ``confirm(texts, labels)`` (a terminal's
+    prompt) is shown the teacher's labels for the first :data:`CONFIRM_ROWS` rows of the sample and returns them as the
+    user confirmed or corrected them: those rows are the examples."""
     from cascade.tasks import load_task
     from cascade_export.build.stage import BuildOptions
 
@@ -250,11 +262,15 @@ def create_task(
     try:
         client.check_loads()  # the task's models go into this server at the end: a server that refuses says so now
         check, form = None, _described_form(prompt, labels, descriptions)
+        if gold is None and confirm is not None:
+            gold = confirmed_rows(client, table_path, text_column, id_column, budget or sample, seed, confirm,
+                                  task_from_prompt(name, labels, prompt, tiers, form)[0])  # fmt: skip
         if gold is not None:
             check = check_teacher(
                 lambda p: ServerTeacher(client, p), prompt, labels, gold[0], gold[1], descriptions=descriptions,
                 delta=delta, min_accuracy=min_teacher_accuracy,
             )  # fmt: skip
+            check["examples_alone"] = examples_alone(embed_served(client, gold[0]), gold[1], seed)
             if on_check is not None:
                 on_check(check)
             if check["verdict"] != "fit":
@@ -280,12 +296,16 @@ def create_task(
             strategy=strategy,
             repo=repo,
         )
+        training = None if gold is None else weigh_examples(repo, work / "labelled.csv", gold, seed)
         options = BuildOptions(encoder_epochs=encoder_epochs, seed=seed, progress=progress)
         report, names, pipeline_s = teach_and_load(task, repo, work_root, client, options)
-        on_gold = None if gold is None else gold_report(client, name, labels, gold, check)
+        trained = training is not None and training["chosen"] == BOTH
+        on_gold = None if gold is None else gold_report(client, name, labels, gold, check, trained)
     finally:
         client.close()
-    warnings = label_warnings(labelled, report["calibration"], labels, None if gold is None else gold[1])
+    warnings = label_warnings(labelled, report["calibration"], labels, None if gold is None else gold[1], training)
+    if check is not None and check["reason"] is not None:  # a fit teacher with a caveat
+        warnings.insert(0, check["reason"])
     return {
         "task": name,
         "task_file": str(task_file),
@@ -299,6 +319,7 @@ def create_task(
         "train_calibrate_export_load_s": pipeline_s,
         "teacher_check": check,
         "gold": on_gold,
+        "training_labels": training,
         "warnings": warnings,
     }
 
@@ -307,10 +328,26 @@ def create_task(
 LABEL_SHARE_GAP = 0.25
 
 
-def label_warnings(labelled: dict, calibration: list[dict], labels: Sequence[str], gold: Sequence[int] | None) -> list:
+def label_warnings(
+    labelled: dict,
+    calibration: list[dict],
+    labels: Sequence[str],
+    gold: Sequence[int] | None,
+    training: dict | None = None,
+) -> list:
     """What task create says after labelling: the teacher's label shares far from the examples' (by more than
-    :data:`LABEL_SHARE_GAP` of total variation), and no cheap tier that learned the labels well enough to answer."""
+    :data:`LABEL_SHARE_GAP` of total variation), examples that teach tier 0 better alone than with the teacher's
+    labels (``training``: :func:`~cascade_export.distill.examples.compare_sources`), and no cheap tier that learned
+    the labels well enough to answer."""
     out = []
+    if training is not None and training["examples_best"]:
+        acc = training["accuracy"]
+        out.append(
+            f"tier 0 trained on your {training['examples']} examples alone answers {acc[EXAMPLES]:.0%} of them right "
+            f"(cross-validated), more than trained on the teacher's labels ({acc[TEACHER]:.0%}) or on both "
+            f"({acc[BOTH]:.0%}): the teacher's labels hold the cascade back; label more rows yourself and build from "
+            "them (cascade label --teacher column:NAME, then cascade build)"
+        )
     counts = np.array([labelled["label_counts"][label] for label in labels], dtype=float)
     if gold is not None and counts.sum():
         ours = np.bincount(np.asarray(gold), minlength=len(labels)) / len(gold)
@@ -331,37 +368,19 @@ def label_warnings(labelled: dict, calibration: list[dict], labels: Sequence[str
     return out
 
 
-def gold_report(client, task: str, labels: Sequence[str], gold, check: dict) -> dict:
-    """The served task and its teacher on the user's examples, side by side: the cascade's accuracy and the tiers
-    that answered, and the teacher's (the check's, with the form kept). The examples chose that form, so neither
-    figure is held out."""
-    texts, truth = gold
-    answers = [p for start in range(0, len(texts), 64) for p in client.classify(task, texts[start : start + 64])]
-    index = {label: i for i, label in enumerate(labels)}
-    tiers: dict[str, int] = {}
-    for p in answers:
-        tiers[p.tier_name] = tiers.get(p.tier_name, 0) + 1
-    correct = sum(index[p.label] == t for p, t in zip(answers, truth, strict=True))
-    return {
-        "examples": len(texts),
-        "cascade": correct / len(texts),
-        "cascade_tiers": tiers,
-        "teacher": check["accuracy"],
-    }
+#: Rows a terminal user confirms when task create has no examples.
+CONFIRM_ROWS = 20
 
 
-def read_examples(path: str | Path, labels: Sequence[str], text_column: str, label_column: str):
-    """Gold examples: ``(texts, label indices)`` of a table whose label column names the task's labels."""
-    from cascade.datasets import read_rows
-
-    texts, names = read_rows(Path(path), text_column, label_column, labels_as_text=True)
-    index = {label: i for i, label in enumerate(labels)}
-    unknown = sorted({n for n in names if n not in index})
-    if unknown:
-        raise ConfigError(f"examples {path}: labels {unknown[:5]} are not among the task's labels {list(labels)}")
-    if len(texts) < MIN_EXAMPLES:
-        raise ConfigError(f"examples {path}: {len(texts)} rows; give at least {MIN_EXAMPLES} (20-200 is typical)")
-    return texts, [index[n] for n in names]
+def confirmed_rows(client, table_path, text_column, id_column, budget, seed, confirm, spec) -> tuple[list, list]:
+    """The first :data:`CONFIRM_ROWS` rows of the sample ``run_label`` draws, labelled by the teacher with the task's
+    prompt and passed through ``confirm``: ``(texts, labels)``, the examples."""
+    table = read_table(table_path, text_column, id_column)
+    positions = sample_rows(len(table), budget or DEFAULT_BUDGET, seed)[:CONFIRM_ROWS]
+    texts = [table.texts[int(i)] for i in positions]
+    prompt = spec.llm[contract.TIER_LLM_LARGE].gate_prompt()
+    predicted = ServerTeacher(client, prompt).label(positions, texts).argmax(axis=1)
+    return texts, [int(x) for x in confirm(texts, predicted.tolist())]
 
 
 def _described_form(prompt: str, labels: Sequence[str], descriptions: Sequence[str] | None) -> dict | None:

@@ -205,15 +205,22 @@ def check_teacher(
 
 
 def verdict(report: dict, predicted: np.ndarray, min_accuracy: float | None) -> tuple[str, str | None]:
+    """``fit`` or ``unfit`` and why; examples of one label only cannot tell the teacher from always answering it,
+    which is said (a ``fit`` with a reason) rather than held against it."""
     high, majority = report["interval"][1], report["majority_rate"]
+    held = sum(1 for c in report["label_counts"].values() if c)
+    if held == 1:
+        return "fit", (
+            f"the examples are all {report['majority_label']!r}, so they cannot tell the teacher from one that always "
+            "answers that: give examples of every label"
+        )
     if high <= majority:
         return "unfit", (
             f"no better than always answering {report['majority_label']!r} ({majority:.0%} of the examples)"
         )
     if min_accuracy is not None and high < min_accuracy:
         return "unfit", f"below the --min-teacher-accuracy {min_accuracy:.2f} asked for"
-    held = sum(1 for c in report["label_counts"].values() if c)
-    if held > 1 and len(set(predicted.tolist())) == 1:
+    if len(set(predicted.tolist())) == 1:
         return "unfit", "it gives every example the same label"
     return "fit", None
 
@@ -222,10 +229,16 @@ def unfit_message(report: dict, teacher: str) -> str:
     """What a stopped task create says: what was tried, how the best did, and what to do."""
     low, high = report["interval"]
     tried = "; ".join(f"{f['form']}: {f['accuracy']:.0%}" for f in report["forms"])
+    alone = report.get("examples_alone")
+    alone = (
+        ""
+        if alone is None
+        else (f" Tier 0 trained on your examples alone answers {alone:.0%} of them right (cross-validated).")
+    )
     return (
         f"the teacher ({teacher}) cannot do this task on your {report['examples']} examples: its best form "
         f"({report['chosen']['form']}) answers {report['accuracy']:.0%} of them right ({report['confidence']:.0%} "
-        f"interval {low:.2f}-{high:.2f}), {report['reason']}. Tried: {tried}. Nothing was labelled. What to do: "
+        f"interval {low:.2f}-{high:.2f}), {report['reason']}. Tried: {tried}.{alone} Nothing was labelled. What to do: "
         "describe the labels (--labels 'ham=an ordinary message,spam=unsolicited advertising'), reword --prompt, "
         "give more examples, or teach with labels you hold (cascade label --teacher column:NAME, then cascade build)"
     )
