@@ -32,12 +32,30 @@ def _build_options(args):
     )
 
 
+def _examples(args, labels):
+    """``--examples`` read with ``--example-columns`` (None without them)."""
+    from cascade_export.distill.examples import read_examples
+
+    if args.examples is None:
+        return None
+    columns = tuple(x.strip() for x in args.example_columns.split(","))
+    if len(columns) != 2:
+        raise ConfigError(f"--example-columns takes two names, text,label, not {args.example_columns!r}")
+    return read_examples(args.examples, labels, *columns)
+
+
 def cmd_build(args) -> int:
     from cascade.tasks import load_task
     from cascade_export.build.commands import build_result, build_task
+    from cascade_export.distill.examples import weigh_examples
 
     options = _build_options(args)
     task = load_task(args.task)
+    gold = _examples(args, task.labels)
+    if gold is not None:
+        if not args.labels:
+            raise ConfigError("--examples join the teacher's labels: give --labels (cascade label's labelled.csv)")
+        print_training(weigh_examples(args.repo, Path(args.labels), gold, args.seed))
     report = build_task(task, args.repo, options)
     save_result(f"build-{task.name}", build_result(task, args.repo, report, result_command(args)), args)
     return 0
@@ -47,8 +65,9 @@ def cmd_label(args) -> int:
     from cascade.tasks import load_task
     from cascade_export.distill.commands import run_label
 
+    task = load_task(args.task)
     summary = run_label(
-        load_task(args.task),
+        task,
         args.work_dir,
         args.table,
         text_column=args.column,
@@ -60,7 +79,14 @@ def cmd_label(args) -> int:
         data_dir=args.data_dir,
         strategy=args.strategy,
         repo=args.repo,
+        examples=_examples(args, task.labels),
+        min_teacher_accuracy=args.min_teacher_accuracy,
     )
+    if summary["teacher_check"] is not None:
+        check = summary["teacher_check"]
+        low, high = check["interval"]
+        print(f"the teacher on your {check['examples']} examples: {check['accuracy']:.3f} ({check['confidence']:.0%} "
+              f"interval {low:.3f}-{high:.3f}); confusion (gold -> answered): {check['confusion']}")  # fmt: skip
     rate = summary["teacher_rows_per_s"]
     print(
         f"{summary['sample']} rows labelled by {summary['teacher']}: {summary['labelled_rows']} new, "
@@ -161,13 +187,8 @@ def cmd_task(args) -> int:
             "terminal without --yes to confirm its first labels"
         )
     else:
-        gold, training = result["gold"], result["training_labels"]
-        sources = ", ".join(f"{source} {acc:.3f}" for source, acc in training["accuracy"].items())
-        print(
-            f"tier 0 on your examples (cross-validated), trained on: {sources}; the cheap tiers train on "
-            f"{training['chosen']}"
-            + (f" (each example counts {training['gold_weight']}x)" if training["chosen"] != "teacher labels" else "")
-        )
+        gold = result["gold"]
+        print_training(result["training_labels"])
         trained = " and trained the cheap tiers" if gold["examples_trained"] else ""
         print(
             f"on your {gold['examples']} examples (they chose the prompt form{trained}: not held out): cascade "
@@ -194,6 +215,18 @@ def _confirm(args, labels: list[str]):
     from cascade.cli.confirm import confirm_rows
 
     return lambda texts, predicted: confirm_rows(texts, predicted, labels)
+
+
+def print_training(training: dict) -> None:
+    """Which labels the cheap tiers train on, and tier 0's cross-validated accuracy on the examples for each."""
+    from cascade_export.distill.examples import TEACHER
+
+    sources = ", ".join(f"{source} {acc:.3f}" for source, acc in training["accuracy"].items())
+    weighted = training["chosen"] != TEACHER
+    print(
+        f"tier 0 on your examples (cross-validated), trained on: {sources}; the cheap tiers train on "
+        f"{training['chosen']}" + (f" (each example counts {training['gold_weight']}x)" if weighted else "")
+    )
 
 
 def label_words(value: str) -> tuple[list[str], list[str] | None]:

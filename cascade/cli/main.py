@@ -8,6 +8,16 @@ import sys
 from pathlib import Path
 
 from cascade import contract, crash, results  # noqa: F401 - results: the load average before the run
+from cascade.cli.arguments import (
+    add_embedder,
+    add_engine,
+    add_examples,
+    add_repo,
+    add_results,
+    add_sampling,
+    add_task,
+    add_work,
+)
 from cascade.cli.bench import cmd_bench, cmd_demo, cmd_loadtest, cmd_soak
 from cascade.cli.build import cmd_build, cmd_calibrate, cmd_export, cmd_label, cmd_task, cmd_train
 from cascade.cli.doctor import cmd_doctor
@@ -15,73 +25,9 @@ from cascade.cli.serve import cmd_serve
 from cascade.cli.tables import cmd_classify, cmd_embed, cmd_eval, cmd_filter, cmd_make_table
 from cascade.errors import CascadeError
 from cascade.ops.soak import DEFAULT_WARMUP_S
-from cascade.paths import DEFAULT_DATA_DIR, DEFAULT_REPO, RUNS_DIR
 from cascade.tables.job import DEFAULT_BATCH_ROWS, DEFAULT_IN_FLIGHT, EMBEDDING_COLUMN
 from cascade.tables.table_io import DEFAULT_CHUNK_ROWS
-from cascade_export.distill.commands import DEFAULT_BUDGET, STRATEGIES
 from cascade_export.distill.prompt_task import CREATE_TIERS
-
-
-def _add_repo(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--repo", type=Path, default=DEFAULT_REPO, help="model repository (default: %(default)s)")
-
-
-def _add_task(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", default="sst2", help="task name (tasks/NAME.toml) or a task TOML file")
-    parser.add_argument(
-        "--data-dir", default=None, help=f"datasets folder (default: $CASCADE_DATA_DIR or {DEFAULT_DATA_DIR})"
-    )
-
-
-def _add_work(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--work-dir", type=Path, default=RUNS_DIR, help="distillation files, per task (default: %(default)s)"
-    )
-
-
-def _add_results(parser: argparse.ArgumentParser) -> None:
-    """``cascade build`` and ``cascade demo``: where their figures go (cascade.results)."""
-    parser.add_argument("--results-dir", type=Path, default=None, help="where the JSON goes (default: bench/results)")
-    parser.add_argument("--no-save", action="store_true", help="do not write the JSON")
-
-
-def _add_sampling(parser: argparse.ArgumentParser) -> None:
-    """``cascade label`` and ``cascade task create``: how many rows the teacher labels, and which."""
-    parser.add_argument(
-        "--budget", "--sample", dest="budget", type=int, default=DEFAULT_BUDGET,
-        help="rows the teacher labels (--sample: the former name; default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--strategy", choices=STRATEGIES, default="uniform",
-        help="uniform sample, or active: a uniform seed (half, >= 200 rows), then the rows tier 0 is least sure of",
-    )  # fmt: skip
-
-
-def _positive(value: str) -> int:
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {n}")
-    return n
-
-
-def _add_engine(parser: argparse.ArgumentParser) -> None:
-    """``filter`` and ``embed``: the server(s), and where the chunks are processed (docs/tables.md, the Ray engine)."""
-    parser.add_argument(
-        "--url", default=f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}",
-        help="gRPC endpoint of the server; --engine ray: one or more, comma-separated (default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--engine", choices=("local", "ray"), default="local",
-        help="local: this process, one server; ray: Ray workers over every --url (the 'ray' extra; default: local)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--address", default=None, help="--engine ray: the Ray cluster to join (auto, ray://HOST:10001); default: a "
-        "local Ray",
-    )  # fmt: skip
-    parser.add_argument(
-        "--concurrency", type=_positive, default=None,
-        help="--engine ray: workers, each sending to one --url (round-robin; default: 2 per --url)",
-    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="start tritonserver on a model repository")
-    _add_repo(p)
+    add_repo(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
     p.add_argument("--http-port", type=int, default=contract.DEFAULT_HTTP_PORT)
     p.add_argument("--grpc-port", type=int, default=contract.DEFAULT_GRPC_PORT)
@@ -113,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-doctor", action="store_true", help="start without the quick checks of `cascade doctor`")
 
     p = sub.add_parser("build", help="train, calibrate and export a task into the model repository")
-    _add_repo(p)
-    _add_task(p)
+    add_repo(p)
+    add_task(p)
     p.add_argument("--train-rows", type=int, default=2000)
     p.add_argument("--calib-rows", type=int, default=1000)
     p.add_argument("--encoder-epochs", type=int, default=2)
@@ -122,50 +68,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=Path, default=None, help="teacher labels (`cascade label`'s labelled.csv)")
     p.add_argument("--calib-fraction", type=float, default=0.5, help="with --labels: rows held out to calibrate")
     p.add_argument("--target", type=float, default=None, help="agreement to guarantee (default: the task's)")
-    _add_embedder(p)
-    _add_results(p)
+    add_examples(p, "with --labels, they join the training rows where they teach tier 0 better (never calibrate)")
+    add_embedder(p)
+    add_results(p)
 
     p = sub.add_parser("label", help="have the teacher label a sample of a table (cached, resumable)")
-    _add_task(p)
+    add_task(p)
     p.add_argument("--table", type=Path, default=None, help="CSV or Parquet (default: the task's train split)")
     p.add_argument("--column", default=None, help="text column (default: the task's, else 'text')")
     p.add_argument("--id-column", default=None, help="row id column (default: row positions)")
-    _add_sampling(p)
+    add_sampling(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--teacher", default="llm_large", help="llm_large (through the server) or column:NAME (labels you hold)"
     )
-    _add_repo(p)  # --strategy active embeds rows with this repository's embedder
+    add_repo(p)  # --strategy active embeds rows with this repository's embedder
     p.add_argument("--url", default=f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}", help="gRPC endpoint of the server")
-    _add_work(p)
+    add_examples(p, "the teacher is checked on them with the task's prompt first; one that cannot do the task stops")
+    p.add_argument("--min-teacher-accuracy", type=float, default=None, help="stop below this accuracy on the examples")
+    add_work(p)
 
     p = sub.add_parser("train", help="train tiers 0-2 on teacher (or gold) labels into the task's work folder")
-    _add_repo(p)
-    _add_task(p)
-    _add_embedder(p)
+    add_repo(p)
+    add_task(p)
+    add_embedder(p)
     p.add_argument("--labels", type=Path, default=None, help="teacher labels (`cascade label`'s labelled.csv)")
     p.add_argument("--calib-fraction", type=float, default=0.5, help="with --labels: rows held out to calibrate")
     p.add_argument("--train-rows", type=int, default=2000, help="without --labels: gold rows to train on")
     p.add_argument("--calib-rows", type=int, default=1000, help="without --labels: gold rows to calibrate on")
     p.add_argument("--encoder-epochs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    _add_work(p)
+    add_work(p)
 
     p = sub.add_parser("calibrate", help="choose thresholds with a Clopper-Pearson guarantee; plot them")
-    _add_repo(p)
-    _add_task(p)
+    add_repo(p)
+    add_task(p)
     p.add_argument("--target", type=float, default=None, help="agreement to guarantee (default: the task's)")
     p.add_argument("--delta", type=float, default=None, help="1 - confidence of the guarantee (default: the task's)")
     p.add_argument("--keep-all-tiers", action="store_true", help="keep tiers that miss the target (debugging)")
     p.add_argument(
         "--budget-ms", type=float, default=None, help="budget mode: the highest target whose expected ms/row fits"
     )
-    _add_work(p)
+    add_work(p)
 
     p = sub.add_parser("export", help="write the trained, calibrated task into the model repository atomically")
-    _add_repo(p)
-    _add_task(p)
-    _add_work(p)
+    add_repo(p)
+    add_task(p)
+    add_work(p)
     p.add_argument(
         "--profile", choices=("cpu", "gpu"), default="cpu",
         help="gpu: also write the GPU profile (onnxruntime+TensorRT, FIL, GPU gate) beside --repo (default: cpu)",
@@ -188,25 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--column", default="text", help="text column (default: %(default)s)")
     p.add_argument("--id-column", default=None)
-    p.add_argument(
-        "--examples",
-        type=Path,
-        default=None,
-        help="a few labelled rows of the task (CSV or Parquet, 20-200): the teacher is checked on them and the "
-        "prompt form that answers them best is kept; a teacher no better than the most common label stops the job",
-    )
-    p.add_argument("--example-columns", default="text,label", help="text,label columns of --examples")
+    add_examples(p, "the teacher is checked on them and the prompt form that answers them best is kept (a teacher "
+                  "no better than the most common label stops the job); they also train where they help")  # fmt: skip
     p.add_argument("--min-teacher-accuracy", type=float, default=None, help="stop below this accuracy on the examples")
     p.add_argument("--yes", action="store_true", help="without --examples, do not ask to confirm the first labels")
-    _add_sampling(p)
+    add_sampling(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiers", default=",".join(CREATE_TIERS), help="comma-separated (default: %(default)s)")
     p.add_argument("--target", type=float, default=0.9)
     p.add_argument("--delta", type=float, default=0.05)
     p.add_argument("--encoder-epochs", type=int, default=2)
     p.add_argument("--url", default=f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}", help="gRPC endpoint of the server")
-    _add_repo(p)
-    _add_work(p)
+    add_repo(p)
+    add_work(p)
 
     p = sub.add_parser("classify", help="classify texts through a running server")
     p.add_argument("texts", nargs="*", help="texts to classify")
@@ -247,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--degraded-retries", type=int, default=2, help="with --on-degraded retry (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="also write the summary as JSON here")
-    _add_engine(p)
+    add_engine(p)
 
     p = sub.add_parser("eval", help="a labelled table through a served task: accuracy, per tier, LLM share, rows/s")
     p.add_argument("task", help="the task (gate model) to run")
@@ -267,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-column", default=EMBEDDING_COLUMN, help="the column to add (default: %(default)s)")
     p.add_argument("--float16", action="store_true", help="store float16 (half the size; see README for accuracy)")
     p.add_argument("--restart", action="store_true", help="discard an unfinished job's chunks and start over")
-    _add_engine(p)
+    add_engine(p)
 
     p = sub.add_parser("make-table", help="a large synthetic table from an embedded one (throughput at scale)")
     p.add_argument("--from", dest="source", type=Path, required=True, help="Parquet written by `cascade embed`")
@@ -279,8 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("loadtest", help="Locust scenarios against latency budgets (starts a server without --url)")
     p.add_argument("scenarios", nargs="+", help="scenario names, or all (see cascade/ops/loadtest.py)")
-    _add_repo(p)
-    _add_task(p)
+    add_repo(p)
+    add_task(p)
     p.add_argument("--url", default=None, help="a running server's gRPC endpoint (default: start one on --repo)")
     p.add_argument("--duration", type=int, default=30, help="seconds per scenario (step: its own steps)")
     p.add_argument("--users", type=int, default=None, help="override the scenario's user count")
@@ -290,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", type=Path, default=None, help="where the JSON goes (default: bench/results)")
 
     p = sub.add_parser("soak", help="mixed traffic for a while: server memory, stubs and /dev/shm must stay flat")
-    _add_repo(p)
-    _add_task(p)
+    add_repo(p)
+    add_task(p)
     p.add_argument("--duration", type=int, default=600, help="seconds of traffic (default: %(default)s)")
     p.add_argument(
         "--warmup", type=int, default=DEFAULT_WARMUP_S, help="seconds before memory is the baseline (%(default)s)"
@@ -300,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", type=Path, default=None, help="where the JSON goes (default: bench/results)")
 
     p = sub.add_parser("demo", help="build the demo task if needed, serve it, classify labelled rows")
-    _add_repo(p)
-    _add_task(p)
+    add_repo(p)
+    add_task(p)
     p.add_argument("--rows", type=int, default=None, help="validation rows to classify (default: all)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--rebuild", action="store_true")
@@ -309,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--teacher", choices=("llm_large", "gold"), default="llm_large", help="who labels the rows the tiers learn from"
     )
     p.add_argument("--sample", type=int, default=1000, help="rows the teacher labels (default: %(default)s)")
-    _add_work(p)
-    _add_results(p)
+    add_work(p)
+    add_results(p)
     p.add_argument("--skip-doctor", action="store_true", help="start without the quick checks of `cascade doctor`")
 
     p = sub.add_parser("doctor", help="check in seconds that this install can serve; print what to fix")
@@ -320,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks; results go to bench/results/")
     p.add_argument("which", choices=("gate", "table", "threads", "isolation"))
-    _add_repo(p)
-    _add_task(p)
+    add_repo(p)
+    add_task(p)
     p.add_argument("--iterations", type=int, default=300, help="gate: requests per case")
     p.add_argument(
         "--rows",
@@ -334,25 +277,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=20.0, help="isolation: seconds per phase")
     p.add_argument("--llm-clients", type=int, default=3, help="isolation: clients saturating llm_large")
     return parser
-
-
-def _add_embedder(p) -> None:
-    from cascade import embedders
-
-    p.add_argument(
-        "--hard-labels",
-        dest="soft_labels",
-        action="store_false",
-        help="with --labels: learn from the teacher's argmax only, not its probabilities (prob_* columns)",
-    )
-
-    p.add_argument(
-        "--embedder",
-        choices=list(embedders.EMBEDDERS),
-        default=None,
-        help=f"a new repository's embedder, shared by all its tasks (default: the repository's, else "
-        f"{embedders.DEFAULT_EMBEDDER}; docs/embedders.md)",
-    )
 
 
 COMMANDS = {

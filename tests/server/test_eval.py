@@ -129,3 +129,18 @@ def test_cli_eval_max_tier_json_and_unknown_label(tmp_path, server, sst2_task, r
     run = cli(tmp_path, sst2_task.name, "--table", "t.csv", "--label-column", "gold", "--max-tier", "bogus",
               "--url", server.grpc_url)  # fmt: skip
     assert run.returncode == 2 and "unknown tier 'bogus'" in run.stderr, run.stderr
+
+
+@pytest.mark.server
+def test_cli_eval_teacher_scores_the_table_with_the_teacher_alone_beside_the_cascade(tmp_path, server, sst2_task, rows):
+    texts, gold = rows
+    pcsv.write_csv(pa.table({"text": texts[:12], "gold": gold[:12]}), tmp_path / "t.csv")
+    run = cli(tmp_path, sst2_task.name, "--table", "t.csv", "--label-column", "gold", "--teacher", "--json", "r.json",
+              "--url", server.grpc_url)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    teacher = report["teacher"]
+    assert teacher["answered"] == 12 and teacher["errors"] == 0 and 0.0 <= teacher["accuracy"] <= 1.0
+    assert teacher["correct"] == round(teacher["accuracy"] * 12) and teacher["rows_per_s"] > 0
+    assert f"side by side: cascade {report['accuracy']:.4f}, teacher alone" in run.stdout
+    assert f"{teacher['accuracy']:.4f}" in run.stdout

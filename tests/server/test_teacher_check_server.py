@@ -76,3 +76,17 @@ def test_without_examples_the_first_labels_confirmed_on_a_terminal_are_the_examp
     assert len(rows) == 20 and set(rows) <= set(texts) and all(0 <= p < 3 for p in predicted)
     assert sum(p == truth[t] for t, p in zip(rows, predicted, strict=True)) >= 12  # the teacher's own labels
     assert not (tmp_path / "runs" / "confirmed" / "labels.sqlite").exists()
+
+
+def test_cascade_label_checks_the_tasks_own_prompt_on_examples_first(explicit_server, tmp_path):
+    from cascade_export.distill.commands import run_label
+
+    task = load_task("sst2")
+    texts, gold = load_split(task, "train", limit=20)
+    pd.DataFrame({"text": texts * 3}).to_csv(tmp_path / "table.csv", index=False)
+    swapped = [1 - g for g in gold]  # a review's sentiment called the other way round: the task's prompt never agrees
+    with pytest.raises(ConfigError, match="cannot do this task on your 20 examples") as info:
+        run_label(task, tmp_path / "runs", tmp_path / "table.csv", budget=40, url=explicit_server.grpc_url,
+                  progress=False, examples=(texts, swapped))  # fmt: skip
+    assert "the task's prompt" in str(info.value)
+    assert not (tmp_path / "runs" / "sst2" / "labels.sqlite").exists()

@@ -94,3 +94,14 @@ def test_labels_the_teacher_never_gave_are_learnt_from_the_examples():
     never_two = np.where(y_true == 2, 0, y_true)  # the teacher never answers label 2
     report = compare_sources(x_gold, y_gold, x_teacher, never_two)
     assert report["labels_only_in_examples"] == [2] and report["chosen"] == BOTH
+
+
+def test_build_takes_examples_only_beside_teacher_labels(tmp_path):
+    from cascade.cli.main import main
+
+    pd.DataFrame({"text": [f"t{i}" for i in range(12)], "label": ["negative", "positive"] * 6}).to_csv(
+        tmp_path / "gold.csv", index=False
+    )
+    assert main(["build", "--task", "sst2", "--repo", str(tmp_path / "repo"), "--examples", str(tmp_path / "gold.csv"),
+                 "--no-save"]) == 2  # fmt: skip
+    assert not (tmp_path / "repo").exists()

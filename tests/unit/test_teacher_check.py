@@ -209,7 +209,7 @@ def test_the_check_is_printed_with_the_form_kept(capsys):
 
 
 def test_after_labelling_task_create_warns_of_labels_far_from_the_examples_and_of_no_cheap_tier():
-    from cascade_export.distill.commands import label_warnings
+    from cascade_export.distill.examples import label_warnings
 
     learned = [
         {"tier": 0, "enabled": True, "agreement": 0.95, "lower_bound": 0.92},  # TierCalibration.to_dict's keys
@@ -230,3 +230,23 @@ def test_examples_of_one_label_are_said_to_prove_nothing_rather_than_stop_the_jo
     check = check_teacher(Scripted(lambda p, t: [0.8, 0.2]), "Spam?", LABELS, TEXTS, all_ham)
     assert check["accuracy"] == 1.0 and check["majority_rate"] == 1.0
     assert check["verdict"] == "fit" and "all 'ham'" in check["reason"] and "every label" in check["reason"]
+
+
+def test_a_tasks_own_prompt_is_checked_with_the_same_verdict():
+    from cascade_export.distill.teacher_check import check_prompt
+
+    template = PromptTemplate("Text: {text}\nAnswer:", ("ham", "spam"), calibrate=True)
+
+    class Fixed:  # a ServerTeacher of the task's prompt: it answers spam for every row
+        calibrate = True
+
+        def __init__(self):
+            self.template = template
+
+        def label(self, positions, texts):
+            return np.tile([0.2, 0.8], (len(texts), 1))
+
+    check = check_prompt(Fixed(), LABELS, TEXTS, GOLD)
+    assert [f["form"] for f in check["forms"]] == ["the task's prompt"] and check["accuracy"] == 0.3
+    assert check["verdict"] == "unfit" and "always answering 'ham'" in check["reason"]
+    assert PromptTemplate.from_json(check["chosen"]["prompt"]).template == template.template

@@ -28,11 +28,10 @@ from cascade_export.build.labelled import ACTIVE, PROB_PREFIX, SAMPLE_COLUMN, UN
 from cascade_export.distill.active import label_active
 from cascade_export.distill.examples import (
     BOTH,
-    EXAMPLES,
-    TEACHER,
     embed_served,
     examples_alone,
     gold_report,
+    label_warnings,
     read_examples,
     weigh_examples,
 )
@@ -40,7 +39,7 @@ from cascade_export.distill.label_store import LabelStore
 from cascade_export.distill.labelling import label_sample
 from cascade_export.distill.prompt_task import CREATE_TIERS, task_from_prompt
 from cascade_export.distill.table_rows import read_table, sample_rows
-from cascade_export.distill.teacher_check import check_teacher, unfit_message
+from cascade_export.distill.teacher_check import check_prompt, check_teacher, unfit_message
 from cascade_export.distill.teachers import (
     COLUMN_PREFIX,
     TEACHER_LLM,
@@ -81,11 +80,16 @@ def run_label(
     strategy: str = UNIFORM,
     repo: str | Path | None = None,
     sample: int | None = None,
+    examples=None,
+    min_teacher_accuracy: float | None = None,
 ) -> dict:
     """``cascade label``: sample ``budget`` rows of the table (``strategy`` uniform, or active: see
     :func:`label_active`, which embeds rows with the embedder of the model repository ``repo``), label them
     with the teacher (cached, resumable), write ``labelled.csv`` (id, text, label, sample: uniform/active)
-    and ``labels.json`` (the summary) into the task's work folder. ``sample`` is the former name of ``budget``."""
+    and ``labels.json`` (the summary) into the task's work folder. ``sample`` is the former name of ``budget``.
+    ``examples`` (``(texts, label indices)``) check the LLM teacher with the task's prompt first
+    (:func:`~cascade_export.distill.teacher_check.check_prompt`): one that cannot do the task stops before any row is
+    labelled; the check is in the summary."""
     import json
 
     import pandas as pd
@@ -121,7 +125,7 @@ def run_label(
     positions = sample_rows(len(table), budget, seed)  # the uniform sample; checks the budget either way
     work = work_dir_of(task.name, work_root)
     work.mkdir(parents=True, exist_ok=True)
-    client = None
+    client, check = None, None
     try:
         if teacher.startswith(COLUMN_PREFIX):
             source = ColumnTeacher(table, teacher[len(COLUMN_PREFIX) :], task.labels)
@@ -130,6 +134,10 @@ def run_label(
             prompt = teacher_prompt(task, data_dir, seed)
             client = connect(url or f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}")
             source = ServerTeacher(client, prompt)
+            if examples is not None:
+                check = check_prompt(source, task.labels, *examples, min_accuracy=min_teacher_accuracy)
+                if check["verdict"] != "fit":
+                    raise ConfigError(unfit_message(check, TEACHER_LLM))
         else:
             raise InvalidInput(f"unknown teacher {teacher!r}: use {TEACHER_LLM} or {COLUMN_PREFIX}NAME")
         start = time.perf_counter()
@@ -185,6 +193,7 @@ def run_label(
         "when": now_iso(),
         "label_counts": dict(zip(task.labels, done.label_counts(task.n_labels), strict=True)),
         "soft_label_rows": 0 if done.probs is None else int(np.isfinite(done.probs).all(axis=1).sum()),
+        "teacher_check": check,
     }
     (work / "labels.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -322,50 +331,6 @@ def create_task(
         "training_labels": training,
         "warnings": warnings,
     }
-
-
-#: The total variation distance between the teacher's label shares and the examples' past which task create warns.
-LABEL_SHARE_GAP = 0.25
-
-
-def label_warnings(
-    labelled: dict,
-    calibration: list[dict],
-    labels: Sequence[str],
-    gold: Sequence[int] | None,
-    training: dict | None = None,
-) -> list:
-    """What task create says after labelling: the teacher's label shares far from the examples' (by more than
-    :data:`LABEL_SHARE_GAP` of total variation), examples that teach tier 0 better alone than with the teacher's
-    labels (``training``: :func:`~cascade_export.distill.examples.compare_sources`), and no cheap tier that learned
-    the labels well enough to answer."""
-    out = []
-    if training is not None and training["examples_best"]:
-        acc = training["accuracy"]
-        out.append(
-            f"tier 0 trained on your {training['examples']} examples alone answers {acc[EXAMPLES]:.0%} of them right "
-            f"(cross-validated), more than trained on the teacher's labels ({acc[TEACHER]:.0%}) or on both "
-            f"({acc[BOTH]:.0%}): the teacher's labels hold the cascade back; label more rows yourself and build from "
-            "them (cascade label --teacher column:NAME, then cascade build)"
-        )
-    counts = np.array([labelled["label_counts"][label] for label in labels], dtype=float)
-    if gold is not None and counts.sum():
-        ours = np.bincount(np.asarray(gold), minlength=len(labels)) / len(gold)
-        gap = 0.5 * float(np.abs(counts / counts.sum() - ours).sum())
-        if gap > LABEL_SHARE_GAP:
-            shares = ", ".join(
-                f"{label} {a:.0%} vs {b:.0%}" for label, a, b in zip(labels, counts / counts.sum(), ours, strict=True)
-            )
-            out.append(f"the teacher's labels are far from your examples' shares ({shares}): check its labels")
-    cheap = [c for c in calibration if c["tier"] not in contract.LLM_TIERS]
-    if cheap and not any(c["enabled"] for c in cheap):
-        best = max(cheap, key=lambda c: c.get("lower_bound") or 0.0)
-        name, agreement = contract.TIER_NAMES[best["tier"]], best.get("agreement") or 0.0
-        out.append(
-            f"no cheap tier learned the teacher's labels well enough to answer (best: {name}, agreement "
-            f"{agreement:.2f}): the LLM answers every row; more labels or a clearer question may help"
-        )
-    return out
 
 
 #: Rows a terminal user confirms when task create has no examples.

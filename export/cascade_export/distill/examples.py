@@ -1,5 +1,5 @@
-"""The user's gold examples (``cascade task create --examples``): read, scored by the served task, and weighed as
-training labels against the teacher's.
+"""The user's gold examples (``cascade task create --examples``): read, scored by the served task, weighed as
+training labels against the teacher's, and what task create warns of after labelling (:func:`label_warnings`).
 
 Gold examples are labels. :func:`compare_sources` asks, by cross-validation over the examples, which labels train the
 better tier 0 (a logistic regression over the embeddings): the teacher's alone, the examples alone, or both (each
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cascade import contract
 from cascade.errors import ConfigError
 from cascade_export.build.labelled import GOLD, SAMPLE_COLUMN, WEIGHT_COLUMN
 
@@ -174,3 +175,47 @@ def weigh_examples(repo: str | Path, labelled: Path, gold, seed: int = 0) -> dic
     if report["chosen"] == BOTH:
         add_examples(labelled, texts, truth, report["gold_weight"])
     return report
+
+
+#: The total variation distance between the teacher's label shares and the examples' past which task create warns.
+LABEL_SHARE_GAP = 0.25
+
+
+def label_warnings(
+    labelled: dict,
+    calibration: list[dict],
+    labels: Sequence[str],
+    gold: Sequence[int] | None,
+    training: dict | None = None,
+) -> list:
+    """What task create says after labelling: the teacher's label shares far from the examples' (by more than
+    :data:`LABEL_SHARE_GAP` of total variation), examples that teach tier 0 better alone than with the teacher's
+    labels (``training``: :func:`~cascade_export.distill.examples.compare_sources`), and no cheap tier that learned
+    the labels well enough to answer."""
+    out = []
+    if training is not None and training["examples_best"]:
+        acc = training["accuracy"]
+        out.append(
+            f"tier 0 trained on your {training['examples']} examples alone answers {acc[EXAMPLES]:.0%} of them right "
+            f"(cross-validated), more than trained on the teacher's labels ({acc[TEACHER]:.0%}) or on both "
+            f"({acc[BOTH]:.0%}): the teacher's labels hold the cascade back; label more rows yourself and build from "
+            "them (cascade label --teacher column:NAME, then cascade build)"
+        )
+    counts = np.array([labelled["label_counts"][label] for label in labels], dtype=float)
+    if gold is not None and counts.sum():
+        ours = np.bincount(np.asarray(gold), minlength=len(labels)) / len(gold)
+        gap = 0.5 * float(np.abs(counts / counts.sum() - ours).sum())
+        if gap > LABEL_SHARE_GAP:
+            shares = ", ".join(
+                f"{label} {a:.0%} vs {b:.0%}" for label, a, b in zip(labels, counts / counts.sum(), ours, strict=True)
+            )
+            out.append(f"the teacher's labels are far from your examples' shares ({shares}): check its labels")
+    cheap = [c for c in calibration if c["tier"] not in contract.LLM_TIERS]
+    if cheap and not any(c["enabled"] for c in cheap):
+        best = max(cheap, key=lambda c: c.get("lower_bound") or 0.0)
+        name, agreement = contract.TIER_NAMES[best["tier"]], best.get("agreement") or 0.0
+        out.append(
+            f"no cheap tier learned the teacher's labels well enough to answer (best: {name}, agreement "
+            f"{agreement:.2f}): the LLM answers every row; more labels or a clearer question may help"
+        )
+    return out

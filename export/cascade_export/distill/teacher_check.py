@@ -163,8 +163,7 @@ def check_teacher(
     """Every form's accuracy on the examples, the best form (``chosen``: its prompt too), its interval, the confusion
     per label, and the verdict (``fit``, or ``unfit`` with the ``reason``)."""
     gold = np.asarray(gold, dtype=np.int64)
-    n, k = len(gold), len(labels)
-    counts = np.bincount(gold, minlength=k)
+    k = len(labels)
     start = time.perf_counter()
     results = []
     for frame in frames(question, labels, descriptions):
@@ -178,9 +177,34 @@ def check_teacher(
                 )  # fmt: skip
                 results.append((float((predicted == gold).mean()), form, predicted))
     best = max(range(len(results)), key=lambda i: (results[i][0], -i))
-    if few_shot_k(k) and n >= MIN_FEW_SHOT_EXAMPLES:
+    if few_shot_k(k) and len(gold) >= MIN_FEW_SHOT_EXAMPLES:
         results += few_shot_forms(teacher_for, results[best][1], texts, gold, few_shot_k(k))
         best = max(range(len(results)), key=lambda i: (results[i][0], -i))
+    return _report(results, best, gold, labels, delta, min_accuracy, start)
+
+
+def check_prompt(
+    teacher,
+    labels: Sequence[str],
+    texts: Sequence[str],
+    gold: Sequence[int],
+    *,
+    delta: float = 0.05,
+    min_accuracy: float | None = None,
+) -> dict:
+    """A task's own prompt (``teacher``: a ``ServerTeacher`` of it) checked on the examples: the same report and
+    verdict as :func:`check_teacher`, with one form tried."""
+    gold = np.asarray(gold, dtype=np.int64)
+    start = time.perf_counter()
+    predicted = np.asarray(teacher.label(None, list(texts))).argmax(axis=1)
+    t = teacher.template
+    form = Form("the task's prompt", t.instruction, t.template, t.verbalizations, bool(teacher.calibrate), t.few_shot)
+    return _report([(float((predicted == gold).mean()), form, predicted)], 0, gold, labels, delta, min_accuracy, start)
+
+
+def _report(results: list, best: int, gold: np.ndarray, labels, delta, min_accuracy, start: float) -> dict:
+    n, k = len(gold), len(labels)
+    counts = np.bincount(gold, minlength=k)
     accuracy, form, predicted = results[best]
     correct = int((predicted == gold).sum())
     low, high = interval(correct, n, delta)

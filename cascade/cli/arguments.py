@@ -1,0 +1,99 @@
+"""The options several ``cascade`` commands share: where the repository, the task and its files are, how many rows
+the teacher labels, the user's examples, and the table engines' servers."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cascade import contract
+from cascade.paths import DEFAULT_DATA_DIR, DEFAULT_REPO, RUNS_DIR
+from cascade_export.distill.commands import DEFAULT_BUDGET, STRATEGIES
+
+
+def add_repo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repo", type=Path, default=DEFAULT_REPO, help="model repository (default: %(default)s)")
+
+
+def add_task(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", default="sst2", help="task name (tasks/NAME.toml) or a task TOML file")
+    parser.add_argument(
+        "--data-dir", default=None, help=f"datasets folder (default: $CASCADE_DATA_DIR or {DEFAULT_DATA_DIR})"
+    )
+
+
+def add_work(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--work-dir", type=Path, default=RUNS_DIR, help="distillation files, per task (default: %(default)s)"
+    )
+
+
+def add_results(parser: argparse.ArgumentParser) -> None:
+    """``cascade build`` and ``cascade demo``: where their figures go (cascade.results)."""
+    parser.add_argument("--results-dir", type=Path, default=None, help="where the JSON goes (default: bench/results)")
+    parser.add_argument("--no-save", action="store_true", help="do not write the JSON")
+
+
+def add_sampling(parser: argparse.ArgumentParser) -> None:
+    """``cascade label`` and ``cascade task create``: how many rows the teacher labels, and which."""
+    parser.add_argument(
+        "--budget", "--sample", dest="budget", type=int, default=DEFAULT_BUDGET,
+        help="rows the teacher labels (--sample: the former name; default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--strategy", choices=STRATEGIES, default="uniform",
+        help="uniform sample, or active: a uniform seed (half, >= 200 rows), then the rows tier 0 is least sure of",
+    )  # fmt: skip
+
+
+def positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {n}")
+    return n
+
+
+def add_engine(parser: argparse.ArgumentParser) -> None:
+    """``filter`` and ``embed``: the server(s), and where the chunks are processed (docs/tables.md, the Ray engine)."""
+    parser.add_argument(
+        "--url", default=f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}",
+        help="gRPC endpoint of the server; --engine ray: one or more, comma-separated (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--engine", choices=("local", "ray"), default="local",
+        help="local: this process, one server; ray: Ray workers over every --url (the 'ray' extra; default: local)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--address", default=None, help="--engine ray: the Ray cluster to join (auto, ray://HOST:10001); default: a "
+        "local Ray",
+    )  # fmt: skip
+    parser.add_argument(
+        "--concurrency", type=positive, default=None,
+        help="--engine ray: workers, each sending to one --url (round-robin; default: 2 per --url)",
+    )  # fmt: skip
+
+
+def add_embedder(p) -> None:
+    from cascade import embedders
+
+    p.add_argument(
+        "--hard-labels",
+        dest="soft_labels",
+        action="store_false",
+        help="with --labels: learn from the teacher's argmax only, not its probabilities (prob_* columns)",
+    )
+
+    p.add_argument(
+        "--embedder",
+        choices=list(embedders.EMBEDDERS),
+        default=None,
+        help=f"a new repository's embedder, shared by all its tasks (default: the repository's, else "
+        f"{embedders.DEFAULT_EMBEDDER}; docs/embedders.md)",
+    )
+
+
+def add_examples(parser: argparse.ArgumentParser, what: str) -> None:
+    """``task create``, ``label`` and ``build``: the user's labelled examples, and ``what`` they do there."""
+    parser.add_argument("--examples", type=Path, default=None, help=f"a few labelled rows of the task (CSV or "
+                        f"Parquet, 20-200): {what}")  # fmt: skip
+    parser.add_argument("--example-columns", default="text,label", help="text,label columns of --examples")
