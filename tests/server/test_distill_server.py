@@ -73,6 +73,34 @@ def test_build_learns_from_teacher_labels(tmp_path):
         build_task(task, tmp_path / "repo", BuildOptions(labels_file=str(labels_file), calib_fraction=0.9))
 
 
+def test_a_label_no_training_row_holds_learns_from_its_name(tmp_path):
+    """A teacher that never gave one of the labels (a many-label task's rare intent): the cheap tiers still learn every
+    label, the missing one from its own name, and answer with a probability for each."""
+    import onnxruntime as ort
+
+    from cascade.tasks import load_split, load_task
+    from cascade_export.build.commands import build_task
+    from cascade_export.build.repo_embedder import embed
+    from cascade_export.build.stage import BuildOptions
+
+    texts, gold = load_split(load_task("sst2"), "train", limit=300)
+    pd.DataFrame({"sentence": texts, "stars": [LABELS[g] for g in gold]}).to_csv(tmp_path / "t.csv", index=False)
+    task = TaskSpec(name="three", labels=(*LABELS, "mixed"), tiers=(0, 1), target=0.8)
+    run_label(task, tmp_path / "runs", tmp_path / "t.csv", text_column="sentence", sample=300, teacher="column:stars",
+              progress=False)  # fmt: skip
+    options = BuildOptions(
+        labels_file=str(tmp_path / "runs" / "three" / "labelled.csv"), calib_fraction=0.3, progress=False,
+        keep_all_tiers=True, embedder="minilm-l6",
+    )  # fmt: skip
+    report = build_task(task, tmp_path / "repo", options)
+    assert report["train_rows"] == 210 + 1  # the teacher's rows, and "mixed" as one row of its own
+    x = embed(tmp_path / "repo", ["mixed", "a gorgeous , moving film ."])
+    for tier in ("logreg", "xgboost"):
+        session = ort.InferenceSession(str(tmp_path / "repo" / f"three_{tier}" / "1" / "model.onnx"))
+        probs = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[-1]
+        assert np.asarray(probs).shape == (2, 3)
+
+
 def test_the_cli_verbs_chain_label_train_calibrate_export(tmp_path, capsys):
     from cascade.cli.main import main
     from cascade.tasks import load_split, load_task

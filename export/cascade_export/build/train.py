@@ -81,15 +81,18 @@ def train_task(task: TaskSpec, repo: Path, stage: Path, opts: BuildOptions = Bui
         train_idx, calib_idx = order[: opts.train_rows], order[opts.train_rows : need]
     x_texts = [texts[i] for i in train_idx]
     y = np.array([labels[i] for i in train_idx])
-    missing = [task.labels[j] for j in range(task.n_labels) if not (y == j).any()]
-    if missing and any(t in contract.PER_TASK_TIERS for t in task.tiers):  # checked before the long part
-        raise ConfigError(
-            f"the training rows hold no row of label(s) {missing[:10]}{' ...' if len(missing) > 10 else ''}: the cheap "
-            "tiers cannot learn them. Label more rows (--budget), or give a few examples of each label (--examples)"
-        )
     c_texts = [texts[i] for i in calib_idx]
     c_y = np.array([labels[i] for i in calib_idx])
     x_soft = soft[train_idx] if soft is not None else None  # calibration always compares hard labels
+    missing = [j for j in range(task.n_labels) if not (y == j).any()]
+    if missing:  # a label no row holds (the teacher never gave it): its name is its one training row
+        log(f"no training row of {len(missing)} label(s) ({', '.join(task.labels[j] for j in missing[:5])}"
+            f"{', ...' if len(missing) > 5 else ''}): each learns from its own name as one row")  # fmt: skip
+        x_texts += [task.labels[j] for j in missing]
+        y = np.concatenate([y, missing])
+        x_soft = (
+            None if x_soft is None else np.concatenate([x_soft, np.eye(task.n_labels, dtype=x_soft.dtype)[missing]])
+        )
     calib_probs: dict[int, np.ndarray] = {}
     if (
         contract.TIER_LLM_LARGE in task.tiers
