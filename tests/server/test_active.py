@@ -195,7 +195,7 @@ def test_old_labelled_files_are_all_uniform(tmp_path):
     pd.DataFrame({"id": [0, 1], "text": ["a", "b"], "label": [0, 1]}).to_csv(tmp_path / "old.csv", index=False)
     assert uniform_rows(tmp_path / "old.csv").tolist() == [True, True]
     pd.DataFrame({"text": ["a", "b"], "label": [0, 1], "sample": ["uniform", "x"]}).to_csv(tmp_path / "bad.csv")
-    with pytest.raises(ConfigError, match="'sample' must hold 'uniform' or 'active'"):
+    with pytest.raises(ConfigError, match="'sample' must hold 'uniform', 'active' or 'gold'"):
         uniform_rows(tmp_path / "bad.csv")
 
 
