@@ -218,7 +218,14 @@ def test_after_labelling_task_create_warns_of_labels_far_from_the_examples_and_o
     labelled = {"label_counts": {"ham": 561, "spam": 439}}  # the teacher called 43.9% spam
     gold = [0] * 86 + [1] * 14  # the user's examples: 14% spam
     (warning,) = label_warnings(labelled, learned, LABELS, gold)
-    assert "far from your examples' shares (ham 56% vs 86%, spam 44% vs 14%)" in warning
+    assert (
+        "far from your examples' shares (total variation 0.30; teacher vs examples: ham 56% vs 86%, spam 44% vs 14%)"
+        in warning
+    )
+    many = [f"intent{i}" for i in range(40)]
+    counts = dict.fromkeys(many, 0) | {"intent0": 900, "intent1": 100}
+    (warning,) = label_warnings({"label_counts": counts}, learned, many, list(range(40)) * 2)
+    assert "intent0 90% vs 2%, intent1 10% vs 2%" in warning and "and 35 more" in warning and warning.count("%") == 10
     assert label_warnings({"label_counts": {"ham": 850, "spam": 150}}, learned, LABELS, gold) == []
     none = [dict(learned[0], enabled=False, agreement=0.66, lower_bound=0.51), learned[1]]
     (warning,) = label_warnings({"label_counts": {"ham": 850, "spam": 150}}, none, LABELS, None)

@@ -179,6 +179,8 @@ def weigh_examples(repo: str | Path, labelled: Path, gold, seed: int = 0) -> dic
 
 #: The total variation distance between the teacher's label shares and the examples' past which task create warns.
 LABEL_SHARE_GAP = 0.25
+#: Labels the warning names (those whose shares differ most).
+SHOWN_SHARES = 5
 
 
 def label_warnings(
@@ -206,10 +208,16 @@ def label_warnings(
         ours = np.bincount(np.asarray(gold), minlength=len(labels)) / len(gold)
         gap = 0.5 * float(np.abs(counts / counts.sum() - ours).sum())
         if gap > LABEL_SHARE_GAP:
-            shares = ", ".join(
-                f"{label} {a:.0%} vs {b:.0%}" for label, a, b in zip(labels, counts / counts.sum(), ours, strict=True)
+            theirs = counts / counts.sum()
+            worst = np.argsort(-np.round(np.abs(theirs - ours), 6), kind="stable")[
+                :SHOWN_SHARES
+            ]  # furthest apart first
+            shares = ", ".join(f"{labels[j]} {theirs[j]:.0%} vs {ours[j]:.0%}" for j in worst)
+            more = f", and {len(labels) - len(worst)} more" if len(labels) > len(worst) else ""
+            out.append(
+                f"the teacher's labels are far from your examples' shares (total variation {gap:.2f}; teacher vs "
+                f"examples: {shares}{more}): check its labels"
             )
-            out.append(f"the teacher's labels are far from your examples' shares ({shares}): check its labels")
     cheap = [c for c in calibration if c["tier"] not in contract.LLM_TIERS]
     if cheap and not any(c["enabled"] for c in cheap):
         best = max(cheap, key=lambda c: c.get("lower_bound") or 0.0)
