@@ -83,10 +83,12 @@ def cmd_label(args) -> int:
         min_teacher_accuracy=args.min_teacher_accuracy,
     )
     if summary["teacher_check"] is not None:
+        from cascade_export.distill.teacher_check import confusion_text
+
         check = summary["teacher_check"]
         low, high = check["interval"]
         print(f"the teacher on your {check['examples']} examples: {check['accuracy']:.3f} ({check['confidence']:.0%} "
-              f"interval {low:.3f}-{high:.3f}); confusion (gold -> answered): {check['confusion']}")  # fmt: skip
+              f"interval {low:.3f}-{high:.3f}); {confusion_text(check['confusion'])}")  # fmt: skip
     rate = summary["teacher_rows_per_s"]
     print(
         f"{summary['sample']} rows labelled by {summary['teacher']}: {summary['labelled_rows']} new, "
@@ -243,6 +245,8 @@ def print_teacher_check(check: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from cascade_export.distill.teacher_check import confusion_text
+
     table = Table(title=f"the teacher on {check['examples']} examples (majority {check['majority_rate']:.0%})")
     table.add_column("prompt form")
     table.add_column("accuracy", justify="right")
@@ -254,7 +258,7 @@ def print_teacher_check(check: dict) -> None:
     low, high = check["interval"]
     console.print(
         f"kept: {check['chosen']['form']}: accuracy {check['accuracy']:.3f} ({check['confidence']:.0%} interval "
-        f"{low:.3f}-{high:.3f}); confusion (gold -> answered): {check['confusion']}"
+        f"{low:.3f}-{high:.3f}); {confusion_text(check['confusion'])}"
     )
     if check.get("examples_alone") is not None:
         console.print(f"tier 0 trained on the examples alone: {check['examples_alone']:.3f} (cross-validated)")

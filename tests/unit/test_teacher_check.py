@@ -54,7 +54,7 @@ def test_the_best_form_is_kept_and_the_yes_no_question_may_be_read_either_way():
     assert check["chosen"]["form"].startswith("yes or no, yes = ham") and check["accuracy"] == 1.0
     assert check["chosen"]["prompt"]["verbalizations"] == ["yes", "no"]  # ham's word first: the label order
     assert check["verdict"] == "fit" and check["interval"][0] > 0.8
-    assert check["confusion"] == {"ham": {"ham": 14, "spam": 0}, "spam": {"ham": 0, "spam": 6}}
+    assert check["confusion"] == {"ham": {"ham": 14}, "spam": {"spam": 6}}
     assert all(texts[-2:] == list(CONTENT_FREE) for _, texts in teacher.asked)  # each frame scored once
     # ... and the best of them once more per half of the examples, with the other half's examples in its prompt
     assert len(teacher.asked) == len(frames("Is this SMS message spam?", LABELS)) + 2
@@ -257,3 +257,20 @@ def test_a_tasks_own_prompt_is_checked_with_the_same_verdict():
     assert [f["form"] for f in check["forms"]] == ["the task's prompt"] and check["accuracy"] == 0.3
     assert check["verdict"] == "unfit" and "always answering 'ham'" in check["reason"]
     assert PromptTemplate.from_json(check["chosen"]["prompt"]).template == template.template
+
+
+def test_the_confusion_keeps_the_cells_that_are_not_zero_and_prints_the_worst_of_many():
+    from cascade_export.distill.teacher_check import confusion, confusion_text
+
+    labels = [f"intent{i}" for i in range(150)]
+    gold = np.array([0, 0, 0, 1, 1, 2])
+    table = confusion(gold, np.array([0, 5, 5, 1, 7, 2]), labels)
+    assert table == {
+        "intent0": {"intent5": 2, "intent0": 1},
+        "intent1": {"intent1": 1, "intent7": 1},
+        "intent2": {"intent2": 1},
+    }
+    assert confusion_text(table).startswith("confusion (gold -> answered): {")
+    many = confusion(np.arange(150), (np.arange(150) + 1) % 150, labels)
+    text = confusion_text(many)
+    assert text.startswith("most frequent wrong answers") and text.count("->") == 11 and len(text) < 400

@@ -219,13 +219,30 @@ def _report(results: list, best: int, gold: np.ndarray, labels, delta, min_accur
         "accuracy": accuracy,
         "interval": [low, high],
         "confidence": 1 - delta,
-        "confusion": {
-            labels[g]: {labels[p]: int(((gold == g) & (predicted == p)).sum()) for p in range(k)} for g in range(k)
-        },
+        "confusion": confusion(gold, predicted, labels),
         "teacher_s": time.perf_counter() - start,
     }
     report["verdict"], report["reason"] = verdict(report, predicted, min_accuracy)
     return report
+
+
+def confusion(gold: np.ndarray, predicted: np.ndarray, labels: Sequence[str]) -> dict:
+    """For each label the examples hold, how many of them the teacher answered with each label (the cells that are
+    not zero: a task of many labels has few)."""
+    out: dict[str, dict[str, int]] = {}
+    for g, p in zip(gold.tolist(), predicted.tolist(), strict=True):
+        row = out.setdefault(labels[g], {})
+        row[labels[p]] = row.get(labels[p], 0) + 1
+    return {labels[g]: dict(sorted(out[labels[g]].items(), key=lambda x: -x[1])) for g in sorted(set(gold.tolist()))}
+
+
+def confusion_text(table: dict, shown: int = 10) -> str:
+    """The confusion in a line: with few labels all of it, else the ``shown`` most frequent wrong answers."""
+    if len(table) <= 4:
+        return f"confusion (gold -> answered): {table}"
+    wrong = sorted(((n, g, p) for g, row in table.items() for p, n in row.items() if p != g), key=lambda x: -x[0])
+    pairs = ", ".join(f"{g} -> {p}: {n}" for n, g, p in wrong[:shown])
+    return f"most frequent wrong answers (gold -> answered): {pairs or 'none'}"
 
 
 def verdict(report: dict, predicted: np.ndarray, min_accuracy: float | None) -> tuple[str, str | None]:
