@@ -86,6 +86,7 @@ def create_and_serve(client, task, examples, test, url: str, repo: Path, work: P
     import pandas as pd
 
     from cascade_export.distill.commands import create_task
+    from cascade_export.distill.examples import gold_report
 
     checks = []
     name = f"{task.name}_gold"
@@ -97,20 +98,16 @@ def create_and_serve(client, task, examples, test, url: str, repo: Path, work: P
         examples=example_file, on_check=checks.append, progress=False,
     )  # fmt: skip
     create_s = time.perf_counter() - start
-    texts, gold = test
     start = time.perf_counter()
-    answers = [p for i in range(0, len(texts), 64) for p in client.classify(name, texts[i : i + 64])]
+    on_test = gold_report(client, name, task.labels, test, checks[0], False)  # the served cascade, on the test rows
     wall = time.perf_counter() - start
-    index = {label: i for i, label in enumerate(task.labels)}
-    tiers: dict[str, int] = {}
-    for p in answers:
-        tiers[p.tier_name] = tiers.get(p.tier_name, 0) + 1
+    tiers = on_test["cascade_tiers"]
     llm = sum(n for tier, n in tiers.items() if tier.startswith("llm"))
     served = {
-        "accuracy": float(np.mean([index[p.label] == g for p, g in zip(answers, gold, strict=True)])),
+        "accuracy": on_test["cascade"],
         "tier_rows": tiers,
-        "llm_share": llm / len(answers),
-        "rows_per_s": len(answers) / wall,
+        "llm_share": llm / on_test["examples"],
+        "rows_per_s": on_test["examples"] / wall,
         "create_s": create_s,
         "teacher_labelling_s": made["teacher_labelling_s"],
         "training_labels": made["training_labels"],

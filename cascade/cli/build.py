@@ -32,16 +32,19 @@ def _build_options(args):
     )
 
 
+def _example_columns(args) -> tuple[str, str]:
+    """``--example-columns``: the examples' text and label columns."""
+    columns = tuple(x.strip() for x in args.example_columns.split(","))
+    if len(columns) != 2:
+        raise ConfigError(f"--example-columns takes two names, text,label, not {args.example_columns!r}")
+    return columns
+
+
 def _examples(args, labels):
     """``--examples`` read with ``--example-columns`` (None without them)."""
     from cascade_export.distill.examples import read_examples
 
-    if args.examples is None:
-        return None
-    columns = tuple(x.strip() for x in args.example_columns.split(","))
-    if len(columns) != 2:
-        raise ConfigError(f"--example-columns takes two names, text,label, not {args.example_columns!r}")
-    return read_examples(args.examples, labels, *columns)
+    return None if args.examples is None else read_examples(args.examples, labels, *_example_columns(args))
 
 
 def cmd_build(args) -> int:
@@ -156,9 +159,7 @@ def cmd_task(args) -> int:
     from cascade_export.distill.commands import create_task
 
     labels, descriptions = label_words(args.labels)
-    columns = tuple(x.strip() for x in args.example_columns.split(","))
-    if len(columns) != 2:
-        raise ConfigError(f"--example-columns takes two names, text,label, not {args.example_columns!r}")
+    columns = _example_columns(args)
     result = create_task(
         args.name,
         args.table,

@@ -76,14 +76,16 @@ def compare_sources(x_gold, y_gold, x_teacher, y_teacher, seed: int = 0) -> dict
     y_gold, y_teacher = np.asarray(y_gold, dtype=np.int64), np.asarray(y_teacher, dtype=np.int64)
     folds = _folds(y_gold, seed)
     weight = gold_weight(len(y_teacher), len(y_gold) * (len(folds) - 1) // len(folds))
-    predicted = {TEACHER: _fit_predict(x_teacher, y_teacher, x_gold)}
-    predicted[EXAMPLES], predicted[BOTH] = np.zeros_like(y_gold), np.zeros_like(y_gold)
+    both = np.zeros_like(y_gold)
     for train, held in folds:
-        predicted[EXAMPLES][held] = _fit_predict(x_gold[train], y_gold[train], x_gold[held])
         x = np.concatenate([x_teacher, np.repeat(x_gold[train], weight, axis=0)])
         y = np.concatenate([y_teacher, np.repeat(y_gold[train], weight)])
-        predicted[BOTH][held] = _fit_predict(x, y, x_gold[held])
-    accuracy = {source: float((p == y_gold).mean()) for source, p in predicted.items()}
+        both[held] = _fit_predict(x, y, x_gold[held])
+    accuracy = {
+        TEACHER: float((_fit_predict(x_teacher, y_teacher, x_gold) == y_gold).mean()),
+        EXAMPLES: examples_alone(x_gold, y_gold, seed),  # the same folds
+        BOTH: float((both == y_gold).mean()),
+    }
     unseen = sorted(set(y_gold.tolist()) - set(y_teacher.tolist()))  # labels the teacher never gave: no row to learn
     return {
         "examples": len(y_gold),
