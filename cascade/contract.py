@@ -95,6 +95,20 @@ MODEL_VERSION = "1"
 CFG_LLM_MODEL = "llm_model"
 CFG_N_CTX = "n_ctx"
 CFG_CALIBRATE = "calibrate"
+# An LLM tier on an OpenAI-compatible endpoint (``cascade.llm.remote``): ``openai:MODEL@URL`` and how to call it.
+CFG_LLM_ENDPOINT = "llm_endpoint"
+CFG_KEY_ENV = "api_key_env"  # the name of the environment variable holding the key, never the key
+CFG_CONCURRENCY = "max_concurrency"
+CFG_TIMEOUT_S = "timeout_s"
+CFG_RETRIES = "retries"
+CFG_SCORING_MODE = "scoring_mode"
+CFG_VERIFY_TLS = "verify_tls"
+#: Overrides a remote LLM tier's URL at load time (a Helm value sets it): ``CASCADE_LLM_LARGE_URL``.
+LLM_URL_ENV = "CASCADE_{tier}_URL"
+# What an LLM tier costs (``cascade.llm.meter.Price``): per million tokens in and out, and per CPU-hour.
+CFG_PRICE_IN = "price_in_per_mtok"
+CFG_PRICE_OUT = "price_out_per_mtok"
+CFG_PRICE_CPU_HOUR = "price_per_cpu_hour"
 
 # --- sizing to the machine ----------------------------------------------------------------------
 #: Threads of each llama.cpp model (llm_small, llm_large, llm_generate), overriding the sizing from the cores the

@@ -97,3 +97,48 @@ def add_examples(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--examples", type=Path, default=None, help=f"a few labelled rows of the task (CSV or "
                         f"Parquet, 20-200): {what}")  # fmt: skip
     parser.add_argument("--example-columns", default="text,label", help="text,label columns of --examples")
+
+
+def add_llm_endpoints(parser: argparse.ArgumentParser) -> None:
+    """Where the LLM tiers run and what they cost (``cascade build``): written into the repository once."""
+    import os
+
+    for tier in contract.LLM_TIERS:
+        name = contract.TIER_NAMES[tier]
+        env = f"CASCADE_{name.upper()}"
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            default=os.environ.get(env),
+            metavar="openai:MODEL@URL",
+            help=f"score {name} on an OpenAI-compatible endpoint (${env}); the key from $OPENAI_API_KEY "
+            "or --api-key-env, never a file",
+        )
+    parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="the variable holding the endpoint's key")
+    parser.add_argument("--llm-concurrency", type=int, default=4, help="requests in flight to an endpoint at most")
+    parser.add_argument(
+        "--llm-price",
+        action="append",
+        default=[],
+        metavar="TIER=PRICE",
+        help="a tier's price: llm_large=0.6/2.4 (per million tokens in/out) or llm_large=cpu:0.05 (per CPU-hour)",
+    )
+
+
+def llm_endpoints(args) -> tuple[dict, dict]:
+    """``--llm-small``/``--llm-large`` and ``--llm-price`` as the tiers' endpoints and prices (ConfigError naming a
+    bad one)."""
+    from cascade.errors import ConfigError
+    from cascade.llm.meter import Price
+    from cascade.llm.openai_http import Endpoint
+
+    endpoints, prices = {}, {}
+    for tier in contract.LLM_TIERS:
+        spec = getattr(args, contract.TIER_NAMES[tier])
+        if spec:
+            endpoints[tier] = Endpoint.parse(spec, key_env=args.api_key_env, concurrency=args.llm_concurrency)
+    for item in args.llm_price:
+        name, _, price = item.partition("=")
+        if name not in (contract.TIER_NAMES[t] for t in contract.LLM_TIERS) or not price:
+            raise ConfigError(f"--llm-price {item!r}: write llm_small=PRICE or llm_large=PRICE")
+        prices[contract.TIER_BY_NAME[name]] = Price.parse(price)
+    return endpoints, prices

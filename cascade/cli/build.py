@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from cascade import contract
+from cascade.cli.arguments import llm_endpoints
 from cascade.cli.common import result_command, save_result
 from cascade.errors import ConfigError, InvalidInput
 
@@ -54,6 +55,7 @@ def cmd_build(args) -> int:
 
     options = _build_options(args)
     task = load_task(args.task)
+    set_llms(args)
     gold = _examples(args, task.labels)
     if gold is not None:
         if not args.labels:
@@ -62,6 +64,23 @@ def cmd_build(args) -> int:
     report = build_task(task, args.repo, options)
     save_result(f"build-{task.name}", build_result(task, args.repo, report, result_command(args)), args)
     return 0
+
+
+def set_llms(args) -> None:
+    """``--llm-large openai:MODEL@URL`` and ``--llm-price``: each endpoint probed (a refused key or a wrong URL stops
+    here, before any training), then written into the repository's LLM models."""
+    from cascade.llm.remote import RemoteScorer
+    from cascade_export.build.llm_tiers import ensure_llms
+
+    endpoints, prices = llm_endpoints(args)
+    for tier, endpoint in endpoints.items():
+        scorer = RemoteScorer(endpoint)
+        try:
+            print(f"[build] {contract.TIER_NAMES[tier]}: {scorer.probe()}", flush=True)
+        finally:
+            scorer.close()
+    if endpoints or prices:
+        ensure_llms(Path(args.repo), endpoints, prices)
 
 
 def cmd_label(args) -> int:
@@ -183,6 +202,7 @@ def cmd_task(args) -> int:
         min_teacher_accuracy=args.min_teacher_accuracy,
         on_check=print_teacher_check,
         confirm=_confirm(args, labels),
+        metrics_url=args.metrics_url,
     )
     if result["teacher_check"] is None:
         print(
@@ -205,6 +225,13 @@ def cmd_task(args) -> int:
         f"{result['teacher_labelling_s']:.1f} s, train + calibrate + export + load "
         f"{result['train_calibrate_export_load_s']:.1f} s (definition: {result['task_file']})"
     )
+    cost = result["cost"]
+    if "note" not in cost:
+        priced = f", cost {cost['cost']:,.4f}" if cost["cost"] else " (no price set: --llm-price at build)"
+        print(
+            f"cost of making it: the LLM tiers read {cost['tokens_in']:,.0f} tokens and wrote "
+            f"{cost['tokens_out']:,.0f}" + (f", {cost['cpu_s']:,.1f} CPU-s" if cost["cpu_s"] else "") + priced
+        )
     return 0
 
 

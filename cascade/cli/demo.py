@@ -15,6 +15,7 @@ from rich.table import Table
 
 from cascade import contract
 from cascade.errors import ConfigError
+from cascade.llm.cost_report import cost_lines, cost_report, scrape
 from cascade.repository.configgen import parse_config
 from cascade.tasks import TaskSpec, load_split
 
@@ -205,6 +206,7 @@ def run_demo(
     t = time.perf_counter()
     with TritonServer(opts) as server, CascadeClient(server.grpc_url, timeout_s=600) as client:
         stages["server_start_s"] = time.perf_counter() - t
+        at_start = scrape(server.metrics_url)
         if build:
             report = build_with_teacher(task, repo, client, work_root or RUNS_DIR, sample, data_dir)
             stages["labelling_s"] = report["labelling"]["wall_s"]
@@ -214,13 +216,18 @@ def run_demo(
         t = time.perf_counter()
         client.classify(task.name, texts[:4])  # warm-up
         stages["warmup_s"] = time.perf_counter() - t
+        before = scrape(server.metrics_url)
         start = time.perf_counter()
         predictions, latencies = classify_rows(client, task, texts, batch_size)
         wall = time.perf_counter() - start
         stages["classify_s"] = wall
+        cost = cost_report(before, scrape(server.metrics_url), len(texts))
+        teaching = cost_report(at_start, before, sample) if build else None
     stages["total_s"] = time.perf_counter() - begin
     summary = summarize(task, predictions, gold, latencies, wall)
     print_summary(summary, batch_size)
+    for line in cost_lines(cost):
+        console.print(line)
     embedder = embedders.of_repository(repo)
     labelling = report.get("labelling") if report is not None else None
     figures = build_figures(report, repo) if report is not None else None
@@ -239,6 +246,8 @@ def run_demo(
         "teacher_rows_per_s": labelling["teacher_rows_per_s"] if labelling else None,
         "labelling": labelling,
         "build": figures,
+        "cost": cost,  # the classified rows: the LLM tiers' tokens and cost, and all of them on the large tier
+        "teaching_cost": teaching["run"] if teaching and "run" in teaching else None,  # labelling, then calibrating
     }
 
 

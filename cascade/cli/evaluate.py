@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from cascade import contract
 from cascade.errors import ConfigError, InvalidInput
+from cascade.llm.cost_report import cost_lines
 from cascade.tables.cells import check_text_column
 from cascade.tables.job import (
     ERROR_COLUMN,
@@ -92,13 +93,15 @@ def evaluate_table(
     backoff_s: tuple[float, ...] = DEFAULT_BACKOFF_S,
     quiet: bool = True,
     work_dir: str | Path | None = None,
+    metrics_url: str | None = None,
 ) -> dict:
     """Run ``table`` through the served ``task`` and score its answers against ``label_column``.
 
     Returns ``rows``, ``accuracy`` (over the answered rows; ``None`` when none was), ``answered``, ``errors``
     (rows that got a per-row error: counted, never dropped; ``error_examples`` shows a few), ``tiers`` (tier name ->
     rows it answered), ``tier_accuracy``, ``llm_share`` (of the answered rows), ``degraded``, ``wall_s`` (the job),
-    ``rows_per_s`` and the arguments.
+    ``rows_per_s``, ``cost`` (the LLM tiers' tokens and cost beside all rows on the large tier:
+    ``cascade.llm.cost_report``) and the arguments.
     """
     from cascade_client import CascadeClient
 
@@ -122,7 +125,9 @@ def evaluate_table(
     embedding_tiers_only(gate, options)  # an unknown --max-tier/--min-tier fails here, not on every row
     with tempfile.TemporaryDirectory(prefix="cascade-eval-", dir=work_dir) as tmp:
         out = Path(tmp) / "answers.parquet"
-        summary = run_filter(table, out, options, url, backoff_s=backoff_s, llm_probe_rows=0, quiet=quiet)
+        summary = run_filter(
+            table, out, options, url, backoff_s=backoff_s, llm_probe_rows=0, quiet=quiet, metrics_url=metrics_url
+        )
         import pyarrow.parquet as pq
 
         names = [prefix + c for c in (LABEL_COLUMN, TIER_COLUMN, ERROR_COLUMN)]
@@ -165,6 +170,7 @@ def evaluate_table(
         "wall_s": summary.wall_s,
         "rows_per_s": len(gold) / summary.wall_s if summary.wall_s > 0 else 0.0,
         "labels": labels,
+        "cost": (summary.cost or {}).get("llm"),
     }
 
 
@@ -194,6 +200,8 @@ def print_report(report: dict) -> None:
             f"side by side: cascade {ours}, teacher alone (llm_large on every row) {theirs} ({teacher['correct']:,}/"
             f"{teacher['answered']:,}; {teacher['rows_per_s']:,.2f} rows/s)"
         )
+    for line in cost_lines(report.get("cost")):
+        print(line)
     print(f"{'tier':<10} {'rows':>9} {'share':>7} {'accuracy':>9}")
     for name, n in report["tiers"].items():
         share = n / report["answered"] if report["answered"] else None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cascade import contract
 from cascade.errors import CascadeError
+from cascade.llm.cost_report import cost_lines
 
 
 def _tier_arg(value: str | None):
@@ -85,8 +86,10 @@ def _print_summary(summary) -> None:
             f"{cost['measured_on']}); on every row it would take {cost['llm_every_row_s']:,.0f} s, "
             f"{cost['speedup']:,.0f}x this job's {cost['cascade_s']:.1f} s"
         )
-    elif cost:
+    elif cost.get("note"):
         console.print(f"cost: {cost['note']}")
+    for line in cost_lines(cost.get("llm")):
+        console.print(line)
 
 
 def _save_summary(summary, path: Path | None) -> None:
@@ -139,12 +142,13 @@ def cmd_filter(args) -> int:
 
         summary = run_filter_ray(
             args.table, args.out, options, _urls(args), address=args.address, concurrency=args.concurrency,
-            restart=args.restart, llm_probe_rows=args.llm_probe_rows,
+            restart=args.restart, llm_probe_rows=args.llm_probe_rows, metrics_url=args.metrics_url,
         )  # fmt: skip
     else:
         summary = run_filter(
-            args.table, args.out, options, _local_url(args), restart=args.restart, llm_probe_rows=args.llm_probe_rows
-        )
+            args.table, args.out, options, _local_url(args), restart=args.restart, llm_probe_rows=args.llm_probe_rows,
+            metrics_url=args.metrics_url,
+        )  # fmt: skip
     _print_summary(summary)
     _save_summary(summary, args.json)
     return 0
@@ -155,12 +159,12 @@ def cmd_eval(args) -> int:
 
     report = evaluate_table(
         args.task, args.table, args.label_column, args.url, _tier_arg(args.max_tier), _tier_arg(args.min_tier),
-        text_column=args.column, quiet=False,
+        text_column=args.column, quiet=False, metrics_url=args.metrics_url,
     )  # fmt: skip
     if args.teacher:
         teacher = evaluate_table(
             args.task, args.table, args.label_column, args.url, None, contract.TIER_LLM_LARGE,
-            text_column=args.column, quiet=False,
+            text_column=args.column, quiet=False, metrics_url=args.metrics_url,
         )  # fmt: skip
         report["teacher"] = {k: teacher[k] for k in TEACHER_KEYS}
     print_report(report)

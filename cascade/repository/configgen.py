@@ -18,6 +18,8 @@ _DTYPES = {"FP32": mc.TYPE_FP32, "INT32": mc.TYPE_INT32, "BYTES": mc.TYPE_STRING
 BACKEND_GATE = "gate"
 BACKEND_ONNX_RUNNER = "onnx_runner"
 BACKEND_LLM_SCORER = "llm_scorer"
+#: An LLM tier on an OpenAI-compatible endpoint (cascade.llm.remote).
+BACKEND_LLM_REMOTE = "llm_remote"
 #: The GPU large tier (BLS over ``tensorrt_llm``) and the streaming text endpoint (cascade.repository.trtllm_config).
 BACKEND_LLM_TRTLLM = "llm_trtllm"
 BACKEND_LLM_GENERATE = "llm_generate"
@@ -171,9 +173,11 @@ def llm_spec(
     n_ctx: int = 1024,
     num_threads: int | str = contract.THREADS_AUTO,
     calibrate: bool = True,
+    price: dict[str, str] | None = None,
 ) -> ModelSpec:
     """A shared LLM scorer (tier 3 ``llm_small`` or tier 4 ``llm_large``) on llama.cpp; ``num_threads``
-    ``auto``: sized at load time from the server's cores or ``$CASCADE_LLM_THREADS`` (``cascade.runtime.sizing``)."""
+    ``auto``: sized at load time from the server's cores or ``$CASCADE_LLM_THREADS`` (``cascade.runtime.sizing``);
+    ``price``: ``cascade.llm.meter.Price.parameters()``."""
     if tier not in contract.LLM_TIERS:
         raise ConfigError(f"tier {tier} is not an LLM tier")
     inputs, outputs = contract.LLM_SCORER_SIGNATURE
@@ -188,7 +192,37 @@ def llm_spec(
             contract.CFG_N_CTX: str(n_ctx),
             contract.CFG_NUM_THREADS: threads_parameter(num_threads),
             contract.CFG_CALIBRATE: "true" if calibrate else "false",
-        },
+        }
+        | (price or {}),
         queue_timeout_us=contract.DEFAULT_BLS_TIMEOUT_MS * 1000,
         instance_count=contract.LLM_INSTANCES,
+    )
+
+
+def remote_llm_spec(tier: int, endpoint, calibrate: bool = True, price: dict[str, str] | None = None) -> ModelSpec:
+    """An LLM tier scored by an OpenAI-compatible endpoint (``cascade.llm.openai_http.Endpoint``): the scorer's
+    contract, the endpoint's spec and call settings as parameters; the name of the key's environment variable,
+    never the key. One instance: its rows go out concurrently, up to the endpoint's limit."""
+    if tier not in contract.LLM_TIERS:
+        raise ConfigError(f"tier {tier} is not an LLM tier")
+    inputs, outputs = contract.LLM_SCORER_SIGNATURE
+    return ModelSpec(
+        name=contract.tier_model_name("", tier),
+        inputs=inputs,
+        outputs=outputs,
+        source=BACKEND_LLM_REMOTE,
+        max_batch_size=contract.LLM_MAX_BATCH_SIZE,
+        parameters={
+            contract.CFG_LLM_ENDPOINT: endpoint.spec,
+            contract.CFG_KEY_ENV: endpoint.key_env,
+            contract.CFG_CONCURRENCY: str(endpoint.concurrency),
+            contract.CFG_TIMEOUT_S: repr(float(endpoint.timeout_s)),
+            contract.CFG_RETRIES: str(endpoint.retries),
+            contract.CFG_VERIFY_TLS: "true" if endpoint.verify_tls else "false",
+            contract.CFG_SCORING_MODE: endpoint.mode,
+            contract.CFG_CALIBRATE: "true" if calibrate else "false",
+        }
+        | (price or {}),
+        queue_timeout_us=contract.DEFAULT_BLS_TIMEOUT_MS * 1000,
+        instance_count=1,
     )

@@ -17,6 +17,7 @@ from cascade.paths import BACKENDS_DIR
 from cascade.repository.configgen import (
     BACKEND_GATE,
     BACKEND_LLM_GENERATE,
+    BACKEND_LLM_REMOTE,
     BACKEND_LLM_SCORER,
     BACKEND_LLM_TRTLLM,
     BACKEND_ONNX_RUNNER,
@@ -105,6 +106,8 @@ def python_source(model_dir: Path) -> str | None:
         return BACKEND_LLM_GENERATE
     if contract.CFG_TRTLLM_MODEL in params:
         return BACKEND_LLM_TRTLLM  # the GPU profile's llm_large
+    if contract.CFG_LLM_ENDPOINT in params:
+        return BACKEND_LLM_REMOTE
     if contract.CFG_LLM_MODEL in params:
         return BACKEND_LLM_SCORER
     if contract.CFG_TASK in params:

@@ -210,13 +210,18 @@ def _take(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def open_filter(
-    table, out, options: FilterOptions, urls: list[str], backoff_s: tuple[float, ...], restart: bool
-) -> OpenedJob:
-    """A filter job's checks (arguments, output, table schema, every server) and its chunk store, for either engine."""
+    table, out, options: FilterOptions, urls: list[str], backoff_s: tuple[float, ...], restart: bool,
+    metrics_url: str | None = None,
+) -> OpenedJob:  # fmt: skip
+    """A filter job's checks (arguments, output, table schema, every server) and its chunk store, for either engine;
+    the LLM tiers' counters at the start, from ``metrics_url`` (default: beside the first server on Triton's ports)."""
+    from cascade.llm.cost_report import metrics_url_for, scrape
+
     options.check()
     table, out = Path(table), Path(out)
     check_output(out, table)
     schema, total = table_schema(table, options.text_column)
     plan, before = plan_filter(schema, table, options, urls, backoff_s)
     store = ChunkStore(out, filter_manifest(plan, input_identity(table)), restart)
-    return OpenedJob(table, out, total, plan, store, len(store.done()), before)
+    metrics_url = metrics_url or metrics_url_for(urls[0])
+    return OpenedJob(table, out, total, plan, store, len(store.done()), before, metrics_url, scrape(metrics_url))

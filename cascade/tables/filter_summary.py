@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 
 from cascade import contract
 from cascade.errors import ServerError
+from cascade.llm.cost_report import cost_report, scrape
 from cascade.tables.cells import text_cells
 from cascade.tables.chunk_store import ChunkStore
 from cascade.tables.job import (
@@ -35,7 +36,11 @@ def finish_filter(
     summary = _merge(job.store, job.out, options, job.resumed, wall, skipped_rows)
     summary.take(counts)
     summary.engine, summary.client_cpu_s = engine, client_cpu_s
+    after = scrape(job.metrics_url)
     summary.cost = cost_from_first(urls, job.before, summary, options, list(job.plan.labels), job.table, llm_probe_rows)
+    sent = round(summary.rows_per_s * summary.wall_s) if summary.rows_per_s else summary.rows  # this run's rows
+    llm = cost_report(job.metrics_before, after, sent, since_start=scrape(job.metrics_url))
+    summary.cost = (summary.cost or {}) | {"llm": llm}
     return summary
 
 

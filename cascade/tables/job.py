@@ -158,6 +158,9 @@ class OpenedJob:
     resumed: int
     #: Each server's model statistics at the start, by URL (the filter job's cost reads them at the end).
     before: dict = field(default_factory=dict)
+    #: The first server's ``/metrics`` and the LLM tiers' counters there at the start (``cascade.llm.cost_report``).
+    metrics_url: str | None = None
+    metrics_before: dict | None = None
 
 
 def job_progress(total: int | None, initial: int, what: str, quiet: bool):

@@ -5,6 +5,7 @@ The logic (prompt tokenization, prefix KV reuse, contextual calibration, truncat
 """
 
 import json
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -12,6 +13,7 @@ import triton_python_backend_utils as pb_utils
 from cascade import contract, crash
 from cascade.errors import CascadeError, check_numpy, triton_error
 from cascade.llm.gguf import gguf_path
+from cascade.llm.meter import Meter, Price
 from cascade.llm.prompts import parse_scorer_inputs, parse_scorer_parameters
 from cascade.llm.scorer import LlamaScorer
 from cascade.runtime.sizing import llm_model_threads
@@ -31,10 +33,12 @@ class TritonPythonModel:
             n_threads=threads,
             calibrate=params.get(contract.CFG_CALIBRATE, "true").lower() == "true",
         )
+        self.meter = Meter(pb_utils, config["name"], Price.from_parameters(params))
 
     def execute(self, requests):
         responses = []
         for request in requests:
+            tokens, cpu = self.scorer.evaluated_tokens, time.process_time()
             try:
                 prompts, candidates = parse_scorer_inputs(
                     pb_utils.get_input_tensor_by_name(request, contract.PROMPT.name).as_numpy(),
@@ -54,6 +58,7 @@ class TritonPythonModel:
                 if not isinstance(exc, CascadeError):
                     pb_utils.Logger.log_error(f"llm scorer failed: {exc!r}")
                 responses.append(pb_utils.InferenceResponse(error=triton_error(pb_utils, exc, "LLM scoring failed")))
+            self.meter.record(tokens_in=self.scorer.evaluated_tokens - tokens, cpu_s=time.process_time() - cpu)
         return responses
 
     def finalize(self):

@@ -37,6 +37,10 @@ VALUE_SETS = {
 PORTS = {"http": DEFAULT_HTTP_PORT, "grpc": DEFAULT_GRPC_PORT, "metrics": DEFAULT_METRICS_PORT}
 GPU_RESOURCE = "nvidia.com/gpu"
 RESTRICTED_KEY_REF = "$(TRITON_RESTRICTED_KEY)"
+#: What the remote (OpenAI-compatible) LLM tiers read at load time: their endpoint URLs (``remoteLLM.url``,
+#: ``remoteLLM.smallUrl``) and, by default, their API key (``remoteLLM.apiKeyEnv``, from a Secret).
+LLM_LARGE_URL_ENV, LLM_SMALL_URL_ENV = "CASCADE_LLM_LARGE_URL", "CASCADE_LLM_SMALL_URL"
+DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 
 
 @pytest.fixture(scope="module", autouse=True)

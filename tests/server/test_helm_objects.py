@@ -1,6 +1,7 @@
 """The Helm chart's objects as rendered by a real ``helm``: autoscaling (HPA on the queue time through
 the Prometheus adapter, only when enabled), Service and container ports, probes, shared memory and
-security settings, the Grafana dashboard and the NOTES shown after ``helm install``.
+security settings, the Grafana dashboard (its layout, and the LLM tiers' tokens, cost and saving) and the NOTES
+shown after ``helm install``.
 """
 
 from __future__ import annotations
@@ -118,7 +119,74 @@ def test_grafana_dashboard_configmap_carries_the_dashboard_file():
     assert not [d for d in rendered("default") if d["kind"] == "ConfigMap" and "dashboard" in d["metadata"]["name"]]
 
 
-def render_notes(tmp_path: Path, files: tuple[str, ...]) -> str:
+DASHBOARD = CHART / "dashboards" / "cascade.json"
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+GRID_COLUMNS = 24
+
+
+def _exprs(panel: dict) -> list[str]:
+    return [t["expr"] for t in panel.get("targets", [])]
+
+
+def test_dashboard_panels_are_well_formed():
+    """Unique ids, the datasource variable everywhere, gridPos inside the 24 columns and no two panels overlapping,
+    one refId per target, balanced parentheses."""
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), ids
+    taken: dict[tuple[int, int], int] = {}
+    for panel in panels:
+        assert panel["datasource"] == DATASOURCE, panel["id"]
+        assert all(t["datasource"] == DATASOURCE for t in panel["targets"]), panel["id"]
+        refs = [t["refId"] for t in panel["targets"]]
+        assert refs and len(refs) == len(set(refs)), panel["id"]
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["y"] >= 0 and grid["w"] > 0 and grid["h"] > 0
+        assert grid["x"] + grid["w"] <= GRID_COLUMNS, panel["id"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in taken, f"panel {panel['id']} overlaps panel {taken[(x, y)]}"
+                taken[(x, y)] = panel["id"]
+        for expr in _exprs(panel):
+            depth = 0
+            for char in expr:
+                depth += {"(": 1, ")": -1}.get(char, 0)
+                assert depth >= 0, expr
+            assert depth == 0, expr
+
+
+def _panels_naming(metric: str) -> list[dict]:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [p for p in panels if any(re.search(rf"\b{metric}\b", e) for e in _exprs(p))]
+
+
+def test_dashboard_llm_tokens_cost_cpu_and_saving():
+    """The LLM tiers' row: tokens/s by tier and direction, cost by tier, CPU-seconds/s, remote retries, and the cost
+    of all rows on llm_large (rows/s x llm_large's cost per row) against the cascade's, with the saving. The LLM
+    metrics have no task label: no ``$task`` filter on them."""
+    by_metric = {
+        "cascade_llm_tokens_total": "sum by (model, direction) (rate(cascade_llm_tokens_total[",
+        "cascade_llm_cost_total": "sum by (model) (rate(cascade_llm_cost_total[",
+        "cascade_llm_cpu_seconds_total": "sum by (model) (rate(cascade_llm_cpu_seconds_total[",
+        "cascade_llm_remote_retries_total": "sum by (model) (rate(cascade_llm_remote_retries_total[",
+    }
+    for metric, grouped in by_metric.items():
+        panels = _panels_naming(metric)
+        assert panels, f"no panel queries {metric}"
+        assert any(grouped in e for p in panels for e in _exprs(p)), metric
+        assert not any("task" in e for p in panels for e in _exprs(p)), metric
+    rows_rate = "sum(rate(cascade_rows_total[5m]))"
+    large = '{model="llm_large"}[5m]))'
+    per_row = f"sum(rate(cascade_llm_cost_total{large} / (sum(rate(nv_inference_count{large}"
+    actual = "sum(rate(cascade_llm_cost_total[5m]))"
+    (saving,) = [p for p in _panels_naming("nv_inference_count") if any(rows_rate in e for e in _exprs(p))]
+    targets = {t["legendFormat"]: t["expr"] for t in saving["targets"]}
+    assert f"{rows_rate} * {per_row}" in targets["all rows on llm_large"]
+    assert actual in targets["cascade (LLM tiers)"]
+    assert f"{rows_rate} * {per_row}" in targets["saving"] and f" - {actual}" in targets["saving"]
+
+
+def render_notes(tmp_path: Path, files: tuple[str, ...], sets: tuple[str, ...] = ()) -> str:
     """NOTES.txt as `helm install` prints it: `helm template` leaves NOTES out, so a copy of the
     chart renders it into a ConfigMap."""
     chart = tmp_path / "chart"
@@ -137,6 +205,7 @@ def render_notes(tmp_path: Path, files: tuple[str, ...]) -> str:
         "-n",
         NAMESPACE,
         *[a for f in files for a in ("-f", f)],
+        *[a for item in sets for a in ("--set", item)],
         "--show-only",
         "templates/notes-test.yaml",
     )
@@ -155,3 +224,11 @@ def test_notes_tell_how_to_reach_grpc_and_run_the_load_test(name, tmp_path):
     assert f"model repository {repository_path(values(name))}" in notes
     if values(name)["autoscaling"]["enabled"]:
         assert "custom.metrics.k8s.io" in notes and f"{service}-prometheus-adapter" in notes
+
+
+def test_notes_name_the_remote_llm_endpoint_and_its_secret(tmp_path):
+    sets = ("remoteLLM.url=https://llm.example.com/v1", "remoteLLM.apiKeySecret.name=llm-key")
+    notes = render_notes(tmp_path, (), sets)
+    assert "llm_large at https://llm.example.com/v1" in notes
+    assert "API key OPENAI_API_KEY from Secret llm-key, key api-key" in notes
+    assert "Remote LLM tiers" not in render_notes(tmp_path / "default", ())

@@ -1,6 +1,7 @@
 """The Helm chart's server container: its arguments against ``cascade.server.launcher.server_command`` and the
-model repository's profile, each value set's repository, GPUs, credentials and secrets, and a real
-``tritonserver`` (the nvidia-pytriton wheel's) run with the rendered arguments against an empty repository.
+model repository's profile, each value set's repository, GPUs, credentials and secrets (the remote LLM tiers' API key
+from a Secret only), and a real ``tritonserver`` (the nvidia-pytriton wheel's) run with the rendered arguments against
+an empty repository.
 """
 
 from __future__ import annotations
@@ -12,9 +13,14 @@ import urllib.request
 from functools import cache
 from pathlib import Path, PurePosixPath
 
+import kubernetes_validate
 import pytest
 from helm_chart import (
+    DEFAULT_API_KEY_ENV,
     GPU_RESOURCE,
+    KUBE_VERSIONS,
+    LLM_LARGE_URL_ENV,
+    LLM_SMALL_URL_ENV,
     RESTRICTED_KEY_REF,
     VALUE_SETS,
     documents,
@@ -189,6 +195,46 @@ def test_llm_threads_env_only_when_set(name):
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     for init in pod.get("initContainers", []):
         assert LLM_THREADS_ENV not in {e["name"] for e in init["env"]}
+
+
+REMOTE_LLM = (
+    "remoteLLM.url=https://llm.example.com/v1",
+    "remoteLLM.smallUrl=http://vllm.ml.svc:8000",
+    "remoteLLM.apiKeySecret.name=llm-key",
+)
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_remote_llm_endpoint_and_a_key_only_from_a_secret(name):
+    """``remoteLLM``: the endpoint URLs as CASCADE_LLM_{LARGE,SMALL}_URL, the API key as ``apiKeyEnv`` from a
+    ``secretKeyRef``, never a literal value; the chart makes no Secret. Off by default."""
+    remote_envs = {LLM_LARGE_URL_ENV, LLM_SMALL_URL_ENV, DEFAULT_API_KEY_ENV}
+    assert not remote_envs & {e["name"] for e in server_container(rendered(name))["env"]}
+    docs = documents(template(VALUE_SETS[name], sets=REMOTE_LLM))
+    container = server_container(docs)
+    env = {e["name"]: e for e in container["env"]}
+    assert env[LLM_LARGE_URL_ENV] == {"name": LLM_LARGE_URL_ENV, "value": "https://llm.example.com/v1"}
+    assert env[LLM_SMALL_URL_ENV] == {"name": LLM_SMALL_URL_ENV, "value": "http://vllm.ml.svc:8000"}
+    assert env[DEFAULT_API_KEY_ENV] == {
+        "name": DEFAULT_API_KEY_ENV,
+        "valueFrom": {"secretKeyRef": {"name": "llm-key", "key": "api-key"}},
+    }
+    assert "Secret" not in kinds(docs), "the key's Secret is the user's, created with kubectl"
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    for init in pod.get("initContainers", []):
+        assert not remote_envs & {e["name"] for e in init["env"]}
+    kubernetes_validate.validate(one(docs, "Deployment"), KUBE_VERSIONS[-1], strict=True)
+
+
+def test_remote_llm_key_variable_and_secret_key_are_values():
+    """Another key variable (the models' ``api_key_env``) and Secret key; a URL alone sets no key variable."""
+    sets = ("remoteLLM.apiKeyEnv=VLLM_API_KEY", "remoteLLM.apiKeySecret.name=vllm", "remoteLLM.apiKeySecret.key=token")
+    env = {e["name"]: e for e in server_container(documents(template(sets=sets)))["env"]}
+    assert env["VLLM_API_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "vllm", "key": "token"}}
+    assert "value" not in env["VLLM_API_KEY"] and DEFAULT_API_KEY_ENV not in env
+    assert LLM_LARGE_URL_ENV not in env, "no URL: the repository's own"
+    env = {e["name"]: e for e in server_container(documents(template(sets=REMOTE_LLM[:1])))["env"]}
+    assert LLM_LARGE_URL_ENV in env and DEFAULT_API_KEY_ENV not in env and LLM_SMALL_URL_ENV not in env
 
 
 @cache

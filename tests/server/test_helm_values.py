@@ -71,6 +71,8 @@ def test_every_template_reference_is_in_values():
 
 
 # --- bad input -----------------------------------------------------------------------------------
+#: An API key given as a value: refused, and not echoed in the error.
+LITERAL_KEY = "sk-literal-test-key-0123456789"
 BAD_VALUES = {
     "gpu profile with zero GPUs": (("gpu.count=0",), "profile gpu needs gpu.count >= 1"),
     "TP larger than GPUs": (
@@ -125,6 +127,27 @@ BAD_VALUES = {
     "zero LLM threads (schema)": (("llm.threads=0",), "llm.threads: Must be greater than or equal to 1"),
     "LLM threads not a number (schema)": (("llm.threads=two",), "llm.threads: Invalid type"),
     "misspelt key (schema)": (("gpu.cout=2",), "Additional property cout is not allowed"),
+    "a literal LLM API key (schema)": (
+        (f"remoteLLM.apiKey={LITERAL_KEY}",),
+        "Additional property apiKey is not allowed",
+    ),
+    "a literal key next to its Secret (schema)": (
+        ("remoteLLM.apiKeySecret.name=llm-key", f"remoteLLM.apiKeySecret.value={LITERAL_KEY}"),
+        "Additional property value is not allowed",
+    ),
+    "remote LLM URL not http(s) (schema)": (("remoteLLM.url=vllm:8000",), "remoteLLM.url: Does not match pattern"),
+    "credentials in the remote LLM URL (schema)": (
+        ("remoteLLM.url=https://user:secret@llm.example.com/v1",),
+        "remoteLLM.url: Does not match pattern",
+    ),
+    "API key variable not a variable name (schema)": (
+        ("remoteLLM.apiKeyEnv=OPENAI-KEY",),
+        "remoteLLM.apiKeyEnv: Does not match pattern",
+    ),
+    "API key variable the chart sets itself": (
+        ("remoteLLM.apiKeySecret.name=llm-key", "remoteLLM.apiKeyEnv=HOME"),
+        "remoteLLM.apiKeyEnv HOME is a variable the chart sets itself",
+    ),
 }
 
 
@@ -134,6 +157,17 @@ def test_bad_values_fail_with_a_message(case):
     proc = template(sets=sets)
     assert proc.returncode != 0, f"{case}: rendered anyway"
     assert message in proc.stderr, proc.stderr
+
+
+def test_a_literal_api_key_is_refused_and_not_echoed():
+    for sets in (
+        (f"remoteLLM.apiKey={LITERAL_KEY}",),
+        ("remoteLLM.url=https://llm.example.com/v1", f"apiKey={LITERAL_KEY}"),
+    ):
+        proc = template(sets=sets)
+        assert proc.returncode != 0, f"{sets}: rendered anyway"
+        assert "Additional property apiKey is not allowed" in proc.stderr, proc.stderr
+        assert LITERAL_KEY not in proc.stdout + proc.stderr
 
 
 def test_cpu_values_with_zero_gpus_render():

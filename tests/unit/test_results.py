@@ -23,7 +23,7 @@ DEMO_KEYS = {
     "benchmark", "when", "command", "task", "embedder", "teacher", "built", "repo", "rows", "batch_size", "in_flight",
     "stages", "accuracy", "per_tier", "llm_share", "degraded_rows", "best_effort_rows", "rows_per_s", "wall_s",
     "batch_latency_ms_p50", "batch_latency_ms_p99", "teacher_rows_per_s", "labelling", "build", "machine",
-    "commit", "setup", "with_setup_s",
+    "commit", "setup", "with_setup_s", "cost", "teaching_cost",
 }  # fmt: skip
 
 
@@ -111,6 +111,7 @@ def test_an_unwritable_results_folder_only_warns(tmp_path, monkeypatch, capsys):
 class FakeServer:
     def __init__(self, opts) -> None:
         self.grpc_url = f"127.0.0.1:{opts.grpc_port}"
+        self.metrics_url = None  # no /metrics: the demo reports no cost
 
     def __enter__(self):
         return self

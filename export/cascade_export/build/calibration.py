@@ -56,7 +56,7 @@ def calibrate_task(
         ensure_llms(repo)
     for tier, prompt in prompts.items():
         if tier not in calib_probs:  # the large tier that taught has its probabilities in the stage already
-            calib_probs[tier] = llm_scorer_on(tier, prompt, c_texts, scoring)
+            calib_probs[tier] = llm_scorer_on(tier, prompt, c_texts, scoring, repo)
     curves: dict[int, dict] = {}
     costs = default_costs(stage_embedder(state).ms_per_row)
     if budget_ms is not None:  # budget mode: the highest target whose expected cost fits

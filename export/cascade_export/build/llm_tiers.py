@@ -20,19 +20,34 @@ LLM_ROLES = {contract.TIER_LLM_SMALL: "smollm2-135m:f16", contract.TIER_LLM_LARG
 LLM_N_CTX = 1024
 
 
-def llm_specs() -> list[configgen.ModelSpec]:
-    """The LLM tiers' scorers and ``llm_generate``, the streaming text endpoint (on the small tier's model)."""
+def llm_specs(endpoints: dict | None = None, prices: dict | None = None) -> list[configgen.ModelSpec]:
+    """The LLM tiers' scorers and ``llm_generate``, the streaming text endpoint (on the small tier's model); a tier
+    in ``endpoints`` (tier: ``cascade.llm.openai_http.Endpoint``) is scored by that endpoint, priced by ``prices``
+    (tier: ``cascade.llm.meter.Price``)."""
+    endpoints, prices = endpoints or {}, prices or {}
     # Contextual calibration on by default; a task prompt's ``calibrate`` overrides it per request.
-    scorers = [configgen.llm_spec(t, LLM_ROLES[t], n_ctx=LLM_N_CTX, calibrate=True) for t in LLM_ROLES]
+    scorers = [
+        configgen.remote_llm_spec(t, endpoints[t], price=_price(prices, t))
+        if t in endpoints
+        else configgen.llm_spec(t, LLM_ROLES[t], n_ctx=LLM_N_CTX, calibrate=True, price=_price(prices, t))
+        for t in LLM_ROLES
+    ]
     return [*scorers, cpu_generate_spec(LLM_ROLES[contract.TIER_LLM_SMALL], n_ctx=LLM_N_CTX)]
 
 
-def ensure_llms(repo: Path) -> None:
+def _price(prices: dict, tier: int) -> dict[str, str] | None:
+    return prices[tier].parameters() if tier in prices else None
+
+
+def ensure_llms(repo: Path, endpoints: dict | None = None, prices: dict | None = None) -> None:
     """Write the shared LLM models (scorers and ``llm_generate``: one copy whatever the number of tasks) where
-    missing or stale."""
+    missing or stale. Without ``endpoints`` or ``prices`` a tier already set to an endpoint or priced keeps its
+    setting (set once with ``cascade build --llm-large openai:MODEL@URL`` or ``--llm-price``)."""
     stale = []
-    for spec in llm_specs():
+    for spec in llm_specs(endpoints, prices):
         config = Path(repo) / spec.name / "config.pbtxt"
+        if config.is_file() and not (endpoints or prices) and _set_by_user(config.read_text()):
+            continue
         if not config.is_file() or config.read_text() != spec.to_pbtxt():
             stale.append(spec)
     if stale:
@@ -41,12 +56,35 @@ def ensure_llms(repo: Path) -> None:
                 writer.add(spec)
 
 
-def llm_scorer_on(tier: int, gate_prompt: dict, texts: list[str], timings: dict[str, float] | None = None):
+def _set_by_user(config_text: str) -> bool:
+    params = configgen.parse_config(config_text).parameters
+    return contract.CFG_LLM_ENDPOINT in params or contract.CFG_PRICE_IN in params
+
+
+def repo_scorer(repo: Path | None, tier: int):
+    """The scorer ``tier`` has in ``repo``: its endpoint's (probed) where it is set to one, else llama.cpp in this
+    process on the packaged GGUF."""
+    from cascade.llm.gguf import gguf_path
+    from cascade.llm.scorer import LlamaScorer
+
+    config = Path(repo) / contract.TIER_NAMES[tier] / "config.pbtxt" if repo is not None else None
+    if config is not None and config.is_file():
+        params = {k: v.string_value for k, v in configgen.parse_config(config.read_text()).parameters.items()}
+        if contract.CFG_LLM_ENDPOINT in params:
+            from cascade.llm.remote import RemoteScorer, endpoint_from_parameters
+
+            scorer = RemoteScorer(endpoint_from_parameters(params, contract.TIER_NAMES[tier]))
+            log(f"tier {tier} ({contract.TIER_NAMES[tier]}): {scorer.probe()}")
+            return scorer
+    return LlamaScorer(gguf_path(LLM_ROLES[tier]), n_ctx=LLM_N_CTX)
+
+
+def llm_scorer_on(
+    tier: int, gate_prompt: dict, texts: list[str], timings: dict[str, float] | None = None, repo: Path | None = None
+):
     """Probabilities of an LLM tier on the rows ``idx`` of ``texts``, computed only when asked (the seconds
     it scored go to ``timings["score_<tier name>_s"]``)."""
-    from cascade.llm.gguf import gguf_path
     from cascade.llm.prompts import PromptTemplate
-    from cascade.llm.scorer import LlamaScorer
 
     template = PromptTemplate.from_json(gate_prompt)
     calibrate = template.calibrate
@@ -57,7 +95,7 @@ def llm_scorer_on(tier: int, gate_prompt: dict, texts: list[str], timings: dict[
         if idx.size == 0:
             return np.zeros((0, len(template.verbalizations)), np.float32)
         if scorer is None:
-            scorer = LlamaScorer(gguf_path(LLM_ROLES[tier]), n_ctx=LLM_N_CTX)
+            scorer = repo_scorer(repo, tier)
         start = time.perf_counter()
         probs = scorer.score([template.format(texts[i]) for i in idx], template.verbalizations, calibrate).probs
         seconds = time.perf_counter() - start

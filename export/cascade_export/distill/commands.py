@@ -42,8 +42,10 @@ from cascade_export.distill.table_rows import read_table, sample_rows
 from cascade_export.distill.teacher_check import check_prompt, check_teacher, unfit_message
 from cascade_export.distill.teachers import (
     COLUMN_PREFIX,
+    ENDPOINT_PREFIX,
     TEACHER_LLM,
     ColumnTeacher,
+    EndpointTeacher,
     ServerTeacher,
     connect,
     teacher_prompt,
@@ -125,7 +127,7 @@ def run_label(
     positions = sample_rows(len(table), budget, seed)  # the uniform sample; checks the budget either way
     work = work_dir_of(task.name, work_root)
     work.mkdir(parents=True, exist_ok=True)
-    client, check = None, None
+    client, check, source = None, None, None
     try:
         if teacher.startswith(COLUMN_PREFIX):
             source = ColumnTeacher(table, teacher[len(COLUMN_PREFIX) :], task.labels)
@@ -138,8 +140,19 @@ def run_label(
                 check = check_prompt(source, task.labels, *examples, min_accuracy=min_teacher_accuracy)
                 if check["verdict"] != "fit":
                     raise ConfigError(unfit_message(check, TEACHER_LLM))
+        elif teacher.startswith(ENDPOINT_PREFIX):
+            prompt = teacher_prompt(task, data_dir, seed)
+            source = EndpointTeacher(teacher, prompt)
+            if progress:
+                print(f"[label] teacher {source.mode}", flush=True)
+            if examples is not None:
+                check = check_prompt(source, task.labels, *examples, min_accuracy=min_teacher_accuracy)
+                if check["verdict"] != "fit":
+                    raise ConfigError(unfit_message(check, teacher))
         else:
-            raise InvalidInput(f"unknown teacher {teacher!r}: use {TEACHER_LLM} or {COLUMN_PREFIX}NAME")
+            raise InvalidInput(
+                f"unknown teacher {teacher!r}: use {TEACHER_LLM}, {ENDPOINT_PREFIX}MODEL@URL or {COLUMN_PREFIX}NAME"
+            )
         start = time.perf_counter()
         active = None  # active sampling's sizes and timings
         with LabelStore(work / "labels.sqlite") as store:
@@ -161,6 +174,8 @@ def run_label(
     finally:
         if client is not None:
             client.close()
+        if isinstance(source, EndpointTeacher):
+            source.close()
     frame = pd.DataFrame({"id": done.ids, "text": done.texts, "label": done.labels, SAMPLE_COLUMN: done.kinds})
     if done.probs is not None:  # the teacher's soft labels, one column per label (empty where it gave none)
         for j in range(task.n_labels):
@@ -194,6 +209,8 @@ def run_label(
         "label_counts": dict(zip(task.labels, done.label_counts(task.n_labels), strict=True)),
         "soft_label_rows": 0 if done.probs is None else int(np.isfinite(done.probs).all(axis=1).sum()),
         "teacher_check": check,
+        # what an endpoint teacher said it used (tokens in and out, retries): the labelling's cost
+        "teacher_usage": source.usage if isinstance(source, EndpointTeacher) else None,
     }
     (work / "labels.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -244,6 +261,7 @@ def create_task(
     min_teacher_accuracy: float | None = None,
     on_check=None,
     confirm=None,
+    metrics_url: str | None = None,
 ) -> dict:
     """``cascade task create``: label -> train -> calibrate -> export -> load into a running server that takes model
     loads (``cascade serve``'s default; checked before the teacher's first call), without a restart. The teacher's time
@@ -256,7 +274,9 @@ def create_task(
     (one per label) are the words the teacher answers with, in place of the label names. ``on_check`` is given the
     check's report as soon as it is made (before a stop). Without examples, ``confirm(texts, labels)`` (a terminal's
     prompt) is shown the teacher's labels for the first :data:`CONFIRM_ROWS` rows of the sample and returns them as the
-    user confirmed or corrected them: those rows are the examples."""
+    user confirmed or corrected them: those rows are the examples. ``cost``: what the LLM tiers read, wrote and cost
+    while the task was made (the server's counters at ``metrics_url``, default beside ``url``)."""
+    from cascade.llm.cost_report import cost_report, metrics_url_for, scrape
     from cascade.tasks import load_task
     from cascade_export.build.stage import BuildOptions
 
@@ -268,6 +288,8 @@ def create_task(
         raise ConfigError(f"{len(descriptions)} label descriptions for {len(labels)} labels: give one per label")
     gold = read_examples(examples, labels, *example_columns) if examples is not None else None
     client = connect(url)
+    metrics_url = metrics_url or metrics_url_for(url)
+    at_start = scrape(metrics_url)
     try:
         client.check_loads()  # the task's models go into this server at the end: a server that refuses says so now
         check, form = None, _described_form(prompt, labels, descriptions)
@@ -312,6 +334,7 @@ def create_task(
         on_gold = None if gold is None else gold_report(client, name, labels, gold, check, trained)
     finally:
         client.close()
+    cost = cost_report(at_start, scrape(metrics_url), labelled["budget"])
     warnings = label_warnings(labelled, report["calibration"], labels, None if gold is None else gold[1], training)
     if check is not None and check["reason"] is not None:  # a fit teacher with a caveat
         warnings.insert(0, check["reason"])
@@ -326,6 +349,7 @@ def create_task(
         "teacher_labelling_s": labelled["teacher_s"],
         "label_step_s": labelled["wall_s"],
         "train_calibrate_export_load_s": pipeline_s,
+        "cost": cost.get("run", cost),  # the LLM tiers' tokens, CPU-seconds and cost while the task was made
         "teacher_check": check,
         "gold": on_gold,
         "training_labels": training,

@@ -1,5 +1,6 @@
 """The teachers that label a sample: the large LLM tier through a running server (:class:`ServerTeacher`, with
-the prompt of :func:`teacher_prompt`), or a column of labels the user already holds (:class:`ColumnTeacher`).
+the prompt of :func:`teacher_prompt`), an OpenAI-compatible endpoint called directly (:class:`EndpointTeacher`),
+or a column of labels the user already holds (:class:`ColumnTeacher`).
 No Triton import here beyond the gRPC client."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from cascade_export.distill.table_rows import Table
 
 TEACHER_LLM = contract.TIER_NAMES[contract.TIER_LLM_LARGE]
 COLUMN_PREFIX = "column:"
+ENDPOINT_PREFIX = "openai:"
 
 
 class ColumnTeacher:
@@ -62,7 +64,8 @@ class ServerTeacher:
         self.calibrate = self.template.calibrate
         digest = hashlib.sha1(repr(sorted(prompt.items())).encode()).hexdigest()[:12]
         # Another prompt, or another model behind the tier, is another teacher: its labels are cached apart.
-        served = client.model_parameters(model).get(contract.CFG_LLM_MODEL, "unknown")
+        params = client.model_parameters(model)
+        served = params.get(contract.CFG_LLM_ENDPOINT) or params.get(contract.CFG_LLM_MODEL, "unknown")
         self.name = f"{model}:{served}:{digest}"
 
     def label(self, positions: np.ndarray, texts: Sequence[str]) -> np.ndarray:
@@ -81,6 +84,34 @@ class ServerTeacher:
 
         with ThreadPoolExecutor(min(len(parts), contract.LLM_INSTANCES)) as pool:
             return np.concatenate(list(pool.map(score, parts))).astype(np.float32)
+
+
+class EndpointTeacher:
+    """An OpenAI-compatible endpoint called directly (``openai:MODEL@URL``, no server in between): the task's
+    prompt scored as the large tier would score it, rows sent concurrently up to the endpoint's limit."""
+
+    def __init__(self, spec: str, prompt: dict, concurrency: int = 4) -> None:
+        from cascade.llm.openai_http import Endpoint
+        from cascade.llm.prompts import PromptTemplate
+        from cascade.llm.remote import RemoteScorer
+
+        self.endpoint = Endpoint.parse(spec, concurrency=concurrency)
+        self.template = PromptTemplate.from_json(prompt)
+        self.scorer = RemoteScorer(self.endpoint)
+        self.mode = self.scorer.probe()
+        digest = hashlib.sha1(repr(sorted(prompt.items())).encode()).hexdigest()[:12]
+        self.name = f"{self.endpoint.spec}:{digest}"
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return self.scorer.client.usage.snapshot()
+
+    def label(self, positions: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        prompts = [self.template.format(t) for t in texts]
+        return self.scorer.score(prompts, self.template.verbalizations, self.template.calibrate).probs
+
+    def close(self) -> None:
+        self.scorer.close()
 
 
 def connect(url: str, timeout_s: float = 600.0):

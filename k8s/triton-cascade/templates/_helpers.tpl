@@ -125,6 +125,10 @@ message naming the values to change. Included by every template, so any render r
 {{- fail "server.restrictedProtocols.enabled needs at least one protocol in server.restrictedProtocols.protocols" }}
 {{- end }}
 {{- end }}
+{{- $remote := $v.remoteLLM }}
+{{- if and $remote.apiKeySecret.name (has $remote.apiKeyEnv (list "HOME" "CASCADE_LLM_THREADS" "CASCADE_LLM_LARGE_URL" "CASCADE_LLM_SMALL_URL" "TRITON_RESTRICTED_KEY" "TRTLLM_ORCHESTRATOR" "GOOGLE_APPLICATION_CREDENTIALS")) }}
+{{- fail (printf "remoteLLM.apiKeyEnv %s is a variable the chart sets itself: name the one the remote tiers read their key from (default OPENAI_API_KEY)" $remote.apiKeyEnv) }}
+{{- end }}
 {{- if and (eq $v.server.modelControlMode "explicit") (not $v.server.loadModels) }}
 {{- fail "server.modelControlMode explicit needs server.loadModels (\"*\" for all, or model names)" }}
 {{- end }}
