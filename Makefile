@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 REPO ?= model_repository/cpu
 TASK ?= sst2
 
-.PHONY: setup demo test test-unit lint format build export serve bench bench-llm bench-labels bench-teacher-check bench-table bench-ray-table bench-served bench-isolation bench-threads loadtest soak clean helm-lint export-gpu gpu-check-prepare gpu-check-dry-run
+.PHONY: setup demo test test-unit lint format build export serve bench bench-llm bench-labels bench-teacher-check bench-remote bench-table bench-ray-table bench-served bench-isolation bench-threads loadtest soak clean helm-lint export-gpu gpu-check-prepare gpu-check-dry-run
 
 setup: $(STAMP)
 
@@ -81,6 +81,11 @@ bench-labels: setup
 # 300 test rows with task create's own form and with the form kept.
 bench-teacher-check: setup
 	CASCADE_BENCH_BUDGET_S=5400 $(BIN)/python -m cascade.bench.teacher_check --tasks sst2 ag_news clinc150 --examples 50 --test-rows 300 --cascade
+
+# The large tier through llama.cpp's OpenAI-compatible server against the same GGUF in-process: rows/s at concurrency
+# 1, 2 and 4, the overhead per row, agreement (200 SST-2 rows, Qwen2.5-Coder-1.5B).
+bench-remote: setup
+	CASCADE_BENCH_BUDGET_S=1200 $(BIN)/python -m cascade.bench.remote --rows 200 --concurrency 1 2 4
 
 # The table job against the large tier on every row (needs the tasks built: make demo / cascade build).
 # Writes ~3 GB of synthetic tables per task under bench/work/ (kept for reruns; delete at will).

@@ -115,30 +115,56 @@ def add_llm_endpoints(parser: argparse.ArgumentParser) -> None:
         )
     parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="the variable holding the endpoint's key")
     parser.add_argument("--llm-concurrency", type=int, default=4, help="requests in flight to an endpoint at most")
+    _add_price(parser, "written into the repository: the served tier counts its cost")
+
+
+def add_cost(parser: argparse.ArgumentParser) -> None:
+    """Where the server's counters are and how to price them (the cost report of filter, eval, task create)."""
+    parser.add_argument(
+        "--metrics-url", default=None, help="the server's /metrics, for the cost report (default: beside --url on "
+        "Triton's ports)",
+    )  # fmt: skip
+    _add_price(parser, "prices this report, in place of the served tiers' own prices")
+
+
+def _add_price(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--llm-price",
         action="append",
         default=[],
         metavar="TIER=PRICE",
-        help="a tier's price: llm_large=0.6/2.4 (per million tokens in/out) or llm_large=cpu:0.05 (per CPU-hour)",
+        help="a tier's price: llm_large=0.6/2.4 (per million tokens in/out) or llm_large=cpu:0.05 (per CPU-hour); "
+        + what,
     )
 
 
-def llm_endpoints(args) -> tuple[dict, dict]:
-    """``--llm-small``/``--llm-large`` and ``--llm-price`` as the tiers' endpoints and prices (ConfigError naming a
-    bad one)."""
+def llm_prices(args) -> dict[int, object]:
+    """``--llm-price TIER=PRICE`` (repeated) by tier (ConfigError naming a bad one)."""
     from cascade.errors import ConfigError
     from cascade.llm.meter import Price
-    from cascade.llm.openai_http import Endpoint
 
-    endpoints, prices = {}, {}
-    for tier in contract.LLM_TIERS:
-        spec = getattr(args, contract.TIER_NAMES[tier])
-        if spec:
-            endpoints[tier] = Endpoint.parse(spec, key_env=args.api_key_env, concurrency=args.llm_concurrency)
+    prices = {}
     for item in args.llm_price:
         name, _, price = item.partition("=")
         if name not in (contract.TIER_NAMES[t] for t in contract.LLM_TIERS) or not price:
             raise ConfigError(f"--llm-price {item!r}: write llm_small=PRICE or llm_large=PRICE")
         prices[contract.TIER_BY_NAME[name]] = Price.parse(price)
-    return endpoints, prices
+    return prices
+
+
+def report_prices(args) -> dict | None:
+    """``--llm-price`` by model name, as the cost report takes them (None: the served tiers' own)."""
+    return {contract.TIER_NAMES[t]: p for t, p in llm_prices(args).items()} or None
+
+
+def llm_endpoints(args) -> tuple[dict, dict]:
+    """``--llm-small``/``--llm-large`` and ``--llm-price`` as the tiers' endpoints and prices (ConfigError naming a
+    bad one)."""
+    from cascade.llm.openai_http import Endpoint
+
+    endpoints = {}
+    for tier in contract.LLM_TIERS:
+        spec = getattr(args, contract.TIER_NAMES[tier])
+        if spec:
+            endpoints[tier] = Endpoint.parse(spec, key_env=args.api_key_env, concurrency=args.llm_concurrency)
+    return endpoints, llm_prices(args)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from cascade import contract
-from cascade.cli.arguments import llm_endpoints
+from cascade.cli.arguments import llm_endpoints, report_prices
 from cascade.cli.common import result_command, save_result
 from cascade.errors import ConfigError, InvalidInput
 
@@ -203,6 +203,7 @@ def cmd_task(args) -> int:
         on_check=print_teacher_check,
         confirm=_confirm(args, labels),
         metrics_url=args.metrics_url,
+        llm_prices=report_prices(args),
     )
     if result["teacher_check"] is None:
         print(

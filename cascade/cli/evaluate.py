@@ -94,6 +94,7 @@ def evaluate_table(
     quiet: bool = True,
     work_dir: str | Path | None = None,
     metrics_url: str | None = None,
+    llm_prices: dict | None = None,
 ) -> dict:
     """Run ``table`` through the served ``task`` and score its answers against ``label_column``.
 
@@ -126,8 +127,9 @@ def evaluate_table(
     with tempfile.TemporaryDirectory(prefix="cascade-eval-", dir=work_dir) as tmp:
         out = Path(tmp) / "answers.parquet"
         summary = run_filter(
-            table, out, options, url, backoff_s=backoff_s, llm_probe_rows=0, quiet=quiet, metrics_url=metrics_url
-        )
+            table, out, options, url, backoff_s=backoff_s, llm_probe_rows=0, quiet=quiet, metrics_url=metrics_url,
+            llm_prices=llm_prices,
+        )  # fmt: skip
         import pyarrow.parquet as pq
 
         names = [prefix + c for c in (LABEL_COLUMN, TIER_COLUMN, ERROR_COLUMN)]

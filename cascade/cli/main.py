@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cascade import contract, crash, results  # noqa: F401 - results: the load average before the run
 from cascade.cli.arguments import (
+    add_cost,
     add_embedder,
     add_engine,
     add_examples,
@@ -146,8 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                   "no better than the most common label stops the job); they also train where they help")  # fmt: skip
     p.add_argument("--min-teacher-accuracy", type=float, default=None, help="stop below this accuracy on the examples")
     p.add_argument("--yes", action="store_true", help="without --examples, do not ask to confirm the first labels")
-    p.add_argument("--metrics-url", default=None, help="the server's /metrics, for the cost report (default: beside "
-                   "--url on Triton's ports)")  # fmt: skip
+    add_cost(p)
     add_sampling(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiers", default=",".join(CREATE_TIERS), help="comma-separated (default: %(default)s)")
@@ -188,8 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="rows per committed chunk")
     p.add_argument("--restart", action="store_true", help="discard an unfinished job's chunks and start over")
     p.add_argument("--llm-probe-rows", type=int, default=8, help="rows to time llm_large on for the cost estimate")
-    p.add_argument("--metrics-url", default=None, help="the server's /metrics, for the cost report (default: beside "
-                   "--url on Triton's ports)")  # fmt: skip
+    add_cost(p)
     p.add_argument(
         "--on-degraded",
         choices=("keep", "retry"),
@@ -209,8 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tier", default=None, help="answer at this tier or cheaper")
     p.add_argument("--min-tier", default=None, help="skip tiers cheaper than this")
     p.add_argument("--teacher", action="store_true", help="also score the table with the teacher (llm_large) alone")
-    p.add_argument("--metrics-url", default=None, help="the server's /metrics, for the cost report (default: beside "
-                   "--url on Triton's ports)")  # fmt: skip
+    add_cost(p)
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     p.add_argument("--url", default=f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}", help="gRPC endpoint of the server")
 

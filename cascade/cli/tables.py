@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from cascade import contract
+from cascade.cli.arguments import report_prices
 from cascade.errors import CascadeError
 from cascade.llm.cost_report import cost_lines
 
@@ -143,11 +144,12 @@ def cmd_filter(args) -> int:
         summary = run_filter_ray(
             args.table, args.out, options, _urls(args), address=args.address, concurrency=args.concurrency,
             restart=args.restart, llm_probe_rows=args.llm_probe_rows, metrics_url=args.metrics_url,
+            llm_prices=report_prices(args),
         )  # fmt: skip
     else:
         summary = run_filter(
             args.table, args.out, options, _local_url(args), restart=args.restart, llm_probe_rows=args.llm_probe_rows,
-            metrics_url=args.metrics_url,
+            metrics_url=args.metrics_url, llm_prices=report_prices(args),
         )  # fmt: skip
     _print_summary(summary)
     _save_summary(summary, args.json)
@@ -159,12 +161,12 @@ def cmd_eval(args) -> int:
 
     report = evaluate_table(
         args.task, args.table, args.label_column, args.url, _tier_arg(args.max_tier), _tier_arg(args.min_tier),
-        text_column=args.column, quiet=False, metrics_url=args.metrics_url,
+        text_column=args.column, quiet=False, metrics_url=args.metrics_url, llm_prices=report_prices(args),
     )  # fmt: skip
     if args.teacher:
         teacher = evaluate_table(
             args.task, args.table, args.label_column, args.url, None, contract.TIER_LLM_LARGE,
-            text_column=args.column, quiet=False, metrics_url=args.metrics_url,
+            text_column=args.column, quiet=False, metrics_url=args.metrics_url, llm_prices=report_prices(args),
         )  # fmt: skip
         report["teacher"] = {k: teacher[k] for k in TEACHER_KEYS}
     print_report(report)

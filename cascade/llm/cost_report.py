@@ -92,11 +92,17 @@ def cost_report(
     rows: int,
     large: str = LLM_MODELS[-1],
     since_start: dict[str, LLMUse] | None = None,
+    prices: dict | None = None,
 ) -> dict:
     """The run's LLM use and cost (``after - before``) beside the same ``rows`` all sent to ``large``, at its cost
-    per row in this run, else in ``since_start`` (a later scrape: the server's whole life, a probe included)."""
+    per row in this run, else in ``since_start`` (a later scrape: the server's whole life, a probe included).
+    ``prices`` (model name: ``cascade.llm.meter.Price``) price the counters here, in place of the served tiers' own
+    prices (a run priced after the fact)."""
     if before is None or after is None:
         return {"note": "the server's /metrics did not answer: no token or cost counts (pass --metrics-url)"}
+    if prices:
+        before, after = _priced(before, prices), _priced(after, prices)
+        since_start = _priced(since_start, prices) if since_start else None
     run = {m: after[m] - before.get(m, LLMUse()) for m in after}
     large_run = run.get(large, LLMUse())
     basis, source = large_run, "this run"
@@ -123,6 +129,17 @@ def cost_report(
     return report
 
 
+def _priced(use: dict[str, LLMUse], prices: dict) -> dict[str, LLMUse]:
+    out = dict(use)
+    for model, price in prices.items():
+        if model in out:
+            u = out[model]
+            out[model] = LLMUse(
+                u.rows, u.tokens_in, u.tokens_out, u.cpu_s, price.cost(u.tokens_in, u.tokens_out, u.cpu_s)
+            )
+    return out
+
+
 def cost_lines(report: dict | None) -> list[str]:
     """The report in two or three lines of text for the CLI."""
     if not report:
@@ -133,7 +150,7 @@ def cost_lines(report: dict | None) -> list[str]:
     lines = [
         f"cost: this run's LLM tiers read {run['tokens_in']:,.0f} tokens and wrote {run['tokens_out']:,.0f}"
         + (f", {run['cpu_s']:,.1f} CPU-s" if run["cpu_s"] else "")
-        + (f", cost {run['cost']:,.4f}" if report["priced"] else " (no price set: --llm-price at build)")
+        + (f", cost {run['cost']:,.4f}" if report["priced"] else " (no price set: --llm-price)")
     ]
     if all_llm is not None:
         ratio = report.get("cost_ratio") if report["priced"] else report.get("tokens_ratio")

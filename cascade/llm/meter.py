@@ -83,6 +83,7 @@ class Meter:
             name: pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.COUNTER)
             for name, text in FAMILIES.items()
         }
+        self._families = family  # a family must outlive its metrics (Triton refuses increments otherwise)
         labels = {LABEL_MODEL: model}
         self._metrics = {
             (TOKENS, DIRECTION_IN): family[TOKENS].Metric(labels=labels | {LABEL_DIRECTION: DIRECTION_IN}),

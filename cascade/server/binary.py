@@ -161,17 +161,37 @@ def has_gpu() -> bool:
     return Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
 
 
+def _own_libpython_dir() -> str | None:
+    """The folder of the running interpreter's own shared ``libpython`` (a pyenv or source build), or None for a
+    system Python or a static build. The stub links ``libpython3.X.so.1.0`` by name and would otherwise take the
+    system's: an older patch release whose C API lacks what this interpreter's extension modules call (Debian's
+    3.11.2 under pyenv's 3.11.7: ``import ssl`` fails with "undefined symbol: _PyModule_Add")."""
+    import sysconfig
+
+    libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+    if not (sysconfig.get_config_var("Py_ENABLE_SHARED") and libdir and soname):
+        return None
+    if not (Path(libdir) / soname).is_file() or libdir in ("/usr/lib", "/lib", "/usr/lib64", "/usr/local/lib"):
+        return None
+    return libdir
+
+
 def server_env(
     binary: Path | None = None, base: dict[str, str] | None = None, extra: dict[str, str] | None = None
 ) -> dict[str, str]:
     """Environment for the server: the running interpreter's ``bin`` first on ``PATH`` (the Python
-    backend stub runs the first ``python3`` there) and, for the wheel's binary, its bundled libraries
+    backend stub runs the first ``python3`` there), its own shared libpython first on ``LD_LIBRARY_PATH`` (where it
+    has one: :func:`_own_libpython_dir`) and, for the wheel's binary, its bundled libraries
     appended to ``LD_LIBRARY_PATH`` (as pytriton does; the binaries' RPATH already points there);
     ``extra`` (:meth:`ServerOptions.environment`) last."""
     env = dict(os.environ if base is None else base) | dict(extra or {})
     bin_dir = os.path.dirname(sys.executable)  # not resolved: a venv's bin, not the base install's
     rest = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != bin_dir]
     env["PATH"] = os.pathsep.join([bin_dir, *rest])
+    own = _own_libpython_dir()
+    if own is not None:  # first: the stub must embed the libpython this interpreter's stdlib was built with
+        current = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p and p != own]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([own, *current])
     libs = wheel_libs_dir()
     root = _wheel_root()
     is_wheel = binary is None or (root is not None and Path(binary).resolve().is_relative_to(root.resolve()))

@@ -211,7 +211,7 @@ def _take(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 def open_filter(
     table, out, options: FilterOptions, urls: list[str], backoff_s: tuple[float, ...], restart: bool,
-    metrics_url: str | None = None,
+    metrics_url: str | None = None, llm_prices: dict | None = None,
 ) -> OpenedJob:  # fmt: skip
     """A filter job's checks (arguments, output, table schema, every server) and its chunk store, for either engine;
     the LLM tiers' counters at the start, from ``metrics_url`` (default: beside the first server on Triton's ports)."""
@@ -224,4 +224,6 @@ def open_filter(
     plan, before = plan_filter(schema, table, options, urls, backoff_s)
     store = ChunkStore(out, filter_manifest(plan, input_identity(table)), restart)
     metrics_url = metrics_url or metrics_url_for(urls[0])
-    return OpenedJob(table, out, total, plan, store, len(store.done()), before, metrics_url, scrape(metrics_url))
+    opened = OpenedJob(table, out, total, plan, store, len(store.done()), before, metrics_url, scrape(metrics_url))
+    opened.llm_prices = llm_prices
+    return opened

@@ -39,7 +39,7 @@ def finish_filter(
     after = scrape(job.metrics_url)
     summary.cost = cost_from_first(urls, job.before, summary, options, list(job.plan.labels), job.table, llm_probe_rows)
     sent = round(summary.rows_per_s * summary.wall_s) if summary.rows_per_s else summary.rows  # this run's rows
-    llm = cost_report(job.metrics_before, after, sent, since_start=scrape(job.metrics_url))
+    llm = cost_report(job.metrics_before, after, sent, since_start=scrape(job.metrics_url), prices=job.llm_prices)
     summary.cost = (summary.cost or {}) | {"llm": llm}
     return summary
 

@@ -161,6 +161,8 @@ class OpenedJob:
     #: The first server's ``/metrics`` and the LLM tiers' counters there at the start (``cascade.llm.cost_report``).
     metrics_url: str | None = None
     metrics_before: dict | None = None
+    #: Prices of the LLM tiers for the cost report, by model name (``cascade.llm.meter.Price``; None: the served ones).
+    llm_prices: dict | None = None
 
 
 def job_progress(total: int | None, initial: int, what: str, quiet: bool):

@@ -43,12 +43,13 @@ def run_filter(
     llm_probe_rows: int = 8,
     quiet: bool = False,
     metrics_url: str | None = None,
+    llm_prices: dict | None = None,
 ) -> JobSummary:
     """The AI.IF job: every row of ``table`` through the task's gate; see the module docstring. The per-chunk work
     is :func:`cascade.tables.filter_chunk.classify_chunk`, which the Ray engine shares."""
     from cascade_client import AsyncCascadeClient
 
-    job = open_filter(table, out, options, [url], backoff_s, restart, metrics_url)
+    job = open_filter(table, out, options, [url], backoff_s, restart, metrics_url, llm_prices)
     table, plan, store, done = job.table, job.plan, job.store, job.store.done()
     retry = Retry(backoff_s)
     counts = Counts()

@@ -192,12 +192,13 @@ def run_filter_ray(
     llm_probe_rows: int = 8,
     quiet: bool = False,
     metrics_url: str | None = None,
+    llm_prices: dict | None = None,
 ) -> JobSummary:
     """``cascade filter --engine ray``: :func:`cascade.tables.local.run_filter`'s job (same checks, output, resume)
     with its chunks spread over Ray workers, each sending to one of ``urls`` (round-robin, failing over)."""
     urls = split_urls(urls)
     concurrency = workers(concurrency, urls)
-    job = open_filter(table, out, options, urls, backoff_s, restart, metrics_url)
+    job = open_filter(table, out, options, urls, backoff_s, restart, metrics_url, llm_prices)
     total = _count_rows(job.table, job.total, options.text_column)
     with ray_session(address, num_cpus=max(os.cpu_count() or 1, concurrency + 1)):
         start, cpu = time.perf_counter(), time.process_time()

@@ -146,10 +146,24 @@ def test_server_env_puts_interpreter_bin_first():
 def test_server_env_adds_wheel_libs_only_for_the_wheel_binary(tmp_path):
     libs = launcher.wheel_libs_dir()
     assert libs is not None, "the nvidia-pytriton wheel (a required dependency) or its bundled libraries are missing"
+    own = [server_binary._own_libpython_dir()] if server_binary._own_libpython_dir() else []
     wheel_env = server_env(find_wheel_binary(), base={"PATH": "/bin", "LD_LIBRARY_PATH": "/x"})
-    assert wheel_env["LD_LIBRARY_PATH"].split(os.pathsep) == ["/x", str(libs)]
+    assert wheel_env["LD_LIBRARY_PATH"].split(os.pathsep) == [*own, "/x", str(libs)]
     other = server_env(_executable(tmp_path / "bin" / "tritonserver"), base={"PATH": "/bin"})
-    assert "LD_LIBRARY_PATH" not in other
+    assert other.get("LD_LIBRARY_PATH", "").split(os.pathsep) == (own or [""])
+
+
+def test_the_stub_embeds_this_interpreters_own_libpython(tmp_path):
+    """With a shared libpython of its own (pyenv), the interpreter's folder comes first, so that the stub does not
+    take the system's older one (whose C API the stdlib's ``_ssl`` of a newer patch release does not find)."""
+    import sysconfig
+
+    own = server_binary._own_libpython_dir()
+    if sysconfig.get_config_var("Py_ENABLE_SHARED") and not sysconfig.get_config_var("LIBDIR").startswith("/usr"):
+        assert own == sysconfig.get_config_var("LIBDIR")
+        assert (Path(own) / sysconfig.get_config_var("INSTSONAME")).is_file()
+    else:
+        assert own is None
 
 
 def test_llm_threads_reach_the_server_environment(tmp_path, fake_install, monkeypatch):

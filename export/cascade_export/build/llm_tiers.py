@@ -61,21 +61,33 @@ def _set_by_user(config_text: str) -> bool:
     return contract.CFG_LLM_ENDPOINT in params or contract.CFG_PRICE_IN in params
 
 
+def served_llm(repo: Path | None, tier: int) -> str:
+    """What serves ``tier`` in ``repo``: an endpoint's ``openai:MODEL@URL`` or a GGUF role (the packaged default
+    where the repository has no such model yet), as a served teacher names it."""
+    params = _llm_parameters(repo, tier)
+    return params.get(contract.CFG_LLM_ENDPOINT) or params.get(contract.CFG_LLM_MODEL) or LLM_ROLES[tier]
+
+
+def _llm_parameters(repo: Path | None, tier: int) -> dict[str, str]:
+    config = Path(repo) / contract.TIER_NAMES[tier] / "config.pbtxt" if repo is not None else None
+    if config is None or not config.is_file():
+        return {}
+    return {k: v.string_value for k, v in configgen.parse_config(config.read_text()).parameters.items()}
+
+
 def repo_scorer(repo: Path | None, tier: int):
     """The scorer ``tier`` has in ``repo``: its endpoint's (probed) where it is set to one, else llama.cpp in this
     process on the packaged GGUF."""
     from cascade.llm.gguf import gguf_path
     from cascade.llm.scorer import LlamaScorer
 
-    config = Path(repo) / contract.TIER_NAMES[tier] / "config.pbtxt" if repo is not None else None
-    if config is not None and config.is_file():
-        params = {k: v.string_value for k, v in configgen.parse_config(config.read_text()).parameters.items()}
-        if contract.CFG_LLM_ENDPOINT in params:
-            from cascade.llm.remote import RemoteScorer, endpoint_from_parameters
+    params = _llm_parameters(repo, tier)
+    if contract.CFG_LLM_ENDPOINT in params:
+        from cascade.llm.remote import RemoteScorer, endpoint_from_parameters
 
-            scorer = RemoteScorer(endpoint_from_parameters(params, contract.TIER_NAMES[tier]))
-            log(f"tier {tier} ({contract.TIER_NAMES[tier]}): {scorer.probe()}")
-            return scorer
+        scorer = RemoteScorer(endpoint_from_parameters(params, contract.TIER_NAMES[tier]))
+        log(f"tier {tier} ({contract.TIER_NAMES[tier]}): {scorer.probe()}")
+        return scorer
     return LlamaScorer(gguf_path(LLM_ROLES[tier]), n_ctx=LLM_N_CTX)
 
 

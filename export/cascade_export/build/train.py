@@ -17,7 +17,7 @@ from cascade.repository import configgen
 from cascade.repository.writer import RepositoryWriter
 from cascade.tasks import TaskSpec, load_split
 from cascade_export.build.labels_file import read_labelled, read_soft_labels, row_weights, uniform_rows
-from cascade_export.build.llm_tiers import LLM_ROLES, draw_few_shot
+from cascade_export.build.llm_tiers import draw_few_shot, served_llm
 from cascade_export.build.repo_embedder import embed, ensure_embedder, repository_embedder
 from cascade_export.build.stage import CALIB_FILE, MODELS_DIR, STATE_FILE, BuildOptions, log
 
@@ -56,7 +56,7 @@ def train_task(task: TaskSpec, repo: Path, stage: Path, opts: BuildOptions = Bui
         reference = f"teacher labels ({summary.get('teacher', 'unknown teacher')}) from {opts.labels_file}"
         if str(summary.get("teacher", "")).startswith(contract.TIER_NAMES[contract.TIER_LLM_LARGE]):
             teacher_prompt = summary.get("teacher_prompt")  # the large tier keeps the prompt that taught
-            if teacher_prompt is not None and _teacher_model(summary) == LLM_ROLES[contract.TIER_LLM_LARGE]:
+            if teacher_prompt is not None and _teacher_model(summary) == served_llm(repo, contract.TIER_LLM_LARGE):
                 teacher_probs = read_soft_labels(opts.labels_file, labels, task.n_labels, fill_missing=False)
         order = rng.permutation(len(texts))
         uniform = uniform_rows(opts.labels_file)  # calibration draws from these only; active rows all train
@@ -185,6 +185,8 @@ def train_task(task: TaskSpec, repo: Path, stage: Path, opts: BuildOptions = Bui
 
 
 def _teacher_model(summary: dict) -> str | None:
-    """The model behind an ``llm_large`` teacher (its name is ``llm_large:<served model>:<prompt digest>``)."""
-    parts = str(summary.get("teacher", "")).split(":")
-    return parts[1] if len(parts) == 3 else None
+    """The model behind an ``llm_large`` teacher (its name is ``llm_large:<served model>:<prompt digest>``; the served
+    model is a GGUF role or an endpoint's ``openai:MODEL@URL``)."""
+    head, _, rest = str(summary.get("teacher", "")).partition(":")
+    served, _, digest = rest.rpartition(":")
+    return served if head == contract.TIER_NAMES[contract.TIER_LLM_LARGE] and served and digest else None

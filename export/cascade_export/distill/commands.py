@@ -262,6 +262,7 @@ def create_task(
     on_check=None,
     confirm=None,
     metrics_url: str | None = None,
+    llm_prices: dict | None = None,
 ) -> dict:
     """``cascade task create``: label -> train -> calibrate -> export -> load into a running server that takes model
     loads (``cascade serve``'s default; checked before the teacher's first call), without a restart. The teacher's time
@@ -275,7 +276,8 @@ def create_task(
     check's report as soon as it is made (before a stop). Without examples, ``confirm(texts, labels)`` (a terminal's
     prompt) is shown the teacher's labels for the first :data:`CONFIRM_ROWS` rows of the sample and returns them as the
     user confirmed or corrected them: those rows are the examples. ``cost``: what the LLM tiers read, wrote and cost
-    while the task was made (the server's counters at ``metrics_url``, default beside ``url``)."""
+    while the task was made (the server's counters at ``metrics_url``, default beside ``url``; priced by
+    ``llm_prices``, model name: ``cascade.llm.meter.Price``, else the served tiers' own prices)."""
     from cascade.llm.cost_report import cost_report, metrics_url_for, scrape
     from cascade.tasks import load_task
     from cascade_export.build.stage import BuildOptions
@@ -334,7 +336,7 @@ def create_task(
         on_gold = None if gold is None else gold_report(client, name, labels, gold, check, trained)
     finally:
         client.close()
-    cost = cost_report(at_start, scrape(metrics_url), labelled["budget"])
+    cost = cost_report(at_start, scrape(metrics_url), labelled["budget"], prices=llm_prices)
     warnings = label_warnings(labelled, report["calibration"], labels, None if gold is None else gold[1], training)
     if check is not None and check["reason"] is not None:  # a fit teacher with a caveat
         warnings.insert(0, check["reason"])
