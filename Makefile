@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 REPO ?= model_repository/cpu
 TASK ?= sst2
 
-.PHONY: setup demo test test-unit lint format build export serve bench bench-llm bench-labels bench-teacher-check bench-remote bench-table bench-ray-table bench-served bench-isolation bench-threads loadtest soak clean helm-lint export-gpu gpu-check-prepare gpu-check-dry-run
+.PHONY: setup demo test test-unit lint format build export serve bench bench-llm bench-labels bench-teacher-check bench-remote bench-cost bench-table bench-ray-table bench-served bench-isolation bench-threads loadtest soak clean helm-lint export-gpu gpu-check-prepare gpu-check-dry-run
 
 setup: $(STAMP)
 
@@ -86,6 +86,11 @@ bench-teacher-check: setup
 # 1, 2 and 4, the overhead per row, agreement (200 SST-2 rows, Qwen2.5-Coder-1.5B).
 bench-remote: setup
 	CASCADE_BENCH_BUDGET_S=1200 $(BIN)/python -m cascade.bench.remote --rows 200 --concurrency 1 2 4
+
+# cascade filter over 10,000 SST-2 training rows (the task built by make demo): what the LLM tiers cost, beside the same
+# rows all on llm_large (priced at an illustrative $0.04 per CPU-hour).
+bench-cost: setup
+	CASCADE_BENCH_BUDGET_S=2400 $(BIN)/python -m cascade.bench.filter_cost --repo $(REPO) --task sst2 --rows 10000
 
 # The table job against the large tier on every row (needs the tasks built: make demo / cascade build).
 # Writes ~3 GB of synthetic tables per task under bench/work/ (kept for reruns; delete at will).

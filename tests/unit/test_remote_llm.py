@@ -184,3 +184,53 @@ def test_cost_report_from_two_scrapes():
     assert "note" in cost_report.cost_report(None, after, 5)
     assert cost_report.metrics_url_for("10.0.0.2:8001") == "http://10.0.0.2:8002/metrics"
     assert cost_report.metrics_url_for("127.0.0.1:45123") is None
+
+
+def test_a_tier_set_to_an_endpoint_keeps_it_through_later_builds(tmp_path):
+    """``cascade build --llm-large openai:...`` writes the remote model once; builds without the flag (every export
+    calls ensure_llms) leave it, and the teacher's name matches what serves the tier."""
+    from cascade_export.build.llm_tiers import ensure_llms, served_llm
+
+    endpoint = Endpoint.parse("openai:big@http://10.0.0.9:8000")
+    ensure_llms(tmp_path, {contract.TIER_LLM_LARGE: endpoint}, {contract.TIER_LLM_LARGE: Price(0.6, 2.4)})
+    config = (tmp_path / "llm_large" / "config.pbtxt").read_text()
+    ensure_llms(tmp_path)
+    assert (tmp_path / "llm_large" / "config.pbtxt").read_text() == config
+    assert python_source(tmp_path / "llm_large") == configgen.BACKEND_LLM_REMOTE
+    assert python_source(tmp_path / "llm_small") == configgen.BACKEND_LLM_SCORER
+    assert served_llm(tmp_path, contract.TIER_LLM_LARGE) == endpoint.spec
+    assert served_llm(tmp_path, contract.TIER_LLM_SMALL) == "smollm2-135m:f16"
+    assert served_llm(None, contract.TIER_LLM_LARGE) == "qwen2.5-coder-1.5b"
+
+
+def test_build_and_report_flags_parse_prices_and_endpoints():
+    from cascade.cli.arguments import llm_endpoints, report_prices
+    from cascade.cli.main import build_parser
+
+    args = build_parser().parse_args(
+        ["build", "--llm-large", "openai:big@https://api.example.com", "--llm-price", "llm_large=3/15",
+         "--llm-concurrency", "8", "--api-key-env", "MY_KEY"]
+    )  # fmt: skip
+    endpoints, prices = llm_endpoints(args)
+    large = endpoints[contract.TIER_LLM_LARGE]
+    assert (large.url, large.concurrency, large.key_env) == ("https://api.example.com/v1", 8, "MY_KEY")
+    assert prices == {contract.TIER_LLM_LARGE: Price(3.0, 15.0)}
+    args = build_parser().parse_args(
+        ["filter", "t.csv", "--task", "x", "--out", "o.csv", "--llm-price", "llm_large=cpu:1"]
+    )
+    assert report_prices(args) == {"llm_large": Price(per_cpu_hour=1.0)}
+    with pytest.raises(ConfigError, match="llm_small=PRICE"):
+        report_prices(build_parser().parse_args(["filter", "t", "--task", "x", "--out", "o", "--llm-price", "gpt=1"]))
+
+
+def test_a_report_priced_after_the_fact():
+    text = (
+        'nv_inference_count{model="llm_large",version="1"} 10\n'
+        'cascade_llm_cpu_seconds_total{model="llm_large"} 36\n'
+        'cascade_llm_tokens_total{model="llm_large",direction="in"} 500\n'
+    )
+    report = cost_report.cost_report(
+        cost_report.parse(""), cost_report.parse(text), rows=100, prices={"llm_large": Price(per_cpu_hour=100.0)}
+    )
+    assert report["run"]["cost"] == pytest.approx(1.0) and report["all_llm"]["cost"] == pytest.approx(10.0)
+    assert report["cost_ratio"] == pytest.approx(10.0) and report["priced"]
