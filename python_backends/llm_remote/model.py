@@ -11,7 +11,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from cascade import contract
-from cascade.errors import CascadeError, check_numpy, triton_error
+from cascade.errors import check_numpy, triton_error
 from cascade.llm.meter import Meter, Price
 from cascade.llm.prompts import parse_scorer_inputs, parse_scorer_parameters
 from cascade.llm.remote import RemoteScorer, endpoint_from_parameters
@@ -48,9 +48,7 @@ class TritonPythonModel:
                     )
                 )
             except Exception as exc:  # noqa: BLE001 - a message to the client, the details to the log
-                pb_utils.Logger.log_error(f"remote llm scorer failed: {exc}")
-                if not isinstance(exc, CascadeError):
-                    exc = RuntimeError(str(exc))
+                pb_utils.Logger.log_error(f"remote llm scorer failed: {exc!r}")
                 responses.append(pb_utils.InferenceResponse(error=triton_error(pb_utils, exc, "LLM scoring failed")))
             after = self.scorer.client.usage.snapshot()
             self.meter.record(
