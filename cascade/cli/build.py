@@ -103,6 +103,7 @@ def cmd_label(args) -> int:
         repo=args.repo,
         examples=_examples(args, task.labels),
         min_teacher_accuracy=args.min_teacher_accuracy,
+        teacher_options={"key_env": args.api_key_env, "concurrency": args.llm_concurrency},
     )
     if summary["teacher_check"] is not None:
         from cascade_export.distill.teacher_check import confusion_text
@@ -111,6 +112,12 @@ def cmd_label(args) -> int:
         low, high = check["interval"]
         print(f"the teacher on your {check['examples']} examples: {check['accuracy']:.3f} ({check['confidence']:.0%} "
               f"interval {low:.3f}-{high:.3f}); {confusion_text(check['confusion'])}")  # fmt: skip
+    if summary["teacher_usage"] is not None:
+        usage = summary["teacher_usage"]
+        print(
+            f"the endpoint counted {usage['prompt_tokens']:,} prompt and {usage['completion_tokens']:,} completion "
+            f"tokens in {usage['requests']:,} calls ({usage['retries']} tried again)"
+        )
     rate = summary["teacher_rows_per_s"]
     print(
         f"{summary['sample']} rows labelled by {summary['teacher']}: {summary['labelled_rows']} new, "

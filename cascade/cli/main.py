@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}", help="gRPC endpoint of the server")
     add_examples(p, "the teacher is checked on them with the task's prompt first; one that cannot do the task stops")
     p.add_argument("--min-teacher-accuracy", type=float, default=None, help="stop below this accuracy on the examples")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="with --teacher openai:...: the key's variable")
+    p.add_argument("--llm-concurrency", type=int, default=4, help="with --teacher openai:...: requests in flight")
     add_work(p)
 
     p = sub.add_parser("train", help="train tiers 0-2 on teacher (or gold) labels into the task's work folder")

@@ -84,6 +84,7 @@ def run_label(
     sample: int | None = None,
     examples=None,
     min_teacher_accuracy: float | None = None,
+    teacher_options: dict | None = None,
 ) -> dict:
     """``cascade label``: sample ``budget`` rows of the table (``strategy`` uniform, or active: see
     :func:`label_active`, which embeds rows with the embedder of the model repository ``repo``), label them
@@ -91,7 +92,9 @@ def run_label(
     and ``labels.json`` (the summary) into the task's work folder. ``sample`` is the former name of ``budget``.
     ``examples`` (``(texts, label indices)``) check the LLM teacher with the task's prompt first
     (:func:`~cascade_export.distill.teacher_check.check_prompt`): one that cannot do the task stops before any row is
-    labelled; the check is in the summary."""
+    labelled; the check is in the summary. ``teacher``: ``llm_large`` (through the server at ``url``),
+    ``openai:MODEL@URL`` (an endpoint called directly, :class:`EndpointTeacher` with ``teacher_options``: ``key_env``,
+    ``concurrency``; the tokens it counted are the summary's ``teacher_usage``) or ``column:NAME``."""
     import json
 
     import pandas as pd
@@ -142,7 +145,7 @@ def run_label(
                     raise ConfigError(unfit_message(check, TEACHER_LLM))
         elif teacher.startswith(ENDPOINT_PREFIX):
             prompt = teacher_prompt(task, data_dir, seed)
-            source = EndpointTeacher(teacher, prompt)
+            source = EndpointTeacher(teacher, prompt, **(teacher_options or {}))
             if progress:
                 print(f"[label] teacher {source.mode}", flush=True)
             if examples is not None:

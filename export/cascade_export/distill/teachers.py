@@ -90,12 +90,12 @@ class EndpointTeacher:
     """An OpenAI-compatible endpoint called directly (``openai:MODEL@URL``, no server in between): the task's
     prompt scored as the large tier would score it, rows sent concurrently up to the endpoint's limit."""
 
-    def __init__(self, spec: str, prompt: dict, concurrency: int = 4) -> None:
+    def __init__(self, spec: str, prompt: dict, concurrency: int = 4, key_env: str = "OPENAI_API_KEY") -> None:
         from cascade.llm.openai_http import Endpoint
         from cascade.llm.prompts import PromptTemplate
         from cascade.llm.remote import RemoteScorer
 
-        self.endpoint = Endpoint.parse(spec, concurrency=concurrency)
+        self.endpoint = Endpoint.parse(spec, concurrency=concurrency, key_env=key_env)
         self.template = PromptTemplate.from_json(prompt)
         self.scorer = RemoteScorer(self.endpoint)
         self.mode = self.scorer.probe()
