@@ -178,31 +178,34 @@ def llm_spec(
     """A shared LLM scorer (tier 3 ``llm_small`` or tier 4 ``llm_large``) on llama.cpp; ``num_threads``
     ``auto``: sized at load time from the server's cores or ``$CASCADE_LLM_THREADS`` (``cascade.runtime.sizing``);
     ``price``: ``cascade.llm.meter.Price.parameters()``."""
-    if tier not in contract.LLM_TIERS:
-        raise ConfigError(f"tier {tier} is not an LLM tier")
-    inputs, outputs = contract.LLM_SCORER_SIGNATURE
-    return ModelSpec(
-        name=contract.tier_model_name("", tier),
-        inputs=inputs,
-        outputs=outputs,
-        source=BACKEND_LLM_SCORER,
-        max_batch_size=contract.LLM_MAX_BATCH_SIZE,
-        parameters={
-            contract.CFG_LLM_MODEL: llm_model,
-            contract.CFG_N_CTX: str(n_ctx),
-            contract.CFG_NUM_THREADS: threads_parameter(num_threads),
-            contract.CFG_CALIBRATE: "true" if calibrate else "false",
-        }
-        | (price or {}),
-        queue_timeout_us=contract.DEFAULT_BLS_TIMEOUT_MS * 1000,
-        instance_count=contract.LLM_INSTANCES,
-    )
+    parameters = {
+        contract.CFG_LLM_MODEL: llm_model,
+        contract.CFG_N_CTX: str(n_ctx),
+        contract.CFG_NUM_THREADS: threads_parameter(num_threads),
+        contract.CFG_CALIBRATE: "true" if calibrate else "false",
+    }
+    return _scorer_spec(tier, BACKEND_LLM_SCORER, parameters | (price or {}), contract.LLM_INSTANCES)
 
 
 def remote_llm_spec(tier: int, endpoint, calibrate: bool = True, price: dict[str, str] | None = None) -> ModelSpec:
     """An LLM tier scored by an OpenAI-compatible endpoint (``cascade.llm.openai_http.Endpoint``): the scorer's
     contract, the endpoint's spec and call settings as parameters; the name of the key's environment variable,
     never the key. One instance: its rows go out concurrently, up to the endpoint's limit."""
+    parameters = {
+        contract.CFG_LLM_ENDPOINT: endpoint.spec,
+        contract.CFG_KEY_ENV: endpoint.key_env,
+        contract.CFG_CONCURRENCY: str(endpoint.concurrency),
+        contract.CFG_TIMEOUT_S: repr(float(endpoint.timeout_s)),
+        contract.CFG_RETRIES: str(endpoint.retries),
+        contract.CFG_VERIFY_TLS: "true" if endpoint.verify_tls else "false",
+        contract.CFG_SCORING_MODE: endpoint.mode,
+        contract.CFG_CALIBRATE: "true" if calibrate else "false",
+    }
+    return _scorer_spec(tier, BACKEND_LLM_REMOTE, parameters | (price or {}), 1)
+
+
+def _scorer_spec(tier: int, source: str, parameters: dict[str, str], instances: int) -> ModelSpec:
+    """An LLM tier's model: the scorer contract, served by ``source`` with these parameters."""
     if tier not in contract.LLM_TIERS:
         raise ConfigError(f"tier {tier} is not an LLM tier")
     inputs, outputs = contract.LLM_SCORER_SIGNATURE
@@ -210,19 +213,9 @@ def remote_llm_spec(tier: int, endpoint, calibrate: bool = True, price: dict[str
         name=contract.tier_model_name("", tier),
         inputs=inputs,
         outputs=outputs,
-        source=BACKEND_LLM_REMOTE,
+        source=source,
         max_batch_size=contract.LLM_MAX_BATCH_SIZE,
-        parameters={
-            contract.CFG_LLM_ENDPOINT: endpoint.spec,
-            contract.CFG_KEY_ENV: endpoint.key_env,
-            contract.CFG_CONCURRENCY: str(endpoint.concurrency),
-            contract.CFG_TIMEOUT_S: repr(float(endpoint.timeout_s)),
-            contract.CFG_RETRIES: str(endpoint.retries),
-            contract.CFG_VERIFY_TLS: "true" if endpoint.verify_tls else "false",
-            contract.CFG_SCORING_MODE: endpoint.mode,
-            contract.CFG_CALIBRATE: "true" if calibrate else "false",
-        }
-        | (price or {}),
+        parameters=parameters,
         queue_timeout_us=contract.DEFAULT_BLS_TIMEOUT_MS * 1000,
-        instance_count=1,
+        instance_count=instances,
     )

@@ -224,6 +224,6 @@ def open_filter(
     plan, before = plan_filter(schema, table, options, urls, backoff_s)
     store = ChunkStore(out, filter_manifest(plan, input_identity(table)), restart)
     metrics_url = metrics_url or metrics_url_for(urls[0])
-    opened = OpenedJob(table, out, total, plan, store, len(store.done()), before, metrics_url, scrape(metrics_url))
-    opened.llm_prices = llm_prices
-    return opened
+    return OpenedJob(
+        table, out, total, plan, store, len(store.done()), before, metrics_url, scrape(metrics_url), llm_prices
+    )

@@ -7,14 +7,13 @@ failed tier to the gate (UNAVAILABLE), never a traceback.
 
 import json
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from cascade import contract
-from cascade.errors import check_numpy, triton_error
+from cascade.errors import check_numpy
 from cascade.llm.meter import Meter, Price
-from cascade.llm.prompts import parse_scorer_inputs, parse_scorer_parameters
 from cascade.llm.remote import RemoteScorer, endpoint_from_parameters
+from cascade.llm.scorer_io import score_request
 
 
 class TritonPythonModel:
@@ -32,24 +31,7 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             before = self.scorer.client.usage.snapshot()
-            try:
-                prompts, candidates = parse_scorer_inputs(
-                    pb_utils.get_input_tensor_by_name(request, contract.PROMPT.name).as_numpy(),
-                    pb_utils.get_input_tensor_by_name(request, contract.CANDIDATES.name).as_numpy(),
-                )
-                calibrate = parse_scorer_parameters(request.parameters())
-                result = self.scorer.score(prompts, candidates, calibrate=calibrate)
-                responses.append(
-                    pb_utils.InferenceResponse(
-                        [
-                            pb_utils.Tensor(contract.PROBS.name, result.probs.astype(np.float32)),
-                            pb_utils.Tensor(contract.TRUNCATED.name, result.truncated.astype(np.bool_)),
-                        ]
-                    )
-                )
-            except Exception as exc:  # noqa: BLE001 - a message to the client, the details to the log
-                pb_utils.Logger.log_error(f"remote llm scorer failed: {exc!r}")
-                responses.append(pb_utils.InferenceResponse(error=triton_error(pb_utils, exc, "LLM scoring failed")))
+            responses.append(score_request(pb_utils, request, self.scorer, "remote llm scorer", log_all=True))
             after = self.scorer.client.usage.snapshot()
             self.meter.record(
                 tokens_in=after["prompt_tokens"] - before["prompt_tokens"],

@@ -7,15 +7,14 @@ The logic (prompt tokenization, prefix KV reuse, contextual calibration, truncat
 import json
 import time
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from cascade import contract, crash
-from cascade.errors import CascadeError, check_numpy, triton_error
+from cascade.errors import check_numpy
 from cascade.llm.gguf import gguf_path
 from cascade.llm.meter import Meter, Price
-from cascade.llm.prompts import parse_scorer_inputs, parse_scorer_parameters
 from cascade.llm.scorer import LlamaScorer
+from cascade.llm.scorer_io import score_request
 from cascade.runtime.sizing import llm_model_threads
 
 
@@ -39,25 +38,7 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             tokens, cpu = self.scorer.evaluated_tokens, time.process_time()
-            try:
-                prompts, candidates = parse_scorer_inputs(
-                    pb_utils.get_input_tensor_by_name(request, contract.PROMPT.name).as_numpy(),
-                    pb_utils.get_input_tensor_by_name(request, contract.CANDIDATES.name).as_numpy(),
-                )
-                calibrate = parse_scorer_parameters(request.parameters())
-                result = self.scorer.score(prompts, candidates, calibrate=calibrate)
-                responses.append(
-                    pb_utils.InferenceResponse(
-                        [
-                            pb_utils.Tensor(contract.PROBS.name, result.probs.astype(np.float32)),
-                            pb_utils.Tensor(contract.TRUNCATED.name, result.truncated.astype(np.bool_)),
-                        ]
-                    )
-                )
-            except Exception as exc:  # noqa: BLE001 - a message to the client, the details to the log
-                if not isinstance(exc, CascadeError):
-                    pb_utils.Logger.log_error(f"llm scorer failed: {exc!r}")
-                responses.append(pb_utils.InferenceResponse(error=triton_error(pb_utils, exc, "LLM scoring failed")))
+            responses.append(score_request(pb_utils, request, self.scorer))
             self.meter.record(tokens_in=self.scorer.evaluated_tokens - tokens, cpu_s=time.process_time() - cpu)
         return responses
 
